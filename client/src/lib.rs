@@ -1,1 +1,202 @@
-//! placeholder
+//! The client library: attach to an engine, allocate buffers in the shared
+//! region, submit requests, reap completions, wait.
+//!
+//! ```no_run
+//! use rdma_client::{AttachOptions, Client, Operation};
+//! use std::time::Duration;
+//! let client = Client::attach("/run/rdma-engine.sock".as_ref(), &AttachOptions::default())?;
+//! let mut queue_pair = client.take_queue_pair(0)?;
+//! queue_pair.prepare(Operation::Nop, 1)?;
+//! queue_pair.submit()?;
+//! queue_pair.wait(1, Duration::from_secs(1))?;
+//! let completion = queue_pair.reap_one()?.expect("one completion");
+//! assert_eq!(completion.tag, 1);
+//! # Ok::<(), rdma_client::ClientError>(())
+//! ```
+//!
+//! The API is safe: buffers are [`Buffer`] handles (an offset and a length in
+//! the region's buffer area), never raw pointers. A buffer handed to a read
+//! belongs to the engine until its completion, which hands it back; the
+//! library holds it meanwhile, so it cannot be reused early.
+
+mod buffers;
+mod error;
+mod queue_pair;
+
+pub use buffers::Buffer;
+pub use error::{ClientError, CompletionError};
+pub use queue_pair::{Completion, Operation, QueuePair, ReadSource};
+pub use shm_layout::entry::ErrorCode;
+
+use buffers::BufferAllocator;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use rdma_ipc::control::{self, AttachRequest, Request, Response};
+use rdma_ipc::mapping::{Access, Mapping};
+use shm_layout::header::{engine_state, fence_reason, region_state, RegionDescription};
+use shm_layout::region::RegionView;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+/// What a client asks for at attach.
+#[derive(Clone, Debug)]
+pub struct AttachOptions {
+    pub queue_pairs: u32,
+    pub sq_entries: u32,
+    /// Rounded up to a multiple of 4096.
+    pub buffer_size_bytes: u64,
+    /// For the engine's logs and `ringstat`.
+    pub client_name: String,
+}
+
+impl Default for AttachOptions {
+    fn default() -> AttachOptions {
+        AttachOptions {
+            queue_pairs: 1,
+            sq_entries: 128,
+            buffer_size_bytes: 16 << 20,
+            client_name: std::env::args().next().unwrap_or_else(|| "client".into()),
+        }
+    }
+}
+
+/// An attachment to an engine. Cheap to clone; the region is detached when
+/// the last clone, queue pair and buffer are gone.
+#[derive(Clone, Debug)]
+pub struct Client {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) view: RegionView,
+    description: RegionDescription,
+    allocator: Mutex<BufferAllocator>,
+    queue_pairs_taken: Mutex<Vec<bool>>,
+    // Dropped last: the mapping must outlive every view use above, and the
+    // socket's EOF is what tells the engine to reclaim the region.
+    _mapping: Mapping,
+    socket: OwnedFd,
+}
+
+impl Client {
+    /// Connects to the engine's control socket and attaches a new region.
+    pub fn attach(socket_path: &Path, options: &AttachOptions) -> Result<Client, ClientError> {
+        let socket = control::connect_to(socket_path)?;
+        let request = Request::Attach(AttachRequest {
+            layout_version: shm_layout::LAYOUT_VERSION,
+            queue_pairs: options.queue_pairs,
+            sq_entries: options.sq_entries,
+            buffer_size_bytes: options.buffer_size_bytes.div_ceil(4096) * 4096,
+            client_name: options.client_name.clone(),
+        });
+        control::send(&socket, &request, &[])?;
+        let (response, mut fds) = control::receive::<Response>(&socket)?;
+        let reply = match response {
+            Response::Attached(reply) => reply,
+            Response::Refused { reason } => return Err(ClientError::Refused(reason)),
+            Response::Regions { .. } => return Err(ClientError::UnexpectedResponse),
+        };
+        if fds.len() != 1 {
+            return Err(ClientError::Control(control::ControlError::FdCount {
+                found: fds.len(),
+                expected: 1,
+            }));
+        }
+        let mapping = Mapping::new(
+            fds.remove(0),
+            reply.region_size_bytes,
+            Access::ReadWrite,
+            true,
+        )?;
+        // SAFETY: the mapping is page-aligned, of the size mapped, and is
+        // stored in Shared next to the view, dropped after every use of it.
+        let (view, description) = unsafe { RegionView::open(mapping.base(), mapping.size_bytes()) }
+            .map_err(|error| ClientError::BadRegion(error.to_string()))?;
+        let allocator = BufferAllocator::new(description.buffer_size_bytes);
+        let shared = Shared {
+            view,
+            description,
+            allocator: Mutex::new(allocator),
+            queue_pairs_taken: Mutex::new(vec![false; description.queue_pair_count as usize]),
+            _mapping: mapping,
+            socket,
+        };
+        Ok(Client {
+            shared: Arc::new(shared),
+        })
+    }
+
+    /// The region's description as the engine wrote it (validated at attach).
+    pub fn description(&self) -> &RegionDescription {
+        &self.shared.description
+    }
+
+    /// Takes queue pair `index` for exclusive use (each can be taken once).
+    pub fn take_queue_pair(&self, index: u32) -> Result<QueuePair, ClientError> {
+        let mut taken = self
+            .shared
+            .queue_pairs_taken
+            .lock()
+            .map_err(|_| ClientError::Poisoned)?;
+        match taken.get_mut(index as usize) {
+            None => Err(ClientError::NoSuchQueuePair {
+                index,
+                count: self.shared.description.queue_pair_count,
+            }),
+            Some(true) => Err(ClientError::QueuePairTaken(index)),
+            Some(slot) => {
+                *slot = true;
+                Ok(QueuePair::new(self.shared.clone(), index))
+            }
+        }
+    }
+
+    /// Allocates `length_bytes` in the buffer area.
+    pub fn allocate(&self, length_bytes: u32) -> Result<Buffer, ClientError> {
+        BufferAllocator::allocate(&self.shared, length_bytes)
+    }
+
+    /// The bytes of a buffer the client holds (so no read is writing into it).
+    pub fn bytes<'a>(&'a self, buffer: &'a Buffer) -> &'a [u8] {
+        self.shared.bytes(buffer.offset(), buffer.length() as u64)
+    }
+
+    /// Fails if the engine stopped or died or fenced this client off.
+    pub fn check_alive(&self) -> Result<(), ClientError> {
+        self.shared.check_alive()
+    }
+}
+
+impl Shared {
+    pub(crate) fn bytes(&self, offset: u64, length: u64) -> &[u8] {
+        match self.view.buffer_range(offset, length) {
+            // SAFETY: the range is inside the buffer area of a mapping that
+            // lives as long as &self; the engine writes a buffer only while a
+            // read of it is in flight, and callers only pass buffers they hold.
+            Some(pointer) => unsafe {
+                std::slice::from_raw_parts(pointer.as_ptr(), length as usize)
+            },
+            None => &[],
+        }
+    }
+
+    /// The engine's state words and the control socket (EOF = engine gone).
+    pub(crate) fn check_alive(&self) -> Result<(), ClientError> {
+        let live = self.view.live();
+        if live.region_state.load(Ordering::Acquire) == region_state::FENCED {
+            let reason = live.fence_reason.load(Ordering::Relaxed);
+            return Err(ClientError::Fenced(fence_reason::describe(reason)));
+        }
+        if live.engine_state.load(Ordering::Acquire) == engine_state::STOPPED {
+            return Err(ClientError::EngineStopped);
+        }
+        let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
+        if poll(&mut fds, PollTimeout::ZERO).unwrap_or(0) > 0 {
+            // The engine never sends unprompted: readable means EOF or error.
+            return Err(ClientError::EngineGone);
+        }
+        Ok(())
+    }
+}

@@ -1,1 +1,134 @@
-//! placeholder
+//! The engine daemon. Its read role serves local clients through
+//! shared-memory rings; the binary (`rdma-engine`) is a thin wrapper over
+//! [`run`].
+//!
+//! Threads: the control thread (this crate's [`control`]) owns the socket and
+//! region lifecycles; the poller ([`poller`]) owns the data path.
+
+pub mod config;
+pub mod control;
+pub mod execute;
+pub mod logging;
+pub mod poller;
+pub mod read;
+pub mod region;
+
+use config::{Config, ConfigError};
+use poller::{Poller, PollerLink};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("another engine is already serving {0}")]
+    SocketInUse(String),
+    #[error("cannot prepare the control socket {path}: {source}")]
+    Socket {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Control(#[from] rdma_ipc::control::ControlError),
+    #[error("cannot install the signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("cannot start the poller thread: {0}")]
+    Thread(std::io::Error),
+    #[error(transparent)]
+    Read(#[from] read::ReadSetupError),
+}
+
+impl EngineError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            EngineError::Config(_) => 2,
+            EngineError::SocketInUse(_) | EngineError::Socket { .. } | EngineError::Control(_) => 3,
+            EngineError::Read(_) => 4,
+            EngineError::Signals(_) | EngineError::Thread(_) => 5,
+        }
+    }
+}
+
+/// Removes a stale socket file left by a dead engine; refuses if a live
+/// engine still answers on it.
+fn prepare_socket_path(config: &Config) -> Result<(), EngineError> {
+    let path = &config.socket;
+    if !path.exists() {
+        return Ok(());
+    }
+    if rdma_ipc::control::connect_to(path).is_ok() {
+        return Err(EngineError::SocketInUse(path.display().to_string()));
+    }
+    std::fs::remove_file(path).map_err(|source| EngineError::Socket {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn bind_control_socket(config: &Config) -> Result<std::os::fd::OwnedFd, EngineError> {
+    prepare_socket_path(config)?;
+    // The socket file is created 0600 (umask during bind): only the engine's
+    // uid (and root) can connect; peer credentials are checked as well.
+    let previous = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let listener = rdma_ipc::control::listen_on(&config.socket, 64);
+    nix::sys::stat::umask(previous);
+    Ok(listener?)
+}
+
+fn pin_to_cpu(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(cpu).is_err()
+        || nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).is_err()
+    {
+        tracing::warn!(cpu, "cannot pin the poller; it runs unpinned");
+    }
+}
+
+/// Runs the engine until SIGTERM or SIGINT, then drains and returns.
+pub fn run(config: Config) -> Result<(), EngineError> {
+    config.validate()?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, shutdown.clone()).map_err(EngineError::Signals)?;
+    }
+    let reads = read::ReadService::from_config(&config)?;
+    let listener = bind_control_socket(&config)?;
+    let engine_generation = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)
+        .map(|now| now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64)
+        .unwrap_or(0)
+        ^ ((std::process::id() as u64) << 48);
+    let max_regions = config.max_clients as usize;
+    let link = Arc::new(PollerLink::new(max_regions));
+    let poller = Poller::new(
+        link.clone(),
+        execute::Executor::new(reads),
+        Duration::from_micros(config.idle_spin_us),
+        Duration::from_millis(config.heartbeat_ms),
+        max_regions,
+    );
+    let poller_cpu = config.poller_cpu;
+    let poller_thread = std::thread::Builder::new()
+        .name("poller".into())
+        .spawn(move || {
+            if let Some(cpu) = poller_cpu {
+                pin_to_cpu(cpu);
+            }
+            poller.run()
+        })
+        .map_err(EngineError::Thread)?;
+    tracing::info!(socket = %config.socket.display(), engine_generation, "engine serving");
+    let mut server =
+        control::ControlServer::new(listener, config.clone(), link.clone(), engine_generation);
+    server.run(&shutdown);
+    tracing::info!("shutdown requested; draining");
+    link.shutdown.store(true, Ordering::Release);
+    link.ring_doorbell();
+    let _ = poller_thread.join();
+    server.reclaim_released();
+    let _ = std::fs::remove_file(&config.socket);
+    tracing::info!("engine stopped");
+    Ok(())
+}

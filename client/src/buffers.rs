@@ -1,0 +1,84 @@
+//! Buffers in the region's buffer area: an offset allocator (the
+//! `offset-allocator` crate, O(1) allocate/free) over 64-byte units, and
+//! [`Buffer`] handles that free themselves on drop.
+
+use crate::{ClientError, Shared};
+use offset_allocator::{Allocation, Allocator};
+use std::sync::Arc;
+
+/// Allocation granularity: one cache line, so buffers never share a line.
+const UNIT_BYTES: u64 = 64;
+
+pub(crate) struct BufferAllocator {
+    allocator: Allocator,
+}
+
+impl std::fmt::Debug for BufferAllocator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BufferAllocator")
+    }
+}
+
+impl BufferAllocator {
+    pub(crate) fn new(buffer_size_bytes: u64) -> BufferAllocator {
+        let units = (buffer_size_bytes / UNIT_BYTES).min(u32::MAX as u64 - 1) as u32;
+        BufferAllocator {
+            allocator: Allocator::new(units),
+        }
+    }
+
+    pub(crate) fn allocate(shared: &Arc<Shared>, length_bytes: u32) -> Result<Buffer, ClientError> {
+        let units = (length_bytes.max(1) as u64).div_ceil(UNIT_BYTES) as u32;
+        let mut allocator = shared.allocator.lock().map_err(|_| ClientError::Poisoned)?;
+        let allocation = allocator
+            .allocator
+            .allocate(units)
+            .ok_or(ClientError::OutOfBufferSpace { length_bytes })?;
+        Ok(Buffer {
+            offset: allocation.offset as u64 * UNIT_BYTES,
+            length_bytes,
+            allocation,
+            shared: shared.clone(),
+        })
+    }
+}
+
+/// A range of the buffer area: `length()` bytes at `offset()` from its start.
+/// Freed when dropped.
+pub struct Buffer {
+    offset: u64,
+    length_bytes: u32,
+    allocation: Allocation,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Buffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Buffer")
+            .field("offset", &self.offset)
+            .field("length_bytes", &self.length_bytes)
+            .finish()
+    }
+}
+
+impl Buffer {
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    pub fn length(&self) -> u32 {
+        self.length_bytes
+    }
+
+    pub(crate) fn belongs_to(&self, shared: &Arc<Shared>) -> bool {
+        Arc::ptr_eq(&self.shared, shared)
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        if let Ok(mut allocator) = self.shared.allocator.lock() {
+            allocator.allocator.free(self.allocation);
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! One queue pair, owned by one thread: prepare entries, submit them with one
+//! publish (waking the engine if it sleeps), reap completions, wait on the CQ.
+
+use crate::{Buffer, ClientError, CompletionError, Shared};
+use rdma_ipc::futex;
+use shm_layout::entry::{cqe_flags, opcode, Cqe, ErrorCode, Sqe};
+use shm_layout::queue_pair::{cq_flags, sq_flags};
+use shm_layout::region::ClientRings;
+use shm_layout::ring::{Consumer, Producer, PushError, SharedSlots, SleepCheck};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long `wait` spins on the CQ before it sleeps on the futex.
+const WAIT_SPIN: Duration = Duration::from_micros(20);
+/// Longest single futex sleep in `wait`: the engine's liveness is checked
+/// between slices, so a dead engine is noticed within this bound.
+const WAIT_SLICE: Duration = Duration::from_millis(50);
+
+/// An operation to submit.
+#[derive(Debug)]
+pub enum Operation {
+    Nop,
+    /// Read a whole needle into `buffer` (validated by the engine).
+    ReadNeedle {
+        volume_id: u32,
+        needle_id: u64,
+        cookie: u32,
+        buffer: Buffer,
+    },
+    /// Read `length` bytes at `offset` of a needle's data into `buffer`.
+    ReadRange {
+        volume_id: u32,
+        needle_id: u64,
+        cookie: u32,
+        offset: u64,
+        length: u64,
+        buffer: Buffer,
+    },
+    /// Cancel the request submitted with tag `target_tag`.
+    Cancel {
+        target_tag: u64,
+    },
+}
+
+/// Which path served a read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadSource {
+    None,
+    Local,
+    Rdma,
+    Http,
+}
+
+impl ReadSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            ReadSource::None => "none",
+            ReadSource::Local => "local",
+            ReadSource::Rdma => "rdma",
+            ReadSource::Http => "http",
+        }
+    }
+}
+
+/// A completed request, with the buffer it lent the engine (if any).
+#[derive(Debug)]
+pub struct Completion {
+    /// The tag given at `prepare`.
+    pub tag: u64,
+    pub cqe: Cqe,
+    pub buffer: Option<Buffer>,
+}
+
+impl Completion {
+    /// The byte count, or the error.
+    pub fn result(&self) -> Result<u64, CompletionError> {
+        if self.cqe.result >= 0 {
+            return Ok(self.cqe.result as u64);
+        }
+        match ErrorCode::from_result(self.cqe.result) {
+            Some(code) => Err(CompletionError::Engine {
+                code,
+                needed_bytes: self.cqe.aux,
+            }),
+            None => Err(CompletionError::Unknown(self.cqe.result)),
+        }
+    }
+
+    pub fn source(&self) -> ReadSource {
+        match self.cqe.source() {
+            cqe_flags::SOURCE_LOCAL => ReadSource::Local,
+            cqe_flags::SOURCE_RDMA => ReadSource::Rdma,
+            cqe_flags::SOURCE_HTTP => ReadSource::Http,
+            _ => ReadSource::None,
+        }
+    }
+
+    /// The needle is stored gzip-compressed; the bytes are the stored ones.
+    pub fn gzipped(&self) -> bool {
+        self.cqe.flags & cqe_flags::NEEDLE_GZIPPED != 0
+    }
+
+    /// Where the data of a successful read lies in its buffer, as a range of
+    /// the buffer's bytes. `None` if the read failed or the engine's answer
+    /// does not lie inside the buffer.
+    pub fn data_range(&self) -> Option<std::ops::Range<usize>> {
+        let length = self.result().ok()?;
+        let buffer = self.buffer.as_ref()?;
+        let start = self.cqe.data_offset.checked_sub(buffer.offset())?;
+        let end = start.checked_add(length)?;
+        (end <= buffer.length() as u64).then_some(start as usize..end as usize)
+    }
+}
+
+/// A request between `prepare` and its completion.
+#[derive(Debug)]
+struct InFlight {
+    tag: u64,
+    buffer: Option<Buffer>,
+}
+
+/// One queue pair. `Send`, not `Sync`: one thread drives it.
+pub struct QueuePair {
+    shared: Arc<Shared>,
+    index: u32,
+    sq: Producer<Sqe, SharedSlots<Sqe>>,
+    cq: Consumer<Cqe, SharedSlots<Cqe>>,
+    /// Slot table for requests in flight; the SQE's user_data is
+    /// `generation << 32 | slot`, so a stale or forged completion is caught.
+    slots: Vec<Option<InFlight>>,
+    generations: Vec<u32>,
+    free_slots: Vec<u32>,
+}
+
+impl std::fmt::Debug for QueuePair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueuePair")
+            .field("index", &self.index)
+            .field("in_flight", &self.in_flight())
+            .finish()
+    }
+}
+
+impl QueuePair {
+    pub(crate) fn new(shared: Arc<Shared>, index: u32) -> QueuePair {
+        // SAFETY: Client::take_queue_pair hands each queue pair out once, so
+        // this is the only client-side user of its rings; `shared` (held
+        // here) keeps the mapping alive as long as the rings.
+        let (sq, cq): ClientRings = unsafe { shared.view.client_rings(index) };
+        // The CQ holds twice the SQ: the most requests the engine can have
+        // taken and not yet seen reaped.
+        let capacity = shared.view.geometry().cq_entries();
+        QueuePair {
+            shared,
+            index,
+            sq,
+            cq,
+            slots: (0..capacity).map(|_| None).collect(),
+            generations: vec![0; capacity as usize],
+            free_slots: (0..capacity).rev().collect(),
+        }
+    }
+
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// Requests prepared and not yet reaped.
+    pub fn in_flight(&self) -> u32 {
+        (self.slots.len() - self.free_slots.len()) as u32
+    }
+
+    /// The most requests that can be in flight at once.
+    pub fn capacity(&self) -> u32 {
+        self.slots.len() as u32
+    }
+
+    /// Writes one entry into the SQ (visible to the engine at `submit`).
+    pub fn prepare(&mut self, operation: Operation, tag: u64) -> Result<(), ClientError> {
+        self.prepare_with_deadline(operation, tag, 0)
+    }
+
+    /// As `prepare`, failing the request if it is not served by
+    /// `deadline_ns` (`CLOCK_MONOTONIC`, see `rdma_ipc::clock`).
+    pub fn prepare_with_deadline(
+        &mut self,
+        operation: Operation,
+        tag: u64,
+        deadline_ns: u64,
+    ) -> Result<(), ClientError> {
+        let Some(&slot) = self.free_slots.last() else {
+            return Err(ClientError::TooManyInFlight(self.capacity()));
+        };
+        let (mut sqe, buffer) = self.encode(operation)?;
+        sqe.user_data = (self.generations[slot as usize] as u64) << 32 | slot as u64;
+        sqe.deadline_ns = deadline_ns;
+        match self.sq.push(sqe) {
+            Ok(()) => {}
+            Err(PushError::Full) => return Err(ClientError::SubmissionQueueFull),
+            Err(PushError::Index(error)) => {
+                return Err(ClientError::EngineProtocol(error.to_string()))
+            }
+        }
+        self.free_slots.pop();
+        self.slots[slot as usize] = Some(InFlight { tag, buffer });
+        Ok(())
+    }
+
+    fn encode(&self, operation: Operation) -> Result<(Sqe, Option<Buffer>), ClientError> {
+        let read = |op: u8, volume_id: u32, needle_id: u64, cookie: u32, buffer: &Buffer| Sqe {
+            opcode: op,
+            volume_id,
+            needle_id,
+            cookie,
+            buffer_offset: buffer.offset(),
+            buffer_length: buffer.length(),
+            ..Sqe::default()
+        };
+        let (sqe, buffer) = match operation {
+            Operation::Nop => (Sqe::nop(0), None),
+            Operation::Cancel { target_tag } => {
+                let target = self.find_tag(target_tag).unwrap_or(u64::MAX);
+                (Sqe::cancel(0, target), None)
+            }
+            Operation::ReadNeedle {
+                volume_id,
+                needle_id,
+                cookie,
+                buffer,
+            } => (
+                read(opcode::READ_NEEDLE, volume_id, needle_id, cookie, &buffer),
+                Some(buffer),
+            ),
+            Operation::ReadRange {
+                volume_id,
+                needle_id,
+                cookie,
+                offset,
+                length,
+                buffer,
+            } => {
+                let sqe = Sqe {
+                    range_offset: offset,
+                    range_length: length,
+                    ..read(opcode::READ_RANGE, volume_id, needle_id, cookie, &buffer)
+                };
+                (sqe, Some(buffer))
+            }
+        };
+        if let Some(buffer) = &buffer {
+            if !buffer.belongs_to(&self.shared) {
+                return Err(ClientError::ForeignBuffer);
+            }
+        }
+        Ok((sqe, buffer))
+    }
+
+    fn find_tag(&self, tag: u64) -> Option<u64> {
+        self.slots.iter().enumerate().find_map(|(slot, entry)| {
+            entry
+                .as_ref()
+                .filter(|entry| entry.tag == tag)
+                .map(|_| (self.generations[slot] as u64) << 32 | slot as u64)
+        })
+    }
+
+    /// Publishes every prepared entry with one store, and wakes the engine
+    /// if it announced it is going to sleep.
+    pub fn submit(&mut self) -> Result<(), ClientError> {
+        self.sq.publish();
+        let control = self.shared.view.queue_control(self.index);
+        if self
+            .sq
+            .consumer_needs_wakeup(&control.sq_flags, sq_flags::NEED_WAKEUP)
+        {
+            futex::wake(&control.sq_tail, 1);
+        }
+        Ok(())
+    }
+
+    /// Takes one completion off the CQ, if there is one.
+    pub fn reap_one(&mut self) -> Result<Option<Completion>, ClientError> {
+        let cqe = match self.cq.pop() {
+            Ok(Some(cqe)) => cqe,
+            Ok(None) => return Ok(None),
+            Err(error) => return Err(ClientError::EngineProtocol(error.to_string())),
+        };
+        self.cq.release();
+        let slot = (cqe.user_data & u32::MAX as u64) as usize;
+        let generation = (cqe.user_data >> 32) as u32;
+        let in_flight = match self.slots.get_mut(slot) {
+            Some(entry) if self.generations[slot] == generation => entry.take(),
+            _ => None,
+        };
+        let Some(in_flight) = in_flight else {
+            return Err(ClientError::EngineProtocol(format!(
+                "completion for user_data {:#x}, which is not in flight",
+                cqe.user_data
+            )));
+        };
+        self.generations[slot] = generation.wrapping_add(1);
+        self.free_slots.push(slot as u32);
+        Ok(Some(Completion {
+            tag: in_flight.tag,
+            cqe,
+            buffer: in_flight.buffer,
+        }))
+    }
+
+    /// Completions waiting on the CQ.
+    pub fn ready(&mut self) -> Result<u32, ClientError> {
+        self.cq
+            .available()
+            .map_err(|error| ClientError::EngineProtocol(error.to_string()))
+    }
+
+    /// Waits until at least `count` completions are ready, at most `timeout`.
+    /// Spins briefly, then sleeps on the CQ tail futex with NEED_WAKEUP set,
+    /// in slices, checking between slices that the engine is alive.
+    pub fn wait(&mut self, count: u32, timeout: Duration) -> Result<u32, ClientError> {
+        let start = std::time::Instant::now();
+        loop {
+            let ready = self.ready()?;
+            if ready >= count {
+                return Ok(ready);
+            }
+            let waited = start.elapsed();
+            if waited >= timeout {
+                self.shared.check_alive()?;
+                let waited_ms = waited.as_millis() as u64;
+                return Err(ClientError::TimedOut {
+                    waited_ms,
+                    wanted: count,
+                    available: ready,
+                });
+            }
+            if waited < WAIT_SPIN {
+                std::hint::spin_loop();
+                continue;
+            }
+            self.shared.check_alive()?;
+            self.sleep_once((timeout - waited).min(WAIT_SLICE))?;
+        }
+    }
+
+    fn sleep_once(&mut self, slice: Duration) -> Result<(), ClientError> {
+        let control = self.shared.view.queue_control(self.index);
+        let check = self
+            .cq
+            .prepare_sleep(&control.cq_flags, cq_flags::NEED_WAKEUP);
+        match check.map_err(|error| ClientError::EngineProtocol(error.to_string()))? {
+            SleepCheck::Sleep { expected_tail } => {
+                futex::wait(&control.cq_tail, expected_tail, slice);
+                self.cq.finish_sleep(&control.cq_flags);
+            }
+            SleepCheck::WorkArrived => {}
+        }
+        Ok(())
+    }
+
+    /// Submits a NOP and waits for it: a liveness probe.
+    pub fn ping(&mut self, timeout: Duration) -> Result<(), ClientError> {
+        self.prepare(Operation::Nop, u64::MAX)?;
+        self.submit()?;
+        self.wait(1, timeout)?;
+        while let Some(completion) = self.reap_one()? {
+            if completion.tag == u64::MAX {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}

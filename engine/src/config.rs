@@ -1,0 +1,136 @@
+//! The engine's command line and limits, validated once at start-up.
+
+use clap::{Parser, ValueEnum};
+use std::path::PathBuf;
+
+/// Most SQ futexes one poller can sleep on (futex_waitv takes 128 words; one
+/// is the engine's own doorbell).
+pub const MAX_SLEEPING_QUEUE_PAIRS: u32 = rdma_ipc::futex::WAITV_MAX as u32 - 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum HugepagePolicy {
+    /// Huge pages when available, else normal pages with MADV_HUGEPAGE (said once in the log).
+    Auto,
+    /// Refuse an attach when huge pages are not available.
+    Require,
+    /// Normal pages only.
+    Off,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// rdma-engine: the shared-memory RDMA read coprocessor for SeaweedFS.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "rdma-engine", version)]
+pub struct Config {
+    /// Path of the Unix control socket clients attach through (created mode 0600).
+    #[arg(long)]
+    pub socket: PathBuf,
+
+    /// Most clients attached at once.
+    #[arg(long, default_value_t = 16)]
+    pub max_clients: u32,
+
+    /// Most queue pairs one client may ask for.
+    #[arg(long, default_value_t = 4)]
+    pub max_queue_pairs: u32,
+
+    /// Most SQ entries per queue pair a client may ask for (a power of two).
+    #[arg(long, default_value_t = 1024)]
+    pub max_sq_entries: u32,
+
+    /// Largest buffer area one client may ask for, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub max_buffer_mib: u64,
+
+    /// Whether regions are backed by huge pages.
+    #[arg(long, value_enum, default_value_t = HugepagePolicy::Auto)]
+    pub hugepages: HugepagePolicy,
+
+    /// How long the poller spins on empty rings before it sleeps, in microseconds.
+    #[arg(long, default_value_t = 50)]
+    pub idle_spin_us: u64,
+
+    /// Heartbeat interval: the longest sleep between two heartbeats, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_ms: u64,
+
+    /// Pin the poller thread to this CPU.
+    #[arg(long)]
+    pub poller_cpu: Option<usize>,
+
+    /// Log format on stderr (filter with RUST_LOG, default info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--max-clients × --max-queue-pairs is {found}, more than the {MAX_SLEEPING_QUEUE_PAIRS} queue pairs one poller can sleep on")]
+    TooManyQueuePairs { found: u64 },
+    #[error("--{name} {value} is outside the layout's limit of {limit}")]
+    OutOfRange {
+        name: &'static str,
+        value: u64,
+        limit: u64,
+    },
+    #[error("--max-sq-entries {0} is not a power of two of at least 2")]
+    SqEntries(u32),
+    #[error(
+        "--heartbeat-ms must be between 1 and 1000 so clients notice a dead engine within a second"
+    )]
+    Heartbeat,
+}
+
+impl Config {
+    /// Checks the relations between settings; the engine refuses to start otherwise.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        use shm_layout::geometry::{MAX_BUFFER_SIZE_BYTES, MAX_QUEUE_PAIRS, MAX_SQ_ENTRIES};
+        let total = self.max_clients as u64 * self.max_queue_pairs as u64;
+        if total > MAX_SLEEPING_QUEUE_PAIRS as u64 {
+            return Err(ConfigError::TooManyQueuePairs { found: total });
+        }
+        let ranges: [(&'static str, u64, u64); 4] = [
+            (
+                "max-clients",
+                self.max_clients as u64,
+                MAX_SLEEPING_QUEUE_PAIRS as u64,
+            ),
+            (
+                "max-queue-pairs",
+                self.max_queue_pairs as u64,
+                MAX_QUEUE_PAIRS as u64,
+            ),
+            (
+                "max-sq-entries",
+                self.max_sq_entries as u64,
+                MAX_SQ_ENTRIES as u64,
+            ),
+            (
+                "max-buffer-mib",
+                self.max_buffer_mib,
+                MAX_BUFFER_SIZE_BYTES >> 20,
+            ),
+        ];
+        for (name, value, limit) in ranges {
+            if value == 0 || value > limit {
+                return Err(ConfigError::OutOfRange { name, value, limit });
+            }
+        }
+        if !self.max_sq_entries.is_power_of_two() || self.max_sq_entries < 2 {
+            return Err(ConfigError::SqEntries(self.max_sq_entries));
+        }
+        if self.heartbeat_ms == 0 || self.heartbeat_ms > 1000 {
+            return Err(ConfigError::Heartbeat);
+        }
+        Ok(())
+    }
+
+    pub fn max_buffer_size_bytes(&self) -> u64 {
+        self.max_buffer_mib << 20
+    }
+}

@@ -1,0 +1,321 @@
+//! The control thread: accepts clients on the Unix socket, checks their
+//! credentials, creates regions on attach, lists them for `ringstat`, and
+//! reclaims a region when its connection ends (EOF, however the client died).
+
+use crate::config::Config;
+use crate::poller::{Command, PollerLink};
+use crate::region::{RegionIdentity, RegionMemory};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use rdma_ipc::control::{
+    self, AttachReply, AttachRequest, ControlError, RegionSummary, Request, Response,
+};
+use shm_layout::geometry::Geometry;
+use shm_layout::LAYOUT_VERSION;
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// How often the control thread looks at the shutdown flag and the
+/// released-region queue while no socket is active.
+const POLL_INTERVAL_MS: u16 = 20;
+
+#[derive(Debug)]
+struct Connection {
+    fd: OwnedFd,
+    pid: u32,
+    region_id: Option<u64>,
+}
+
+#[derive(Debug)]
+pub struct ControlServer {
+    listener: OwnedFd,
+    config: Config,
+    link: Arc<PollerLink>,
+    connections: Vec<Connection>,
+    /// Every region from attach until the poller has released it.
+    regions: HashMap<u64, Arc<RegionMemory>>,
+    next_region_id: u64,
+    engine_generation: u64,
+    engine_uid: u32,
+}
+
+impl ControlServer {
+    pub fn new(
+        listener: OwnedFd,
+        config: Config,
+        link: Arc<PollerLink>,
+        engine_generation: u64,
+    ) -> ControlServer {
+        ControlServer {
+            listener,
+            config,
+            link,
+            connections: Vec::new(),
+            regions: HashMap::new(),
+            next_region_id: 1,
+            engine_generation,
+            engine_uid: nix::unistd::geteuid().as_raw(),
+        }
+    }
+
+    fn max_connections(&self) -> usize {
+        self.config.max_clients as usize * 2 + 8
+    }
+
+    /// Serves the socket until `shutdown` is set.
+    pub fn run(&mut self, shutdown: &AtomicBool) {
+        while !shutdown.load(Ordering::Acquire) {
+            self.reclaim_released();
+            let ready = self.wait_for_sockets();
+            for (index, flags) in ready.into_iter().rev() {
+                if index == 0 {
+                    self.accept_one();
+                } else if flags.intersects(PollFlags::POLLIN) {
+                    self.handle_message(index - 1);
+                } else {
+                    self.close_connection(index - 1, "hung up");
+                }
+            }
+        }
+    }
+
+    /// Drops the regions the poller handed back: unmaps them and closes the memfds.
+    pub fn reclaim_released(&mut self) {
+        while let Some(memory) = self.link.released.pop() {
+            let region_id = memory.identity.region_id;
+            self.regions.remove(&region_id);
+            drop(memory);
+            tracing::info!(region_id, "region reclaimed");
+        }
+    }
+
+    /// Polls the listener and every connection; returns (index, events) of
+    /// the ready ones, index 0 being the listener.
+    fn wait_for_sockets(&self) -> Vec<(usize, PollFlags)> {
+        let mut fds: Vec<PollFd> = Vec::with_capacity(self.connections.len() + 1);
+        fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
+        fds.extend(
+            self.connections
+                .iter()
+                .map(|c| PollFd::new(c.fd.as_fd(), PollFlags::POLLIN)),
+        );
+        if poll(&mut fds, PollTimeout::from(POLL_INTERVAL_MS)).unwrap_or(0) <= 0 {
+            return Vec::new();
+        }
+        fds.iter()
+            .enumerate()
+            .filter_map(|(index, fd)| {
+                fd.revents()
+                    .filter(|events| !events.is_empty())
+                    .map(|events| (index, events))
+            })
+            .collect()
+    }
+
+    fn accept_one(&mut self) {
+        let fd = match control::accept(&self.listener) {
+            Ok(fd) => fd,
+            Err(error) => return tracing::warn!(%error, "accept failed"),
+        };
+        let credentials = match control::peer_credentials(&fd) {
+            Ok(credentials) => credentials,
+            Err(error) => {
+                return tracing::warn!(%error, "cannot read a client's credentials; connection closed")
+            }
+        };
+        if credentials.uid() != self.engine_uid && credentials.uid() != 0 {
+            let reason = format!(
+                "uid {} may not use this engine: only its own uid {} and root may attach",
+                credentials.uid(),
+                self.engine_uid
+            );
+            tracing::warn!(pid = credentials.pid(), "{reason}");
+            let _ = control::send(&fd, &Response::Refused { reason }, &[]);
+            return;
+        }
+        if self.connections.len() >= self.max_connections() {
+            let reason = format!(
+                "the engine already has {} control connections, its limit",
+                self.connections.len()
+            );
+            let _ = control::send(&fd, &Response::Refused { reason }, &[]);
+            return;
+        }
+        self.connections.push(Connection {
+            fd,
+            pid: credentials.pid() as u32,
+            region_id: None,
+        });
+    }
+
+    fn handle_message(&mut self, index: usize) {
+        let request = match control::receive::<Request>(&self.connections[index].fd) {
+            Ok((request, _fds)) => request,
+            Err(ControlError::Closed) => return self.close_connection(index, "closed"),
+            Err(error) => {
+                let reason = format!("unreadable control message: {error}");
+                let _ = control::send(
+                    &self.connections[index].fd,
+                    &Response::Refused { reason },
+                    &[],
+                );
+                return self.close_connection(index, "sent an unreadable message");
+            }
+        };
+        let sent = match request {
+            Request::Attach(attach) => self.attach(index, &attach),
+            Request::ListRegions => self.list_regions(index),
+        };
+        if let Err(error) = sent {
+            tracing::warn!(%error, "cannot answer a client");
+            self.close_connection(index, "could not be answered");
+        }
+    }
+
+    fn refuse(&self, index: usize, reason: String) -> Result<(), ControlError> {
+        tracing::info!(
+            pid = self.connections[index].pid,
+            "attach refused: {reason}"
+        );
+        control::send(
+            &self.connections[index].fd,
+            &Response::Refused { reason },
+            &[],
+        )
+    }
+
+    /// Checks an attach request against the layout version and the limits;
+    /// returns the geometry or one sentence saying what and why.
+    fn check_attach(&self, index: usize, request: &AttachRequest) -> Result<Geometry, String> {
+        let config = &self.config;
+        if request.layout_version != LAYOUT_VERSION {
+            return Err(format!(
+                "client layout version {} is not this engine's version {LAYOUT_VERSION}; use a client library of the same release",
+                request.layout_version
+            ));
+        }
+        if self.connections[index].region_id.is_some() {
+            return Err(
+                "this connection already has a region; open another connection for another one"
+                    .into(),
+            );
+        }
+        if self.link.shutdown.load(Ordering::Acquire) {
+            return Err("the engine is shutting down".into());
+        }
+        if self.regions.len() >= config.max_clients as usize {
+            return Err(format!(
+                "the engine already serves {} clients, its limit (--max-clients)",
+                self.regions.len()
+            ));
+        }
+        if request.queue_pairs == 0 || request.queue_pairs > config.max_queue_pairs {
+            return Err(format!(
+                "{} queue pairs asked, the engine allows 1 to {} (--max-queue-pairs)",
+                request.queue_pairs, config.max_queue_pairs
+            ));
+        }
+        if request.sq_entries > config.max_sq_entries {
+            return Err(format!(
+                "{} SQ entries asked, the engine allows at most {} (--max-sq-entries)",
+                request.sq_entries, config.max_sq_entries
+            ));
+        }
+        if request.buffer_size_bytes > config.max_buffer_size_bytes() {
+            return Err(format!(
+                "a {}-byte buffer area asked, the engine allows at most {} bytes (--max-buffer-mib)",
+                request.buffer_size_bytes,
+                config.max_buffer_size_bytes()
+            ));
+        }
+        Geometry::new(
+            request.queue_pairs,
+            request.sq_entries,
+            request.buffer_size_bytes,
+        )
+        .map_err(|error| format!("the asked region is not possible: {error}"))
+    }
+
+    fn attach(&mut self, index: usize, request: &AttachRequest) -> Result<(), ControlError> {
+        let geometry = match self.check_attach(index, request) {
+            Ok(geometry) => geometry,
+            Err(reason) => return self.refuse(index, reason),
+        };
+        let identity = RegionIdentity {
+            region_id: self.next_region_id,
+            engine_generation: self.engine_generation,
+            engine_pid: std::process::id(),
+            client_pid: self.connections[index].pid,
+            client_name: request.client_name.chars().take(64).collect(),
+        };
+        let memory = match RegionMemory::create(geometry, identity, self.config.hugepages) {
+            Ok(memory) => Arc::new(memory),
+            Err(error) => return self.refuse(index, format!("cannot create the region: {error}")),
+        };
+        self.next_region_id += 1;
+        let reply = AttachReply {
+            region_id: memory.identity.region_id,
+            region_size_bytes: memory.size_bytes(),
+            engine_generation: self.engine_generation,
+            hugepages: memory.hugepages,
+        };
+        control::send(
+            &self.connections[index].fd,
+            &Response::Attached(reply),
+            &[memory.memfd.as_raw_fd()],
+        )?;
+        tracing::info!(
+            region_id = memory.identity.region_id,
+            client_pid = memory.identity.client_pid,
+            client = %memory.identity.client_name,
+            queue_pairs = geometry.queue_pair_count,
+            sq_entries = geometry.sq_entries,
+            region_size_bytes = memory.size_bytes(),
+            hugepages = memory.hugepages,
+            "client attached"
+        );
+        self.connections[index].region_id = Some(memory.identity.region_id);
+        self.regions
+            .insert(memory.identity.region_id, memory.clone());
+        self.link.send(Command::Attach(memory));
+        Ok(())
+    }
+
+    fn list_regions(&self, index: usize) -> Result<(), ControlError> {
+        let mut regions: Vec<&Arc<RegionMemory>> = self.regions.values().collect();
+        regions.sort_by_key(|memory| memory.identity.region_id);
+        regions.truncate(control::MAX_FDS_PER_MESSAGE);
+        let summaries = regions
+            .iter()
+            .map(|memory| RegionSummary {
+                region_id: memory.identity.region_id,
+                client_pid: memory.identity.client_pid,
+                client_name: memory.identity.client_name.clone(),
+                region_size_bytes: memory.size_bytes(),
+            })
+            .collect();
+        let fds: Vec<_> = regions
+            .iter()
+            .map(|memory| memory.memfd.as_raw_fd())
+            .collect();
+        let response = Response::Regions {
+            engine_pid: std::process::id(),
+            engine_generation: self.engine_generation,
+            regions: summaries,
+        };
+        control::send(&self.connections[index].fd, &response, &fds)
+    }
+
+    fn close_connection(&mut self, index: usize, why: &str) {
+        let connection = self.connections.swap_remove(index);
+        if let Some(region_id) = connection.region_id {
+            tracing::info!(
+                region_id,
+                client_pid = connection.pid,
+                "client {why}; detaching its region"
+            );
+            self.link.send(Command::Detach { region_id });
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! A volume on local disk: its `.dat` (super block + needle records) and its
+//! `.idx`. [`LocalVolume`] locates needles through the index; [`scan`] walks
+//! every record of a `.dat` in order without one.
+
+mod scan;
+
+pub use scan::{scan, ScannedRecord, VolumeScan};
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::FormatError;
+use crate::index::{ApplyOutcome, IndexError, NeedleIndex, OffsetWidth};
+use crate::needle::{record_size_bytes, NeedleRecord};
+use crate::superblock::{SuperBlock, SUPER_BLOCK_SIZE_BYTES};
+use crate::version::Version;
+
+/// Errors reading a volume; each names the file, and the byte offset where
+/// one applies.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    /// Opening or reading a file failed.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// The super block at the start of the `.dat` is bad.
+    #[error("volume file {path} has a bad super block: {source}")]
+    SuperBlock {
+        /// The `.dat`.
+        path: PathBuf,
+        /// What is wrong.
+        source: FormatError,
+    },
+    /// Loading or refreshing the `.idx` failed.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    /// A record runs past the end of the file.
+    #[error("volume file {path} is truncated at byte offset {offset_bytes}: the record there needs {needed_bytes} bytes but only {available_bytes} remain")]
+    Truncated {
+        /// The `.dat`.
+        path: PathBuf,
+        /// Where the record starts.
+        offset_bytes: u64,
+        /// Bytes the record needs (16 when its header is cut).
+        needed_bytes: u64,
+        /// Bytes left in the file from there.
+        available_bytes: u64,
+    },
+    /// A record's bytes are bad, or are not the needle asked for.
+    #[error("volume file {path} has a bad record at byte offset {offset_bytes}: {source}")]
+    Record {
+        /// The `.dat`.
+        path: PathBuf,
+        /// Where the record starts.
+        offset_bytes: u64,
+        /// What is wrong.
+        source: FormatError,
+    },
+    /// The index has no live entry for the needle.
+    #[error("needle {needle_id:#x} is not in the index of {path} (never written or deleted)")]
+    NotFound {
+        /// The `.idx`.
+        path: PathBuf,
+        /// The needle asked for.
+        needle_id: u64,
+    },
+}
+
+/// Where a live needle's record is in the `.dat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Location {
+    /// Byte offset of the record.
+    pub offset_bytes: u64,
+    /// Header size as the index holds it.
+    pub size: u32,
+    /// The whole record: header, body, checksum, v3 timestamp, padding.
+    pub record_size_bytes: u64,
+}
+
+/// An opened volume: its super block and its replayed index.
+#[derive(Debug)]
+pub struct LocalVolume {
+    dat_path: PathBuf,
+    idx_path: PathBuf,
+    dat: File,
+    super_block: SuperBlock,
+    index: NeedleIndex,
+}
+
+impl LocalVolume {
+    /// Read the super block of `dat_path` and replay all of `idx_path`.
+    pub fn open(
+        dat_path: &Path,
+        idx_path: &Path,
+        width: OffsetWidth,
+    ) -> Result<LocalVolume, VolumeError> {
+        let dat = File::open(dat_path).map_err(|source| io_error(dat_path, source))?;
+        let super_block = read_super_block(&dat, dat_path)?;
+        let index = NeedleIndex::load_file(idx_path, width)?;
+        Ok(LocalVolume {
+            dat_path: dat_path.to_path_buf(),
+            idx_path: idx_path.to_path_buf(),
+            dat,
+            super_block,
+            index,
+        })
+    }
+
+    /// Where a live needle is, or `None` if never written or deleted.
+    pub fn locate(&self, needle_id: u64) -> Option<Location> {
+        let value = self.index.get(needle_id)?;
+        Some(Location {
+            offset_bytes: value.offset_bytes,
+            size: value.size,
+            record_size_bytes: record_size_bytes(self.version(), value.size),
+        })
+    }
+
+    /// Apply the entries appended to the `.idx` since the last load or
+    /// refresh. A trailing partial entry is left for the next refresh.
+    pub fn refresh_index(&mut self) -> Result<ApplyOutcome, VolumeError> {
+        Ok(self.index.apply_file(&self.idx_path)?)
+    }
+
+    /// Read a located record's bytes.
+    pub fn read_record(&self, location: &Location) -> Result<Vec<u8>, VolumeError> {
+        let file_size_bytes = self
+            .dat
+            .metadata()
+            .map_err(|source| io_error(&self.dat_path, source))?
+            .len();
+        let available_bytes = file_size_bytes.saturating_sub(location.offset_bytes);
+        if available_bytes < location.record_size_bytes {
+            return Err(VolumeError::Truncated {
+                path: self.dat_path.clone(),
+                offset_bytes: location.offset_bytes,
+                needed_bytes: location.record_size_bytes,
+                available_bytes,
+            });
+        }
+        let mut record = vec![0u8; location.record_size_bytes as usize];
+        self.dat
+            .read_exact_at(&mut record, location.offset_bytes)
+            .map_err(|source| io_error(&self.dat_path, source))?;
+        Ok(record)
+    }
+
+    /// Read a needle's record and check it as SeaweedFS does before serving
+    /// it: header size against the index, needle id, cookie and CRC.
+    pub fn read_checked(&self, needle_id: u64, cookie: u32) -> Result<Vec<u8>, VolumeError> {
+        let location = self
+            .locate(needle_id)
+            .ok_or_else(|| VolumeError::NotFound {
+                path: self.idx_path.clone(),
+                needle_id,
+            })?;
+        let record = self.read_record(&location)?;
+        let record_error = |source| VolumeError::Record {
+            path: self.dat_path.clone(),
+            offset_bytes: location.offset_bytes,
+            source,
+        };
+        let parsed = NeedleRecord::parse(&record, self.version()).map_err(record_error)?;
+        parsed
+            .check_indexed(needle_id, cookie, location.size)
+            .map_err(record_error)?;
+        Ok(record)
+    }
+
+    /// The super block.
+    pub fn super_block(&self) -> &SuperBlock {
+        &self.super_block
+    }
+
+    /// The needle layout version.
+    pub fn version(&self) -> Version {
+        self.super_block.version
+    }
+
+    /// The replayed index.
+    pub fn index(&self) -> &NeedleIndex {
+        &self.index
+    }
+
+    /// The `.dat` path.
+    pub fn dat_path(&self) -> &Path {
+        &self.dat_path
+    }
+
+    /// The `.idx` path.
+    pub fn idx_path(&self) -> &Path {
+        &self.idx_path
+    }
+}
+
+fn io_error(path: &Path, source: io::Error) -> VolumeError {
+    VolumeError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Read the super block (and its extra bytes) from the start of `dat`.
+fn read_super_block(dat: &File, path: &Path) -> Result<SuperBlock, VolumeError> {
+    let bad = |source| VolumeError::SuperBlock {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut fixed = [0u8; SUPER_BLOCK_SIZE_BYTES];
+    let fixed_read_bytes =
+        read_up_to(dat, &mut fixed, 0).map_err(|source| io_error(path, source))?;
+    let extra_size_bytes = SuperBlock::extra_size_bytes(&fixed[..fixed_read_bytes]).map_err(bad)?;
+    let mut whole = vec![0u8; SUPER_BLOCK_SIZE_BYTES + extra_size_bytes];
+    let whole_read_bytes =
+        read_up_to(dat, &mut whole, 0).map_err(|source| io_error(path, source))?;
+    SuperBlock::parse(&whole[..whole_read_bytes]).map_err(bad)
+}
+
+/// Fill as much of `buffer` as the file has from `offset`; returns the count.
+fn read_up_to(file: &File, buffer: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut filled = 0;
+    // Bounded: each pass reads at least one byte into a finite buffer, or stops.
+    while filled < buffer.len() {
+        match file.read_at(&mut buffer[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(read_bytes) => filled += read_bytes,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(filled)
+}
