@@ -22,24 +22,14 @@ impl std::fmt::Debug for BufferAllocator {
 impl BufferAllocator {
     pub(crate) fn new(buffer_size_bytes: u64) -> BufferAllocator {
         let units = (buffer_size_bytes / UNIT_BYTES).min(u32::MAX as u64 - 1) as u32;
-        BufferAllocator {
-            allocator: Allocator::new(units),
-        }
+        BufferAllocator { allocator: Allocator::new(units) }
     }
 
     pub(crate) fn allocate(shared: &Arc<Shared>, length_bytes: u32) -> Result<Buffer, ClientError> {
         let units = (length_bytes.max(1) as u64).div_ceil(UNIT_BYTES) as u32;
         let mut allocator = shared.allocator.lock().map_err(|_| ClientError::Poisoned)?;
-        let allocation = allocator
-            .allocator
-            .allocate(units)
-            .ok_or(ClientError::OutOfBufferSpace { length_bytes })?;
-        Ok(Buffer {
-            offset: allocation.offset as u64 * UNIT_BYTES,
-            length_bytes,
-            allocation,
-            shared: shared.clone(),
-        })
+        let allocation = allocator.allocator.allocate(units).ok_or(ClientError::OutOfBufferSpace { length_bytes })?;
+        Ok(Buffer { offset: allocation.offset as u64 * UNIT_BYTES, length_bytes, allocation, shared: shared.clone() })
     }
 }
 
@@ -54,10 +44,7 @@ pub struct Buffer {
 
 impl std::fmt::Debug for Buffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Buffer")
-            .field("offset", &self.offset)
-            .field("length_bytes", &self.length_bytes)
-            .finish()
+        f.debug_struct("Buffer").field("offset", &self.offset).field("length_bytes", &self.length_bytes).finish()
     }
 }
 

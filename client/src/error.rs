@@ -32,14 +32,8 @@ pub enum ClientError {
     EngineStopped,
     #[error("the engine's control connection closed: the engine is gone")]
     EngineGone,
-    #[error(
-        "timed out after {waited_ms} ms waiting for {wanted} completions ({available} available)"
-    )]
-    TimedOut {
-        waited_ms: u64,
-        wanted: u32,
-        available: u32,
-    },
+    #[error("timed out after {waited_ms} ms waiting for {wanted} completions ({available} available)")]
+    TimedOut { waited_ms: u64, wanted: u32, available: u32 },
     #[error("a lock inside the client was poisoned by a panic")]
     Poisoned,
 }

@@ -99,17 +99,9 @@ impl Client {
             Response::Regions { .. } => return Err(ClientError::UnexpectedResponse),
         };
         if fds.len() != 1 {
-            return Err(ClientError::Control(control::ControlError::FdCount {
-                found: fds.len(),
-                expected: 1,
-            }));
+            return Err(ClientError::Control(control::ControlError::FdCount { found: fds.len(), expected: 1 }));
         }
-        let mapping = Mapping::new(
-            fds.remove(0),
-            reply.region_size_bytes,
-            Access::ReadWrite,
-            true,
-        )?;
+        let mapping = Mapping::new(fds.remove(0), reply.region_size_bytes, Access::ReadWrite, true)?;
         // SAFETY: the mapping is page-aligned, of the size mapped, and is
         // stored in Shared next to the view, dropped after every use of it.
         let (view, description) = unsafe { RegionView::open(mapping.base(), mapping.size_bytes()) }
@@ -123,9 +115,7 @@ impl Client {
             _mapping: mapping,
             socket,
         };
-        Ok(Client {
-            shared: Arc::new(shared),
-        })
+        Ok(Client { shared: Arc::new(shared) })
     }
 
     /// The region's description as the engine wrote it (validated at attach).
@@ -135,16 +125,9 @@ impl Client {
 
     /// Takes queue pair `index` for exclusive use (each can be taken once).
     pub fn take_queue_pair(&self, index: u32) -> Result<QueuePair, ClientError> {
-        let mut taken = self
-            .shared
-            .queue_pairs_taken
-            .lock()
-            .map_err(|_| ClientError::Poisoned)?;
+        let mut taken = self.shared.queue_pairs_taken.lock().map_err(|_| ClientError::Poisoned)?;
         match taken.get_mut(index as usize) {
-            None => Err(ClientError::NoSuchQueuePair {
-                index,
-                count: self.shared.description.queue_pair_count,
-            }),
+            None => Err(ClientError::NoSuchQueuePair { index, count: self.shared.description.queue_pair_count }),
             Some(true) => Err(ClientError::QueuePairTaken(index)),
             Some(slot) => {
                 *slot = true;
@@ -175,9 +158,7 @@ impl Shared {
             // SAFETY: the range is inside the buffer area of a mapping that
             // lives as long as &self; the engine writes a buffer only while a
             // read of it is in flight, and callers only pass buffers they hold.
-            Some(pointer) => unsafe {
-                std::slice::from_raw_parts(pointer.as_ptr(), length as usize)
-            },
+            Some(pointer) => unsafe { std::slice::from_raw_parts(pointer.as_ptr(), length as usize) },
             None => &[],
         }
     }

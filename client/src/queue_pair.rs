@@ -78,10 +78,7 @@ impl Completion {
             return Ok(self.cqe.result as u64);
         }
         match ErrorCode::from_result(self.cqe.result) {
-            Some(code) => Err(CompletionError::Engine {
-                code,
-                needed_bytes: self.cqe.aux,
-            }),
+            Some(code) => Err(CompletionError::Engine { code, needed_bytes: self.cqe.aux }),
             None => Err(CompletionError::Unknown(self.cqe.result)),
         }
     }
@@ -134,10 +131,7 @@ pub struct QueuePair {
 
 impl std::fmt::Debug for QueuePair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QueuePair")
-            .field("index", &self.index)
-            .field("in_flight", &self.in_flight())
-            .finish()
+        f.debug_struct("QueuePair").field("index", &self.index).field("in_flight", &self.in_flight()).finish()
     }
 }
 
@@ -197,9 +191,7 @@ impl QueuePair {
         match self.sq.push(sqe) {
             Ok(()) => {}
             Err(PushError::Full) => return Err(ClientError::SubmissionQueueFull),
-            Err(PushError::Index(error)) => {
-                return Err(ClientError::EngineProtocol(error.to_string()))
-            }
+            Err(PushError::Index(error)) => return Err(ClientError::EngineProtocol(error.to_string())),
         }
         self.free_slots.pop();
         self.slots[slot as usize] = Some(InFlight { tag, buffer });
@@ -222,23 +214,10 @@ impl QueuePair {
                 let target = self.find_tag(target_tag).unwrap_or(u64::MAX);
                 (Sqe::cancel(0, target), None)
             }
-            Operation::ReadNeedle {
-                volume_id,
-                needle_id,
-                cookie,
-                buffer,
-            } => (
-                read(opcode::READ_NEEDLE, volume_id, needle_id, cookie, &buffer),
-                Some(buffer),
-            ),
-            Operation::ReadRange {
-                volume_id,
-                needle_id,
-                cookie,
-                offset,
-                length,
-                buffer,
-            } => {
+            Operation::ReadNeedle { volume_id, needle_id, cookie, buffer } => {
+                (read(opcode::READ_NEEDLE, volume_id, needle_id, cookie, &buffer), Some(buffer))
+            }
+            Operation::ReadRange { volume_id, needle_id, cookie, offset, length, buffer } => {
                 let sqe = Sqe {
                     range_offset: offset,
                     range_length: length,
@@ -257,10 +236,7 @@ impl QueuePair {
 
     fn find_tag(&self, tag: u64) -> Option<u64> {
         self.slots.iter().enumerate().find_map(|(slot, entry)| {
-            entry
-                .as_ref()
-                .filter(|entry| entry.tag == tag)
-                .map(|_| (self.generations[slot] as u64) << 32 | slot as u64)
+            entry.as_ref().filter(|entry| entry.tag == tag).map(|_| (self.generations[slot] as u64) << 32 | slot as u64)
         })
     }
 
@@ -269,10 +245,7 @@ impl QueuePair {
     pub fn submit(&mut self) -> Result<(), ClientError> {
         self.sq.publish();
         let control = self.shared.view.queue_control(self.index);
-        if self
-            .sq
-            .consumer_needs_wakeup(&control.sq_flags, sq_flags::NEED_WAKEUP)
-        {
+        if self.sq.consumer_needs_wakeup(&control.sq_flags, sq_flags::NEED_WAKEUP) {
             futex::wake(&control.sq_tail, 1);
         }
         Ok(())
@@ -300,18 +273,12 @@ impl QueuePair {
         };
         self.generations[slot] = generation.wrapping_add(1);
         self.free_slots.push(slot as u32);
-        Ok(Some(Completion {
-            tag: in_flight.tag,
-            cqe,
-            buffer: in_flight.buffer,
-        }))
+        Ok(Some(Completion { tag: in_flight.tag, cqe, buffer: in_flight.buffer }))
     }
 
     /// Completions waiting on the CQ.
     pub fn ready(&mut self) -> Result<u32, ClientError> {
-        self.cq
-            .available()
-            .map_err(|error| ClientError::EngineProtocol(error.to_string()))
+        self.cq.available().map_err(|error| ClientError::EngineProtocol(error.to_string()))
     }
 
     /// Waits until at least `count` completions are ready, at most `timeout`.
@@ -328,11 +295,7 @@ impl QueuePair {
             if waited >= timeout {
                 self.shared.check_alive()?;
                 let waited_ms = waited.as_millis() as u64;
-                return Err(ClientError::TimedOut {
-                    waited_ms,
-                    wanted: count,
-                    available: ready,
-                });
+                return Err(ClientError::TimedOut { waited_ms, wanted: count, available: ready });
             }
             if waited < WAIT_SPIN {
                 std::hint::spin_loop();
@@ -345,9 +308,7 @@ impl QueuePair {
 
     fn sleep_once(&mut self, slice: Duration) -> Result<(), ClientError> {
         let control = self.shared.view.queue_control(self.index);
-        let check = self
-            .cq
-            .prepare_sleep(&control.cq_flags, cq_flags::NEED_WAKEUP);
+        let check = self.cq.prepare_sleep(&control.cq_flags, cq_flags::NEED_WAKEUP);
         match check.map_err(|error| ClientError::EngineProtocol(error.to_string()))? {
             SleepCheck::Sleep { expected_tail } => {
                 futex::wait(&control.cq_tail, expected_tail, slice);

@@ -31,6 +31,16 @@ pub struct Config {
     #[arg(long)]
     pub socket: PathBuf,
 
+    /// A directory of SeaweedFS volumes (`[collection_]ID.dat` + `.idx`) served
+    /// locally with `pread`. Repeatable.
+    #[arg(long = "volume-dir")]
+    pub volume_dir: Vec<PathBuf>,
+
+    /// Width of offsets in the volumes' `.idx` files: 4 (SeaweedFS default,
+    /// 16-byte entries) or 5 (the `5BytesOffset` build, 17-byte entries).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(4..=5))]
+    pub offset_bytes: u8,
+
     /// Most clients attached at once.
     #[arg(long, default_value_t = 16)]
     pub max_clients: u32,
@@ -73,16 +83,10 @@ pub enum ConfigError {
     #[error("--max-clients × --max-queue-pairs is {found}, more than the {MAX_SLEEPING_QUEUE_PAIRS} queue pairs one poller can sleep on")]
     TooManyQueuePairs { found: u64 },
     #[error("--{name} {value} is outside the layout's limit of {limit}")]
-    OutOfRange {
-        name: &'static str,
-        value: u64,
-        limit: u64,
-    },
+    OutOfRange { name: &'static str, value: u64, limit: u64 },
     #[error("--max-sq-entries {0} is not a power of two of at least 2")]
     SqEntries(u32),
-    #[error(
-        "--heartbeat-ms must be between 1 and 1000 so clients notice a dead engine within a second"
-    )]
+    #[error("--heartbeat-ms must be between 1 and 1000 so clients notice a dead engine within a second")]
     Heartbeat,
 }
 
@@ -95,26 +99,10 @@ impl Config {
             return Err(ConfigError::TooManyQueuePairs { found: total });
         }
         let ranges: [(&'static str, u64, u64); 4] = [
-            (
-                "max-clients",
-                self.max_clients as u64,
-                MAX_SLEEPING_QUEUE_PAIRS as u64,
-            ),
-            (
-                "max-queue-pairs",
-                self.max_queue_pairs as u64,
-                MAX_QUEUE_PAIRS as u64,
-            ),
-            (
-                "max-sq-entries",
-                self.max_sq_entries as u64,
-                MAX_SQ_ENTRIES as u64,
-            ),
-            (
-                "max-buffer-mib",
-                self.max_buffer_mib,
-                MAX_BUFFER_SIZE_BYTES >> 20,
-            ),
+            ("max-clients", self.max_clients as u64, MAX_SLEEPING_QUEUE_PAIRS as u64),
+            ("max-queue-pairs", self.max_queue_pairs as u64, MAX_QUEUE_PAIRS as u64),
+            ("max-sq-entries", self.max_sq_entries as u64, MAX_SQ_ENTRIES as u64),
+            ("max-buffer-mib", self.max_buffer_mib, MAX_BUFFER_SIZE_BYTES >> 20),
         ];
         for (name, value, limit) in ranges {
             if value == 0 || value > limit {

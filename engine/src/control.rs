@@ -6,9 +6,7 @@ use crate::config::Config;
 use crate::poller::{Command, PollerLink};
 use crate::region::{RegionIdentity, RegionMemory};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use rdma_ipc::control::{
-    self, AttachReply, AttachRequest, ControlError, RegionSummary, Request, Response,
-};
+use rdma_ipc::control::{self, AttachReply, AttachRequest, ControlError, RegionSummary, Request, Response};
 use shm_layout::geometry::Geometry;
 use shm_layout::LAYOUT_VERSION;
 use std::collections::HashMap;
@@ -41,12 +39,7 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
-    pub fn new(
-        listener: OwnedFd,
-        config: Config,
-        link: Arc<PollerLink>,
-        engine_generation: u64,
-    ) -> ControlServer {
+    pub fn new(listener: OwnedFd, config: Config, link: Arc<PollerLink>, engine_generation: u64) -> ControlServer {
         ControlServer {
             listener,
             config,
@@ -95,21 +88,13 @@ impl ControlServer {
     fn wait_for_sockets(&self) -> Vec<(usize, PollFlags)> {
         let mut fds: Vec<PollFd> = Vec::with_capacity(self.connections.len() + 1);
         fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
-        fds.extend(
-            self.connections
-                .iter()
-                .map(|c| PollFd::new(c.fd.as_fd(), PollFlags::POLLIN)),
-        );
+        fds.extend(self.connections.iter().map(|c| PollFd::new(c.fd.as_fd(), PollFlags::POLLIN)));
         if poll(&mut fds, PollTimeout::from(POLL_INTERVAL_MS)).unwrap_or(0) <= 0 {
             return Vec::new();
         }
         fds.iter()
             .enumerate()
-            .filter_map(|(index, fd)| {
-                fd.revents()
-                    .filter(|events| !events.is_empty())
-                    .map(|events| (index, events))
-            })
+            .filter_map(|(index, fd)| fd.revents().filter(|events| !events.is_empty()).map(|events| (index, events)))
             .collect()
     }
 
@@ -120,9 +105,7 @@ impl ControlServer {
         };
         let credentials = match control::peer_credentials(&fd) {
             Ok(credentials) => credentials,
-            Err(error) => {
-                return tracing::warn!(%error, "cannot read a client's credentials; connection closed")
-            }
+            Err(error) => return tracing::warn!(%error, "cannot read a client's credentials; connection closed"),
         };
         if credentials.uid() != self.engine_uid && credentials.uid() != 0 {
             let reason = format!(
@@ -135,18 +118,11 @@ impl ControlServer {
             return;
         }
         if self.connections.len() >= self.max_connections() {
-            let reason = format!(
-                "the engine already has {} control connections, its limit",
-                self.connections.len()
-            );
+            let reason = format!("the engine already has {} control connections, its limit", self.connections.len());
             let _ = control::send(&fd, &Response::Refused { reason }, &[]);
             return;
         }
-        self.connections.push(Connection {
-            fd,
-            pid: credentials.pid() as u32,
-            region_id: None,
-        });
+        self.connections.push(Connection { fd, pid: credentials.pid() as u32, region_id: None });
     }
 
     fn handle_message(&mut self, index: usize) {
@@ -155,11 +131,7 @@ impl ControlServer {
             Err(ControlError::Closed) => return self.close_connection(index, "closed"),
             Err(error) => {
                 let reason = format!("unreadable control message: {error}");
-                let _ = control::send(
-                    &self.connections[index].fd,
-                    &Response::Refused { reason },
-                    &[],
-                );
+                let _ = control::send(&self.connections[index].fd, &Response::Refused { reason }, &[]);
                 return self.close_connection(index, "sent an unreadable message");
             }
         };
@@ -174,15 +146,8 @@ impl ControlServer {
     }
 
     fn refuse(&self, index: usize, reason: String) -> Result<(), ControlError> {
-        tracing::info!(
-            pid = self.connections[index].pid,
-            "attach refused: {reason}"
-        );
-        control::send(
-            &self.connections[index].fd,
-            &Response::Refused { reason },
-            &[],
-        )
+        tracing::info!(pid = self.connections[index].pid, "attach refused: {reason}");
+        control::send(&self.connections[index].fd, &Response::Refused { reason }, &[])
     }
 
     /// Checks an attach request against the layout version and the limits;
@@ -196,19 +161,13 @@ impl ControlServer {
             ));
         }
         if self.connections[index].region_id.is_some() {
-            return Err(
-                "this connection already has a region; open another connection for another one"
-                    .into(),
-            );
+            return Err("this connection already has a region; open another connection for another one".into());
         }
         if self.link.shutdown.load(Ordering::Acquire) {
             return Err("the engine is shutting down".into());
         }
         if self.regions.len() >= config.max_clients as usize {
-            return Err(format!(
-                "the engine already serves {} clients, its limit (--max-clients)",
-                self.regions.len()
-            ));
+            return Err(format!("the engine already serves {} clients, its limit (--max-clients)", self.regions.len()));
         }
         if request.queue_pairs == 0 || request.queue_pairs > config.max_queue_pairs {
             return Err(format!(
@@ -229,12 +188,8 @@ impl ControlServer {
                 config.max_buffer_size_bytes()
             ));
         }
-        Geometry::new(
-            request.queue_pairs,
-            request.sq_entries,
-            request.buffer_size_bytes,
-        )
-        .map_err(|error| format!("the asked region is not possible: {error}"))
+        Geometry::new(request.queue_pairs, request.sq_entries, request.buffer_size_bytes)
+            .map_err(|error| format!("the asked region is not possible: {error}"))
     }
 
     fn attach(&mut self, index: usize, request: &AttachRequest) -> Result<(), ControlError> {
@@ -260,11 +215,7 @@ impl ControlServer {
             engine_generation: self.engine_generation,
             hugepages: memory.hugepages,
         };
-        control::send(
-            &self.connections[index].fd,
-            &Response::Attached(reply),
-            &[memory.memfd.as_raw_fd()],
-        )?;
+        control::send(&self.connections[index].fd, &Response::Attached(reply), &[memory.memfd.as_raw_fd()])?;
         tracing::info!(
             region_id = memory.identity.region_id,
             client_pid = memory.identity.client_pid,
@@ -276,8 +227,7 @@ impl ControlServer {
             "client attached"
         );
         self.connections[index].region_id = Some(memory.identity.region_id);
-        self.regions
-            .insert(memory.identity.region_id, memory.clone());
+        self.regions.insert(memory.identity.region_id, memory.clone());
         self.link.send(Command::Attach(memory));
         Ok(())
     }
@@ -295,10 +245,7 @@ impl ControlServer {
                 region_size_bytes: memory.size_bytes(),
             })
             .collect();
-        let fds: Vec<_> = regions
-            .iter()
-            .map(|memory| memory.memfd.as_raw_fd())
-            .collect();
+        let fds: Vec<_> = regions.iter().map(|memory| memory.memfd.as_raw_fd()).collect();
         let response = Response::Regions {
             engine_pid: std::process::id(),
             engine_generation: self.engine_generation,
@@ -310,11 +257,7 @@ impl ControlServer {
     fn close_connection(&mut self, index: usize, why: &str) {
         let connection = self.connections.swap_remove(index);
         if let Some(region_id) = connection.region_id {
-            tracing::info!(
-                region_id,
-                client_pid = connection.pid,
-                "client {why}; detaching its region"
-            );
+            tracing::info!(region_id, client_pid = connection.pid, "client {why}; detaching its region");
             self.link.send(Command::Detach { region_id });
         }
     }

@@ -14,9 +14,7 @@ pub struct BatchClock {
 
 impl BatchClock {
     pub fn now_ns(&mut self) -> u64 {
-        *self
-            .now_ns
-            .get_or_insert_with(rdma_ipc::clock::monotonic_ns)
+        *self.now_ns.get_or_insert_with(rdma_ipc::clock::monotonic_ns)
     }
 }
 
@@ -38,52 +36,32 @@ impl Executor {
         Executor { reads }
     }
 
+    /// Periodic work of the read transports (index refresh), called by the
+    /// poller about once a second, never per entry.
+    pub fn housekeeping(&mut self) {
+        if let Some(reads) = self.reads.as_mut() {
+            reads.housekeeping();
+        }
+    }
+
     /// Executes one entry copied out of `view`'s SQ. Writes, if at all, only
     /// inside the buffer range the validated entry names.
-    pub fn execute(
-        &mut self,
-        sqe: &Sqe,
-        view: &RegionView,
-        clock: &mut BatchClock,
-    ) -> (Cqe, Outcome) {
+    pub fn execute(&mut self, sqe: &Sqe, view: &RegionView, clock: &mut BatchClock) -> (Cqe, Outcome) {
         let request = match sqe.validate(view.geometry().buffer_size_bytes) {
             Ok(request) => request,
-            Err(code) => {
-                return (
-                    Cqe::error(sqe.user_data, code),
-                    Outcome {
-                        invalid: true,
-                        bytes_read: 0,
-                    },
-                )
-            }
+            Err(code) => return (Cqe::error(sqe.user_data, code), Outcome { invalid: true, bytes_read: 0 }),
         };
         if sqe.deadline_ns != 0 && clock.now_ns() > sqe.deadline_ns {
-            return (
-                Cqe::error(sqe.user_data, ErrorCode::DEADLINE_EXCEEDED),
-                Outcome::default(),
-            );
+            return (Cqe::error(sqe.user_data, ErrorCode::DEADLINE_EXCEEDED), Outcome::default());
         }
         match request {
-            Request::Nop => (
-                Cqe {
-                    user_data: sqe.user_data,
-                    ..Cqe::default()
-                },
-                Outcome::default(),
-            ),
+            Request::Nop => (Cqe { user_data: sqe.user_data, ..Cqe::default() }, Outcome::default()),
             // Every operation completes before its CQE is posted, so there is
             // never anything in flight to cancel.
-            Request::Cancel { .. } => (
-                Cqe::error(sqe.user_data, ErrorCode::NOTHING_TO_CANCEL),
-                Outcome::default(),
-            ),
+            Request::Cancel { .. } => (Cqe::error(sqe.user_data, ErrorCode::NOTHING_TO_CANCEL), Outcome::default()),
             Request::ReadNeedle(read) => match self.reads.as_mut() {
                 Some(reads) => reads.read(sqe.user_data, &read, view),
-                None => (
-                    Cqe::error(sqe.user_data, ErrorCode::NO_SUCH_VOLUME),
-                    Outcome::default(),
-                ),
+                None => (Cqe::error(sqe.user_data, ErrorCode::NO_SUCH_VOLUME), Outcome::default()),
             },
         }
     }

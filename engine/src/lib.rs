@@ -26,10 +26,7 @@ pub enum EngineError {
     #[error("another engine is already serving {0}")]
     SocketInUse(String),
     #[error("cannot prepare the control socket {path}: {source}")]
-    Socket {
-        path: String,
-        source: std::io::Error,
-    },
+    Socket { path: String, source: std::io::Error },
     #[error(transparent)]
     Control(#[from] rdma_ipc::control::ControlError),
     #[error("cannot install the signal handlers: {0}")]
@@ -62,10 +59,7 @@ fn prepare_socket_path(config: &Config) -> Result<(), EngineError> {
     if rdma_ipc::control::connect_to(path).is_ok() {
         return Err(EngineError::SocketInUse(path.display().to_string()));
     }
-    std::fs::remove_file(path).map_err(|source| EngineError::Socket {
-        path: path.display().to_string(),
-        source,
-    })
+    std::fs::remove_file(path).map_err(|source| EngineError::Socket { path: path.display().to_string(), source })
 }
 
 fn bind_control_socket(config: &Config) -> Result<std::os::fd::OwnedFd, EngineError> {
@@ -80,9 +74,7 @@ fn bind_control_socket(config: &Config) -> Result<std::os::fd::OwnedFd, EngineEr
 
 fn pin_to_cpu(cpu: usize) {
     let mut set = nix::sched::CpuSet::new();
-    if set.set(cpu).is_err()
-        || nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).is_err()
-    {
+    if set.set(cpu).is_err() || nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).is_err() {
         tracing::warn!(cpu, "cannot pin the poller; it runs unpinned");
     }
 }
@@ -120,8 +112,7 @@ pub fn run(config: Config) -> Result<(), EngineError> {
         })
         .map_err(EngineError::Thread)?;
     tracing::info!(socket = %config.socket.display(), engine_generation, "engine serving");
-    let mut server =
-        control::ControlServer::new(listener, config.clone(), link.clone(), engine_generation);
+    let mut server = control::ControlServer::new(listener, config.clone(), link.clone(), engine_generation);
     server.run(&shutdown);
     tracing::info!("shutdown requested; draining");
     link.shutdown.store(true, Ordering::Release);

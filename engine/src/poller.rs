@@ -28,6 +28,9 @@ const MAX_BATCH: u32 = 64;
 /// Passes between two heartbeat/clock checks while busy.
 const PASSES_PER_HOUSEKEEPING: u32 = 256;
 
+/// How often the read transports refresh their indexes.
+const READ_HOUSEKEEPING_INTERVAL_NS: u64 = 1_000_000_000;
+
 /// Longest the drain on SIGTERM waits for clients to make CQ room.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -97,9 +100,7 @@ struct ServedQueuePair {
 
 impl std::fmt::Debug for ServedQueuePair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServedQueuePair")
-            .field("index", &self.index)
-            .finish_non_exhaustive()
+        f.debug_struct("ServedQueuePair").field("index", &self.index).finish_non_exhaustive()
     }
 }
 
@@ -119,6 +120,7 @@ pub struct Poller {
     idle_spin: Duration,
     heartbeat: Duration,
     max_regions: usize,
+    last_read_housekeeping_ns: u64,
 }
 
 /// Result of serving one queue pair once.
@@ -135,19 +137,10 @@ impl ServedRegion {
                 // rings, and ServedRegion holds the Arc that keeps the
                 // mapping alive for as long as the rings exist.
                 let (sq, cq): EngineRings = unsafe { memory.view.engine_rings(index) };
-                ServedQueuePair {
-                    index,
-                    sq,
-                    cq,
-                    counters: Counters::default(),
-                }
+                ServedQueuePair { index, sq, cq, counters: Counters::default() }
             })
             .collect();
-        ServedRegion {
-            memory,
-            queue_pairs,
-            fenced: false,
-        }
+        ServedRegion { memory, queue_pairs, fenced: false }
     }
 
     fn view(&self) -> &RegionView {
@@ -157,8 +150,7 @@ impl ServedRegion {
     fn fence(&mut self, reason: u32, error: IndexError) {
         let live = self.memory.view.live();
         live.fence_reason.store(reason, Ordering::Relaxed);
-        live.region_state
-            .store(region_state::FENCED, Ordering::Release);
+        live.region_state.store(region_state::FENCED, Ordering::Release);
         self.fenced = true;
         tracing::warn!(
             region_id = self.memory.identity.region_id,
@@ -178,43 +170,25 @@ impl ServedRegion {
     }
 
     fn set_engine_state(&self, state: u32) {
-        self.memory
-            .view
-            .live()
-            .engine_state
-            .store(state, Ordering::Release);
+        self.memory.view.live().engine_state.store(state, Ordering::Release);
     }
 }
 
 fn publish_counters(view: &RegionView, queue_pair: &ServedQueuePair) {
     let stats = view.stats(queue_pair.index);
     let counters = &queue_pair.counters;
-    stats
-        .sqes_taken
-        .store(counters.sqes_taken, Ordering::Relaxed);
-    stats
-        .cqes_posted
-        .store(counters.cqes_posted, Ordering::Relaxed);
+    stats.sqes_taken.store(counters.sqes_taken, Ordering::Relaxed);
+    stats.cqes_posted.store(counters.cqes_posted, Ordering::Relaxed);
     stats.errors.store(counters.errors, Ordering::Relaxed);
-    stats
-        .invalid_entries
-        .store(counters.invalid_entries, Ordering::Relaxed);
-    stats
-        .bytes_read
-        .store(counters.bytes_read, Ordering::Relaxed);
+    stats.invalid_entries.store(counters.invalid_entries, Ordering::Relaxed);
+    stats.bytes_read.store(counters.bytes_read, Ordering::Relaxed);
     stats.sleeps.store(counters.sleeps, Ordering::Relaxed);
-    stats
-        .client_wakeups
-        .store(counters.client_wakeups, Ordering::Relaxed);
+    stats.client_wakeups.store(counters.client_wakeups, Ordering::Relaxed);
 }
 
 /// Takes up to `MAX_BATCH` SQEs (only as many as the CQ has room for),
 /// completes each, publishes both rings once, and wakes a waiting client.
-fn serve_queue_pair(
-    queue_pair: &mut ServedQueuePair,
-    view: &RegionView,
-    executor: &mut Executor,
-) -> Served {
+fn serve_queue_pair(queue_pair: &mut ServedQueuePair, view: &RegionView, executor: &mut Executor) -> Served {
     let available = match queue_pair.sq.available() {
         Ok(0) => return Served::Entries(0),
         Ok(available) => available,
@@ -247,10 +221,7 @@ fn serve_queue_pair(
     queue_pair.sq.release();
     queue_pair.cq.publish();
     let control = view.queue_control(queue_pair.index);
-    if queue_pair
-        .cq
-        .consumer_needs_wakeup(&control.cq_flags, cq_flags::NEED_WAKEUP)
-    {
+    if queue_pair.cq.consumer_needs_wakeup(&control.cq_flags, cq_flags::NEED_WAKEUP) {
         futex::wake(&control.cq_tail, u32::MAX);
         queue_pair.counters.client_wakeups += 1;
     }
@@ -274,6 +245,7 @@ impl Poller {
             idle_spin,
             heartbeat,
             max_regions,
+            last_read_housekeeping_ns: 0,
         }
     }
 
@@ -319,18 +291,11 @@ impl Poller {
                     self.regions.push(ServedRegion::new(memory));
                 }
                 Command::Attach(memory) => {
-                    tracing::error!(
-                        region_id = memory.identity.region_id,
-                        "region table full; region not served"
-                    );
+                    tracing::error!(region_id = memory.identity.region_id, "region table full; region not served");
                     self.release(memory);
                 }
                 Command::Detach { region_id } => {
-                    if let Some(position) = self
-                        .regions
-                        .iter()
-                        .position(|r| r.memory.identity.region_id == region_id)
-                    {
+                    if let Some(position) = self.regions.iter().position(|r| r.memory.identity.region_id == region_id) {
                         let region = self.regions.swap_remove(position);
                         self.release(region.memory);
                     }
@@ -365,15 +330,16 @@ impl Poller {
         total
     }
 
-    /// Writes the heartbeat into every region. Returns the time it used.
-    fn housekeeping(&self) -> u64 {
+    /// Writes the heartbeat into every region and, about once a second,
+    /// lets the read transports refresh. Returns the time it used.
+    fn housekeeping(&mut self) -> u64 {
         let now_ns = rdma_ipc::clock::monotonic_ns();
         for region in &self.regions {
-            region
-                .view()
-                .live()
-                .heartbeat_ns
-                .store(now_ns, Ordering::Relaxed);
+            region.view().live().heartbeat_ns.store(now_ns, Ordering::Relaxed);
+        }
+        if now_ns.saturating_sub(self.last_read_housekeeping_ns) >= READ_HOUSEKEEPING_INTERVAL_NS {
+            self.executor.housekeeping();
+            self.last_read_housekeeping_ns = now_ns;
         }
         now_ns
     }
@@ -383,29 +349,18 @@ impl Poller {
     fn sleep(&mut self) {
         self.wait_words.clear();
         let doorbell = self.link.doorbell.load(Ordering::SeqCst);
-        self.wait_words
-            .push(WaitWord::private(&self.link.doorbell, doorbell));
+        self.wait_words.push(WaitWord::private(&self.link.doorbell, doorbell));
         let mut work_arrived = false;
         let mut fences = Vec::new();
-        for (region_index, region) in self
-            .regions
-            .iter_mut()
-            .enumerate()
-            .filter(|(_, region)| !region.fenced)
-        {
+        for (region_index, region) in self.regions.iter_mut().enumerate().filter(|(_, region)| !region.fenced) {
             for queue_pair in region.queue_pairs.iter_mut() {
                 let flags = &region.memory.view.queue_control(queue_pair.index).sq_flags;
                 match queue_pair.sq.prepare_sleep(flags, sq_flags::NEED_WAKEUP) {
-                    Ok(SleepCheck::Sleep { expected_tail })
-                        if self.wait_words.len() < futex::WAITV_MAX =>
-                    {
-                        self.wait_words
-                            .push(WaitWord::shared(queue_pair.sq.tail_word(), expected_tail));
+                    Ok(SleepCheck::Sleep { expected_tail }) if self.wait_words.len() < futex::WAITV_MAX => {
+                        self.wait_words.push(WaitWord::shared(queue_pair.sq.tail_word(), expected_tail));
                         queue_pair.counters.sleeps += 1;
                     }
-                    Ok(SleepCheck::Sleep { .. }) | Ok(SleepCheck::WorkArrived) => {
-                        work_arrived = true
-                    }
+                    Ok(SleepCheck::Sleep { .. }) | Ok(SleepCheck::WorkArrived) => work_arrived = true,
                     Err(error) => fences.push((region_index, error)),
                 }
             }
@@ -420,9 +375,7 @@ impl Poller {
         }
         for region in self.regions.iter_mut() {
             for queue_pair in region.queue_pairs.iter_mut() {
-                queue_pair
-                    .sq
-                    .finish_sleep(&region.memory.view.queue_control(queue_pair.index).sq_flags);
+                queue_pair.sq.finish_sleep(&region.memory.view.queue_control(queue_pair.index).sq_flags);
                 publish_counters(&region.memory.view, queue_pair);
             }
         }
@@ -446,11 +399,7 @@ impl Poller {
             region.set_engine_state(engine_state::STOPPED);
             region.wake_all_waiters();
         }
-        tracing::info!(
-            regions = self.regions.len(),
-            completed_with_shutdown = completed,
-            "poller drained"
-        );
+        tracing::info!(regions = self.regions.len(), completed_with_shutdown = completed, "poller drained");
     }
 }
 
@@ -470,11 +419,7 @@ fn drain_queue_pair(queue_pair: &mut ServedQueuePair, view: &RegionView, deadlin
         }
         for _ in 0..available.min(room) {
             if let Ok(Some(sqe)) = queue_pair.sq.pop() {
-                if queue_pair
-                    .cq
-                    .push(Cqe::error(sqe.user_data, ErrorCode::SHUTDOWN))
-                    .is_ok()
-                {
+                if queue_pair.cq.push(Cqe::error(sqe.user_data, ErrorCode::SHUTDOWN)).is_ok() {
                     completed += 1;
                 }
             }

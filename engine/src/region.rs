@@ -53,54 +53,31 @@ pub struct RegionMemory {
 static FALLBACK_LOGGED: AtomicBool = AtomicBool::new(false);
 
 fn create_hugetlb(size_bytes: u64) -> Result<(OwnedFd, Mapping), RegionError> {
-    let flags =
-        MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_HUGETLB | MemFdCreateFlag::MFD_HUGE_2MB;
+    let flags = MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_HUGETLB | MemFdCreateFlag::MFD_HUGE_2MB;
     let memfd = memfd_create(c"rdma-region", flags).map_err(RegionError::Memfd)?;
     // fallocate reserves every huge page now: ENOSPC here instead of SIGBUS later.
-    nix::unistd::ftruncate(&memfd, size_bytes as i64)
-        .map_err(|source| RegionError::Size { size_bytes, source })?;
-    fallocate(
-        memfd.as_raw_fd(),
-        FallocateFlags::empty(),
-        0,
-        size_bytes as i64,
-    )
-    .map_err(|source| RegionError::NoHugepages { size_bytes, source })?;
+    nix::unistd::ftruncate(&memfd, size_bytes as i64).map_err(|source| RegionError::Size { size_bytes, source })?;
+    fallocate(memfd.as_raw_fd(), FallocateFlags::empty(), 0, size_bytes as i64)
+        .map_err(|source| RegionError::NoHugepages { size_bytes, source })?;
     let mapping = Mapping::new(&memfd, size_bytes, Access::ReadWrite, true)?;
     Ok((memfd, mapping))
 }
 
 fn create_normal(size_bytes: u64) -> Result<(OwnedFd, Mapping), RegionError> {
-    let memfd =
-        memfd_create(c"rdma-region", MemFdCreateFlag::MFD_CLOEXEC).map_err(RegionError::Memfd)?;
-    nix::unistd::ftruncate(&memfd, size_bytes as i64)
+    let memfd = memfd_create(c"rdma-region", MemFdCreateFlag::MFD_CLOEXEC).map_err(RegionError::Memfd)?;
+    nix::unistd::ftruncate(&memfd, size_bytes as i64).map_err(|source| RegionError::Size { size_bytes, source })?;
+    fallocate(memfd.as_raw_fd(), FallocateFlags::empty(), 0, size_bytes as i64)
         .map_err(|source| RegionError::Size { size_bytes, source })?;
-    fallocate(
-        memfd.as_raw_fd(),
-        FallocateFlags::empty(),
-        0,
-        size_bytes as i64,
-    )
-    .map_err(|source| RegionError::Size { size_bytes, source })?;
     let mapping = Mapping::new(&memfd, size_bytes, Access::ReadWrite, true)?;
     // SAFETY: advising our own fresh mapping; MADV_HUGEPAGE changes no contents.
-    let advised = unsafe {
-        madvise(
-            mapping.base().cast(),
-            size_bytes as usize,
-            MmapAdvise::MADV_HUGEPAGE,
-        )
-    };
+    let advised = unsafe { madvise(mapping.base().cast(), size_bytes as usize, MmapAdvise::MADV_HUGEPAGE) };
     if let Err(error) = advised {
         tracing::debug!(%error, "MADV_HUGEPAGE not applied to a region");
     }
     Ok((memfd, mapping))
 }
 
-fn allocate(
-    size_bytes: u64,
-    policy: HugepagePolicy,
-) -> Result<(OwnedFd, Mapping, bool), RegionError> {
+fn allocate(size_bytes: u64, policy: HugepagePolicy) -> Result<(OwnedFd, Mapping, bool), RegionError> {
     if policy == HugepagePolicy::Off {
         return create_normal(size_bytes).map(|(fd, mapping)| (fd, mapping, false));
     }
@@ -129,41 +106,23 @@ impl RegionMemory {
         let (memfd, mapping, hugepages) = allocate(geometry.region_size_bytes, policy)?;
         // SAFETY: the mapping is page-aligned, holds region_size_bytes, and
         // is owned by the RegionMemory the view is stored in.
-        let view = unsafe { RegionView::new(mapping.base(), mapping.size_bytes(), geometry) }
-            .map_err(RegionError::View)?;
+        let view =
+            unsafe { RegionView::new(mapping.base(), mapping.size_bytes(), geometry) }.map_err(RegionError::View)?;
         let description = RegionDescription {
             engine_generation: identity.engine_generation,
             region_id: identity.region_id,
             engine_pid: identity.engine_pid,
             client_pid: identity.client_pid,
-            page_size_bytes: if hugepages {
-                HUGE_PAGE_SIZE_BYTES as u32
-            } else {
-                PAGE_SIZE_BYTES as u32
-            },
-            backing: if hugepages {
-                backing::HUGETLB
-            } else {
-                backing::NORMAL_PAGES
-            },
+            page_size_bytes: if hugepages { HUGE_PAGE_SIZE_BYTES as u32 } else { PAGE_SIZE_BYTES as u32 },
+            backing: if hugepages { backing::HUGETLB } else { backing::NORMAL_PAGES },
             ..RegionDescription::new(&geometry)
         };
         view.init_header(&description);
         let live = view.live();
-        live.region_state
-            .store(region_state::ACTIVE, Ordering::Relaxed);
-        live.heartbeat_ns
-            .store(rdma_ipc::clock::monotonic_ns(), Ordering::Relaxed);
-        live.engine_state
-            .store(engine_state::RUNNING, Ordering::Release);
-        Ok(RegionMemory {
-            identity,
-            geometry,
-            hugepages,
-            view,
-            mapping,
-            memfd,
-        })
+        live.region_state.store(region_state::ACTIVE, Ordering::Relaxed);
+        live.heartbeat_ns.store(rdma_ipc::clock::monotonic_ns(), Ordering::Relaxed);
+        live.engine_state.store(engine_state::RUNNING, Ordering::Release);
+        Ok(RegionMemory { identity, geometry, hugepages, view, mapping, memfd })
     }
 
     pub fn size_bytes(&self) -> u64 {

@@ -7,9 +7,8 @@
 //! engine did.
 
 use nix::sys::socket::{
-    accept4, bind, connect, getsockopt, listen, recvmsg, sendmsg, socket, sockopt, AddressFamily,
-    Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
-    UnixCredentials,
+    accept4, bind, connect, getsockopt, listen, recvmsg, sendmsg, socket, sockopt, AddressFamily, Backlog,
+    ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr, UnixCredentials,
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::io::{IoSlice, IoSliceMut};
@@ -49,11 +48,7 @@ pub enum Response {
     /// One sentence: what was refused and why.
     Refused { reason: String },
     /// One fd per summary, in the same order.
-    Regions {
-        engine_pid: u32,
-        engine_generation: u64,
-        regions: Vec<RegionSummary>,
-    },
+    Regions { engine_pid: u32, engine_generation: u64, regions: Vec<RegionSummary> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,10 +76,7 @@ pub enum ControlError {
     #[error("cannot listen on {path}: {source}")]
     Listen { path: String, source: nix::Error },
     #[error("control socket {operation} failed: {source}")]
-    Io {
-        operation: &'static str,
-        source: nix::Error,
-    },
+    Io { operation: &'static str, source: nix::Error },
     #[error("the peer closed the control socket")]
     Closed,
     #[error("control message of {size_bytes} bytes is not valid: {reason}")]
@@ -94,35 +86,22 @@ pub enum ControlError {
 }
 
 fn seqpacket_socket() -> Result<OwnedFd, ControlError> {
-    socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(ControlError::Socket)
+    socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).map_err(ControlError::Socket)
 }
 
 /// Connects to an engine's control socket.
 pub fn connect_to(path: &Path) -> Result<OwnedFd, ControlError> {
     let fd = seqpacket_socket()?;
-    let address = UnixAddr::new(path).map_err(|source| ControlError::Connect {
-        path: path.display().to_string(),
-        source,
-    })?;
-    connect(fd.as_raw_fd(), &address).map_err(|source| ControlError::Connect {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let address =
+        UnixAddr::new(path).map_err(|source| ControlError::Connect { path: path.display().to_string(), source })?;
+    connect(fd.as_raw_fd(), &address)
+        .map_err(|source| ControlError::Connect { path: path.display().to_string(), source })?;
     Ok(fd)
 }
 
 /// Binds and listens on `path`.
 pub fn listen_on(path: &Path, backlog: i32) -> Result<OwnedFd, ControlError> {
-    let error = |source| ControlError::Listen {
-        path: path.display().to_string(),
-        source,
-    };
+    let error = |source| ControlError::Listen { path: path.display().to_string(), source };
     let fd = seqpacket_socket()?;
     let address = UnixAddr::new(path).map_err(error)?;
     bind(fd.as_raw_fd(), &address).map_err(error)?;
@@ -132,110 +111,61 @@ pub fn listen_on(path: &Path, backlog: i32) -> Result<OwnedFd, ControlError> {
 
 /// Accepts one connection (close-on-exec).
 pub fn accept(listener: &OwnedFd) -> Result<OwnedFd, ControlError> {
-    let raw = accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC).map_err(|source| {
-        ControlError::Io {
-            operation: "accept",
-            source,
-        }
-    })?;
+    let raw = accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC)
+        .map_err(|source| ControlError::Io { operation: "accept", source })?;
     // SAFETY: accept4 returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
 /// The peer's pid, uid and gid (`SO_PEERCRED`).
 pub fn peer_credentials(connection: &OwnedFd) -> Result<UnixCredentials, ControlError> {
-    getsockopt(connection, sockopt::PeerCredentials).map_err(|source| ControlError::Io {
-        operation: "SO_PEERCRED",
-        source,
-    })
+    getsockopt(connection, sockopt::PeerCredentials)
+        .map_err(|source| ControlError::Io { operation: "SO_PEERCRED", source })
 }
 
 /// Sends one message with `fds` attached.
-pub fn send<T: Serialize>(
-    connection: &OwnedFd,
-    message: &T,
-    fds: &[RawFd],
-) -> Result<(), ControlError> {
-    let bytes = serde_json::to_vec(message).map_err(|error| ControlError::BadMessage {
-        size_bytes: 0,
-        reason: error.to_string(),
-    })?;
+pub fn send<T: Serialize>(connection: &OwnedFd, message: &T, fds: &[RawFd]) -> Result<(), ControlError> {
+    let bytes = serde_json::to_vec(message)
+        .map_err(|error| ControlError::BadMessage { size_bytes: 0, reason: error.to_string() })?;
     if bytes.len() > MAX_MESSAGE_BYTES || fds.len() > MAX_FDS_PER_MESSAGE {
-        return Err(ControlError::BadMessage {
-            size_bytes: bytes.len(),
-            reason: "too large to send".into(),
-        });
+        return Err(ControlError::BadMessage { size_bytes: bytes.len(), reason: "too large to send".into() });
     }
     let iov = [IoSlice::new(&bytes)];
     let rights = [ControlMessage::ScmRights(fds)];
     let control: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
-    sendmsg::<()>(
-        connection.as_raw_fd(),
-        &iov,
-        control,
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    )
-    .map_err(|source| ControlError::Io {
-        operation: "send",
-        source,
-    })?;
+    sendmsg::<()>(connection.as_raw_fd(), &iov, control, MsgFlags::MSG_NOSIGNAL, None)
+        .map_err(|source| ControlError::Io { operation: "send", source })?;
     Ok(())
 }
 
 /// Receives one message and the fds that came with it.
-pub fn receive<T: DeserializeOwned>(
-    connection: &OwnedFd,
-) -> Result<(T, Vec<OwnedFd>), ControlError> {
+pub fn receive<T: DeserializeOwned>(connection: &OwnedFd) -> Result<(T, Vec<OwnedFd>), ControlError> {
     let mut buffer = vec![0u8; MAX_MESSAGE_BYTES];
     let mut control_space = nix::cmsg_space!([RawFd; MAX_FDS_PER_MESSAGE]);
     let (size_bytes, fds, truncated) = {
         let mut iov = [IoSliceMut::new(&mut buffer)];
-        let message = recvmsg::<()>(
-            connection.as_raw_fd(),
-            &mut iov,
-            Some(&mut control_space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )
-        .map_err(|source| ControlError::Io {
-            operation: "receive",
-            source,
-        })?;
+        let message =
+            recvmsg::<()>(connection.as_raw_fd(), &mut iov, Some(&mut control_space), MsgFlags::MSG_CMSG_CLOEXEC)
+                .map_err(|source| ControlError::Io { operation: "receive", source })?;
         let mut fds = Vec::new();
-        for control in message.cmsgs().map_err(|source| ControlError::Io {
-            operation: "receive",
-            source,
-        })? {
+        for control in message.cmsgs().map_err(|source| ControlError::Io { operation: "receive", source })? {
             if let ControlMessageOwned::ScmRights(raw_fds) = control {
                 // SAFETY: SCM_RIGHTS installed these descriptors in our table
                 // for us alone; wrapping them makes sure they are closed.
-                fds.extend(
-                    raw_fds
-                        .into_iter()
-                        .map(|raw| unsafe { OwnedFd::from_raw_fd(raw) }),
-                );
+                fds.extend(raw_fds.into_iter().map(|raw| unsafe { OwnedFd::from_raw_fd(raw) }));
             }
         }
-        let truncated = message
-            .flags
-            .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+        let truncated = message.flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
         (message.bytes, fds, truncated)
     };
     if size_bytes == 0 {
         return Err(ControlError::Closed);
     }
     if truncated {
-        return Err(ControlError::BadMessage {
-            size_bytes,
-            reason: "truncated (too large or too many fds)".into(),
-        });
+        return Err(ControlError::BadMessage { size_bytes, reason: "truncated (too large or too many fds)".into() });
     }
-    let message = serde_json::from_slice(&buffer[..size_bytes]).map_err(|error| {
-        ControlError::BadMessage {
-            size_bytes,
-            reason: error.to_string(),
-        }
-    })?;
+    let message = serde_json::from_slice(&buffer[..size_bytes])
+        .map_err(|error| ControlError::BadMessage { size_bytes, reason: error.to_string() })?;
     Ok((message, fds))
 }
 
@@ -246,13 +176,7 @@ mod tests {
 
     #[test]
     fn message_and_fd_cross_a_socket_pair() {
-        let (left, right) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .unwrap();
+        let (left, right) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).unwrap();
         let request = Request::Attach(AttachRequest {
             layout_version: 1,
             queue_pairs: 2,
@@ -260,37 +184,19 @@ mod tests {
             buffer_size_bytes: 1 << 20,
             client_name: "test".into(),
         });
-        let memfd =
-            nix::sys::memfd::memfd_create(c"probe", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)
-                .unwrap();
+        let memfd = nix::sys::memfd::memfd_create(c"probe", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC).unwrap();
         send(&left, &request, &[memfd.as_raw_fd()]).unwrap();
         let (received, fds): (Request, _) = receive(&right).unwrap();
         assert_eq!(received, request);
         assert_eq!(fds.len(), 1);
         drop(left);
-        assert!(matches!(
-            receive::<Request>(&right),
-            Err(ControlError::Closed)
-        ));
+        assert!(matches!(receive::<Request>(&right), Err(ControlError::Closed)));
     }
 
     #[test]
     fn garbage_is_a_clear_error() {
-        let (left, right) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .unwrap();
-        sendmsg::<()>(
-            left.as_raw_fd(),
-            &[IoSlice::new(b"{not json")],
-            &[],
-            MsgFlags::empty(),
-            None,
-        )
-        .unwrap();
+        let (left, right) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).unwrap();
+        sendmsg::<()>(left.as_raw_fd(), &[IoSlice::new(b"{not json")], &[], MsgFlags::empty(), None).unwrap();
         let error = receive::<Request>(&right).unwrap_err();
         assert!(error.to_string().contains("not valid"), "{error}");
     }

@@ -45,13 +45,7 @@ pub fn wait(word: &AtomicU32, expected: u32, timeout: Duration) -> WaitOutcome {
     // SAFETY: FUTEX_WAIT reads the aligned u32 behind `word` (valid for the
     // call) and the timespec on our stack; it writes nothing.
     let result = unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT,
-            expected,
-            &timeout as *const libc::timespec,
-        )
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT, expected, &timeout as *const libc::timespec)
     };
     outcome(result)
 }
@@ -59,14 +53,7 @@ pub fn wait(word: &AtomicU32, expected: u32, timeout: Duration) -> WaitOutcome {
 /// Wakes up to `count` sleepers on `word`. Returns how many were woken.
 pub fn wake(word: &AtomicU32, count: u32) -> u32 {
     // SAFETY: FUTEX_WAKE only uses the address of `word` as a key.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE,
-            count.min(i32::MAX as u32),
-        )
-    };
+    let result = unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, count.min(i32::MAX as u32)) };
     result.max(0) as u32
 }
 
@@ -103,20 +90,12 @@ pub struct WaitWord {
 impl WaitWord {
     /// A word shared with other processes.
     pub fn shared(word: &AtomicU32, expected: u32) -> WaitWord {
-        WaitWord {
-            expected: expected as u64,
-            address: word.as_ptr() as u64,
-            flags: FUTEX2_SIZE_U32,
-            _reserved: 0,
-        }
+        WaitWord { expected: expected as u64, address: word.as_ptr() as u64, flags: FUTEX2_SIZE_U32, _reserved: 0 }
     }
 
     /// A word private to this process.
     pub fn private(word: &AtomicU32, expected: u32) -> WaitWord {
-        WaitWord {
-            flags: FUTEX2_SIZE_U32 | FUTEX2_PRIVATE,
-            ..WaitWord::shared(word, expected)
-        }
+        WaitWord { flags: FUTEX2_SIZE_U32 | FUTEX2_PRIVATE, ..WaitWord::shared(word, expected) }
     }
 }
 
@@ -158,19 +137,13 @@ mod tests {
     #[test]
     fn wait_returns_at_once_when_value_differs() {
         let word = AtomicU32::new(5);
-        assert_eq!(
-            wait(&word, 4, Duration::from_secs(5)),
-            WaitOutcome::ValueChanged
-        );
+        assert_eq!(wait(&word, 4, Duration::from_secs(5)), WaitOutcome::ValueChanged);
     }
 
     #[test]
     fn wait_times_out() {
         let word = AtomicU32::new(5);
-        assert_eq!(
-            wait(&word, 5, Duration::from_millis(5)),
-            WaitOutcome::TimedOut
-        );
+        assert_eq!(wait(&word, 5, Duration::from_millis(5)), WaitOutcome::TimedOut);
     }
 
     #[test]
@@ -182,16 +155,10 @@ mod tests {
             waker[1].store(1, Ordering::SeqCst);
             wake_private(&waker[1], 1);
         });
-        let list = [
-            WaitWord::shared(&words[0], 0),
-            WaitWord::private(&words[1], 0),
-        ];
+        let list = [WaitWord::shared(&words[0], 0), WaitWord::private(&words[1], 0)];
         // SAFETY: `words` outlives the call.
         let outcome = unsafe { wait_any(&list, Duration::from_secs(5)) };
-        assert!(matches!(
-            outcome,
-            WaitOutcome::Woken | WaitOutcome::ValueChanged
-        ));
+        assert!(matches!(outcome, WaitOutcome::Woken | WaitOutcome::ValueChanged));
         thread.join().unwrap();
     }
 }

@@ -37,12 +37,7 @@ unsafe impl Sync for Mapping {}
 impl Mapping {
     /// Maps `size_bytes` of `fd` shared. `populate` pre-faults every page
     /// (`MAP_POPULATE`), so a shortage shows now, not as SIGBUS later.
-    pub fn new(
-        fd: impl AsFd,
-        size_bytes: u64,
-        access: Access,
-        populate: bool,
-    ) -> Result<Mapping, MappingError> {
+    pub fn new(fd: impl AsFd, size_bytes: u64, access: Access, populate: bool) -> Result<Mapping, MappingError> {
         let length = NonZeroUsize::new(size_bytes as usize).ok_or(MappingError::Empty)?;
         let protection = match access {
             Access::ReadWrite => ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
@@ -56,10 +51,7 @@ impl Mapping {
         // aliases no Rust object; we own it until Drop.
         let base = unsafe { mmap(None, length, protection, flags, fd, 0) }
             .map_err(|source| MappingError::Map { size_bytes, source })?;
-        Ok(Mapping {
-            base: base.cast(),
-            size_bytes: length.get(),
-        })
+        Ok(Mapping { base: base.cast(), size_bytes: length.get() })
     }
 
     pub fn base(&self) -> NonNull<u8> {

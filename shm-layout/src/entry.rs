@@ -32,9 +32,7 @@ pub mod opcode {
 ///
 /// Unused fields must be zero; `flags` must be zero (no flags are defined).
 #[repr(C)]
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct Sqe {
     pub opcode: u8,
     pub flags: u8,
@@ -62,9 +60,7 @@ const _: () = assert!(core::mem::offset_of!(Sqe, deadline_ns) == 56);
 
 /// One completion queue entry: 32 bytes, written by the engine.
 #[repr(C)]
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct Cqe {
     /// The submission's `user_data`, unchanged.
     pub user_data: u64,
@@ -155,13 +151,7 @@ error_codes! {
 
 impl core::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(
-            f,
-            "{} ({}): {}",
-            self.name(),
-            self.result(),
-            self.describe()
-        )
+        write!(f, "{} ({}): {}", self.name(), self.result(), self.describe())
     }
 }
 
@@ -207,9 +197,7 @@ impl Sqe {
         }
         match self.opcode {
             opcode::NOP => self.validate_unused_read_fields().map(|()| Request::Nop),
-            opcode::CANCEL => Ok(Request::Cancel {
-                target_user_data: self.needle_id,
-            }),
+            opcode::CANCEL => Ok(Request::Cancel { target_user_data: self.needle_id }),
             opcode::READ_NEEDLE => {
                 if self.range_offset != 0 || self.range_length != 0 {
                     return Err(ErrorCode::BAD_RESERVED);
@@ -217,15 +205,10 @@ impl Sqe {
                 self.validate_read(buffer_area_size_bytes, None)
             }
             opcode::READ_RANGE => {
-                if self.range_length == 0
-                    || self.range_offset.checked_add(self.range_length).is_none()
-                {
+                if self.range_length == 0 || self.range_offset.checked_add(self.range_length).is_none() {
                     return Err(ErrorCode::BAD_LENGTH);
                 }
-                let range = ByteRange {
-                    offset: self.range_offset,
-                    length: self.range_length,
-                };
+                let range = ByteRange { offset: self.range_offset, length: self.range_length };
                 self.validate_read(buffer_area_size_bytes, Some(range))
             }
             _ => Err(ErrorCode::UNKNOWN_OPCODE),
@@ -247,18 +230,11 @@ impl Sqe {
         }
     }
 
-    fn validate_read(
-        &self,
-        buffer_area_size_bytes: u64,
-        range: Option<ByteRange>,
-    ) -> Result<Request, ErrorCode> {
+    fn validate_read(&self, buffer_area_size_bytes: u64, range: Option<ByteRange>) -> Result<Request, ErrorCode> {
         if self.buffer_length == 0 || self.buffer_length > MAX_BUFFER_LENGTH_BYTES {
             return Err(ErrorCode::BAD_LENGTH);
         }
-        let end = self
-            .buffer_offset
-            .checked_add(self.buffer_length as u64)
-            .ok_or(ErrorCode::BAD_BUFFER)?;
+        let end = self.buffer_offset.checked_add(self.buffer_length as u64).ok_or(ErrorCode::BAD_BUFFER)?;
         if end > buffer_area_size_bytes {
             return Err(ErrorCode::BAD_BUFFER);
         }
@@ -292,24 +268,14 @@ impl Sqe {
 
     /// A CANCEL entry aimed at the request whose user data is `target_user_data`.
     pub const fn cancel(user_data: u64, target_user_data: u64) -> Sqe {
-        Sqe {
-            opcode: opcode::CANCEL,
-            needle_id: target_user_data,
-            ..Sqe::nop(user_data)
-        }
+        Sqe { opcode: opcode::CANCEL, needle_id: target_user_data, ..Sqe::nop(user_data) }
     }
 }
 
 impl Cqe {
     /// A completion carrying an error.
     pub const fn error(user_data: u64, code: ErrorCode) -> Cqe {
-        Cqe {
-            user_data,
-            result: code.result(),
-            flags: 0,
-            data_offset: 0,
-            aux: 0,
-        }
+        Cqe { user_data, result: code.result(), flags: 0, data_offset: 0, aux: 0 }
     }
 
     /// The error this completion carries, if any. A negative result that is
@@ -347,20 +313,12 @@ mod tests {
     #[test]
     fn nop_validates_and_zero_entry_does_not() {
         assert_eq!(Sqe::nop(7).validate(4096), Ok(Request::Nop));
-        assert_eq!(
-            Sqe::default().validate(4096),
-            Err(ErrorCode::UNKNOWN_OPCODE)
-        );
+        assert_eq!(Sqe::default().validate(4096), Err(ErrorCode::UNKNOWN_OPCODE));
     }
 
     #[test]
     fn read_buffer_must_be_inside_the_area() {
-        let mut sqe = Sqe {
-            opcode: opcode::READ_NEEDLE,
-            buffer_offset: 4000,
-            buffer_length: 96,
-            ..Sqe::default()
-        };
+        let mut sqe = Sqe { opcode: opcode::READ_NEEDLE, buffer_offset: 4000, buffer_length: 96, ..Sqe::default() };
         assert!(sqe.validate(4096).is_ok());
         sqe.buffer_length = 97;
         assert_eq!(sqe.validate(4096), Err(ErrorCode::BAD_BUFFER));

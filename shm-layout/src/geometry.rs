@@ -71,40 +71,28 @@ const fn queue_pair_bytes(sq_entries: u32) -> u64 {
 }
 
 // With the largest counts every offset still fits a u32 stride and a u64 sum.
-const _: () =
-    assert!(round_up(queue_pair_bytes(MAX_SQ_ENTRIES), PAGE_SIZE_BYTES) <= u32::MAX as u64);
+const _: () = assert!(round_up(queue_pair_bytes(MAX_SQ_ENTRIES), PAGE_SIZE_BYTES) <= u32::MAX as u64);
 
 impl Geometry {
     /// The geometry for these counts, or why there is none.
-    pub fn new(
-        queue_pair_count: u32,
-        sq_entries: u32,
-        buffer_size_bytes: u64,
-    ) -> Result<Geometry, GeometryError> {
+    pub fn new(queue_pair_count: u32, sq_entries: u32, buffer_size_bytes: u64) -> Result<Geometry, GeometryError> {
         if queue_pair_count == 0 || queue_pair_count > MAX_QUEUE_PAIRS {
-            return Err(GeometryError::QueuePairCount {
-                found: queue_pair_count,
-            });
+            return Err(GeometryError::QueuePairCount { found: queue_pair_count });
         }
-        if !sq_entries.is_power_of_two() || !(MIN_SQ_ENTRIES..=MAX_SQ_ENTRIES).contains(&sq_entries)
-        {
+        if !sq_entries.is_power_of_two() || !(MIN_SQ_ENTRIES..=MAX_SQ_ENTRIES).contains(&sq_entries) {
             return Err(GeometryError::SqEntries { found: sq_entries });
         }
         if buffer_size_bytes == 0
             || buffer_size_bytes % PAGE_SIZE_BYTES != 0
             || buffer_size_bytes > MAX_BUFFER_SIZE_BYTES
         {
-            return Err(GeometryError::BufferSize {
-                found: buffer_size_bytes,
-            });
+            return Err(GeometryError::BufferSize { found: buffer_size_bytes });
         }
         let queue_pair_stride_bytes = round_up(queue_pair_bytes(sq_entries), PAGE_SIZE_BYTES);
         let queue_pairs_offset = PAGE_SIZE_BYTES;
         let stats_offset = queue_pairs_offset + queue_pair_stride_bytes * queue_pair_count as u64;
-        let stats_size_bytes = round_up(
-            core::mem::size_of::<QueuePairStats>() as u64 * queue_pair_count as u64,
-            PAGE_SIZE_BYTES,
-        );
+        let stats_size_bytes =
+            round_up(core::mem::size_of::<QueuePairStats>() as u64 * queue_pair_count as u64, PAGE_SIZE_BYTES);
         let buffer_offset = stats_offset + stats_size_bytes;
         let region_size_bytes = round_up(buffer_offset + buffer_size_bytes, HUGE_PAGE_SIZE_BYTES);
         Ok(Geometry {
@@ -154,9 +142,7 @@ mod tests {
         let geometry = Geometry::new(3, 256, 8 << 20).unwrap();
         for index in 0..3 {
             assert_eq!(geometry.queue_control_offset(index) % PAGE_SIZE_BYTES, 0);
-            assert!(
-                geometry.cq_offset(index) + 512 * 32 <= geometry.queue_control_offset(index + 1)
-            );
+            assert!(geometry.cq_offset(index) + 512 * 32 <= geometry.queue_control_offset(index + 1));
         }
         assert_eq!(geometry.queue_control_offset(3), geometry.stats_offset);
         assert_eq!(geometry.buffer_offset % PAGE_SIZE_BYTES, 0);

@@ -17,9 +17,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// The write-once description of a region: magic, version, every part's
 /// offset and size, and facts for tools.
 #[repr(C)]
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct RegionDescription {
     pub magic: u64,
     pub layout_version: u32,
@@ -160,34 +158,18 @@ pub enum HeaderError {
 impl core::fmt::Display for HeaderError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            HeaderError::BadMagic { found } => write!(
-                f,
-                "region magic is {found:#018x}, not a region of this engine"
-            ),
+            HeaderError::BadMagic { found } => write!(f, "region magic is {found:#018x}, not a region of this engine"),
             HeaderError::VersionMismatch { found, expected } => {
-                write!(
-                    f,
-                    "region layout version is {found}, this library speaks version {expected}"
-                )
+                write!(f, "region layout version is {found}, this library speaks version {expected}")
             }
-            HeaderError::HeaderSize { found } => write!(
-                f,
-                "region header size is {found}, expected {PAGE_SIZE_BYTES}"
-            ),
+            HeaderError::HeaderSize { found } => write!(f, "region header size is {found}, expected {PAGE_SIZE_BYTES}"),
             HeaderError::Geometry(error) => write!(f, "region geometry is invalid: {error}"),
             HeaderError::Inconsistent { field } => {
-                write!(
-                    f,
-                    "region header field {field} disagrees with the layout its counts imply"
-                )
+                write!(f, "region header field {field} disagrees with the layout its counts imply")
             }
-            HeaderError::MappingTooSmall {
-                region_size_bytes,
-                mapping_size_bytes,
-            } => write!(
-                f,
-                "region claims {region_size_bytes} bytes but the mapping holds {mapping_size_bytes}"
-            ),
+            HeaderError::MappingTooSmall { region_size_bytes, mapping_size_bytes } => {
+                write!(f, "region claims {region_size_bytes} bytes but the mapping holds {mapping_size_bytes}")
+            }
         }
     }
 }
@@ -220,55 +202,22 @@ impl RegionDescription {
             return Err(HeaderError::BadMagic { found: self.magic });
         }
         if self.layout_version != LAYOUT_VERSION {
-            return Err(HeaderError::VersionMismatch {
-                found: self.layout_version,
-                expected: LAYOUT_VERSION,
-            });
+            return Err(HeaderError::VersionMismatch { found: self.layout_version, expected: LAYOUT_VERSION });
         }
         if self.header_size_bytes as u64 != PAGE_SIZE_BYTES {
-            return Err(HeaderError::HeaderSize {
-                found: self.header_size_bytes,
-            });
+            return Err(HeaderError::HeaderSize { found: self.header_size_bytes });
         }
-        let geometry = Geometry::new(
-            self.queue_pair_count,
-            self.sq_entries,
-            self.buffer_size_bytes,
-        )
-        .map_err(HeaderError::Geometry)?;
+        let geometry = Geometry::new(self.queue_pair_count, self.sq_entries, self.buffer_size_bytes)
+            .map_err(HeaderError::Geometry)?;
         let checks: [(&'static str, u64, u64); 8] = [
-            (
-                "region_size_bytes",
-                self.region_size_bytes,
-                geometry.region_size_bytes,
-            ),
-            (
-                "cq_entries",
-                self.cq_entries as u64,
-                geometry.cq_entries() as u64,
-            ),
-            (
-                "queue_pair_stride_bytes",
-                self.queue_pair_stride_bytes as u64,
-                geometry.queue_pair_stride_bytes as u64,
-            ),
-            (
-                "queue_pairs_offset",
-                self.queue_pairs_offset,
-                geometry.queue_pairs_offset,
-            ),
+            ("region_size_bytes", self.region_size_bytes, geometry.region_size_bytes),
+            ("cq_entries", self.cq_entries as u64, geometry.cq_entries() as u64),
+            ("queue_pair_stride_bytes", self.queue_pair_stride_bytes as u64, geometry.queue_pair_stride_bytes as u64),
+            ("queue_pairs_offset", self.queue_pairs_offset, geometry.queue_pairs_offset),
             ("stats_offset", self.stats_offset, geometry.stats_offset),
-            (
-                "stats_size_bytes",
-                self.stats_size_bytes,
-                geometry.stats_size_bytes,
-            ),
+            ("stats_size_bytes", self.stats_size_bytes, geometry.stats_size_bytes),
             ("buffer_offset", self.buffer_offset, geometry.buffer_offset),
-            (
-                "buffer_size_bytes",
-                self.buffer_size_bytes,
-                geometry.buffer_size_bytes,
-            ),
+            ("buffer_size_bytes", self.buffer_size_bytes, geometry.buffer_size_bytes),
         ];
         if let Some((field, _, _)) = checks.iter().find(|(_, found, expected)| found != expected) {
             return Err(HeaderError::Inconsistent { field });
@@ -300,32 +249,15 @@ mod tests {
     #[test]
     fn other_version_is_refused_with_both_numbers() {
         let geometry = Geometry::new(1, 8, 4096).unwrap();
-        let description = RegionDescription {
-            layout_version: 99,
-            ..RegionDescription::new(&geometry)
-        };
+        let description = RegionDescription { layout_version: 99, ..RegionDescription::new(&geometry) };
         let error = description.validate(u64::MAX).unwrap_err();
-        assert_eq!(
-            error,
-            HeaderError::VersionMismatch {
-                found: 99,
-                expected: LAYOUT_VERSION
-            }
-        );
+        assert_eq!(error, HeaderError::VersionMismatch { found: 99, expected: LAYOUT_VERSION });
     }
 
     #[test]
     fn tampered_offset_is_refused() {
         let geometry = Geometry::new(1, 8, 4096).unwrap();
-        let description = RegionDescription {
-            buffer_offset: 0,
-            ..RegionDescription::new(&geometry)
-        };
-        assert_eq!(
-            description.validate(u64::MAX),
-            Err(HeaderError::Inconsistent {
-                field: "buffer_offset"
-            })
-        );
+        let description = RegionDescription { buffer_offset: 0, ..RegionDescription::new(&geometry) };
+        assert_eq!(description.validate(u64::MAX), Err(HeaderError::Inconsistent { field: "buffer_offset" }));
     }
 }

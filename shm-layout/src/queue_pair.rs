@@ -51,14 +51,10 @@ pub struct QueueControl {
 const _: () = assert!(core::mem::size_of::<QueueControl>() == 512);
 const _: () = assert!(core::mem::offset_of!(QueueControl, sq_tail) == 0);
 const _: () = assert!(core::mem::offset_of!(QueueControl, sq_head) == crate::INDEX_SPACING_BYTES);
-const _: () =
-    assert!(core::mem::offset_of!(QueueControl, sq_flags) == crate::INDEX_SPACING_BYTES + 4);
-const _: () =
-    assert!(core::mem::offset_of!(QueueControl, cq_tail) == 2 * crate::INDEX_SPACING_BYTES);
-const _: () =
-    assert!(core::mem::offset_of!(QueueControl, cq_head) == 3 * crate::INDEX_SPACING_BYTES);
-const _: () =
-    assert!(core::mem::offset_of!(QueueControl, cq_flags) == 3 * crate::INDEX_SPACING_BYTES + 4);
+const _: () = assert!(core::mem::offset_of!(QueueControl, sq_flags) == crate::INDEX_SPACING_BYTES + 4);
+const _: () = assert!(core::mem::offset_of!(QueueControl, cq_tail) == 2 * crate::INDEX_SPACING_BYTES);
+const _: () = assert!(core::mem::offset_of!(QueueControl, cq_head) == 3 * crate::INDEX_SPACING_BYTES);
+const _: () = assert!(core::mem::offset_of!(QueueControl, cq_flags) == 3 * crate::INDEX_SPACING_BYTES + 4);
 
 /// Counters of one queue pair, written only by the engine (plain stores of
 /// its own running totals, once per batch), read by tools. 128 bytes.

@@ -33,10 +33,7 @@ unsafe impl Sync for RegionView {}
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ViewError {
     Misaligned,
-    TooSmall {
-        region_size_bytes: u64,
-        mapping_size_bytes: u64,
-    },
+    TooSmall { region_size_bytes: u64, mapping_size_bytes: u64 },
 }
 
 /// Which side of the rings a caller plays.
@@ -47,15 +44,9 @@ pub enum Side {
 }
 
 /// The SQ producer and CQ consumer a client drives.
-pub type ClientRings = (
-    Producer<Sqe, SharedSlots<Sqe>>,
-    Consumer<Cqe, SharedSlots<Cqe>>,
-);
+pub type ClientRings = (Producer<Sqe, SharedSlots<Sqe>>, Consumer<Cqe, SharedSlots<Cqe>>);
 /// The SQ consumer and CQ producer the engine drives.
-pub type EngineRings = (
-    Consumer<Sqe, SharedSlots<Sqe>>,
-    Producer<Cqe, SharedSlots<Cqe>>,
-);
+pub type EngineRings = (Consumer<Sqe, SharedSlots<Sqe>>, Producer<Cqe, SharedSlots<Cqe>>);
 
 impl RegionView {
     /// # Safety
@@ -63,19 +54,12 @@ impl RegionView {
     /// mapped while this view (and anything it hands out) lives. It may be
     /// mapped read-only only if the caller never uses the writing accessors
     /// (ring producers/consumers, `init_header`).
-    pub unsafe fn new(
-        base: NonNull<u8>,
-        mapping_size_bytes: u64,
-        geometry: Geometry,
-    ) -> Result<RegionView, ViewError> {
+    pub unsafe fn new(base: NonNull<u8>, mapping_size_bytes: u64, geometry: Geometry) -> Result<RegionView, ViewError> {
         if base.as_ptr() as usize % PAGE_SIZE_BYTES as usize != 0 {
             return Err(ViewError::Misaligned);
         }
         if geometry.region_size_bytes > mapping_size_bytes {
-            return Err(ViewError::TooSmall {
-                region_size_bytes: geometry.region_size_bytes,
-                mapping_size_bytes,
-            });
+            return Err(ViewError::TooSmall { region_size_bytes: geometry.region_size_bytes, mapping_size_bytes });
         }
         Ok(RegionView { base, geometry })
     }
@@ -89,13 +73,8 @@ impl RegionView {
         base: NonNull<u8>,
         mapping_size_bytes: u64,
     ) -> Result<(RegionView, RegionDescription), HeaderError> {
-        if mapping_size_bytes < PAGE_SIZE_BYTES
-            || base.as_ptr() as usize % PAGE_SIZE_BYTES as usize != 0
-        {
-            return Err(HeaderError::MappingTooSmall {
-                region_size_bytes: PAGE_SIZE_BYTES,
-                mapping_size_bytes,
-            });
+        if mapping_size_bytes < PAGE_SIZE_BYTES || base.as_ptr() as usize % PAGE_SIZE_BYTES as usize != 0 {
+            return Err(HeaderError::MappingTooSmall { region_size_bytes: PAGE_SIZE_BYTES, mapping_size_bytes });
         }
         // SAFETY: the mapping holds at least one page (checked above), the
         // description is at offset 0 and FromBytes (any bytes are valid).
@@ -125,66 +104,39 @@ impl RegionView {
         let header = self.at::<RegionHeader>(0);
         // SAFETY: the header page is inside the mapping and page-aligned; no
         // other process has the region yet.
-        unsafe {
-            core::ptr::addr_of_mut!((*header.as_ptr()).description).write_volatile(*description)
-        };
+        unsafe { core::ptr::addr_of_mut!((*header.as_ptr()).description).write_volatile(*description) };
     }
 
     /// The live header words.
     pub fn live(&self) -> &HeaderLive {
         // SAFETY: in the mapping, aligned (offset 128 of a page), all atomics.
-        unsafe {
-            self.at::<HeaderLive>(core::mem::offset_of!(RegionHeader, live) as u64)
-                .as_ref()
-        }
+        unsafe { self.at::<HeaderLive>(core::mem::offset_of!(RegionHeader, live) as u64).as_ref() }
     }
 
     /// Queue pair `index`'s control block. Panics if `index` is not below the
     /// queue pair count (a caller bug, not peer input).
     pub fn queue_control(&self, index: u32) -> &QueueControl {
-        assert!(
-            index < self.geometry.queue_pair_count,
-            "queue pair {index} does not exist"
-        );
+        assert!(index < self.geometry.queue_pair_count, "queue pair {index} does not exist");
         // SAFETY: in the mapping, 4096-aligned, all atomics.
-        unsafe {
-            self.at::<QueueControl>(self.geometry.queue_control_offset(index))
-                .as_ref()
-        }
+        unsafe { self.at::<QueueControl>(self.geometry.queue_control_offset(index)).as_ref() }
     }
 
     /// Queue pair `index`'s stats block.
     pub fn stats(&self, index: u32) -> &QueuePairStats {
-        assert!(
-            index < self.geometry.queue_pair_count,
-            "queue pair {index} does not exist"
-        );
+        assert!(index < self.geometry.queue_pair_count, "queue pair {index} does not exist");
         // SAFETY: in the mapping, 128-aligned, all atomics.
-        unsafe {
-            self.at::<QueuePairStats>(self.geometry.stats_entry_offset(index))
-                .as_ref()
-        }
+        unsafe { self.at::<QueuePairStats>(self.geometry.stats_entry_offset(index)).as_ref() }
     }
 
     fn sq_slots(&self, index: u32) -> SharedSlots<Sqe> {
         // SAFETY: sq_entries SQEs at sq_offset lie inside the mapping; Sqe is
         // FromBytes; the view's contract keeps the mapping alive.
-        unsafe {
-            SharedSlots::new(
-                self.at(self.geometry.sq_offset(index)),
-                self.geometry.sq_entries,
-            )
-        }
+        unsafe { SharedSlots::new(self.at(self.geometry.sq_offset(index)), self.geometry.sq_entries) }
     }
 
     fn cq_slots(&self, index: u32) -> SharedSlots<Cqe> {
         // SAFETY: as in sq_slots, for the CQ.
-        unsafe {
-            SharedSlots::new(
-                self.at(self.geometry.cq_offset(index)),
-                self.geometry.cq_entries(),
-            )
-        }
+        unsafe { SharedSlots::new(self.at(self.geometry.cq_offset(index)), self.geometry.cq_entries()) }
     }
 
     /// The engine's ends of queue pair `index`, starting at the given indices
@@ -285,8 +237,7 @@ mod tests {
             assert_eq!(sqe.opcode, opcode::NOP);
             assert_eq!(sqe.user_data, 42);
             // SAFETY: the view's mapping is valid; reopen reads the header.
-            let (_, description) =
-                unsafe { RegionView::open(view.base(), geometry.region_size_bytes) }.unwrap();
+            let (_, description) = unsafe { RegionView::open(view.base(), geometry.region_size_bytes) }.unwrap();
             assert_eq!(description.queue_pair_count, 2);
         });
     }

@@ -90,10 +90,7 @@ impl<T> SharedSlots<T> {
     /// is a valid `T` (the peer can write anything).
     pub unsafe fn new(base: NonNull<T>, entries: u32) -> SharedSlots<T> {
         debug_assert!(entries.is_power_of_two());
-        SharedSlots {
-            base,
-            mask: entries - 1,
-        }
+        SharedSlots { base, mask: entries - 1 }
     }
 }
 
@@ -105,22 +102,12 @@ impl<T: Copy> Slots<T> for SharedSlots<T> {
     unsafe fn write(&self, index: u32, value: T) {
         // SAFETY: the slot index is masked into 0..entries, inside the array
         // `new` was given; the caller owns the slot by the ring protocol.
-        unsafe {
-            self.base
-                .as_ptr()
-                .add((index & self.mask) as usize)
-                .write_volatile(value)
-        }
+        unsafe { self.base.as_ptr().add((index & self.mask) as usize).write_volatile(value) }
     }
 
     unsafe fn read(&self, index: u32) -> T {
         // SAFETY: as in `write`; any bit pattern is a valid T (contract of `new`).
-        unsafe {
-            self.base
-                .as_ptr()
-                .add((index & self.mask) as usize)
-                .read_volatile()
-        }
+        unsafe { self.base.as_ptr().add((index & self.mask) as usize).read_volatile() }
     }
 }
 
@@ -128,17 +115,9 @@ impl<T: Copy> Slots<T> for SharedSlots<T> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IndexError {
     /// The consumer's head went backwards or past what was published.
-    HeadOutOfRange {
-        head: u32,
-        cached_head: u32,
-        local_tail: u32,
-    },
+    HeadOutOfRange { head: u32, cached_head: u32, local_tail: u32 },
     /// The producer's tail went backwards or more than a ring ahead.
-    TailOutOfRange {
-        tail: u32,
-        cached_tail: u32,
-        local_head: u32,
-    },
+    TailOutOfRange { tail: u32, cached_tail: u32, local_head: u32 },
 }
 
 impl core::fmt::Display for IndexError {
@@ -187,20 +166,8 @@ impl<T: Copy, S: Slots<T>> Producer<T, S> {
     /// # Safety
     /// `tail` and `head` stay valid while the producer lives; this is the
     /// ring's only producer.
-    pub unsafe fn new(
-        tail: NonNull<AtomicU32>,
-        head: NonNull<AtomicU32>,
-        slots: S,
-        start: u32,
-    ) -> Self {
-        Producer {
-            tail,
-            head,
-            slots,
-            local_tail: start,
-            cached_head: start,
-            _entry: PhantomData,
-        }
+    pub unsafe fn new(tail: NonNull<AtomicU32>, head: NonNull<AtomicU32>, slots: S, start: u32) -> Self {
+        Producer { tail, head, slots, local_tail: start, cached_head: start, _entry: PhantomData }
     }
 
     fn head(&self) -> &AtomicU32 {
@@ -301,20 +268,8 @@ impl<T: Copy, S: Slots<T>> Consumer<T, S> {
     /// # Safety
     /// `head` and `tail` stay valid while the consumer lives; this is the
     /// ring's only consumer.
-    pub unsafe fn new(
-        head: NonNull<AtomicU32>,
-        tail: NonNull<AtomicU32>,
-        slots: S,
-        start: u32,
-    ) -> Self {
-        Consumer {
-            head,
-            tail,
-            slots,
-            local_head: start,
-            cached_tail: start,
-            _entry: PhantomData,
-        }
+    pub unsafe fn new(head: NonNull<AtomicU32>, tail: NonNull<AtomicU32>, slots: S, start: u32) -> Self {
+        Consumer { head, tail, slots, local_head: start, cached_tail: start, _entry: PhantomData }
     }
 
     fn head(&self) -> &AtomicU32 {
@@ -379,9 +334,7 @@ impl<T: Copy, S: Slots<T>> Consumer<T, S> {
             flags.store(0, Ordering::Relaxed);
             return Ok(SleepCheck::WorkArrived);
         }
-        Ok(SleepCheck::Sleep {
-            expected_tail: self.local_head,
-        })
+        Ok(SleepCheck::Sleep { expected_tail: self.local_head })
     }
 
     /// Clears the wake-up flag after a sleep (woken, timed out or not slept).
@@ -433,13 +386,7 @@ mod tests {
             }
         }
 
-        fn split(
-            &mut self,
-            start: u32,
-        ) -> (
-            Producer<u64, SharedSlots<u64>>,
-            Consumer<u64, SharedSlots<u64>>,
-        ) {
+        fn split(&mut self, start: u32) -> (Producer<u64, SharedSlots<u64>>, Consumer<u64, SharedSlots<u64>>) {
             let entries = self.storage.len() as u32;
             let base = NonNull::new(self.storage.as_mut_ptr()).unwrap();
             // SAFETY: storage, head and tail outlive both sides (the test keeps
@@ -577,15 +524,9 @@ mod tests {
         for _ in 0..3 {
             assert!(consumer.pop().unwrap().is_some());
         }
-        assert!(matches!(
-            consumer.pop(),
-            Err(IndexError::TailOutOfRange { .. })
-        ));
+        assert!(matches!(consumer.pop(), Err(IndexError::TailOutOfRange { .. })));
         let flags = AtomicU32::new(0);
-        assert!(matches!(
-            consumer.prepare_sleep(&flags, 1),
-            Err(IndexError::TailOutOfRange { .. })
-        ));
+        assert!(matches!(consumer.prepare_sleep(&flags, 1), Err(IndexError::TailOutOfRange { .. })));
     }
 
     #[test]
@@ -593,18 +534,12 @@ mod tests {
         let mut ring = TestRing::new(4, 0);
         let (mut producer, mut consumer) = ring.split(0);
         let flags = AtomicU32::new(0);
-        assert_eq!(
-            consumer.prepare_sleep(&flags, 1),
-            Ok(SleepCheck::Sleep { expected_tail: 0 })
-        );
+        assert_eq!(consumer.prepare_sleep(&flags, 1), Ok(SleepCheck::Sleep { expected_tail: 0 }));
         producer.push(1).unwrap();
         producer.publish();
         assert!(producer.consumer_needs_wakeup(&flags, 1));
         consumer.finish_sleep(&flags);
-        assert_eq!(
-            consumer.prepare_sleep(&flags, 1),
-            Ok(SleepCheck::WorkArrived)
-        );
+        assert_eq!(consumer.prepare_sleep(&flags, 1), Ok(SleepCheck::WorkArrived));
         assert_eq!(flags.load(Ordering::Relaxed), 0);
     }
 }

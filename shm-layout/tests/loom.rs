@@ -60,34 +60,18 @@ impl Shared {
             flags: AtomicU32::new(0),
             futex_lock: Mutex::new(()),
             futex_queue: Condvar::new(),
-            slots: SlotsHandle(Arc::new(LoomSlots {
-                cells: (0..entries).map(|_| UnsafeCell::new(0)).collect(),
-            })),
+            slots: SlotsHandle(Arc::new(LoomSlots { cells: (0..entries).map(|_| UnsafeCell::new(0)).collect() })),
         })
     }
 
     fn producer(&self, start: u32) -> Producer<u64, SlotsHandle> {
         // SAFETY: every caller holds an Arc<Shared> that outlives the producer.
-        unsafe {
-            Producer::new(
-                NonNull::from(&self.tail),
-                NonNull::from(&self.head),
-                self.slots.clone(),
-                start,
-            )
-        }
+        unsafe { Producer::new(NonNull::from(&self.tail), NonNull::from(&self.head), self.slots.clone(), start) }
     }
 
     fn consumer(&self, start: u32) -> Consumer<u64, SlotsHandle> {
         // SAFETY: as in producer.
-        unsafe {
-            Consumer::new(
-                NonNull::from(&self.head),
-                NonNull::from(&self.tail),
-                self.slots.clone(),
-                start,
-            )
-        }
+        unsafe { Consumer::new(NonNull::from(&self.head), NonNull::from(&self.tail), self.slots.clone(), start) }
     }
 
     fn futex_wait(&self, expected: u32) {

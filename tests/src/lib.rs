@@ -1,1 +1,204 @@
-//! Helpers shared by the multi-process tests.
+//! Helpers shared by the multi-process tests: start a real `rdma-engine`
+//! process, attach raw (below the client library, to write hostile entries),
+//! find fixtures.
+
+use rdma_ipc::control::{self, AttachRequest, Request, Response};
+use rdma_ipc::mapping::{Access, Mapping};
+use shm_layout::header::RegionDescription;
+use shm_layout::region::RegionView;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The directory holding this profile's binaries (target/debug or target/release).
+fn binary_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>").to_path_buf()
+}
+
+/// Path of a workspace binary, built once per test run if it is missing.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let path = binary_dir().join(name);
+    BUILT.get_or_init(|| {
+        let profile_release = binary_dir().ends_with("release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut command = Command::new(cargo);
+        command.args(["build", "--bin", "rdma-engine", "-p", "rdma-engine"]);
+        if profile_release {
+            command.arg("--release");
+        }
+        let status = command.status().expect("run cargo build for the engine binary");
+        assert!(status.success(), "building the workspace binaries failed");
+    });
+    assert!(path.exists(), "binary {} is missing", path.display());
+    path
+}
+
+/// The SeaweedFS fixtures kept in the repository.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../volume-format/tests/fixtures").join(name)
+}
+
+/// A running engine process, killed on drop.
+#[derive(Debug)]
+pub struct Engine {
+    pub child: Child,
+    pub socket: PathBuf,
+    pub dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Engine {
+    /// Starts `rdma-engine --socket <tmp>/engine.sock <extra>` and waits
+    /// (bounded) until its socket answers.
+    pub fn start(extra: &[&str]) -> Engine {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Engine::start_in(dir, extra)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Engine {
+        let socket = dir.path().join("engine.sock");
+        let log = dir.path().join(format!("engine-{}.log", Instant::now().elapsed().as_nanos()));
+        let child = spawn_engine(&socket, &log, extra);
+        let engine = Engine { child, socket, dir, log };
+        engine.wait_ready();
+        engine
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if control::connect_to(&self.socket).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("engine did not answer on {} within 20 s; log:\n{}", self.socket.display(), self.log_text());
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Everything the engine logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (bounded) until the engine's log contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log_text().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Restarts the engine on the same socket (after it was killed).
+    pub fn restart(&mut self, extra: &[&str]) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_engine(&self.socket, &self.log, extra);
+        self.wait_ready();
+    }
+
+    /// Attached regions as the engine lists them.
+    pub fn region_count(&self) -> usize {
+        let connection = control::connect_to(&self.socket).expect("connect");
+        control::send(&connection, &Request::ListRegions, &[]).expect("send");
+        match control::receive::<Response>(&connection).expect("receive").0 {
+            Response::Regions { regions, .. } => regions.len(),
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+
+    /// Waits (bounded) until the engine lists `count` regions.
+    pub fn wait_for_region_count(&self, count: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.region_count() == count {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// memfds the engine process still has open.
+    pub fn open_region_memfds(&self) -> usize {
+        let fd_dir = format!("/proc/{}/fd", self.child.id());
+        std::fs::read_dir(fd_dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+                    .filter(|target| target.to_string_lossy().contains("rdma-region"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+}
+
+fn spawn_engine(socket: &Path, log: &Path, extra: &[&str]) -> Child {
+    let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("engine log file");
+    Command::new(workspace_binary("rdma-engine"))
+        .arg("--socket")
+        .arg(socket)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .expect("start rdma-engine")
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An attachment below the client library: the test writes raw entries and
+/// indices, as a hostile or buggy client could.
+#[derive(Debug)]
+pub struct RawAttachment {
+    pub socket: OwnedFd,
+    pub mapping: Mapping,
+    pub view: RegionView,
+    pub description: RegionDescription,
+}
+
+/// Attaches with a raw request; `Err` carries the refusal's reason.
+pub fn raw_attach(socket_path: &Path, request: AttachRequest) -> Result<RawAttachment, String> {
+    let socket = control::connect_to(socket_path).map_err(|e| e.to_string())?;
+    control::send(&socket, &Request::Attach(request), &[]).map_err(|e| e.to_string())?;
+    let (response, mut fds) = control::receive::<Response>(&socket).map_err(|e| e.to_string())?;
+    let reply = match response {
+        Response::Attached(reply) => reply,
+        Response::Refused { reason } => return Err(reason),
+        other => return Err(format!("unexpected answer {other:?}")),
+    };
+    let mapping =
+        Mapping::new(fds.remove(0), reply.region_size_bytes, Access::ReadWrite, false).map_err(|e| e.to_string())?;
+    // SAFETY: the mapping lives in the returned RawAttachment beside the view.
+    let (view, description) =
+        unsafe { RegionView::open(mapping.base(), mapping.size_bytes()) }.map_err(|e| e.to_string())?;
+    Ok(RawAttachment { socket, mapping, view, description })
+}
+
+/// A valid attach request.
+pub fn attach_request(queue_pairs: u32, sq_entries: u32, buffer_size_bytes: u64) -> AttachRequest {
+    AttachRequest {
+        layout_version: shm_layout::LAYOUT_VERSION,
+        queue_pairs,
+        sq_entries,
+        buffer_size_bytes,
+        client_name: "integration-test".into(),
+    }
+}

@@ -1,6 +1,6 @@
 //! Replaying `.idx` entries into a needle id -> location map.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -72,6 +72,9 @@ pub struct ApplyOutcome {
 pub struct NeedleIndex {
     width: OffsetWidth,
     live: HashMap<u64, IndexValue>,
+    /// Ids whose last entry deleted them, so a reader can say "deleted"
+    /// rather than "never written".
+    deleted: HashSet<u64>,
     /// Entries applied so far; also `applied_bytes / entry size`.
     entry_count: u64,
     /// Applied entries that deleted (tombstones and offset-0 entries).
@@ -86,6 +89,7 @@ impl NeedleIndex {
         NeedleIndex {
             width,
             live: HashMap::new(),
+            deleted: HashSet::new(),
             entry_count: 0,
             tombstone_entry_count: 0,
             applied_bytes: 0,
@@ -182,6 +186,7 @@ impl NeedleIndex {
         self.entry_count += 1;
         match u32::try_from(entry.size) {
             Ok(size) if entry.is_live() => {
+                self.deleted.remove(&entry.needle_id);
                 self.live.insert(
                     entry.needle_id,
                     IndexValue {
@@ -192,7 +197,9 @@ impl NeedleIndex {
             }
             _ => {
                 self.tombstone_entry_count += 1;
-                self.live.remove(&entry.needle_id);
+                if self.live.remove(&entry.needle_id).is_some() {
+                    self.deleted.insert(entry.needle_id);
+                }
             }
         }
     }
@@ -200,6 +207,12 @@ impl NeedleIndex {
     /// Where a live needle is.
     pub fn get(&self, needle_id: u64) -> Option<IndexValue> {
         self.live.get(&needle_id).copied()
+    }
+
+    /// Whether the needle was written and then deleted (its last entry is a
+    /// tombstone).
+    pub fn is_deleted(&self, needle_id: u64) -> bool {
+        self.deleted.contains(&needle_id)
     }
 
     /// Live needles, in no particular order.
@@ -274,8 +287,12 @@ mod tests {
             })
         );
         assert_eq!(index.get(2), None);
+        assert!(index.is_deleted(2));
+        assert!(!index.is_deleted(1));
+        assert!(!index.is_deleted(3));
         assert_eq!(index.live_count(), 1);
         assert_eq!(index.tombstone_entry_count(), 1);
+        assert!(index.iter().all(|(id, _)| !index.is_deleted(id)));
     }
 
     #[test]
