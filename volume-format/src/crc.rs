@@ -70,10 +70,7 @@ mod tests {
     fn match_form_accepts_both() {
         let raw = crc32c(b"seaweed");
         assert_eq!(match_form(raw, raw), Some(ChecksumForm::Raw));
-        assert_eq!(
-            match_form(legacy_form(raw), raw),
-            Some(ChecksumForm::Legacy)
-        );
+        assert_eq!(match_form(legacy_form(raw), raw), Some(ChecksumForm::Legacy));
         assert_eq!(match_form(raw ^ 1, raw), None);
     }
 }

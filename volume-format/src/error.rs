@@ -12,9 +12,7 @@ pub enum FormatError {
         version: u8,
     },
     /// Super block extra bytes longer than its u16 size field allows.
-    #[error(
-        "super block extra is {size_bytes} bytes, more than the {max_size_bytes} SeaweedFS allows"
-    )]
+    #[error("super block extra is {size_bytes} bytes, more than the {max_size_bytes} SeaweedFS allows")]
     ExtraTooLong {
         /// Extra bytes given.
         size_bytes: u64,

@@ -30,9 +30,7 @@ pub enum FileIdError {
         input: String,
     },
     /// The volume id is not a decimal number that fits 32 bits.
-    #[error(
-        "file id {input:?} has volume id {volume_id:?}, which is not a decimal number below 2^32"
-    )]
+    #[error("file id {input:?} has volume id {volume_id:?}, which is not a decimal number below 2^32")]
     BadVolumeId {
         /// The string given.
         input: String,
@@ -99,10 +97,9 @@ impl FileId {
         };
         check_length(path, rest)?;
         let (key_cookie, delta) = match rest.rfind('_') {
-            Some(underscore_index) if underscore_index > 0 => (
-                &rest[..underscore_index],
-                Some(&rest[underscore_index + 1..]),
-            ),
+            Some(underscore_index) if underscore_index > 0 => {
+                (&rest[..underscore_index], Some(&rest[underscore_index + 1..]))
+            }
             _ => (rest, None),
         };
         let (needle_id, cookie) = parse_key_cookie(path, key_cookie)?;
@@ -110,22 +107,14 @@ impl FileId {
             Some(delta) => add_delta(path, needle_id, delta)?,
             None => needle_id,
         };
-        Ok(FileId {
-            volume_id,
-            needle_id,
-            cookie,
-        })
+        Ok(FileId { volume_id, needle_id, cookie })
     }
 
     /// The part after the comma, as SeaweedFS formats it.
     pub fn key_cookie_string(&self) -> String {
-        let mut text =
-            String::with_capacity(NEEDLE_ID_MAX_HEX_DIGIT_COUNT + COOKIE_HEX_DIGIT_COUNT);
+        let mut text = String::with_capacity(NEEDLE_ID_MAX_HEX_DIGIT_COUNT + COOKIE_HEX_DIGIT_COUNT);
         let id_bytes = self.needle_id.to_be_bytes();
-        let first_nonzero = id_bytes
-            .iter()
-            .position(|&byte| byte != 0)
-            .unwrap_or(id_bytes.len());
+        let first_nonzero = id_bytes.iter().position(|&byte| byte != 0).unwrap_or(id_bytes.len());
         for byte in &id_bytes[first_nonzero..] {
             text.push_str(&format!("{byte:02x}"));
         }
@@ -143,11 +132,7 @@ impl FromStr for FileId {
         let (volume_text, key_cookie) = split_volume(input)?;
         let volume_id = parse_volume_id(input, volume_text)?;
         let (needle_id, cookie) = parse_key_cookie(input, key_cookie)?;
-        Ok(FileId {
-            volume_id,
-            needle_id,
-            cookie,
-        })
+        Ok(FileId { volume_id, needle_id, cookie })
     }
 }
 
@@ -159,12 +144,8 @@ impl fmt::Display for FileId {
 
 fn split_volume(input: &str) -> Result<(&str, &str), FileIdError> {
     match input.find(',') {
-        Some(comma_index) if comma_index > 0 => {
-            Ok((&input[..comma_index], &input[comma_index + 1..]))
-        }
-        _ => Err(FileIdError::MissingVolumeId {
-            input: input.to_string(),
-        }),
+        Some(comma_index) if comma_index > 0 => Ok((&input[..comma_index], &input[comma_index + 1..])),
+        _ => Err(FileIdError::MissingVolumeId { input: input.to_string() }),
     }
 }
 
@@ -173,20 +154,14 @@ fn parse_volume_id(input: &str, text: &str) -> Result<u32, FileIdError> {
     all_digits
         .then(|| text.parse::<u32>().ok())
         .flatten()
-        .ok_or_else(|| FileIdError::BadVolumeId {
-            input: input.to_string(),
-            volume_id: text.to_string(),
-        })
+        .ok_or_else(|| FileIdError::BadVolumeId { input: input.to_string(), volume_id: text.to_string() })
 }
 
 /// SeaweedFS's first length rule: more than the 8 cookie digits.
 fn check_length(input: &str, key_cookie: &str) -> Result<(), FileIdError> {
     let digit_count = key_cookie.len();
     if digit_count <= COOKIE_HEX_DIGIT_COUNT {
-        return Err(FileIdError::TooShort {
-            input: input.to_string(),
-            digit_count,
-        });
+        return Err(FileIdError::TooShort { input: input.to_string(), digit_count });
     }
     Ok(())
 }
@@ -195,42 +170,25 @@ fn parse_key_cookie(input: &str, key_cookie: &str) -> Result<(u64, u32), FileIdE
     check_length(input, key_cookie)?;
     let digit_count = key_cookie.len();
     if digit_count > NEEDLE_ID_MAX_HEX_DIGIT_COUNT + COOKIE_HEX_DIGIT_COUNT {
-        return Err(FileIdError::TooLong {
-            input: input.to_string(),
-            digit_count,
-        });
+        return Err(FileIdError::TooLong { input: input.to_string(), digit_count });
     }
     // Split by bytes only once all are ASCII hex digits, so never mid-character.
-    let not_hex = |part: &'static str, text: &str| FileIdError::NotHex {
-        input: input.to_string(),
-        part,
-        text: text.to_string(),
-    };
+    let not_hex =
+        |part: &'static str, text: &str| FileIdError::NotHex { input: input.to_string(), part, text: text.to_string() };
     if !key_cookie.bytes().all(|byte| byte.is_ascii_hexdigit()) {
-        let split = key_cookie
-            .char_indices()
-            .nth_back(COOKIE_HEX_DIGIT_COUNT - 1)
-            .map_or(0, |(index, _)| index);
+        let split = key_cookie.char_indices().nth_back(COOKIE_HEX_DIGIT_COUNT - 1).map_or(0, |(index, _)| index);
         let (id_text, cookie_text) = key_cookie.split_at(split);
         let bad_id = !id_text.bytes().all(|byte| byte.is_ascii_hexdigit());
-        return Err(if bad_id {
-            not_hex("needle id", id_text)
-        } else {
-            not_hex("cookie", cookie_text)
-        });
+        return Err(if bad_id { not_hex("needle id", id_text) } else { not_hex("cookie", cookie_text) });
     }
     let (id_text, cookie_text) = key_cookie.split_at(digit_count - COOKIE_HEX_DIGIT_COUNT);
     let needle_id = u64::from_str_radix(id_text, 16).map_err(|_| not_hex("needle id", id_text))?;
-    let cookie =
-        u32::from_str_radix(cookie_text, 16).map_err(|_| not_hex("cookie", cookie_text))?;
+    let cookie = u32::from_str_radix(cookie_text, 16).map_err(|_| not_hex("cookie", cookie_text))?;
     Ok((needle_id, cookie))
 }
 
 fn add_delta(input: &str, needle_id: u64, delta: &str) -> Result<u64, FileIdError> {
-    let bad_delta = || FileIdError::BadDelta {
-        input: input.to_string(),
-        delta: delta.to_string(),
-    };
+    let bad_delta = || FileIdError::BadDelta { input: input.to_string(), delta: delta.to_string() };
     if delta.is_empty() || !delta.bytes().all(|byte| byte.is_ascii_digit()) {
         return Err(bad_delta());
     }
@@ -245,50 +203,20 @@ mod tests {
     #[test]
     fn parses_and_formats_the_readme_example() {
         let fid: FileId = "3,01637037d6".parse().unwrap();
-        assert_eq!(
-            fid,
-            FileId {
-                volume_id: 3,
-                needle_id: 1,
-                cookie: 0x6370_37d6
-            }
-        );
+        assert_eq!(fid, FileId { volume_id: 3, needle_id: 1, cookie: 0x6370_37d6 });
         assert_eq!(fid.to_string(), "3,01637037d6");
     }
 
     #[test]
     fn seaweedfs_test_cases() {
-        assert!(matches!(
-            "100,12345678".parse::<FileId>(),
-            Err(FileIdError::TooShort { .. })
-        ));
-        assert!(matches!(
-            "100, 12345678".parse::<FileId>(),
-            Err(FileIdError::NotHex { .. })
-        ));
+        assert!(matches!("100,12345678".parse::<FileId>(), Err(FileIdError::TooShort { .. })));
+        assert!(matches!("100, 12345678".parse::<FileId>(), Err(FileIdError::NotHex { .. })));
         assert!("100,123456789".parse::<FileId>().is_ok());
         let long: FileId = "100,123456789012345678901234".parse().unwrap();
-        assert_eq!(
-            long,
-            FileId {
-                volume_id: 100,
-                needle_id: 0x1234_5678_9012_3456,
-                cookie: 0x7890_1234
-            }
-        );
+        assert_eq!(long, FileId { volume_id: 100, needle_id: 0x1234_5678_9012_3456, cookie: 0x7890_1234 });
         let zeros: FileId = "100,abcd0000abcd".parse().unwrap();
-        assert_eq!(
-            zeros,
-            FileId {
-                volume_id: 100,
-                needle_id: 0xabcd,
-                cookie: 0xabcd
-            }
-        );
-        assert!(matches!(
-            "100,1234567890123456789012345".parse::<FileId>(),
-            Err(FileIdError::TooLong { .. })
-        ));
+        assert_eq!(zeros, FileId { volume_id: 100, needle_id: 0xabcd, cookie: 0xabcd });
+        assert!(matches!("100,1234567890123456789012345".parse::<FileId>(), Err(FileIdError::TooLong { .. })));
         let padded: FileId = "3,012300000000".parse().unwrap();
         assert_eq!(padded.needle_id, 0x123);
         assert_eq!(padded.to_string(), "3,012300000000");
@@ -296,49 +224,22 @@ mod tests {
 
     #[test]
     fn formatting_drops_whole_zero_bytes_only() {
-        let fid = FileId {
-            volume_id: 7,
-            needle_id: 0x1234,
-            cookie: 0,
-        };
+        let fid = FileId { volume_id: 7, needle_id: 0x1234, cookie: 0 };
         assert_eq!(fid.to_string(), "7,123400000000");
-        let odd = FileId {
-            volume_id: 7,
-            needle_id: 0x123,
-            cookie: 1,
-        };
+        let odd = FileId { volume_id: 7, needle_id: 0x123, cookie: 1 };
         assert_eq!(odd.to_string(), "7,012300000001");
-        let zero = FileId {
-            volume_id: 7,
-            needle_id: 0,
-            cookie: 1,
-        };
+        let zero = FileId { volume_id: 7, needle_id: 0, cookie: 1 };
         assert_eq!(zero.to_string(), "7,00000001");
     }
 
     #[test]
     fn errors_say_what_is_wrong() {
-        assert!(matches!(
-            "01637037d6".parse::<FileId>(),
-            Err(FileIdError::MissingVolumeId { .. })
-        ));
-        assert!(matches!(
-            ",01637037d6".parse::<FileId>(),
-            Err(FileIdError::MissingVolumeId { .. })
-        ));
-        assert!(matches!(
-            "x,01637037d6".parse::<FileId>(),
-            Err(FileIdError::BadVolumeId { .. })
-        ));
-        assert!(matches!(
-            "4294967296,01637037d6".parse::<FileId>(),
-            Err(FileIdError::BadVolumeId { .. })
-        ));
+        assert!(matches!("01637037d6".parse::<FileId>(), Err(FileIdError::MissingVolumeId { .. })));
+        assert!(matches!(",01637037d6".parse::<FileId>(), Err(FileIdError::MissingVolumeId { .. })));
+        assert!(matches!("x,01637037d6".parse::<FileId>(), Err(FileIdError::BadVolumeId { .. })));
+        assert!(matches!("4294967296,01637037d6".parse::<FileId>(), Err(FileIdError::BadVolumeId { .. })));
         let cookie = "3,01637037zz".parse::<FileId>().unwrap_err();
-        assert!(
-            matches!(cookie, FileIdError::NotHex { part: "cookie", .. }),
-            "{cookie}"
-        );
+        assert!(matches!(cookie, FileIdError::NotHex { part: "cookie", .. }), "{cookie}");
         assert!("3,01637037d6.jpg".parse::<FileId>().is_err());
         assert!("3,é1637037d6".parse::<FileId>().is_err());
     }
@@ -346,23 +247,10 @@ mod tests {
     #[test]
     fn url_path_forms() {
         let with_ext = FileId::parse_url_path("3,01637037d6.jpg").unwrap();
-        assert_eq!(
-            with_ext,
-            FileId {
-                volume_id: 3,
-                needle_id: 1,
-                cookie: 0x6370_37d6
-            }
-        );
+        assert_eq!(with_ext, FileId { volume_id: 3, needle_id: 1, cookie: 0x6370_37d6 });
         let with_delta = FileId::parse_url_path("3,01637037d6_2").unwrap();
         assert_eq!(with_delta.needle_id, 3);
-        assert!(matches!(
-            FileId::parse_url_path("3,01637037d6_x"),
-            Err(FileIdError::BadDelta { .. })
-        ));
-        assert!(matches!(
-            FileId::parse_url_path("3,ffffffffffffffff637037d6_1"),
-            Err(FileIdError::BadDelta { .. })
-        ));
+        assert!(matches!(FileId::parse_url_path("3,01637037d6_x"), Err(FileIdError::BadDelta { .. })));
+        assert!(matches!(FileId::parse_url_path("3,ffffffffffffffff637037d6_1"), Err(FileIdError::BadDelta { .. })));
     }
 }

@@ -67,19 +67,14 @@ impl SizePlan {
             .map(|part| parse_size(text, part.trim()))
             .collect::<Result<Vec<u32>, GenerateError>>()?;
         if sizes.len() > MAX_CYCLE_SIZE_COUNT {
-            return Err(bad_sizes(
-                text,
-                format!("more than {MAX_CYCLE_SIZE_COUNT} sizes"),
-            ));
+            return Err(bad_sizes(text, format!("more than {MAX_CYCLE_SIZE_COUNT} sizes")));
         }
         Ok(SizePlan::Cycle(sizes))
     }
 
     /// Parse `MIN..MAX` (both inclusive) into [`SizePlan::Range`].
     pub fn parse_range(text: &str) -> Result<SizePlan, GenerateError> {
-        let (min, max) = text
-            .split_once("..")
-            .ok_or_else(|| bad_sizes(text, "expected MIN..MAX".to_string()))?;
+        let (min, max) = text.split_once("..").ok_or_else(|| bad_sizes(text, "expected MIN..MAX".to_string()))?;
         let (min, max) = (parse_size(text, min.trim())?, parse_size(text, max.trim())?);
         if min > max {
             return Err(bad_sizes(text, "MIN is larger than MAX".to_string()));
@@ -95,30 +90,22 @@ impl SizePlan {
     fn size_for(&self, needle_index: u64, rng: &mut SplitMix64) -> u32 {
         match self {
             SizePlan::Fixed(size) => *size,
-            SizePlan::Cycle(sizes) => sizes
-                .get((needle_index % sizes.len().max(1) as u64) as usize)
-                .copied()
-                .unwrap_or(1),
+            SizePlan::Cycle(sizes) => {
+                sizes.get((needle_index % sizes.len().max(1) as u64) as usize).copied().unwrap_or(1)
+            }
             SizePlan::Range { min, max } => min + (rng.next() % (u64::from(max - min) + 1)) as u32,
         }
     }
 }
 
 fn bad_sizes(text: &str, reason: String) -> GenerateError {
-    GenerateError::BadSizes {
-        text: text.to_string(),
-        reason,
-    }
+    GenerateError::BadSizes { text: text.to_string(), reason }
 }
 
 fn parse_size(text: &str, part: &str) -> Result<u32, GenerateError> {
-    let size = u32::from_str(part)
-        .map_err(|_| bad_sizes(text, format!("{part:?} is not a whole number of bytes")))?;
+    let size = u32::from_str(part).map_err(|_| bad_sizes(text, format!("{part:?} is not a whole number of bytes")))?;
     if size == 0 || size > MAX_DATA_SIZE_BYTES {
-        return Err(bad_sizes(
-            text,
-            format!("{size} is not between 1 and {MAX_DATA_SIZE_BYTES} bytes"),
-        ));
+        return Err(bad_sizes(text, format!("{size} is not between 1 and {MAX_DATA_SIZE_BYTES} bytes")));
     }
     Ok(size)
 }
@@ -161,23 +148,13 @@ pub fn generate_volume(
     if spec.count > MAX_NEEDLE_COUNT {
         return Err(GenerateError::TooMany { count: spec.count });
     }
-    let options = VolumeWriterOptions {
-        offset_width: spec.offset_width,
-        overwrite: spec.overwrite,
-        ..Default::default()
-    };
-    let mut writer = VolumeWriter::create_in(
-        &spec.dir,
-        spec.collection.as_deref(),
-        spec.volume_id,
-        options,
-    )?;
+    let options =
+        VolumeWriterOptions { offset_width: spec.offset_width, overwrite: spec.overwrite, ..Default::default() };
+    let mut writer = VolumeWriter::create_in(&spec.dir, spec.collection.as_deref(), spec.volume_id, options)?;
     let mut rng = SplitMix64(spec.seed);
     let mut data = Vec::new();
     let mut data_bytes = 0u64;
-    let last_modified = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs());
+    let last_modified = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs());
     for needle_index in 0..spec.count {
         let size_bytes = spec.sizes.size_for(needle_index, &mut rng);
         data.resize(size_bytes as usize, 0);
@@ -194,10 +171,7 @@ pub fn generate_volume(
         on_file_id(file_id).map_err(GenerateError::FileIds)?;
         data_bytes += u64::from(size_bytes);
     }
-    Ok(GenerateSummary {
-        write: writer.finish()?,
-        data_bytes,
-    })
+    Ok(GenerateSummary { write: writer.finish()?, data_bytes })
 }
 
 /// SplitMix64: tiny, and its output for a seed never changes across
@@ -229,14 +203,8 @@ mod tests {
 
     #[test]
     fn parses_size_plans() {
-        assert_eq!(
-            SizePlan::parse_list("4096, 65536").unwrap(),
-            SizePlan::Cycle(vec![4096, 65536])
-        );
-        assert_eq!(
-            SizePlan::parse_range("10..20").unwrap(),
-            SizePlan::Range { min: 10, max: 20 }
-        );
+        assert_eq!(SizePlan::parse_list("4096, 65536").unwrap(), SizePlan::Cycle(vec![4096, 65536]));
+        assert_eq!(SizePlan::parse_range("10..20").unwrap(), SizePlan::Range { min: 10, max: 20 });
         assert!(SizePlan::parse_range("20..10").is_err());
         assert!(SizePlan::parse_list("1,x").is_err());
         assert!(SizePlan::parse_list("0").is_err());
@@ -251,8 +219,7 @@ mod tests {
 
     #[test]
     fn same_seed_same_volume() {
-        let dir =
-            std::env::temp_dir().join(format!("volume-format-generate-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("volume-format-generate-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let spec = GenerateSpec {
             dir: dir.clone(),
@@ -277,12 +244,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(first_ids, second_ids);
-        let volume = LocalVolume::open(
-            &first.write.dat_path,
-            &first.write.idx_path,
-            OffsetWidth::Four,
-        )
-        .unwrap();
+        let volume = LocalVolume::open(&first.write.dat_path, &first.write.idx_path, OffsetWidth::Four).unwrap();
         assert_eq!(volume.index().live_count(), 20);
         for fid in &first_ids {
             volume.read_checked(fid.needle_id, fid.cookie).unwrap();

@@ -36,13 +36,7 @@ pub struct SuperBlock {
 impl SuperBlock {
     /// A fresh super block as `weed` writes for a new volume: no TTL, no extra.
     pub fn new(version: Version, replica_placement: u8) -> SuperBlock {
-        SuperBlock {
-            version,
-            replica_placement,
-            ttl: Ttl::EMPTY,
-            compaction_revision: 0,
-            extra: Vec::new(),
-        }
+        SuperBlock { version, replica_placement, ttl: Ttl::EMPTY, compaction_revision: 0, extra: Vec::new() }
     }
 
     /// Parse from the start of a `.dat`. `bytes` may be longer than the super
@@ -52,14 +46,11 @@ impl SuperBlock {
         let version = Version::from_byte(fixed[0])?;
         let extra_size_bytes = extra_size_of(version, fixed);
         let total_size_bytes = SUPER_BLOCK_SIZE_BYTES + extra_size_bytes;
-        let extra =
-            bytes
-                .get(SUPER_BLOCK_SIZE_BYTES..total_size_bytes)
-                .ok_or(FormatError::TooShort {
-                    what: "super block with its extra bytes",
-                    needed_bytes: total_size_bytes as u64,
-                    available_bytes: bytes.len() as u64,
-                })?;
+        let extra = bytes.get(SUPER_BLOCK_SIZE_BYTES..total_size_bytes).ok_or(FormatError::TooShort {
+            what: "super block with its extra bytes",
+            needed_bytes: total_size_bytes as u64,
+            available_bytes: bytes.len() as u64,
+        })?;
         Ok(SuperBlock {
             version,
             replica_placement: fixed[1],
@@ -121,14 +112,11 @@ fn extra_size_of(version: Version, fixed: &[u8; SUPER_BLOCK_SIZE_BYTES]) -> usiz
 }
 
 fn fixed_part(bytes: &[u8]) -> Result<&[u8; SUPER_BLOCK_SIZE_BYTES], FormatError> {
-    bytes
-        .get(..SUPER_BLOCK_SIZE_BYTES)
-        .and_then(|fixed| fixed.try_into().ok())
-        .ok_or(FormatError::TooShort {
-            what: "super block",
-            needed_bytes: SUPER_BLOCK_SIZE_BYTES as u64,
-            available_bytes: bytes.len() as u64,
-        })
+    bytes.get(..SUPER_BLOCK_SIZE_BYTES).and_then(|fixed| fixed.try_into().ok()).ok_or(FormatError::TooShort {
+        what: "super block",
+        needed_bytes: SUPER_BLOCK_SIZE_BYTES as u64,
+        available_bytes: bytes.len() as u64,
+    })
 }
 
 #[cfg(test)]
@@ -158,18 +146,9 @@ mod tests {
 
     #[test]
     fn short_inputs_are_errors() {
-        assert!(matches!(
-            SuperBlock::parse(&[3, 0]),
-            Err(FormatError::TooShort { .. })
-        ));
+        assert!(matches!(SuperBlock::parse(&[3, 0]), Err(FormatError::TooShort { .. })));
         let missing_extra = [3, 0, 0, 0, 0, 0, 0, 5, 1, 2];
-        assert!(matches!(
-            SuperBlock::parse(&missing_extra),
-            Err(FormatError::TooShort {
-                needed_bytes: 13,
-                ..
-            })
-        ));
+        assert!(matches!(SuperBlock::parse(&missing_extra), Err(FormatError::TooShort { needed_bytes: 13, .. })));
     }
 
     #[test]

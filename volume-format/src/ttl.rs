@@ -36,10 +36,7 @@ impl Ttl {
 
     /// Read the two stored bytes.
     pub const fn from_bytes(bytes: [u8; TTL_SIZE_BYTES]) -> Ttl {
-        Ttl {
-            count: bytes[0],
-            unit: bytes[1],
-        }
+        Ttl { count: bytes[0], unit: bytes[1] }
     }
 
     /// The two stored bytes.

@@ -22,19 +22,11 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn open(stem: &str) -> LocalVolume {
-    LocalVolume::open(
-        &fixture(&format!("{stem}.dat")),
-        &fixture(&format!("{stem}.idx")),
-        OffsetWidth::Four,
-    )
-    .unwrap()
+    LocalVolume::open(&fixture(&format!("{stem}.dat")), &fixture(&format!("{stem}.idx")), OffsetWidth::Four).unwrap()
 }
 
 fn scan_all(stem: &str) -> Vec<ScannedRecord> {
-    scan(&fixture(&format!("{stem}.dat")))
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap()
+    scan(&fixture(&format!("{stem}.dat"))).unwrap().collect::<Result<Vec<_>, _>>().unwrap()
 }
 
 /// Raw `.idx` replay written here, independent of the crate's index module.
@@ -48,11 +40,7 @@ fn raw_replay_width(idx: &[u8], entry_size: usize) -> (BTreeMap<u64, (u64, i32)>
     let mut tombstones = 0;
     for entry in idx.chunks_exact(entry_size) {
         let id = u64::from_be_bytes(entry[0..8].try_into().unwrap());
-        let high = if entry_size == 17 {
-            u64::from(entry[12]) << 32
-        } else {
-            0
-        };
+        let high = if entry_size == 17 { u64::from(entry[12]) << 32 } else { 0 };
         let offset = (high | u64::from(u32::from_be_bytes(entry[8..12].try_into().unwrap()))) * 8;
         let size = i32::from_be_bytes(entry[entry_size - 4..].try_into().unwrap());
         if offset != 0 && size >= 0 {
@@ -68,15 +56,10 @@ fn raw_replay_width(idx: &[u8], entry_size: usize) -> (BTreeMap<u64, (u64, i32)>
 /// Check every live needle of a volume, with the cookie taken from the
 /// record the scan found at the indexed offset. Returns the failing ids.
 fn check_live_needles(volume: &LocalVolume, records: &[ScannedRecord]) -> BTreeMap<u64, String> {
-    let by_offset: HashMap<u64, &ScannedRecord> = records
-        .iter()
-        .map(|record| (record.offset_bytes, record))
-        .collect();
+    let by_offset: HashMap<u64, &ScannedRecord> = records.iter().map(|record| (record.offset_bytes, record)).collect();
     let mut failures = BTreeMap::new();
     for (needle_id, value) in volume.index().iter() {
-        let record = by_offset
-            .get(&value.offset_bytes)
-            .expect("index points at a record boundary");
+        let record = by_offset.get(&value.offset_bytes).expect("index points at a record boundary");
         if let Err(error) = volume.read_checked(needle_id, record.header.cookie) {
             failures.insert(needle_id, error.to_string());
         }
@@ -93,11 +76,7 @@ fn in_repo_fixtures_match_shared_copy() {
     for entry in std::fs::read_dir(&shared).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap();
-        assert_eq!(
-            std::fs::read(&path).unwrap(),
-            std::fs::read(fixtures().join(name)).unwrap(),
-            "{name:?}"
-        );
+        assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(fixtures().join(name)).unwrap(), "{name:?}");
     }
 }
 
@@ -112,19 +91,12 @@ fn healthy_volume() {
     assert_eq!(volume.index().tombstone_entry_count(), 10);
     let live: BTreeSet<u64> = volume.index().iter().map(|(id, _)| id).collect();
     assert_eq!(live, BTreeSet::from([0x3, 0x4, 0x8, 0x9, 0x15, 0x27, 0x30]));
-    let (raw_live, raw_tombstones) =
-        raw_replay(&std::fs::read(fixture("healthy_volume.idx")).unwrap());
+    let (raw_live, raw_tombstones) = raw_replay(&std::fs::read(fixture("healthy_volume.idx")).unwrap());
     assert_eq!((raw_live.len(), raw_tombstones), (7, 10));
     let records = scan_all("healthy_volume");
     // Every write and every delete appended one record: 17 + 10.
     assert_eq!(records.len(), 27);
-    assert_eq!(
-        records
-            .iter()
-            .filter(|record| record.header.size == 0)
-            .count(),
-        10
-    );
+    assert_eq!(records.iter().filter(|record| record.header.size == 0).count(), 10);
     assert!(check_live_needles(&volume, &records).is_empty());
     for record in &records {
         record.parse().unwrap().check_crc().unwrap();
@@ -136,27 +108,15 @@ fn legacy_crc_volume() {
     let volume = open("legacy_crc_volume");
     // 4768-byte .idx = 298 entries.
     assert_eq!(volume.index().entry_count(), 298);
-    let (raw_live, raw_tombstones) =
-        raw_replay(&std::fs::read(fixture("legacy_crc_volume.idx")).unwrap());
+    let (raw_live, raw_tombstones) = raw_replay(&std::fs::read(fixture("legacy_crc_volume.idx")).unwrap());
     assert_eq!(volume.index().live_count(), raw_live.len());
-    assert_eq!(
-        volume.index().tombstone_entry_count(),
-        raw_tombstones as u64
-    );
+    assert_eq!(volume.index().tombstone_entry_count(), raw_tombstones as u64);
     let records = scan_all("legacy_crc_volume");
     assert!(check_live_needles(&volume, &records).is_empty());
     // 298 entries, no tombstones, one record each, every CRC in the legacy form.
-    assert_eq!(
-        (raw_live.len(), raw_tombstones, records.len()),
-        (298, 0, 298)
-    );
-    let parsed: Vec<NeedleRecord<'_>> = records
-        .iter()
-        .map(|record| record.parse().unwrap())
-        .collect();
-    assert!(parsed
-        .iter()
-        .all(|record| record.checksum_form() == Some(ChecksumForm::Legacy)));
+    assert_eq!((raw_live.len(), raw_tombstones, records.len()), (298, 0, 298));
+    let parsed: Vec<NeedleRecord<'_>> = records.iter().map(|record| record.parse().unwrap()).collect();
+    assert!(parsed.iter().all(|record| record.checksum_form() == Some(ChecksumForm::Legacy)));
     let gzipped = parsed.iter().filter(|record| record.is_gzipped()).count();
     assert!(gzipped > 0);
 }
@@ -180,9 +140,7 @@ fn bitrot_volume_fails_exactly_the_damaged_needles() {
     // differing byte, located with the healthy volume's (undamaged) records.
     let mut expected = BTreeSet::new();
     for (needle_id, value) in healthy.index().iter() {
-        let record_bytes = healthy
-            .read_record(&healthy.locate(needle_id).unwrap())
-            .unwrap();
+        let record_bytes = healthy.read_record(&healthy.locate(needle_id).unwrap()).unwrap();
         let parsed = NeedleRecord::parse(&record_bytes, Version::V3).unwrap();
         let data_start = value.offset_bytes + parsed.data_offset_in_record as u64;
         let crc_start = value.offset_bytes + 16 + u64::from(value.size);
@@ -194,19 +152,13 @@ fn bitrot_volume_fails_exactly_the_damaged_needles() {
             expected.insert(needle_id);
         }
     }
-    let records = scan(&fixture("bitrot_volume.dat"))
-        .unwrap()
-        .filter_map(Result::ok)
-        .collect::<Vec<_>>();
+    let records = scan(&fixture("bitrot_volume.dat")).unwrap().filter_map(Result::ok).collect::<Vec<_>>();
     let failures = check_live_needles(&bitrot, &records);
     // The diff lands in needle 0x3 (bytes 4875..21478) and 0x30 (930715..930721).
     assert_eq!(expected, BTreeSet::from([0x3, 0x30]));
     assert_eq!(failures.keys().copied().collect::<BTreeSet<_>>(), expected);
     for message in failures.values() {
-        assert!(
-            message.contains("CRC mismatch") && message.contains("bitrot_volume.dat"),
-            "{message}"
-        );
+        assert!(message.contains("CRC mismatch") && message.contains("bitrot_volume.dat"), "{message}");
     }
 }
 
@@ -215,17 +167,7 @@ fn bitrot_trailing_byte_is_reported_by_scan() {
     let results: Vec<_> = scan(&fixture("bitrot_volume.dat")).unwrap().collect();
     let last = results.last().unwrap().as_ref().unwrap_err();
     // healthy_volume.dat is 942856 bytes; bitrot_volume.dat has one more.
-    assert!(
-        matches!(
-            last,
-            VolumeError::Truncated {
-                offset_bytes: 942_856,
-                available_bytes: 1,
-                ..
-            }
-        ),
-        "{last}"
-    );
+    assert!(matches!(last, VolumeError::Truncated { offset_bytes: 942_856, available_bytes: 1, .. }), "{last}");
     assert_eq!(results.len(), 28);
 }
 
@@ -245,10 +187,7 @@ fn truncated_43_is_one_complete_needle() {
     let path = fixture("truncated_43.dat");
     let records = scan(&path).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
     assert_eq!(records.len(), 1);
-    assert_eq!(
-        8 + volume_format::needle::record_size_bytes(Version::V3, 0x119b62),
-        1_153_928
-    );
+    assert_eq!(8 + volume_format::needle::record_size_bytes(Version::V3, 0x119b62), 1_153_928);
     let record = records[0].parse().unwrap();
     assert_eq!((record.header.needle_id, record.header.size), (1, 0x119b62));
     assert_eq!(record.data.len(), 0x119b46);
@@ -268,21 +207,8 @@ fn cut_dat_names_file_and_offset() {
         assert_eq!(results.len(), 1);
         let error = results[0].as_ref().unwrap_err();
         let message = error.to_string();
-        assert!(
-            matches!(
-                error,
-                VolumeError::Truncated {
-                    offset_bytes: 8,
-                    ..
-                }
-            ),
-            "{message}"
-        );
-        assert!(
-            message.contains(&format!("cut_{cut_bytes}_43.dat"))
-                && message.contains("byte offset 8"),
-            "{message}"
-        );
+        assert!(matches!(error, VolumeError::Truncated { offset_bytes: 8, .. }), "{message}");
+        assert!(message.contains(&format!("cut_{cut_bytes}_43.dat")) && message.contains("byte offset 8"), "{message}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -293,35 +219,17 @@ fn index_files() {
     assert_eq!(simple.entry_count(), 2576 / 16);
     let deleted = NeedleIndex::load_file(&fixture("deleted_files.idx"), OffsetWidth::Four).unwrap();
     assert_eq!(deleted.entry_count(), 3680 / 16);
-    let (raw_live, raw_tombstones) =
-        raw_replay(&std::fs::read(fixture("deleted_files.idx")).unwrap());
-    assert_eq!(
-        (deleted.live_count(), deleted.tombstone_entry_count()),
-        (raw_live.len(), raw_tombstones as u64)
-    );
+    let (raw_live, raw_tombstones) = raw_replay(&std::fs::read(fixture("deleted_files.idx")).unwrap());
+    assert_eq!((deleted.live_count(), deleted.tombstone_entry_count()), (raw_live.len(), raw_tombstones as u64));
 }
 
 #[test]
 fn truncated_index_names_file_and_offset() {
-    let error = NeedleIndex::load_file(&fixture("simple_index_truncated.idx"), OffsetWidth::Four)
-        .unwrap_err();
+    let error = NeedleIndex::load_file(&fixture("simple_index_truncated.idx"), OffsetWidth::Four).unwrap_err();
     let message = error.to_string();
     // 2540 bytes = 158 whole entries (2528 bytes) + 12.
-    assert!(
-        matches!(
-            error,
-            IndexError::TruncatedEntry {
-                offset_bytes: 2528,
-                trailing_bytes: 12,
-                ..
-            }
-        ),
-        "{message}"
-    );
-    assert!(
-        message.contains("simple_index_truncated.idx") && message.contains("2528"),
-        "{message}"
-    );
+    assert!(matches!(error, IndexError::TruncatedEntry { offset_bytes: 2528, trailing_bytes: 12, .. }), "{message}");
+    assert!(message.contains("simple_index_truncated.idx") && message.contains("2528"), "{message}");
 }
 
 #[test]
@@ -335,29 +243,16 @@ fn offset5_index_replays_as_17_byte_entries() {
     // size 0x18de6e, then the next record right after it.
     let bytes = std::fs::read(&path).unwrap();
     let first = volume_format::index::IndexEntry::parse(&bytes, OffsetWidth::Five).unwrap();
-    assert_eq!(
-        (first.needle_id, first.offset_bytes, first.size),
-        (0x066b_7d4c, 8, 0x18de6e)
-    );
+    assert_eq!((first.needle_id, first.offset_bytes, first.size), (0x066b_7d4c, 8, 0x18de6e));
     let second = volume_format::index::IndexEntry::parse(&bytes[17..], OffsetWidth::Five).unwrap();
-    assert_eq!(
-        second.offset_bytes,
-        8 + volume_format::needle::record_size_bytes(Version::V3, 0x18de6e)
-    );
+    assert_eq!(second.offset_bytes, 8 + volume_format::needle::record_size_bytes(Version::V3, 0x18de6e));
     let mut offsets: Vec<u64> = index.iter().map(|(_, value)| value.offset_bytes).collect();
     assert!(offsets.iter().all(|offset| offset % 8 == 0 && *offset >= 8));
     offsets.sort_unstable();
     offsets.dedup();
-    assert_eq!(
-        offsets.len(),
-        index.live_count(),
-        "two live needles share an offset"
-    );
+    assert_eq!(offsets.len(), index.live_count(), "two live needles share an offset");
     let (raw_live, raw_tombstones) = raw_replay_width(&bytes, 17);
-    assert_eq!(
-        (index.live_count(), index.tombstone_entry_count()),
-        (raw_live.len(), raw_tombstones as u64)
-    );
+    assert_eq!((index.live_count(), index.tombstone_entry_count()), (raw_live.len(), raw_tombstones as u64));
     // Past 32 GiB, which only a 5-byte offset can address.
     assert!(*offsets.last().unwrap() > 32 << 30);
     let mut last_set_offset = 0;
@@ -369,10 +264,7 @@ fn offset5_index_replays_as_17_byte_entries() {
             last_set_offset = entry.offset_bytes;
         }
     }
-    assert!(
-        increasing,
-        "set entries' offsets grow in file order, as appends do"
-    );
+    assert!(increasing, "set entries' offsets grow in file order, as appends do");
 }
 
 /// Re-encode every record of the real volumes from its parsed fields and
@@ -415,12 +307,7 @@ fn writer_reproduces_seaweedfs_records() {
                 }
             }
         }
-        assert_eq!(
-            mismatches,
-            0,
-            "{stem}: {mismatches} of {} records differ",
-            records.len()
-        );
+        assert_eq!(mismatches, 0, "{stem}: {mismatches} of {} records differ", records.len());
     }
 }
 
@@ -430,32 +317,19 @@ fn writer_reproduces_seaweedfs_records() {
 fn refresh_index_applies_appended_entries() {
     use std::io::Write;
     let idx = std::fs::read(fixture("healthy_volume.idx")).unwrap();
-    let dir = std::env::temp_dir().join(format!(
-        "volume-format-golden-refresh-{}",
-        std::process::id()
-    ));
+    let dir = std::env::temp_dir().join(format!("volume-format-golden-refresh-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let idx_path = dir.join("1.idx");
     std::fs::write(&idx_path, &idx[..10 * 16]).unwrap();
-    let mut volume =
-        LocalVolume::open(&fixture("healthy_volume.dat"), &idx_path, OffsetWidth::Four).unwrap();
+    let mut volume = LocalVolume::open(&fixture("healthy_volume.dat"), &idx_path, OffsetWidth::Four).unwrap();
     assert_eq!(volume.index().entry_count(), 10);
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&idx_path)
-        .unwrap();
+    let mut file = std::fs::OpenOptions::new().append(true).open(&idx_path).unwrap();
     file.write_all(&idx[10 * 16..20 * 16 + 5]).unwrap();
     let outcome = volume.refresh_index().unwrap();
-    assert_eq!(
-        (outcome.entry_count, outcome.trailing_partial_bytes),
-        (10, 5)
-    );
+    assert_eq!((outcome.entry_count, outcome.trailing_partial_bytes), (10, 5));
     file.write_all(&idx[20 * 16 + 5..]).unwrap();
     let outcome = volume.refresh_index().unwrap();
-    assert_eq!(
-        (outcome.entry_count, outcome.trailing_partial_bytes),
-        (7, 0)
-    );
+    assert_eq!((outcome.entry_count, outcome.trailing_partial_bytes), (7, 0));
     let full = open("healthy_volume");
     assert_eq!(volume.index().entry_count(), 27);
     let mut refreshed: Vec<_> = volume.index().iter().collect();
@@ -464,9 +338,6 @@ fn refresh_index_applies_appended_entries() {
     loaded.sort_unstable_by_key(|(id, _)| *id);
     assert_eq!(refreshed, loaded);
     std::fs::write(&idx_path, &idx[..16]).unwrap();
-    assert!(matches!(
-        volume.refresh_index(),
-        Err(VolumeError::Index(IndexError::Shrank { .. }))
-    ));
+    assert!(matches!(volume.refresh_index(), Err(VolumeError::Index(IndexError::Shrank { .. }))));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -49,11 +49,7 @@ impl OwnedSpec {
             is_gzipped: self.is_gzipped,
             is_chunk_manifest: self.is_chunk_manifest,
             append_at_ns: self.append_at_ns,
-            checksum_form: if self.legacy {
-                ChecksumForm::Legacy
-            } else {
-                ChecksumForm::Raw
-            },
+            checksum_form: if self.legacy { ChecksumForm::Legacy } else { ChecksumForm::Raw },
         }
     }
 }
@@ -190,10 +186,7 @@ fn scan_never_panics_on_arbitrary_files() {
             bytes.extend_from_slice(&tail);
             let path = dir.join("fuzz.dat");
             std::fs::write(&path, &bytes).unwrap();
-            let results: Vec<_> = volume_format::volume::scan(&path)
-                .unwrap()
-                .take(1000)
-                .collect();
+            let results: Vec<_> = volume_format::volume::scan(&path).unwrap().take(1000).collect();
             let errors = results.iter().filter(|result| result.is_err()).count();
             prop_assert!(errors <= 1);
             prop_assert!(results.last().is_none_or(|last| last.is_err()) || errors == 0);

@@ -34,7 +34,9 @@ pub enum IndexError {
         entry_size_bytes: u64,
     },
     /// The file is now shorter than what was already applied.
-    #[error("index file {path} shrank to {size_bytes} bytes after {applied_bytes} bytes were applied; reopen the volume")]
+    #[error(
+        "index file {path} shrank to {size_bytes} bytes after {applied_bytes} bytes were applied; reopen the volume"
+    )]
     Shrank {
         /// The file.
         path: PathBuf,
@@ -116,22 +118,14 @@ impl NeedleIndex {
     /// entries appended since the last call. A trailing partial entry is left
     /// for the next call and reported, not an error.
     pub fn apply_file(&mut self, path: &Path) -> Result<ApplyOutcome, IndexError> {
-        let io_error = |source| IndexError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
+        let io_error = |source| IndexError::Io { path: path.to_path_buf(), source };
         let mut file = File::open(path).map_err(io_error)?;
         let size_bytes = file.metadata().map_err(io_error)?.len();
         if size_bytes < self.applied_bytes {
-            return Err(IndexError::Shrank {
-                path: path.to_path_buf(),
-                size_bytes,
-                applied_bytes: self.applied_bytes,
-            });
+            return Err(IndexError::Shrank { path: path.to_path_buf(), size_bytes, applied_bytes: self.applied_bytes });
         }
         io::Seek::seek(&mut file, io::SeekFrom::Start(self.applied_bytes)).map_err(io_error)?;
-        self.apply_reader(file.take(size_bytes - self.applied_bytes))
-            .map_err(io_error)
+        self.apply_reader(file.take(size_bytes - self.applied_bytes)).map_err(io_error)
     }
 
     /// Replay entries from `reader` until it ends, in chunks.
@@ -174,11 +168,7 @@ impl NeedleIndex {
         }
         let consumed_bytes = entry_count * entry_size_bytes;
         self.applied_bytes += consumed_bytes as u64;
-        ApplyOutcome {
-            consumed_bytes,
-            entry_count,
-            trailing_partial_bytes: entries.remainder().len(),
-        }
+        ApplyOutcome { consumed_bytes, entry_count, trailing_partial_bytes: entries.remainder().len() }
     }
 
     /// Apply one entry.
@@ -187,13 +177,7 @@ impl NeedleIndex {
         match u32::try_from(entry.size) {
             Ok(size) if entry.is_live() => {
                 self.deleted.remove(&entry.needle_id);
-                self.live.insert(
-                    entry.needle_id,
-                    IndexValue {
-                        offset_bytes: entry.offset_bytes,
-                        size,
-                    },
-                );
+                self.live.insert(entry.needle_id, IndexValue { offset_bytes: entry.offset_bytes, size });
             }
             _ => {
                 self.tombstone_entry_count += 1;
@@ -251,41 +235,17 @@ mod tests {
     use super::*;
 
     fn entry_bytes(needle_id: u64, offset_bytes: u64, size: i32) -> Vec<u8> {
-        IndexEntry {
-            needle_id,
-            offset_bytes,
-            size,
-        }
-        .encode(OffsetWidth::Four)
-        .unwrap()
+        IndexEntry { needle_id, offset_bytes, size }.encode(OffsetWidth::Four).unwrap()
     }
 
     #[test]
     fn last_write_wins_and_tombstones_delete() {
-        let log = [
-            entry_bytes(1, 8, 10),
-            entry_bytes(2, 48, 20),
-            entry_bytes(1, 96, 11),
-            entry_bytes(2, 128, -1),
-        ]
-        .concat();
+        let log =
+            [entry_bytes(1, 8, 10), entry_bytes(2, 48, 20), entry_bytes(1, 96, 11), entry_bytes(2, 128, -1)].concat();
         let mut index = NeedleIndex::new(OffsetWidth::Four);
         let outcome = index.apply(&log);
-        assert_eq!(
-            outcome,
-            ApplyOutcome {
-                consumed_bytes: 64,
-                entry_count: 4,
-                trailing_partial_bytes: 0
-            }
-        );
-        assert_eq!(
-            index.get(1),
-            Some(IndexValue {
-                offset_bytes: 96,
-                size: 11
-            })
-        );
+        assert_eq!(outcome, ApplyOutcome { consumed_bytes: 64, entry_count: 4, trailing_partial_bytes: 0 });
+        assert_eq!(index.get(1), Some(IndexValue { offset_bytes: 96, size: 11 }));
         assert_eq!(index.get(2), None);
         assert!(index.is_deleted(2));
         assert!(!index.is_deleted(1));
@@ -300,31 +260,16 @@ mod tests {
         let log = [entry_bytes(1, 8, 10), entry_bytes(2, 48, 20)].concat();
         let mut index = NeedleIndex::new(OffsetWidth::Four);
         let first = index.apply(&log[..20]);
-        assert_eq!(
-            first,
-            ApplyOutcome {
-                consumed_bytes: 16,
-                entry_count: 1,
-                trailing_partial_bytes: 4
-            }
-        );
+        assert_eq!(first, ApplyOutcome { consumed_bytes: 16, entry_count: 1, trailing_partial_bytes: 4 });
         let second = index.apply(&log[first.consumed_bytes..]);
         assert_eq!(second.entry_count, 1);
         assert_eq!(index.applied_bytes(), 32);
-        assert_eq!(
-            index.get(2),
-            Some(IndexValue {
-                offset_bytes: 48,
-                size: 20
-            })
-        );
+        assert_eq!(index.get(2), Some(IndexValue { offset_bytes: 48, size: 20 }));
     }
 
     #[test]
     fn chunked_reader_carries_partial_entries() {
-        let log: Vec<u8> = (1..=3000u64)
-            .flat_map(|id| entry_bytes(id, id * 8, 1))
-            .collect();
+        let log: Vec<u8> = (1..=3000u64).flat_map(|id| entry_bytes(id, id * 8, 1)).collect();
         let mut index = NeedleIndex::new(OffsetWidth::Four);
         let outcome = index.apply_reader(&log[..log.len() - 3]).unwrap();
         assert_eq!(outcome.entry_count, 2999);

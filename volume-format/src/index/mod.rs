@@ -76,21 +76,15 @@ pub struct IndexEntry {
 impl IndexEntry {
     /// Parse one entry from the first `width.entry_size_bytes()` bytes.
     pub fn parse(bytes: &[u8], width: OffsetWidth) -> Result<IndexEntry, FormatError> {
-        let entry = bytes
-            .get(..width.entry_size_bytes())
-            .ok_or(FormatError::TooShort {
-                what: "index entry",
-                needed_bytes: width.entry_size_bytes() as u64,
-                available_bytes: bytes.len() as u64,
-            })?;
+        let entry = bytes.get(..width.entry_size_bytes()).ok_or(FormatError::TooShort {
+            what: "index entry",
+            needed_bytes: width.entry_size_bytes() as u64,
+            available_bytes: bytes.len() as u64,
+        })?;
         let (id_bytes, rest) = entry.split_at(NEEDLE_ID_SIZE_BYTES);
         let (offset_field, size_bytes) = rest.split_at(width.offset_size_bytes());
-        let low_units = u64::from(u32::from_be_bytes([
-            offset_field[0],
-            offset_field[1],
-            offset_field[2],
-            offset_field[3],
-        ]));
+        let low_units =
+            u64::from(u32::from_be_bytes([offset_field[0], offset_field[1], offset_field[2], offset_field[3]]));
         let high_units = offset_field.get(4).map_or(0, |&high| u64::from(high) << 32);
         let mut id = [0u8; NEEDLE_ID_SIZE_BYTES];
         id.copy_from_slice(id_bytes);
@@ -104,9 +98,7 @@ impl IndexEntry {
     /// The stored bytes (16 or 17). The offset must be a multiple of 8 and fit the width.
     pub fn encode(&self, width: OffsetWidth) -> Result<Vec<u8>, FormatError> {
         if self.offset_bytes & (NEEDLE_ALIGNMENT_BYTES - 1) != 0 {
-            return Err(FormatError::OffsetNotAligned {
-                offset_bytes: self.offset_bytes,
-            });
+            return Err(FormatError::OffsetNotAligned { offset_bytes: self.offset_bytes });
         }
         if self.offset_bytes > width.max_offset_bytes() {
             return Err(FormatError::OffsetTooLarge {
@@ -141,22 +133,13 @@ mod tests {
     fn parses_four_byte_entry() {
         let bytes = [0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 1, 0, 1, 0x27, 0x84];
         let entry = IndexEntry::parse(&bytes, OffsetWidth::Four).unwrap();
-        assert_eq!(
-            entry,
-            IndexEntry {
-                needle_id: 3,
-                offset_bytes: 8,
-                size: 0x12784
-            }
-        );
+        assert_eq!(entry, IndexEntry { needle_id: 3, offset_bytes: 8, size: 0x12784 });
         assert_eq!(entry.encode(OffsetWidth::Four).unwrap(), bytes);
     }
 
     #[test]
     fn five_byte_offset_puts_the_high_byte_last() {
-        let bytes = [
-            0, 0, 0, 0, 0, 0, 0, 1, 0x00, 0x03, 0x1b, 0xd3, 0x02, 0, 0, 0, 9,
-        ];
+        let bytes = [0, 0, 0, 0, 0, 0, 0, 1, 0x00, 0x03, 0x1b, 0xd3, 0x02, 0, 0, 0, 9];
         let entry = IndexEntry::parse(&bytes, OffsetWidth::Five).unwrap();
         assert_eq!(entry.offset_bytes, ((2u64 << 32) | 0x31bd3) * 8);
         assert_eq!(entry.encode(OffsetWidth::Five).unwrap(), bytes);
@@ -164,41 +147,19 @@ mod tests {
 
     #[test]
     fn encode_rejects_bad_offsets() {
-        let unaligned = IndexEntry {
-            needle_id: 1,
-            offset_bytes: 12,
-            size: 1,
-        };
-        assert!(matches!(
-            unaligned.encode(OffsetWidth::Four),
-            Err(FormatError::OffsetNotAligned { .. })
-        ));
-        let far = IndexEntry {
-            needle_id: 1,
-            offset_bytes: 32 << 30,
-            size: 1,
-        };
-        assert!(matches!(
-            far.encode(OffsetWidth::Four),
-            Err(FormatError::OffsetTooLarge { .. })
-        ));
+        let unaligned = IndexEntry { needle_id: 1, offset_bytes: 12, size: 1 };
+        assert!(matches!(unaligned.encode(OffsetWidth::Four), Err(FormatError::OffsetNotAligned { .. })));
+        let far = IndexEntry { needle_id: 1, offset_bytes: 32 << 30, size: 1 };
+        assert!(matches!(far.encode(OffsetWidth::Four), Err(FormatError::OffsetTooLarge { .. })));
         assert!(far.encode(OffsetWidth::Five).is_ok());
     }
 
     #[test]
     fn liveness_follows_seaweedfs() {
-        let live = IndexEntry {
-            needle_id: 1,
-            offset_bytes: 8,
-            size: 5,
-        };
+        let live = IndexEntry { needle_id: 1, offset_bytes: 8, size: 5 };
         assert!(live.is_live());
         assert!(IndexEntry { size: 0, ..live }.is_live());
         assert!(!IndexEntry { size: -1, ..live }.is_live());
-        assert!(!IndexEntry {
-            offset_bytes: 0,
-            ..live
-        }
-        .is_live());
+        assert!(!IndexEntry { offset_bytes: 0, ..live }.is_live());
     }
 }

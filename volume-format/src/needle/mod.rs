@@ -23,9 +23,7 @@ pub use check::{check_header, DataSpan, CHECK_HEADER_PREFIX_SIZE_BYTES};
 pub use record::NeedleRecord;
 
 use crate::error::FormatError;
-use crate::version::{
-    Version, CHECKSUM_SIZE_BYTES, NEEDLE_ALIGNMENT_BYTES, NEEDLE_HEADER_SIZE_BYTES,
-};
+use crate::version::{Version, CHECKSUM_SIZE_BYTES, NEEDLE_ALIGNMENT_BYTES, NEEDLE_HEADER_SIZE_BYTES};
 
 /// Flag bits stored after the data in versions 2 and 3.
 pub mod flags {
@@ -115,8 +113,7 @@ pub const fn record_size_bytes(version: Version, size: u32) -> u64 {
 }
 
 const fn unpadded_size_bytes(version: Version, size: u32) -> u64 {
-    (NEEDLE_HEADER_SIZE_BYTES + CHECKSUM_SIZE_BYTES + version.timestamp_size_bytes()) as u64
-        + size as u64
+    (NEEDLE_HEADER_SIZE_BYTES + CHECKSUM_SIZE_BYTES + version.timestamp_size_bytes()) as u64 + size as u64
 }
 
 /// What the writer puts in the padding, so records match SeaweedFS byte for
@@ -125,11 +122,7 @@ const fn unpadded_size_bytes(version: Version, size: u32) -> u64 {
 /// 4..12 of the scratch (low half of the last-modified time when that field is
 /// written, else the high half of the needle id, then the low half of the id);
 /// version 1 with the needle id bytes. Readers ignore the padding.
-pub(crate) fn padding_bytes(
-    version: Version,
-    header: &NeedleHeader,
-    last_modified: Option<u64>,
-) -> Vec<u8> {
+pub(crate) fn padding_bytes(version: Version, header: &NeedleHeader, last_modified: Option<u64>) -> Vec<u8> {
     let padding_size = padding_size_bytes(version, header.body_size_bytes().unwrap_or(0)) as usize;
     let mut scratch = [0u8; 16];
     match version {
@@ -171,30 +164,16 @@ mod tests {
 
     #[test]
     fn header_round_trip() {
-        let header = NeedleHeader {
-            cookie: 0x06bf_d555,
-            needle_id: 3,
-            size: 0x12784,
-        };
+        let header = NeedleHeader { cookie: 0x06bf_d555, needle_id: 3, size: 0x12784 };
         assert_eq!(NeedleHeader::parse(&header.encode()).unwrap(), header);
         assert!(NeedleHeader::parse(&[0; 15]).is_err());
         let negative = NeedleHeader { size: -1, ..header };
-        assert_eq!(
-            negative.body_size_bytes(),
-            Err(FormatError::NegativeSize { size: -1 })
-        );
+        assert_eq!(negative.body_size_bytes(), Err(FormatError::NegativeSize { size: -1 }));
     }
 
     #[test]
     fn v3_padding_is_size_then_zeros() {
-        let header = NeedleHeader {
-            cookie: 1,
-            needle_id: 3,
-            size: 0x12784,
-        };
-        assert_eq!(
-            padding_bytes(Version::V3, &header, None),
-            vec![0, 1, 0x27, 0x84, 0, 0, 0, 0]
-        );
+        let header = NeedleHeader { cookie: 1, needle_id: 3, size: 0x12784 };
+        assert_eq!(padding_bytes(Version::V3, &header, None), vec![0, 1, 0x27, 0x84, 0, 0, 0, 0]);
     }
 }

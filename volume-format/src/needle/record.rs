@@ -4,9 +4,7 @@ use super::{flags, NeedleHeader, LAST_MODIFIED_SIZE_BYTES};
 use crate::crc::{self, ChecksumForm};
 use crate::error::FormatError;
 use crate::ttl::{Ttl, TTL_SIZE_BYTES};
-use crate::version::{
-    Version, CHECKSUM_SIZE_BYTES, DATA_SIZE_FIELD_SIZE_BYTES, NEEDLE_HEADER_SIZE_BYTES,
-};
+use crate::version::{Version, CHECKSUM_SIZE_BYTES, DATA_SIZE_FIELD_SIZE_BYTES, NEEDLE_HEADER_SIZE_BYTES};
 
 /// One needle record, borrowing from the bytes it was parsed from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,16 +105,10 @@ impl<'a> NeedleRecord<'a> {
             self.mime = Some(cursor.take("mime", usize::from(length[0]))?);
         }
         let wants_last_modified = self.has(flags::HAS_LAST_MODIFIED);
-        if let Some(bytes) = cursor.take_optional(
-            "last modified",
-            LAST_MODIFIED_SIZE_BYTES,
-            wants_last_modified,
-        )? {
+        if let Some(bytes) = cursor.take_optional("last modified", LAST_MODIFIED_SIZE_BYTES, wants_last_modified)? {
             self.last_modified = Some(be_u64(bytes));
         }
-        if let Some(bytes) =
-            cursor.take_optional("ttl", TTL_SIZE_BYTES, self.has(flags::HAS_TTL))?
-        {
+        if let Some(bytes) = cursor.take_optional("ttl", TTL_SIZE_BYTES, self.has(flags::HAS_TTL))? {
             self.ttl = Some(Ttl::from_bytes([bytes[0], bytes[1]]));
         }
         if let Some(length) = cursor.take_optional("pairs size", 2, self.has(flags::HAS_PAIRS))? {
@@ -159,16 +151,10 @@ impl<'a> NeedleRecord<'a> {
     /// SeaweedFS, empty data is not checksummed.
     pub fn check(&self, expected_needle_id: u64, expected_cookie: u32) -> Result<(), FormatError> {
         if self.header.needle_id != expected_needle_id {
-            return Err(FormatError::IdMismatch {
-                expected: expected_needle_id,
-                found: self.header.needle_id,
-            });
+            return Err(FormatError::IdMismatch { expected: expected_needle_id, found: self.header.needle_id });
         }
         if self.header.cookie != expected_cookie {
-            return Err(FormatError::CookieMismatch {
-                expected: expected_cookie,
-                found: self.header.cookie,
-            });
+            return Err(FormatError::CookieMismatch { expected: expected_cookie, found: self.header.cookie });
         }
         self.check_crc()
     }
@@ -182,10 +168,7 @@ impl<'a> NeedleRecord<'a> {
         index_size: u32,
     ) -> Result<(), FormatError> {
         if i64::from(self.header.size) != i64::from(index_size) {
-            return Err(FormatError::SizeMismatch {
-                expected: index_size,
-                found: self.header.size,
-            });
+            return Err(FormatError::SizeMismatch { expected: index_size, found: self.header.size });
         }
         self.check(expected_needle_id, expected_cookie)
     }
@@ -196,11 +179,7 @@ impl<'a> NeedleRecord<'a> {
             return Ok(());
         }
         let computed = crc::crc32c(self.data);
-        Err(FormatError::CrcMismatch {
-            stored: self.stored_checksum,
-            computed,
-            legacy: crc::legacy_form(computed),
-        })
+        Err(FormatError::CrcMismatch { stored: self.stored_checksum, computed, legacy: crc::legacy_form(computed) })
     }
 }
 
@@ -247,17 +226,11 @@ impl<'a> BodyCursor<'a> {
 
 /// Big-endian integer of up to 8 bytes (SeaweedFS's `BytesToUint64`).
 fn be_u64(bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .take(8)
-        .fold(0u64, |value, &byte| (value << 8) | u64::from(byte))
+    bytes.iter().take(8).fold(0u64, |value, &byte| (value << 8) | u64::from(byte))
 }
 
 fn be_u32(bytes: &[u8]) -> u32 {
-    bytes
-        .iter()
-        .take(4)
-        .fold(0u32, |value, &byte| (value << 8) | u32::from(byte))
+    bytes.iter().take(4).fold(0u32, |value, &byte| (value << 8) | u32::from(byte))
 }
 
 #[cfg(test)]
@@ -266,13 +239,7 @@ mod tests {
 
     fn v3_record(data: &[u8], flags_byte: u8, tail: &[u8]) -> Vec<u8> {
         let size = 4 + data.len() + 1 + tail.len();
-        let mut record = NeedleHeader {
-            cookie: 7,
-            needle_id: 9,
-            size: size as i32,
-        }
-        .encode()
-        .to_vec();
+        let mut record = NeedleHeader { cookie: 7, needle_id: 9, size: size as i32 }.encode().to_vec();
         record.extend_from_slice(&(data.len() as u32).to_be_bytes());
         record.extend_from_slice(data);
         record.push(flags_byte);
@@ -284,19 +251,8 @@ mod tests {
 
     #[test]
     fn parses_optional_fields_in_order() {
-        let all = flags::HAS_NAME
-            | flags::HAS_MIME
-            | flags::HAS_LAST_MODIFIED
-            | flags::HAS_TTL
-            | flags::HAS_PAIRS;
-        let tail = [
-            &[1u8, b'n'][..],
-            &[1, b'm'],
-            &[0, 0, 0, 1, 2],
-            &[3, 4],
-            &[0, 2, b'{', b'}'],
-        ]
-        .concat();
+        let all = flags::HAS_NAME | flags::HAS_MIME | flags::HAS_LAST_MODIFIED | flags::HAS_TTL | flags::HAS_PAIRS;
+        let tail = [&[1u8, b'n'][..], &[1, b'm'], &[0, 0, 0, 1, 2], &[3, 4], &[0, 2, b'{', b'}']].concat();
         let bytes = v3_record(b"abc", all | flags::IS_COMPRESSED, &tail);
         let record = NeedleRecord::parse(&bytes, Version::V3).unwrap();
         assert_eq!(record.data, b"abc");
@@ -332,27 +288,12 @@ mod tests {
     fn check_reports_each_mismatch() {
         let mut bytes = v3_record(b"abc", 0, &[]);
         let record = NeedleRecord::parse(&bytes, Version::V3).unwrap();
-        assert!(matches!(
-            record.check(8, 7),
-            Err(FormatError::IdMismatch {
-                expected: 8,
-                found: 9
-            })
-        ));
-        assert!(matches!(
-            record.check(9, 6),
-            Err(FormatError::CookieMismatch { .. })
-        ));
-        assert!(matches!(
-            record.check_indexed(9, 7, 3),
-            Err(FormatError::SizeMismatch { .. })
-        ));
+        assert!(matches!(record.check(8, 7), Err(FormatError::IdMismatch { expected: 8, found: 9 })));
+        assert!(matches!(record.check(9, 6), Err(FormatError::CookieMismatch { .. })));
+        assert!(matches!(record.check_indexed(9, 7, 3), Err(FormatError::SizeMismatch { .. })));
         bytes[20] ^= 1;
         let damaged = NeedleRecord::parse(&bytes, Version::V3).unwrap();
-        assert!(matches!(
-            damaged.check(9, 7),
-            Err(FormatError::CrcMismatch { .. })
-        ));
+        assert!(matches!(damaged.check(9, 7), Err(FormatError::CrcMismatch { .. })));
     }
 
     #[test]
@@ -370,10 +311,7 @@ mod tests {
     fn short_record_is_an_error() {
         let bytes = v3_record(b"abc", 0, &[]);
         let cut = &bytes[..bytes.len() - 1];
-        assert!(matches!(
-            NeedleRecord::parse(cut, Version::V3),
-            Err(FormatError::TooShort { .. })
-        ));
+        assert!(matches!(NeedleRecord::parse(cut, Version::V3), Err(FormatError::TooShort { .. })));
         // The same bytes are a complete version 2 record plus 7 spare bytes.
         assert!(NeedleRecord::parse(cut, Version::V2).is_ok());
     }

@@ -95,21 +95,11 @@ pub struct LocalVolume {
 
 impl LocalVolume {
     /// Read the super block of `dat_path` and replay all of `idx_path`.
-    pub fn open(
-        dat_path: &Path,
-        idx_path: &Path,
-        width: OffsetWidth,
-    ) -> Result<LocalVolume, VolumeError> {
+    pub fn open(dat_path: &Path, idx_path: &Path, width: OffsetWidth) -> Result<LocalVolume, VolumeError> {
         let dat = File::open(dat_path).map_err(|source| io_error(dat_path, source))?;
         let super_block = read_super_block(&dat, dat_path)?;
         let index = NeedleIndex::load_file(idx_path, width)?;
-        Ok(LocalVolume {
-            dat_path: dat_path.to_path_buf(),
-            idx_path: idx_path.to_path_buf(),
-            dat,
-            super_block,
-            index,
-        })
+        Ok(LocalVolume { dat_path: dat_path.to_path_buf(), idx_path: idx_path.to_path_buf(), dat, super_block, index })
     }
 
     /// Where a live needle is, or `None` if never written or deleted.
@@ -130,11 +120,7 @@ impl LocalVolume {
 
     /// Read a located record's bytes.
     pub fn read_record(&self, location: &Location) -> Result<Vec<u8>, VolumeError> {
-        let file_size_bytes = self
-            .dat
-            .metadata()
-            .map_err(|source| io_error(&self.dat_path, source))?
-            .len();
+        let file_size_bytes = self.dat.metadata().map_err(|source| io_error(&self.dat_path, source))?.len();
         let available_bytes = file_size_bytes.saturating_sub(location.offset_bytes);
         if available_bytes < location.record_size_bytes {
             return Err(VolumeError::Truncated {
@@ -154,22 +140,13 @@ impl LocalVolume {
     /// Read a needle's record and check it as SeaweedFS does before serving
     /// it: header size against the index, needle id, cookie and CRC.
     pub fn read_checked(&self, needle_id: u64, cookie: u32) -> Result<Vec<u8>, VolumeError> {
-        let location = self
-            .locate(needle_id)
-            .ok_or_else(|| VolumeError::NotFound {
-                path: self.idx_path.clone(),
-                needle_id,
-            })?;
+        let location =
+            self.locate(needle_id).ok_or_else(|| VolumeError::NotFound { path: self.idx_path.clone(), needle_id })?;
         let record = self.read_record(&location)?;
-        let record_error = |source| VolumeError::Record {
-            path: self.dat_path.clone(),
-            offset_bytes: location.offset_bytes,
-            source,
-        };
+        let record_error =
+            |source| VolumeError::Record { path: self.dat_path.clone(), offset_bytes: location.offset_bytes, source };
         let parsed = NeedleRecord::parse(&record, self.version()).map_err(record_error)?;
-        parsed
-            .check_indexed(needle_id, cookie, location.size)
-            .map_err(record_error)?;
+        parsed.check_indexed(needle_id, cookie, location.size).map_err(record_error)?;
         Ok(record)
     }
 
@@ -200,25 +177,17 @@ impl LocalVolume {
 }
 
 fn io_error(path: &Path, source: io::Error) -> VolumeError {
-    VolumeError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    VolumeError::Io { path: path.to_path_buf(), source }
 }
 
 /// Read the super block (and its extra bytes) from the start of `dat`.
 fn read_super_block(dat: &File, path: &Path) -> Result<SuperBlock, VolumeError> {
-    let bad = |source| VolumeError::SuperBlock {
-        path: path.to_path_buf(),
-        source,
-    };
+    let bad = |source| VolumeError::SuperBlock { path: path.to_path_buf(), source };
     let mut fixed = [0u8; SUPER_BLOCK_SIZE_BYTES];
-    let fixed_read_bytes =
-        read_up_to(dat, &mut fixed, 0).map_err(|source| io_error(path, source))?;
+    let fixed_read_bytes = read_up_to(dat, &mut fixed, 0).map_err(|source| io_error(path, source))?;
     let extra_size_bytes = SuperBlock::extra_size_bytes(&fixed[..fixed_read_bytes]).map_err(bad)?;
     let mut whole = vec![0u8; SUPER_BLOCK_SIZE_BYTES + extra_size_bytes];
-    let whole_read_bytes =
-        read_up_to(dat, &mut whole, 0).map_err(|source| io_error(path, source))?;
+    let whole_read_bytes = read_up_to(dat, &mut whole, 0).map_err(|source| io_error(path, source))?;
     SuperBlock::parse(&whole[..whole_read_bytes]).map_err(bad)
 }
 

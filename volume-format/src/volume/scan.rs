@@ -49,22 +49,12 @@ pub struct VolumeScan {
 pub fn scan(dat_path: &Path) -> Result<VolumeScan, VolumeError> {
     let file = File::open(dat_path).map_err(|source| io_error(dat_path, source))?;
     let super_block = read_super_block(&file, dat_path)?;
-    let file_size_bytes = file
-        .metadata()
-        .map_err(|source| io_error(dat_path, source))?
-        .len();
+    let file_size_bytes = file.metadata().map_err(|source| io_error(dat_path, source))?.len();
     let mut reader = BufReader::new(file);
     let position_bytes = super_block.size_bytes();
     std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(position_bytes))
         .map_err(|source| io_error(dat_path, source))?;
-    Ok(VolumeScan {
-        path: dat_path.to_path_buf(),
-        reader,
-        super_block,
-        position_bytes,
-        file_size_bytes,
-        done: false,
-    })
+    Ok(VolumeScan { path: dat_path.to_path_buf(), reader, super_block, position_bytes, file_size_bytes, done: false })
 }
 
 impl VolumeScan {
@@ -88,9 +78,7 @@ impl VolumeScan {
             return Err(self.truncated(NEEDLE_HEADER_SIZE_BYTES as u64, available_bytes));
         }
         let mut header_bytes = [0u8; NEEDLE_HEADER_SIZE_BYTES];
-        self.reader
-            .read_exact(&mut header_bytes)
-            .map_err(|source| io_error(&self.path, source))?;
+        self.reader.read_exact(&mut header_bytes).map_err(|source| io_error(&self.path, source))?;
         let version = self.super_block.version;
         let header = NeedleHeader::parse(&header_bytes)
             .and_then(|header| header.record_size_bytes(version).map(|size| (header, size)));
@@ -107,12 +95,7 @@ impl VolumeScan {
         self.reader
             .read_exact(&mut bytes[NEEDLE_HEADER_SIZE_BYTES..])
             .map_err(|source| io_error(&self.path, source))?;
-        let record = ScannedRecord {
-            offset_bytes: self.position_bytes,
-            header,
-            version,
-            bytes,
-        };
+        let record = ScannedRecord { offset_bytes: self.position_bytes, header, version, bytes };
         self.position_bytes += record_size_bytes;
         Ok(record)
     }

@@ -94,26 +94,18 @@ impl NeedleSpec<'_> {
     fn validate(&self) -> Result<(), EncodeError> {
         let name_size_bytes = self.name.map_or(0, <[u8]>::len);
         if name_size_bytes > MAX_NAME_SIZE_BYTES {
-            return Err(EncodeError::NameTooLong {
-                size_bytes: name_size_bytes,
-            });
+            return Err(EncodeError::NameTooLong { size_bytes: name_size_bytes });
         }
         let mime_size_bytes = self.mime.map_or(0, <[u8]>::len);
         if mime_size_bytes > MAX_NAME_SIZE_BYTES {
-            return Err(EncodeError::MimeTooLong {
-                size_bytes: mime_size_bytes,
-            });
+            return Err(EncodeError::MimeTooLong { size_bytes: mime_size_bytes });
         }
         let pairs_size_bytes = self.pairs.map_or(0, <[u8]>::len);
         if pairs_size_bytes > MAX_PAIRS_SIZE_BYTES {
-            return Err(EncodeError::PairsTooLong {
-                size_bytes: pairs_size_bytes,
-            });
+            return Err(EncodeError::PairsTooLong { size_bytes: pairs_size_bytes });
         }
         match self.last_modified {
-            Some(seconds) if seconds > MAX_LAST_MODIFIED => {
-                Err(EncodeError::LastModifiedTooLarge { seconds })
-            }
+            Some(seconds) if seconds > MAX_LAST_MODIFIED => Err(EncodeError::LastModifiedTooLarge { seconds }),
             _ => Ok(()),
         }
     }
@@ -134,9 +126,7 @@ impl NeedleSpec<'_> {
             + 1
             + optional(self.name, 1)
             + optional(self.mime, 1)
-            + self
-                .last_modified
-                .map_or(0, |_| crate::needle::LAST_MODIFIED_SIZE_BYTES as u64)
+            + self.last_modified.map_or(0, |_| crate::needle::LAST_MODIFIED_SIZE_BYTES as u64)
             + self.ttl.map_or(0, |_| crate::ttl::TTL_SIZE_BYTES as u64)
             + optional(self.pairs, 2)
     }
@@ -146,14 +136,8 @@ impl NeedleSpec<'_> {
 pub fn encode_needle(version: Version, spec: &NeedleSpec<'_>) -> Result<Vec<u8>, EncodeError> {
     spec.validate()?;
     let body_size_bytes = spec.body_size_bytes(version);
-    let size = i32::try_from(body_size_bytes).map_err(|_| EncodeError::DataTooLarge {
-        size_bytes: body_size_bytes,
-    })?;
-    let header = NeedleHeader {
-        cookie: spec.cookie,
-        needle_id: spec.needle_id,
-        size,
-    };
+    let size = i32::try_from(body_size_bytes).map_err(|_| EncodeError::DataTooLarge { size_bytes: body_size_bytes })?;
+    let header = NeedleHeader { cookie: spec.cookie, needle_id: spec.needle_id, size };
     let record_size_bytes = crate::needle::record_size_bytes(version, size as u32) as usize;
     let mut record = Vec::with_capacity(record_size_bytes);
     record.extend_from_slice(&header.encode());
@@ -188,9 +172,7 @@ fn encode_body(record: &mut Vec<u8>, spec: &NeedleSpec<'_>) -> bool {
         record.extend_from_slice(short_field);
     }
     if let Some(seconds) = spec.last_modified {
-        record.extend_from_slice(
-            &seconds.to_be_bytes()[8 - crate::needle::LAST_MODIFIED_SIZE_BYTES..],
-        );
+        record.extend_from_slice(&seconds.to_be_bytes()[8 - crate::needle::LAST_MODIFIED_SIZE_BYTES..]);
     }
     if let Some(ttl) = spec.ttl {
         record.extend_from_slice(&ttl.to_bytes());
@@ -209,13 +191,7 @@ mod tests {
 
     #[test]
     fn v3_record_layout_matches_seaweedfs() {
-        let spec = NeedleSpec {
-            cookie: 1,
-            needle_id: 2,
-            data: b"hello",
-            append_at_ns: 3,
-            ..Default::default()
-        };
+        let spec = NeedleSpec { cookie: 1, needle_id: 2, data: b"hello", append_at_ns: 3, ..Default::default() };
         let record = encode_needle(Version::V3, &spec).unwrap();
         // size = 4 + 5 + 1 = 10; 16 + 10 + 4 + 8 = 38 -> padding 2 (the size's first bytes).
         assert_eq!(record.len(), 40);
@@ -240,26 +216,14 @@ mod tests {
         // size = 4 + 1 + 1 + 5 = 11; 16 + 11 + 4 = 31 -> padding 1.
         assert_eq!(record.len(), 32);
         assert_eq!(record[31], 0x0a);
-        let plain = encode_needle(
-            Version::V2,
-            &NeedleSpec {
-                last_modified: None,
-                ..spec
-            },
-        )
-        .unwrap();
+        let plain = encode_needle(Version::V2, &NeedleSpec { last_modified: None, ..spec }).unwrap();
         // size 6; 16 + 6 + 4 = 26 -> padding 6: id bytes 0..6.
         assert_eq!(&plain[26..], &[1, 2, 3, 4, 5, 6]);
     }
 
     #[test]
     fn empty_data_stores_only_the_header() {
-        let spec = NeedleSpec {
-            cookie: 1,
-            needle_id: 2,
-            name: Some(b"x"),
-            ..Default::default()
-        };
+        let spec = NeedleSpec { cookie: 1, needle_id: 2, name: Some(b"x"), ..Default::default() };
         let record = encode_needle(Version::V3, &spec).unwrap();
         assert_eq!(record.len(), 32);
         assert_eq!(&record[12..16], &[0, 0, 0, 0]);
@@ -268,32 +232,11 @@ mod tests {
     #[test]
     fn rejects_what_does_not_fit() {
         let long = [b'x'; 256];
-        let name = NeedleSpec {
-            name: Some(&long),
-            data: b"a",
-            ..Default::default()
-        };
-        assert_eq!(
-            encode_needle(Version::V3, &name),
-            Err(EncodeError::NameTooLong { size_bytes: 256 })
-        );
-        let mime = NeedleSpec {
-            mime: Some(&long),
-            data: b"a",
-            ..Default::default()
-        };
-        assert_eq!(
-            encode_needle(Version::V3, &mime),
-            Err(EncodeError::MimeTooLong { size_bytes: 256 })
-        );
-        let time = NeedleSpec {
-            last_modified: Some(1 << 40),
-            data: b"a",
-            ..Default::default()
-        };
-        assert!(matches!(
-            encode_needle(Version::V2, &time),
-            Err(EncodeError::LastModifiedTooLarge { .. })
-        ));
+        let name = NeedleSpec { name: Some(&long), data: b"a", ..Default::default() };
+        assert_eq!(encode_needle(Version::V3, &name), Err(EncodeError::NameTooLong { size_bytes: 256 }));
+        let mime = NeedleSpec { mime: Some(&long), data: b"a", ..Default::default() };
+        assert_eq!(encode_needle(Version::V3, &mime), Err(EncodeError::MimeTooLong { size_bytes: 256 }));
+        let time = NeedleSpec { last_modified: Some(1 << 40), data: b"a", ..Default::default() };
+        assert!(matches!(encode_needle(Version::V2, &time), Err(EncodeError::LastModifiedTooLarge { .. })));
     }
 }

@@ -137,8 +137,7 @@ impl VolumeWriter {
         })?;
         let mut dat = BufWriter::new(create_file(dat_path, options.overwrite)?);
         let idx = BufWriter::new(create_file(idx_path, options.overwrite)?);
-        dat.write_all(&header)
-            .map_err(|source| io_error(dat_path, source))?;
+        dat.write_all(&header).map_err(|source| io_error(dat_path, source))?;
         Ok(VolumeWriter {
             volume_id,
             dat_path: dat_path.to_path_buf(),
@@ -152,14 +151,19 @@ impl VolumeWriter {
         })
     }
 
+    /// Make everything appended so far visible to readers: the `.dat` is
+    /// flushed (and synced) before the `.idx`, so an index entry never points
+    /// at a record that is not there yet.
+    pub fn flush(&mut self) -> Result<(), WriteError> {
+        flush_and_sync(&mut self.dat, &self.dat_path)?;
+        flush_and_sync(&mut self.idx, &self.idx_path)
+    }
+
     /// Append a needle: its record to the `.dat`, then its entry to the
     /// `.idx`. The writer sets `append_at_ns` (now, or one past the last).
     pub fn append(&mut self, spec: &NeedleSpec<'_>) -> Result<FileId, WriteError> {
         let append_at_ns = self.next_append_at_ns();
-        let spec = NeedleSpec {
-            append_at_ns,
-            ..*spec
-        };
+        let spec = NeedleSpec { append_at_ns, ..*spec };
         let record = encode_needle(WRITER_VERSION, &spec).map_err(|source| WriteError::Encode {
             path: self.dat_path.clone(),
             needle_id: spec.needle_id,
@@ -168,62 +172,36 @@ impl VolumeWriter {
         let size = i32::from_be_bytes([record[12], record[13], record[14], record[15]]);
         self.append_record(
             &record,
-            IndexEntry {
-                needle_id: spec.needle_id,
-                offset_bytes: self.end_offset_bytes,
-                size,
-            },
+            IndexEntry { needle_id: spec.needle_id, offset_bytes: self.end_offset_bytes, size },
         )?;
         self.last_append_at_ns = append_at_ns;
-        Ok(FileId {
-            volume_id: self.volume_id,
-            needle_id: spec.needle_id,
-            cookie: spec.cookie,
-        })
+        Ok(FileId { volume_id: self.volume_id, needle_id: spec.needle_id, cookie: spec.cookie })
     }
 
     /// Delete a needle as `weed` does: append an empty record with its id
     /// and cookie, then a tombstone entry (size -1) pointing at that record.
     pub fn delete(&mut self, needle_id: u64, cookie: u32) -> Result<(), WriteError> {
         let append_at_ns = self.next_append_at_ns();
-        let spec = NeedleSpec {
-            needle_id,
-            cookie,
-            append_at_ns,
-            ..Default::default()
-        };
+        let spec = NeedleSpec { needle_id, cookie, append_at_ns, ..Default::default() };
         let record = encode_needle(WRITER_VERSION, &spec).map_err(|source| WriteError::Encode {
             path: self.dat_path.clone(),
             needle_id,
             source,
         })?;
-        self.append_record(
-            &record,
-            IndexEntry {
-                needle_id,
-                offset_bytes: self.end_offset_bytes,
-                size: -1,
-            },
-        )?;
+        self.append_record(&record, IndexEntry { needle_id, offset_bytes: self.end_offset_bytes, size: -1 })?;
         self.last_append_at_ns = append_at_ns;
         Ok(())
     }
 
     fn append_record(&mut self, record: &[u8], entry: IndexEntry) -> Result<(), WriteError> {
         // Encode the entry first: it fails when the volume is full for this width.
-        let entry_bytes = entry
-            .encode(self.offset_width)
-            .map_err(|source| WriteError::Format {
-                path: self.idx_path.clone(),
-                offset_bytes: self.end_offset_bytes,
-                source,
-            })?;
-        self.dat
-            .write_all(record)
-            .map_err(|source| io_error(&self.dat_path, source))?;
-        self.idx
-            .write_all(&entry_bytes)
-            .map_err(|source| io_error(&self.idx_path, source))?;
+        let entry_bytes = entry.encode(self.offset_width).map_err(|source| WriteError::Format {
+            path: self.idx_path.clone(),
+            offset_bytes: self.end_offset_bytes,
+            source,
+        })?;
+        self.dat.write_all(record).map_err(|source| io_error(&self.dat_path, source))?;
+        self.idx.write_all(&entry_bytes).map_err(|source| io_error(&self.idx_path, source))?;
         self.end_offset_bytes += record.len() as u64;
         self.needle_count += 1;
         Ok(())
@@ -232,9 +210,7 @@ impl VolumeWriter {
     fn next_append_at_ns(&self) -> u64 {
         let now_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |elapsed| {
-                u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
-            });
+            .map_or(0, |elapsed| u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
         now_ns.max(self.last_append_at_ns.saturating_add(1))
     }
 
@@ -267,10 +243,7 @@ impl VolumeWriter {
 }
 
 fn io_error(path: &Path, source: io::Error) -> WriteError {
-    WriteError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    WriteError::Io { path: path.to_path_buf(), source }
 }
 
 fn create_file(path: &Path, overwrite: bool) -> Result<File, WriteError> {
@@ -282,19 +255,14 @@ fn create_file(path: &Path, overwrite: bool) -> Result<File, WriteError> {
         options.create_new(true);
     }
     options.open(path).map_err(|source| match source.kind() {
-        io::ErrorKind::AlreadyExists => WriteError::AlreadyExists {
-            path: path.to_path_buf(),
-        },
+        io::ErrorKind::AlreadyExists => WriteError::AlreadyExists { path: path.to_path_buf() },
         _ => io_error(path, source),
     })
 }
 
 fn flush_and_sync(writer: &mut BufWriter<File>, path: &Path) -> Result<(), WriteError> {
     writer.flush().map_err(|source| io_error(path, source))?;
-    writer
-        .get_ref()
-        .sync_all()
-        .map_err(|source| io_error(path, source))
+    writer.get_ref().sync_all().map_err(|source| io_error(path, source))
 }
 
 #[cfg(test)]
@@ -312,37 +280,19 @@ mod tests {
     fn written_volume_reads_back() {
         let dir = temp_dir("writer");
         for width in [OffsetWidth::Four, OffsetWidth::Five] {
-            let options = VolumeWriterOptions {
-                offset_width: width,
-                overwrite: true,
-                ..Default::default()
-            };
+            let options = VolumeWriterOptions { offset_width: width, overwrite: true, ..Default::default() };
             let mut writer = VolumeWriter::create_in(&dir, Some("c"), 9, options).unwrap();
-            let first = writer
-                .append(&NeedleSpec {
-                    needle_id: 1,
-                    cookie: 7,
-                    data: b"one",
-                    ..Default::default()
-                })
-                .unwrap();
-            let second = writer
-                .append(&NeedleSpec {
-                    needle_id: 2,
-                    cookie: 8,
-                    data: b"two!",
-                    ..Default::default()
-                })
-                .unwrap();
+            let first =
+                writer.append(&NeedleSpec { needle_id: 1, cookie: 7, data: b"one", ..Default::default() }).unwrap();
+            let second =
+                writer.append(&NeedleSpec { needle_id: 2, cookie: 8, data: b"two!", ..Default::default() }).unwrap();
             writer.delete(1, 7).unwrap();
             let summary = writer.finish().unwrap();
             assert_eq!(first.to_string(), "9,0100000007");
             assert_eq!(summary.dat_path, dir.join("c_9.dat"));
             let volume = LocalVolume::open(&summary.dat_path, &summary.idx_path, width).unwrap();
             assert!(volume.locate(first.needle_id).is_none());
-            let record = volume
-                .read_checked(second.needle_id, second.cookie)
-                .unwrap();
+            let record = volume.read_checked(second.needle_id, second.cookie).unwrap();
             let parsed = crate::needle::NeedleRecord::parse(&record, Version::V3).unwrap();
             assert_eq!(parsed.data, b"two!");
             assert_eq!(volume.index().tombstone_entry_count(), 1);
@@ -357,20 +307,10 @@ mod tests {
     #[test]
     fn append_times_strictly_increase() {
         let dir = temp_dir("times");
-        let options = VolumeWriterOptions {
-            overwrite: true,
-            ..Default::default()
-        };
+        let options = VolumeWriterOptions { overwrite: true, ..Default::default() };
         let mut writer = VolumeWriter::create_in(&dir, None, 1, options).unwrap();
         for needle_id in 1..=50 {
-            writer
-                .append(&NeedleSpec {
-                    needle_id,
-                    cookie: 1,
-                    data: b"x",
-                    ..Default::default()
-                })
-                .unwrap();
+            writer.append(&NeedleSpec { needle_id, cookie: 1, data: b"x", ..Default::default() }).unwrap();
         }
         let summary = writer.finish().unwrap();
         let mut last_ns = 0;
