@@ -18,6 +18,23 @@ impl BatchClock {
     }
 }
 
+/// Which queue pair of which region a request came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub region_id: u64,
+    pub queue_pair: u32,
+}
+
+/// What executing an entry gave.
+#[derive(Clone, Copy, Debug)]
+pub enum Executed {
+    /// Completed now.
+    Done(Cqe, Outcome),
+    /// In flight; its completion comes from [`Executor::progress`]. The
+    /// caller keeps one CQ slot reserved for it.
+    Pending,
+}
+
 /// What one entry did, for the queue pair's counters.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Outcome {
@@ -46,23 +63,58 @@ impl Executor {
 
     /// Executes one entry copied out of `view`'s SQ. Writes, if at all, only
     /// inside the buffer range the validated entry names.
-    pub fn execute(&mut self, sqe: &Sqe, view: &RegionView, clock: &mut BatchClock) -> (Cqe, Outcome) {
+    pub fn execute(&mut self, sqe: &Sqe, view: &RegionView, route: Route, clock: &mut BatchClock) -> Executed {
         let request = match sqe.validate(view.geometry().buffer_size_bytes) {
             Ok(request) => request,
-            Err(code) => return (Cqe::error(sqe.user_data, code), Outcome { invalid: true, bytes_read: 0 }),
+            Err(code) => {
+                return Executed::Done(Cqe::error(sqe.user_data, code), Outcome { invalid: true, bytes_read: 0 })
+            }
         };
         if sqe.deadline_ns != 0 && clock.now_ns() > sqe.deadline_ns {
-            return (Cqe::error(sqe.user_data, ErrorCode::DEADLINE_EXCEEDED), Outcome::default());
+            return Executed::Done(Cqe::error(sqe.user_data, ErrorCode::DEADLINE_EXCEEDED), Outcome::default());
         }
+        let done = |cqe| Executed::Done(cqe, Outcome::default());
         match request {
-            Request::Nop => (Cqe { user_data: sqe.user_data, ..Cqe::default() }, Outcome::default()),
-            // Every operation completes before its CQE is posted, so there is
-            // never anything in flight to cancel.
-            Request::Cancel { .. } => (Cqe::error(sqe.user_data, ErrorCode::NOTHING_TO_CANCEL), Outcome::default()),
+            Request::Nop => done(Cqe { user_data: sqe.user_data, ..Cqe::default() }),
+            Request::Cancel { target_user_data } => {
+                let canceled = self.reads.as_mut().is_some_and(|reads| reads.cancel(route, target_user_data));
+                if canceled {
+                    done(Cqe { user_data: sqe.user_data, ..Cqe::default() })
+                } else {
+                    done(Cqe::error(sqe.user_data, ErrorCode::NOTHING_TO_CANCEL))
+                }
+            }
             Request::ReadNeedle(read) => match self.reads.as_mut() {
-                Some(reads) => reads.read(sqe.user_data, &read, view),
-                None => (Cqe::error(sqe.user_data, ErrorCode::NO_SUCH_VOLUME), Outcome::default()),
+                Some(reads) => reads.read(sqe.user_data, &read, view, route, sqe.deadline_ns),
+                None => done(Cqe::error(sqe.user_data, ErrorCode::NO_SUCH_VOLUME)),
             },
         }
+    }
+
+    /// Requests in flight in the transports.
+    pub fn pending(&self) -> usize {
+        self.reads.as_ref().map_or(0, |reads| reads.pending())
+    }
+
+    /// Drives the asynchronous transports and hands each finished request's
+    /// completion to `sink`.
+    pub fn progress(&mut self, sink: &mut dyn FnMut(Route, Cqe, Outcome)) {
+        if let Some(reads) = self.reads.as_mut() {
+            reads.progress(sink);
+        }
+    }
+
+    /// A region was attached: transports that write into buffers directly
+    /// (RDMA) register its buffer area.
+    pub fn attach_region(&mut self, region_id: u64, view: &RegionView) {
+        if let Some(reads) = self.reads.as_mut() {
+            reads.attach_region(region_id, view);
+        }
+    }
+
+    /// A region is going away: true once no transport can write into it
+    /// any more (its registrations are gone).
+    pub fn release_region(&mut self, region_id: u64) -> bool {
+        self.reads.as_mut().is_none_or(|reads| reads.release_region(region_id))
     }
 }

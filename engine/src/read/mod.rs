@@ -6,7 +6,7 @@ pub mod check;
 pub mod local;
 
 use crate::config::Config;
-use crate::execute::Outcome;
+use crate::execute::{Executed, Outcome, Route};
 use shm_layout::entry::{cqe_flags, Cqe, ErrorCode, NeedleRead};
 use shm_layout::region::RegionView;
 use volume_format::index::OffsetWidth;
@@ -75,16 +75,46 @@ impl ReadService {
     }
 
     /// Serves one validated read into `view`'s buffer area.
-    pub fn read(&mut self, user_data: u64, read: &NeedleRead, view: &RegionView) -> (Cqe, Outcome) {
+    pub fn read(
+        &mut self,
+        user_data: u64,
+        read: &NeedleRead,
+        view: &RegionView,
+        _route: Route,
+        _deadline_ns: u64,
+    ) -> Executed {
         // Sqe::validate proved the range is inside the buffer area.
         let Some(buffer) = view.buffer_range(read.buffer_offset, read.buffer_length as u64) else {
-            return (Cqe::error(user_data, ErrorCode::BAD_BUFFER), Outcome { invalid: true, bytes_read: 0 });
+            return Executed::Done(
+                Cqe::error(user_data, ErrorCode::BAD_BUFFER),
+                Outcome { invalid: true, bytes_read: 0 },
+            );
         };
         if self.local.serves(read.volume_id) {
             let result = self.local.read(read, buffer);
-            return completion(user_data, read, cqe_flags::SOURCE_LOCAL, result);
+            let (cqe, outcome) = completion(user_data, read, cqe_flags::SOURCE_LOCAL, result);
+            return Executed::Done(cqe, outcome);
         }
-        (Cqe::error(user_data, ErrorCode::NO_SUCH_VOLUME), Outcome::default())
+        Executed::Done(Cqe::error(user_data, ErrorCode::NO_SUCH_VOLUME), Outcome::default())
+    }
+
+    /// Reads in flight (asynchronous transports only).
+    pub fn pending(&self) -> usize {
+        0
+    }
+
+    /// Completions of reads that finished asynchronously.
+    pub fn progress(&mut self, _sink: &mut dyn FnMut(Route, Cqe, Outcome)) {}
+
+    /// Cancels the read `target_user_data` of `route` if it is in flight.
+    pub fn cancel(&mut self, _route: Route, _target_user_data: u64) -> bool {
+        false
+    }
+
+    pub fn attach_region(&mut self, _region_id: u64, _view: &RegionView) {}
+
+    pub fn release_region(&mut self, _region_id: u64) -> bool {
+        true
     }
 
     /// Periodic work off the read path: pick up appended index entries.
