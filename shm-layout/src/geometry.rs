@@ -83,7 +83,7 @@ impl Geometry {
             return Err(GeometryError::SqEntries { found: sq_entries });
         }
         if buffer_size_bytes == 0
-            || buffer_size_bytes % PAGE_SIZE_BYTES != 0
+            || !buffer_size_bytes.is_multiple_of(PAGE_SIZE_BYTES)
             || buffer_size_bytes > MAX_BUFFER_SIZE_BYTES
         {
             return Err(GeometryError::BufferSize { found: buffer_size_bytes });

@@ -55,7 +55,7 @@ impl RegionView {
     /// mapped read-only only if the caller never uses the writing accessors
     /// (ring producers/consumers, `init_header`).
     pub unsafe fn new(base: NonNull<u8>, mapping_size_bytes: u64, geometry: Geometry) -> Result<RegionView, ViewError> {
-        if base.as_ptr() as usize % PAGE_SIZE_BYTES as usize != 0 {
+        if !(base.as_ptr() as usize).is_multiple_of(PAGE_SIZE_BYTES as usize) {
             return Err(ViewError::Misaligned);
         }
         if geometry.region_size_bytes > mapping_size_bytes {
@@ -73,7 +73,7 @@ impl RegionView {
         base: NonNull<u8>,
         mapping_size_bytes: u64,
     ) -> Result<(RegionView, RegionDescription), HeaderError> {
-        if mapping_size_bytes < PAGE_SIZE_BYTES || base.as_ptr() as usize % PAGE_SIZE_BYTES as usize != 0 {
+        if mapping_size_bytes < PAGE_SIZE_BYTES || !(base.as_ptr() as usize).is_multiple_of(PAGE_SIZE_BYTES as usize) {
             return Err(HeaderError::MappingTooSmall { region_size_bytes: PAGE_SIZE_BYTES, mapping_size_bytes });
         }
         // SAFETY: the mapping holds at least one page (checked above), the

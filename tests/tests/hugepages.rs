@@ -14,7 +14,7 @@ const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
 
 fn meminfo(field: &str) -> u64 {
     let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    text.lines().find_map(|line| line.strip_prefix(field)?.trim().split_whitespace().next()?.parse().ok()).unwrap_or(0)
+    text.lines().find_map(|line| line.strip_prefix(field)?.split_whitespace().next()?.parse().ok()).unwrap_or(0)
 }
 
 /// Restores the machine's huge page reservation when the test ends.

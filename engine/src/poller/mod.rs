@@ -125,7 +125,7 @@ impl Poller {
                 // Work done, or reads in flight whose completions need
                 // progress: stay awake.
                 idle_since_ns = None;
-                if passes % PASSES_PER_HOUSEKEEPING == 0 {
+                if passes.is_multiple_of(PASSES_PER_HOUSEKEEPING) {
                     last_housekeeping_ns = self.housekeeping();
                 }
                 continue;
