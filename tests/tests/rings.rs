@@ -145,6 +145,7 @@ fn bad_entries_get_documented_error_codes_and_write_nothing() {
         (Sqe { user_data: 9, cookie: 0xdead_beef, ..read(0, BUFFER_BYTES) }, ErrorCode::COOKIE_MISMATCH),
         (Sqe { user_data: 10, needle_id: 0x7777, ..read(0, BUFFER_BYTES) }, ErrorCode::NO_SUCH_NEEDLE),
         (Sqe { user_data: 11, deadline_ns: 1, ..Sqe::nop(11) }, ErrorCode::DEADLINE_EXCEEDED),
+        (Sqe::cancel(14, 12345), ErrorCode::NOTHING_TO_CANCEL),
         (Sqe { user_data: 12, needle_id: 0x12, ..read(0, BUFFER_BYTES) }, ErrorCode::DELETED),
         (Sqe { user_data: 13, needle_id: 0x8, ..read(0, BUFFER_BYTES) }, ErrorCode::BUFFER_TOO_SMALL),
     ];
