@@ -10,6 +10,7 @@ pub mod control;
 pub mod execute;
 pub mod logging;
 pub mod poller;
+pub mod rdma;
 pub mod read;
 pub mod region;
 

@@ -50,8 +50,8 @@ impl Listener {
         // SAFETY: all-zero bytes are a valid ucp_listener_params_t; field_mask names the
         // fields we fill.
         let mut params: sys::ucp_listener_params_t = unsafe { mem::zeroed() };
-        params.field_mask = (sys::UCP_LISTENER_PARAM_FIELD_SOCK_ADDR
-            | sys::UCP_LISTENER_PARAM_FIELD_CONN_HANDLER) as u64;
+        params.field_mask =
+            (sys::UCP_LISTENER_PARAM_FIELD_SOCK_ADDR | sys::UCP_LISTENER_PARAM_FIELD_CONN_HANDLER) as u64;
         params.sockaddr = c_address.as_ucs();
         params.conn_handler.cb = Some(on_connection_request);
         params.conn_handler.arg = Rc::as_ptr(&inner).cast_mut().cast();
@@ -79,10 +79,7 @@ impl Listener {
     /// The next pending connection request, if any (they arrive during worker progress).
     pub fn next_request(&self) -> Option<ConnRequest> {
         let handle = self.inner.pending.pop()?;
-        Some(ConnRequest {
-            handle,
-            listener: Rc::clone(&self.inner),
-        })
+        Some(ConnRequest { handle, listener: Rc::clone(&self.inner) })
     }
 
     /// Requests rejected because the pending queue was full.
@@ -113,6 +110,10 @@ impl ListenerInner {
 
 impl Drop for ListenerInner {
     fn drop(&mut self) {
+        // Null when ucp_listener_create failed: there is nothing to destroy (and no request).
+        if self.handle.get().is_null() {
+            return;
+        }
         while let Some(request) = self.pending.pop() {
             self.reject(request);
         }
@@ -168,9 +169,7 @@ impl ConnRequest {
 
 impl fmt::Debug for ConnRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConnRequest")
-            .field("handle", &self.handle)
-            .finish()
+        f.debug_struct("ConnRequest").field("handle", &self.handle).finish()
     }
 }
 
