@@ -41,6 +41,24 @@ pub struct Config {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(4..=5))]
     pub offset_bytes: u8,
 
+    /// Export role: a directory of SeaweedFS volumes to export over UCX to
+    /// reading engines. Repeatable; needs --listen.
+    #[arg(long = "export-dir", requires = "listen")]
+    pub export_dir: Vec<PathBuf>,
+
+    /// Export role: the address the UCX listener binds (HOST:PORT).
+    #[arg(long, requires = "export_dir")]
+    pub listen: Option<std::net::SocketAddr>,
+
+    /// Read role: an exporting engine to read volumes from over RDMA
+    /// (its --listen address). Repeatable.
+    #[arg(long = "peer")]
+    pub peer: Vec<std::net::SocketAddr>,
+
+    /// Read role: most RDMA reads in flight at once (all queue pairs).
+    #[arg(long, default_value_t = 256)]
+    pub max_rdma_in_flight: usize,
+
     /// Most clients attached at once.
     #[arg(long, default_value_t = 16)]
     pub max_clients: u32,

@@ -85,10 +85,16 @@ impl Executor {
                 }
             }
             Request::ReadNeedle(read) => match self.reads.as_mut() {
-                Some(reads) => reads.read(sqe.user_data, &read, view, route, sqe.deadline_ns),
+                Some(reads) => reads.read(sqe.user_data, &read, view, route),
                 None => done(Cqe::error(sqe.user_data, ErrorCode::NO_SUCH_VOLUME)),
             },
         }
+    }
+
+    /// Whether another entry can be taken now (an asynchronous transport has
+    /// room for one more request).
+    pub fn has_room(&self) -> bool {
+        self.reads.as_ref().is_none_or(|reads| reads.has_room())
     }
 
     /// Requests in flight in the transports.

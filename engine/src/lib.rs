@@ -19,6 +19,7 @@ use poller::{Poller, PollerLink};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use volume_format::index::OffsetWidth;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -36,6 +37,10 @@ pub enum EngineError {
     Thread(std::io::Error),
     #[error(transparent)]
     Read(#[from] read::ReadSetupError),
+    #[error("cannot start the export role: {0}")]
+    Export(#[from] rdma::export::ExportError),
+    #[error("the poller thread ended before it started serving")]
+    PollerDied,
 }
 
 impl EngineError {
@@ -44,8 +49,8 @@ impl EngineError {
         match self {
             EngineError::Config(_) => 2,
             EngineError::SocketInUse(_) | EngineError::Socket { .. } | EngineError::Control(_) => 3,
-            EngineError::Read(_) => 4,
-            EngineError::Signals(_) | EngineError::Thread(_) => 5,
+            EngineError::Read(_) | EngineError::Export(_) => 4,
+            EngineError::Signals(_) | EngineError::Thread(_) | EngineError::PollerDied => 5,
         }
     }
 }
@@ -80,6 +85,55 @@ fn pin_to_cpu(cpu: usize) {
     }
 }
 
+/// Starts the export role when `--export-dir`/`--listen` are given.
+fn start_exporter(
+    config: &Config,
+    shutdown: &Arc<AtomicBool>,
+) -> Result<Option<rdma::export::ExportHandle>, EngineError> {
+    let Some(listen) = config.listen else { return Ok(None) };
+    let width = if config.offset_bytes == 5 { OffsetWidth::Five } else { OffsetWidth::Four };
+    let export_config = rdma::export::ExportConfig {
+        offset_width: width,
+        ..rdma::export::ExportConfig::new(config.export_dir.clone(), listen)
+    };
+    let handle = rdma::export::spawn(export_config, shutdown.clone())?;
+    tracing::info!(listen = %handle.local_addr(), "export role serving");
+    Ok(Some(handle))
+}
+
+/// Starts the poller thread. Its read transports are started on it (UCX
+/// objects stay on one thread); the second value says whether they did.
+fn spawn_poller(
+    config: &Config,
+    link: Arc<PollerLink>,
+    read_setup: Option<read::ReadSetup>,
+) -> Result<(std::thread::JoinHandle<()>, Result<(), EngineError>), EngineError> {
+    let max_regions = config.max_clients as usize;
+    let idle_spin = Duration::from_micros(config.idle_spin_us);
+    let heartbeat = Duration::from_millis(config.heartbeat_ms);
+    let poller_cpu = config.poller_cpu;
+    let (started_sender, started_receiver) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("poller".into())
+        .spawn(move || {
+            if let Some(cpu) = poller_cpu {
+                pin_to_cpu(cpu);
+            }
+            let reads = match read_setup.map(read::ReadSetup::start).transpose() {
+                Ok(reads) => reads,
+                Err(error) => {
+                    let _ = started_sender.send(Err(EngineError::Read(error)));
+                    return;
+                }
+            };
+            let _ = started_sender.send(Ok(()));
+            Poller::new(link, execute::Executor::new(reads), idle_spin, heartbeat, max_regions).run()
+        })
+        .map_err(EngineError::Thread)?;
+    let started = started_receiver.recv().unwrap_or(Err(EngineError::PollerDied));
+    Ok((thread, started))
+}
+
 /// Runs the engine until SIGTERM or SIGINT, then drains and returns.
 pub fn run(config: Config) -> Result<(), EngineError> {
     config.validate()?;
@@ -87,7 +141,8 @@ pub fn run(config: Config) -> Result<(), EngineError> {
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, shutdown.clone()).map_err(EngineError::Signals)?;
     }
-    let reads = read::ReadService::from_config(&config)?;
+    let read_setup = read::ReadSetup::from_config(&config)?;
+    let exporter = start_exporter(&config, &shutdown)?;
     let listener = bind_control_socket(&config)?;
     let engine_generation = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)
         .map(|now| now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64)
@@ -95,23 +150,8 @@ pub fn run(config: Config) -> Result<(), EngineError> {
         ^ ((std::process::id() as u64) << 48);
     let max_regions = config.max_clients as usize;
     let link = Arc::new(PollerLink::new(max_regions));
-    let poller = Poller::new(
-        link.clone(),
-        execute::Executor::new(reads),
-        Duration::from_micros(config.idle_spin_us),
-        Duration::from_millis(config.heartbeat_ms),
-        max_regions,
-    );
-    let poller_cpu = config.poller_cpu;
-    let poller_thread = std::thread::Builder::new()
-        .name("poller".into())
-        .spawn(move || {
-            if let Some(cpu) = poller_cpu {
-                pin_to_cpu(cpu);
-            }
-            poller.run()
-        })
-        .map_err(EngineError::Thread)?;
+    let (poller_thread, started) = spawn_poller(&config, link.clone(), read_setup)?;
+    started?;
     tracing::info!(socket = %config.socket.display(), engine_generation, "engine serving");
     let mut server = control::ControlServer::new(listener, config.clone(), link.clone(), engine_generation);
     server.run(&shutdown);
@@ -120,6 +160,11 @@ pub fn run(config: Config) -> Result<(), EngineError> {
     link.ring_doorbell();
     let _ = poller_thread.join();
     server.reclaim_released();
+    if let Some(exporter) = exporter {
+        if let Err(error) = exporter.join() {
+            tracing::warn!(%error, "export role ended with an error");
+        }
+    }
     let _ = std::fs::remove_file(&config.socket);
     tracing::info!("engine stopped");
     Ok(())

@@ -49,6 +49,16 @@ pub struct Engine {
     pub socket: PathBuf,
     pub dir: tempfile::TempDir,
     log: PathBuf,
+    options: EngineOptions,
+}
+
+/// How to start an engine beyond its socket.
+#[derive(Clone, Debug, Default)]
+pub struct EngineOptions {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// A command the engine runs under, e.g. `["ip", "netns", "exec", "ns1"]`.
+    pub prefix: Vec<String>,
 }
 
 impl Engine {
@@ -60,10 +70,19 @@ impl Engine {
     }
 
     pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Engine {
+        Engine::start_with(
+            dir,
+            EngineOptions { args: extra.iter().map(|a| a.to_string()).collect(), ..Default::default() },
+        )
+    }
+
+    /// Starts an engine with environment variables and an optional command
+    /// prefix (for example `ip netns exec NAME`).
+    pub fn start_with(dir: tempfile::TempDir, options: EngineOptions) -> Engine {
         let socket = dir.path().join("engine.sock");
-        let log = dir.path().join(format!("engine-{}.log", Instant::now().elapsed().as_nanos()));
-        let child = spawn_engine(&socket, &log, extra);
-        let engine = Engine { child, socket, dir, log };
+        let log = dir.path().join("engine.log");
+        let child = spawn_engine(&socket, &log, &options);
+        let engine = Engine { child, socket, dir, log, options };
         engine.wait_ready();
         engine
     }
@@ -100,11 +119,11 @@ impl Engine {
         false
     }
 
-    /// Restarts the engine on the same socket (after it was killed).
-    pub fn restart(&mut self, extra: &[&str]) {
+    /// Restarts the engine on the same socket with the same options.
+    pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = spawn_engine(&self.socket, &self.log, extra);
+        self.child = spawn_engine(&self.socket, &self.log, &self.options);
         self.wait_ready();
     }
 
@@ -144,12 +163,22 @@ impl Engine {
     }
 }
 
-fn spawn_engine(socket: &Path, log: &Path, extra: &[&str]) -> Child {
+fn spawn_engine(socket: &Path, log: &Path, options: &EngineOptions) -> Child {
     let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("engine log file");
-    Command::new(workspace_binary("rdma-engine"))
+    let engine = workspace_binary("rdma-engine");
+    let mut command = match options.prefix.split_first() {
+        Some((program, rest)) => {
+            let mut command = Command::new(program);
+            command.args(rest).arg(&engine);
+            command
+        }
+        None => Command::new(&engine),
+    };
+    command
         .arg("--socket")
         .arg(socket)
-        .args(extra)
+        .args(&options.args)
+        .envs(options.env.iter().map(|(name, value)| (name, value)))
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log_file)
@@ -201,4 +230,12 @@ pub fn attach_request(queue_pairs: u32, sq_entries: u32, buffer_size_bytes: u64)
         buffer_size_bytes,
         client_name: "integration-test".into(),
     }
+}
+
+/// A TCP port that was free a moment ago on `ip`.
+pub fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }

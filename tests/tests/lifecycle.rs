@@ -76,7 +76,7 @@ fn engine_killed_wakes_every_waiting_client_with_an_error_and_restart_works() {
         assert!(elapsed_ms < 10_000, "a waiting client took {elapsed_ms} ms to notice the dead engine");
         eprintln!("waiting client noticed the killed engine after {elapsed_ms} ms");
     }
-    engine.restart(&[]);
+    engine.restart();
     let client = Client::attach(&engine.socket, &AttachOptions::default()).unwrap();
     client.take_queue_pair(0).unwrap().ping(Duration::from_secs(5)).unwrap();
 }
@@ -100,5 +100,5 @@ fn sigterm_drains_stops_and_wakes_waiters() {
     queue_pair.submit().unwrap();
     let error = queue_pair.wait(1, Duration::from_secs(5)).unwrap_err();
     assert!(matches!(error, rdma_client::ClientError::EngineStopped | rdma_client::ClientError::EngineGone));
-    engine.restart(&[]);
+    engine.restart();
 }

@@ -185,6 +185,9 @@ impl ServedQueuePair {
         let route = Route { region_id, queue_pair: self.index };
         let mut clock = BatchClock::default();
         for _ in 0..count {
+            if !executor.has_room() {
+                break;
+            }
             let sqe = match self.sq.pop() {
                 Ok(Some(sqe)) => sqe,
                 Ok(None) => break,

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use volume_format::index::OffsetWidth;
 use volume_format::needle::flags;
+use volume_format::version::NEEDLE_HEADER_SIZE_BYTES;
 use volume_format::volume::{LocalVolume, Location};
 
 /// One served volume: the parsed index (through `LocalVolume`) and our own
@@ -211,13 +212,18 @@ fn read_range(
         return Err((ErrorCode::BUFFER_TOO_SMALL, length));
     }
     pread_exact(&served.dat, buffer, length, location.offset_bytes + offset_in_record)?;
+    // The flags byte follows the data when the body has room for it (a
+    // version 1 needle, or an empty body, has none).
+    let flags_offset_in_record = span.data_offset_in_record + span.data_len;
+    let body_has_flags = flags_offset_in_record < NEEDLE_HEADER_SIZE_BYTES as u64 + location.size as u64;
     let gzipped = match version {
         volume_format::Version::V1 => false,
+        _ if !body_has_flags => false,
         _ => {
             let mut flag_byte = [0u8; 1];
-            let flags_offset = location.offset_bytes + span.data_offset_in_record + span.data_len;
+            let flags_offset = location.offset_bytes + flags_offset_in_record;
             pread_exact(&served.dat, NonNull::from(&mut flag_byte).cast(), 1, flags_offset)?;
-            span.data_len > 0 && flag_byte[0] & flags::IS_COMPRESSED != 0
+            flag_byte[0] & flags::IS_COMPRESSED != 0
         }
     };
     Ok(ReadDone { data_offset_in_buffer: 0, data_length: length, gzipped })

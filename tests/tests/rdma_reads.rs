@@ -1,0 +1,276 @@
+//! The RDMA path end to end with real processes: an exporting engine, a
+//! reading engine, a client of the reader. Real UCX over tcp and over shared
+//! memory, and across a network namespace (a second "host") when the machine
+//! allows it.
+
+use integration_tests::{fixture, free_port, Engine, EngineOptions};
+use rdma_client::{AttachOptions, Client, Completion, CompletionError, ErrorCode, Operation, QueuePair, ReadSource};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use volume_format::index::OffsetWidth;
+use volume_format::needle::NeedleRecord;
+use volume_format::volume::LocalVolume;
+use volume_format::writer::{NeedleSpec, VolumeWriter, VolumeWriterOptions};
+
+const TCP: &[(&str, &str)] = &[("UCX_TLS", "tcp")];
+const SHARED_MEMORY: &[(&str, &str)] = &[("UCX_TLS", "sm,tcp"), ("UCX_MM_ERROR_HANDLING", "y")];
+
+fn options(args: Vec<String>, env: &[(&str, &str)]) -> EngineOptions {
+    EngineOptions {
+        args,
+        env: env.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect(),
+        prefix: Vec::new(),
+    }
+}
+
+/// Volumes the exporter serves: the fixtures (1 healthy, 2 legacy CRC, 3
+/// bitrot) and a generated one (4).
+fn volume_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (stem, volume_id) in [("healthy_volume", 1), ("legacy_crc_volume", 2), ("bitrot_volume", 3)] {
+        for extension in ["dat", "idx"] {
+            std::fs::copy(fixture(&format!("{stem}.{extension}")), dir.path().join(format!("{volume_id}.{extension}")))
+                .unwrap();
+        }
+    }
+    let mut writer = VolumeWriter::create_in(dir.path(), None, 4, VolumeWriterOptions::default()).unwrap();
+    for index in 0..40u64 {
+        let data: Vec<u8> = (0..(index * 7919) as usize).map(|byte| (byte as u64 ^ index) as u8).collect();
+        writer
+            .append(&NeedleSpec {
+                needle_id: 10 + index,
+                cookie: 0xc0 + index as u32,
+                data: &data,
+                ..Default::default()
+            })
+            .unwrap();
+    }
+    writer.finish().unwrap();
+    dir
+}
+
+/// An exporter on a free port and a reader peered with it.
+fn exporter_and_reader(volumes: &Path, env: &[(&str, &str)]) -> (Engine, Engine, String) {
+    let listen = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let export_args = vec!["--export-dir".into(), volumes.display().to_string(), "--listen".into(), listen.clone()];
+    let exporter = Engine::start_with(tempfile::tempdir().unwrap(), options(export_args, env));
+    let reader = Engine::start_with(tempfile::tempdir().unwrap(), options(vec!["--peer".into(), listen.clone()], env));
+    (exporter, reader, listen)
+}
+
+fn attach(engine: &Engine) -> (Client, QueuePair) {
+    let options = AttachOptions { buffer_size_bytes: 128 << 20, sq_entries: 64, ..AttachOptions::default() };
+    let client = Client::attach(&engine.socket, &options).unwrap();
+    let queue_pair = client.take_queue_pair(0).unwrap();
+    (client, queue_pair)
+}
+
+fn read_one(client: &Client, queue_pair: &mut QueuePair, volume_id: u32, needle_id: u64, cookie: u32) -> Completion {
+    let buffer = client.allocate(2 << 20).unwrap();
+    queue_pair.prepare(Operation::ReadNeedle { volume_id, needle_id, cookie, buffer }, needle_id).unwrap();
+    queue_pair.submit().unwrap();
+    queue_pair.wait(1, Duration::from_secs(20)).unwrap();
+    queue_pair.reap_one().unwrap().unwrap()
+}
+
+fn cookie_of(volume: &LocalVolume, needle_id: u64) -> u32 {
+    let record = volume.read_record(&volume.locate(needle_id).unwrap()).unwrap();
+    u32::from_be_bytes(record[0..4].try_into().unwrap())
+}
+
+/// Reads every live needle of every volume through the reader and compares
+/// with SeaweedFS's own reading of the files. Returns (read, failed their CRC).
+fn read_everything_and_compare(volumes: &Path, reader: &Engine) -> (usize, Vec<(u32, u64)>) {
+    let (client, mut queue_pair) = attach(reader);
+    let mut read_ok = 0;
+    let mut crc_failures = Vec::new();
+    for volume_id in 1..=4u32 {
+        let base = volumes.join(volume_id.to_string());
+        let volume =
+            LocalVolume::open(&base.with_extension("dat"), &base.with_extension("idx"), OffsetWidth::Four).unwrap();
+        let mut ids: Vec<u64> = volume.index().iter().map(|(id, _)| id).collect();
+        ids.sort();
+        for needle_id in ids {
+            let cookie = cookie_of(&volume, needle_id);
+            let completion = read_one(&client, &mut queue_pair, volume_id, needle_id, cookie);
+            let reference = volume.read_checked(needle_id, cookie).ok();
+            match (completion.result(), reference) {
+                (Ok(_), Some(record)) => {
+                    let expected = NeedleRecord::parse(&record, volume.version()).unwrap();
+                    let range = completion.data_range().unwrap();
+                    assert_eq!(&client.bytes(completion.buffer.as_ref().unwrap())[range], expected.data);
+                    assert_eq!(completion.gzipped(), expected.is_gzipped());
+                    assert_eq!(completion.source(), ReadSource::Rdma);
+                    read_ok += 1;
+                }
+                (Err(CompletionError::Engine { code: ErrorCode::CRC_MISMATCH, .. }), None) => {
+                    crc_failures.push((volume_id, needle_id))
+                }
+                (result, reference) => {
+                    panic!("volume {volume_id} needle {needle_id:#x}: {result:?}, reference ok={}", reference.is_some())
+                }
+            }
+        }
+    }
+    (read_ok, crc_failures)
+}
+
+#[test]
+fn every_needle_over_tcp_is_byte_identical_to_the_local_reading() {
+    let volumes = volume_dir();
+    let (_exporter, reader, _) = exporter_and_reader(volumes.path(), TCP);
+    let (read_ok, crc_failures) = read_everything_and_compare(volumes.path(), &reader);
+    assert_eq!(read_ok, 7 + 298 + 5 + 40);
+    assert_eq!(crc_failures, vec![(3, 0x3), (3, 0x30)]);
+}
+
+#[test]
+fn every_needle_over_shared_memory_is_byte_identical_to_the_local_reading() {
+    let volumes = volume_dir();
+    let (_exporter, reader, _) = exporter_and_reader(volumes.path(), SHARED_MEMORY);
+    let (read_ok, crc_failures) = read_everything_and_compare(volumes.path(), &reader);
+    assert_eq!(read_ok, 7 + 298 + 5 + 40);
+    assert_eq!(crc_failures, vec![(3, 0x3), (3, 0x30)]);
+}
+
+#[test]
+fn exporter_killed_mid_read_fails_reads_cleanly_and_the_reader_reconnects() {
+    let volumes = volume_dir();
+    let (mut exporter, reader, _) = exporter_and_reader(volumes.path(), TCP);
+    let (client, mut queue_pair) = attach(&reader);
+    // The largest generated needle: 39 * 7919 bytes.
+    let (volume_id, needle_id, cookie) = (4, 49, 0xc0 + 39);
+    assert!(read_one(&client, &mut queue_pair, volume_id, needle_id, cookie).result().is_ok());
+    for tag in 0..48 {
+        let buffer = client.allocate(1 << 20).unwrap();
+        queue_pair.prepare(Operation::ReadNeedle { volume_id, needle_id, cookie, buffer }, tag).unwrap();
+    }
+    queue_pair.submit().unwrap();
+    nix::sys::signal::kill(exporter.pid(), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let mut outcomes = Vec::new();
+    while outcomes.len() < 48 {
+        queue_pair.wait(1, Duration::from_secs(30)).expect("every read completes after the exporter died");
+        while let Some(completion) = queue_pair.reap_one().unwrap() {
+            outcomes.push(completion.result());
+        }
+    }
+    assert!(
+        outcomes.iter().all(|outcome| matches!(
+            outcome,
+            Ok(_) | Err(CompletionError::Engine { code: ErrorCode::PEER_UNAVAILABLE, .. })
+        )),
+        "{outcomes:?}"
+    );
+    exporter.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let completion = read_one(&client, &mut queue_pair, volume_id, needle_id, cookie);
+        if completion.result().is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the reader never reconnected: {:?}", completion.result());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn client_killed_with_reads_in_flight_is_reclaimed_after_they_land() {
+    let volumes = volume_dir();
+    let (_exporter, reader, _) = exporter_and_reader(volumes.path(), TCP);
+    for round in 0..3 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_test-client"))
+            .args(["read-loop"])
+            .arg(&reader.socket)
+            .args(["4", "31", &format!("{:x}", 0xc0 + 21)])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "attached");
+        std::thread::sleep(Duration::from_millis(20 + round * 30));
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL)
+            .unwrap();
+        let _ = child.wait();
+        assert!(
+            reader.wait_for_region_count(0, Duration::from_secs(20)),
+            "region not reclaimed; log:\n{}",
+            reader.log_text()
+        );
+    }
+    assert_eq!(reader.open_region_memfds(), 0);
+    // The reader still serves.
+    let (client, mut queue_pair) = attach(&reader);
+    assert!(read_one(&client, &mut queue_pair, 4, 31, 0xc0 + 21).result().is_ok());
+}
+
+/// A network namespace with a veth pair: a second host on this machine.
+struct Namespace {
+    name: String,
+}
+
+impl Namespace {
+    fn create(name: &str, host_address: &str, peer_address: &str) -> Result<Namespace, String> {
+        let run = |args: &[&str]| -> Result<(), String> {
+            let output = Command::new("ip").args(args).output().map_err(|error| format!("ip: {error}"))?;
+            if output.status.success() {
+                Ok(())
+            } else {
+                Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim()))
+            }
+        };
+        run(&["netns", "add", name])?;
+        let namespace = Namespace { name: name.to_string() };
+        let host_link = format!("{name}-h");
+        let peer_link = format!("{name}-p");
+        run(&["link", "add", &host_link, "type", "veth", "peer", "name", &peer_link])?;
+        run(&["link", "set", &peer_link, "netns", name])?;
+        run(&["addr", "add", &format!("{host_address}/24"), "dev", &host_link])?;
+        run(&["link", "set", &host_link, "up"])?;
+        run(&["netns", "exec", name, "ip", "addr", "add", &format!("{peer_address}/24"), "dev", &peer_link])?;
+        run(&["netns", "exec", name, "ip", "link", "set", &peer_link, "up"])?;
+        run(&["netns", "exec", name, "ip", "link", "set", "lo", "up"])?;
+        Ok(namespace)
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &format!("{}-h", self.name)]).status();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+#[test]
+fn two_hosts_over_a_veth_pair_with_tcp() {
+    let name = format!("rdmat{}", std::process::id() % 100_000);
+    let subnet = 100 + std::process::id() % 100;
+    let (host_address, peer_address) = (format!("10.231.{subnet}.1"), format!("10.231.{subnet}.2"));
+    let namespace = match Namespace::create(&name, &host_address, &peer_address) {
+        Ok(namespace) => namespace,
+        Err(reason) => {
+            eprintln!("SKIPPED two_hosts_over_a_veth_pair_with_tcp: cannot make a network namespace here ({reason}); needs root and iproute2");
+            return;
+        }
+    };
+    let volumes = volume_dir();
+    let listen = format!("{peer_address}:{}", 20_000 + std::process::id() % 20_000);
+    let exporter = Engine::start_with(
+        tempfile::tempdir().unwrap(),
+        EngineOptions {
+            prefix: vec!["ip".into(), "netns".into(), "exec".into(), namespace.name.clone()],
+            ..options(
+                vec!["--export-dir".into(), volumes.path().display().to_string(), "--listen".into(), listen.clone()],
+                TCP,
+            )
+        },
+    );
+    let reader = Engine::start_with(tempfile::tempdir().unwrap(), options(vec!["--peer".into(), listen], TCP));
+    let (read_ok, crc_failures) = read_everything_and_compare(volumes.path(), &reader);
+    assert_eq!(read_ok, 7 + 298 + 5 + 40);
+    assert_eq!(crc_failures, vec![(3, 0x3), (3, 0x30)]);
+    drop(reader);
+    drop(exporter);
+}
