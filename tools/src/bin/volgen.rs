@@ -73,11 +73,9 @@ fn run(args: &Args) -> Result<(), String> {
         overwrite: args.force,
     };
     let mut fids_out = match &args.fids_out {
-        Some(path) => {
-            Some(BufWriter::new(File::create(path).map_err(|error| {
-                format!("cannot create {}: {error}", path.display())
-            })?))
-        }
+        Some(path) => Some(BufWriter::new(
+            File::create(path).map_err(|error| format!("cannot create {}: {error}", path.display()))?,
+        )),
         None => None,
     };
     let summary = generate_volume(&spec, &mut |file_id| match fids_out.as_mut() {
@@ -86,8 +84,7 @@ fn run(args: &Args) -> Result<(), String> {
     })
     .map_err(|error| error.to_string())?;
     if let Some(out) = fids_out.as_mut() {
-        out.flush()
-            .map_err(|error| format!("cannot write file ids: {error}"))?;
+        out.flush().map_err(|error| format!("cannot write file ids: {error}"))?;
     }
     eprintln!(
         "volgen: wrote {} needles ({} data bytes) to {} ({} bytes) and {}",

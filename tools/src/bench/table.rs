@@ -1,0 +1,205 @@
+//! Tables for people: one row per figure, its floor and the ratio beside it.
+
+use super::nop::NopReport;
+use super::read::ReadReport;
+use super::Summary;
+use std::fmt::Write;
+
+fn rate(value: f64) -> String {
+    if value >= 1e6 {
+        format!("{:.2}M", value / 1e6)
+    } else if value >= 1e3 {
+        format!("{:.1}k", value / 1e3)
+    } else {
+        format!("{value:.0}")
+    }
+}
+
+fn nanos(value: Option<f64>) -> String {
+    match value {
+        Some(ns) if ns >= 100_000.0 => format!("{:.0}µs", ns / 1e3),
+        Some(ns) if ns >= 10_000.0 => format!("{:.1}µs", ns / 1e3),
+        Some(ns) => format!("{ns:.0}"),
+        None => "-".into(),
+    }
+}
+
+fn ratio(value: Option<f64>) -> String {
+    value.map_or("-".into(), |r| format!("{r:.2}×"))
+}
+
+fn row(out: &mut String, label: &str, summary: Option<&Summary>, floor: &str, ratio_text: String) {
+    let Some(summary) = summary else {
+        let _ = writeln!(out, "{label:<22} (not measured)");
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "{label:<22} {:>9} {:>9} {:>9} {:>9}   {floor:<26} {ratio_text}",
+        rate(summary.ops_per_sec),
+        nanos(summary.p50_ns),
+        nanos(summary.p99_ns),
+        nanos(summary.p999_ns),
+    );
+}
+
+pub fn render_nop(report: &NopReport) -> String {
+    let mut out = String::new();
+    let engine = |name: &str| report.engine.get(name);
+    let floor = |name: &str| report.floors.get(name);
+    let _ = writeln!(
+        out,
+        "{:<22} {:>9} {:>9} {:>9} {:>9}   {:<26} ratio",
+        "configuration", "ops/s", "p50 ns", "p99 ns", "p99.9 ns", "floor (same rounds)"
+    );
+    let bounce_p50 = floor("bounce").and_then(|s| s.p50_ns);
+    row(
+        &mut out,
+        "engine 1qp depth 1",
+        engine("qp1_depth1"),
+        &format!("bounce p50 {}", nanos(bounce_p50)),
+        format!("{} (≤ 1.5× target)", ratio(report.ratios.single_p50_vs_bounce_p50)),
+    );
+    for depth in [8u32, 32] {
+        let key = format!("depth{depth}");
+        let ring = floor(&format!("ring_{key}")).map_or(0.0, |s| s.ops_per_sec);
+        let target = if depth == 32 { " (≥ 0.5× target)" } else { "" };
+        row(
+            &mut out,
+            &format!("engine 1qp depth {depth}"),
+            engine(&format!("qp1_{key}")),
+            &format!("ring {} ops/s", rate(ring)),
+            format!("{}{target}", ratio(report.ratios.ops_vs_ring_by_depth.get(&key).copied().flatten())),
+        );
+    }
+    for depth in [1u32, 8, 32] {
+        row(
+            &mut out,
+            &format!("engine 2qp depth {depth}"),
+            engine(&format!("qp2_depth{depth}")),
+            "(two client threads)",
+            String::new(),
+        );
+    }
+    row(
+        &mut out,
+        "engine wake from sleep",
+        engine("wake_from_sleep"),
+        &format!("futex p50 {}", nanos(floor("futex").and_then(|s| s.p50_ns))),
+        format!("{} (≤ 1.5× target)", ratio(report.ratios.wake_p50_vs_futex_p50)),
+    );
+    let _ = writeln!(out, "diagnostic: the same engine driven by a client without the library (bare ring ends):");
+    for depth in [1u32, 8, 32] {
+        let key = format!("depth{depth}");
+        let library = report.ratios.library_vs_bare_client_by_depth.get(&key).copied().flatten();
+        let engine_cost = report.ratios.bare_client_vs_ring_by_depth.get(&key).copied().flatten();
+        row(
+            &mut out,
+            &format!("bare client depth {depth}"),
+            report.bare_client.get(&key),
+            &format!("library/bare {}", ratio(library)),
+            format!("bare/ring {}", ratio(engine_cost)),
+        );
+    }
+    let _ = writeln!(out, "floors:");
+    row(&mut out, "bounce (2 processes)", floor("bounce"), "", String::new());
+    for depth in [1u32, 8, 32] {
+        let name = format!("ring_depth{depth}");
+        row(&mut out, &format!("ring depth {depth} (threads)"), floor(&name), "", String::new());
+    }
+    row(&mut out, "futex wake (2 procs)", floor("futex"), "", String::new());
+    let _ = writeln!(
+        out,
+        "\nbest batched: {} ops/s ({}), bare ring at that depth {} ops/s",
+        rate(report.ops_per_sec),
+        report.ops_per_sec_config,
+        rate(report.floor_ops_per_sec)
+    );
+    for target in &report.targets {
+        let verdict = match target.met {
+            Some(true) => "met",
+            Some(false) => "NOT met",
+            None => "not measured",
+        };
+        let value = target.value.map_or("-".into(), |v| if v > 1000.0 { rate(v) } else { format!("{v:.2}") });
+        let bound = if target.bound > 1000.0 { rate(target.bound) } else { format!("{}", target.bound) };
+        let _ = writeln!(out, "target {}: {value} {} {bound}: {verdict}", target.what, target.relation);
+    }
+    let _ = writeln!(
+        out,
+        "engine sleeps during wake slices: {} for {} submissions; {} rounds × {} ms slices; \
+         steal {:.2}%, other processes {:.1}% of CPU",
+        report.engine_sleeps_in_wake_slices,
+        report.wake_submissions,
+        report.schedule.rounds,
+        report.schedule.slice_ms,
+        report.steal_percent,
+        report.other_cpu_percent
+    );
+    if let Some(warning) = &report.interference_warning {
+        let _ = writeln!(out, "WARNING: {warning}");
+    }
+    if let Some(warning) = &report.placement.warning {
+        let _ = writeln!(out, "warning: {warning}");
+    }
+    out
+}
+
+fn gigabytes(value: Option<f64>) -> String {
+    value.map_or("-".into(), |v| format!("{:.2}", v / 1e9))
+}
+
+pub fn render_read(report: &ReadReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<11} {:>8} {:>6} {:>8} {:>8} | {:>8} {:>6} {:>8} {:>6} {:>6} | {:>8} {:>8} {:>6} {:>6}",
+        "size depth",
+        "reads/s",
+        "GB/s",
+        "p50 ns",
+        "p99 ns",
+        "pread/s",
+        "GB/s",
+        "p50 ns",
+        "ops×",
+        "p50×",
+        "+crc/s",
+        "p50 ns",
+        "ops×",
+        "p50×"
+    );
+    for entry in &report.results {
+        let _ = writeln!(
+            out,
+            "{:<11} {:>8} {:>6} {:>8} {:>8} | {:>8} {:>6} {:>8} {:>6} {:>6} | {:>8} {:>8} {:>6} {:>6}",
+            format!("{} d{}", entry.size_label, entry.depth),
+            rate(entry.reads_per_sec),
+            gigabytes(entry.bytes_per_sec),
+            nanos(entry.p50_ns),
+            nanos(entry.p99_ns),
+            rate(entry.floor_reads_per_sec),
+            gigabytes(entry.floor_bytes_per_sec),
+            nanos(entry.floor_p50_ns),
+            ratio(entry.reads_ratio),
+            ratio(entry.p50_ratio),
+            rate(entry.checked_floor_reads_per_sec),
+            nanos(entry.checked_floor_p50_ns),
+            ratio(entry.reads_ratio_vs_checked),
+            ratio(entry.p50_ratio_vs_checked),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{}\n{} rounds × {} ms slices; steal {:.2}%, other processes {:.1}% of CPU",
+        report.floor_method,
+        report.schedule.rounds,
+        report.schedule.slice_ms,
+        report.steal_percent,
+        report.other_cpu_percent
+    );
+    if let Some(warning) = &report.interference_warning {
+        let _ = writeln!(out, "WARNING: {warning}");
+    }
+    out
+}

@@ -1,0 +1,127 @@
+//! rdma-bench: engine figures beside their floors, measured in the same run.
+//! Logic in `rdma_tools::bench`.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use rdma_tools::bench::floor::{helper_main, HELPER_SUBCOMMAND};
+use rdma_tools::bench::{nop, read, BenchError};
+use rdma_tools::exit_code;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "rdma-bench", version)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum TransportArg {
+    Local,
+    Ucx,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// NOP round trips (1 and 2 queue pairs × 1, 8, 32 in flight, and
+    /// wake-from-sleep) beside the cache-line, bare-ring and futex floors.
+    Nop {
+        /// The engine's control socket.
+        #[arg(long)]
+        socket: PathBuf,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Total measured time, split over rounds and slices (the run takes
+        /// a little longer: warm-ups and set-up).
+        #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+        duration_ms: u64,
+        /// Alternating rounds (figures are medians over rounds).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        rounds: u32,
+        /// Sleep before each wake-from-sleep submission, in µs.
+        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=1_000_000))]
+        gap_us: u64,
+    },
+    /// Needle reads (4 KiB, 64 KiB, 1 MiB × depth 1 and 32) beside pread.
+    Read {
+        /// The engine's control socket.
+        #[arg(long)]
+        socket: PathBuf,
+        /// Which path the engine reads through.
+        #[arg(long, value_enum)]
+        transport: TransportArg,
+        /// Directory of the volumes (.dat + .idx) the engine serves.
+        #[arg(long)]
+        volume_dir: PathBuf,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Total measured time, split over rounds and slices.
+        #[arg(long, default_value_t = 12_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+        duration_ms: u64,
+        /// Alternating rounds.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        rounds: u32,
+    },
+    /// Internal: the floor helper process (re-executed by `nop`).
+    #[command(name = HELPER_SUBCOMMAND, hide = true)]
+    FloorHelper {
+        #[arg(long)]
+        fd: i32,
+        #[arg(long)]
+        cpu: Option<usize>,
+    },
+}
+
+fn fail(error: BenchError) -> ! {
+    eprintln!("rdma-bench: {error}");
+    std::process::exit(error.exit_code());
+}
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(error) => {
+            eprintln!("rdma-bench: cannot encode the report: {error}");
+            std::process::exit(exit_code::OTHER);
+        }
+    }
+}
+
+fn main() {
+    match Args::parse().command {
+        Command::Nop { socket, json, duration_ms, rounds, gap_us } => {
+            let options = nop::NopOptions { socket, duration_ms, rounds, gap_us };
+            let report = nop::run(&options).unwrap_or_else(|error| fail(error));
+            if json {
+                print_json(&report);
+            } else {
+                print!("{}", rdma_tools::bench::render_nop(&report));
+            }
+        }
+        Command::Read { socket, transport, volume_dir, json, duration_ms, rounds } => {
+            let options = read::ReadOptions {
+                socket,
+                transport: match transport {
+                    TransportArg::Local => read::Transport::Local,
+                    TransportArg::Ucx => read::Transport::Ucx,
+                },
+                volume_dir,
+                duration_ms,
+                rounds,
+            };
+            let report = read::run(&options).unwrap_or_else(|error| fail(error));
+            if json {
+                print_json(&report);
+            } else {
+                print!("{}", rdma_tools::bench::render_read(&report));
+            }
+        }
+        Command::FloorHelper { fd, cpu } => {
+            if let Err(message) = helper_main(fd, cpu) {
+                eprintln!("rdma-bench floor helper: {message}");
+                std::process::exit(exit_code::OTHER);
+            }
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Facts about the machine a benchmark ran on (from `sysinfo`), and the
+//! CPU time stolen by the hypervisor while it ran (from `/proc/stat`).
+
+use serde::Serialize;
+use sysinfo::{CpuRefreshKind, RefreshKind, System};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MachineFacts {
+    pub host_name: Option<String>,
+    pub os: Option<String>,
+    pub kernel_version: Option<String>,
+    pub cpu_arch: String,
+    pub cpu_brand: String,
+    pub cpu_vendor: String,
+    pub cpu_frequency_mhz: u64,
+    pub logical_cpu_count: usize,
+    pub physical_core_count: Option<usize>,
+    pub total_memory_bytes: u64,
+    /// Huge pages configured (`/proc/sys/vm/nr_hugepages`).
+    pub nr_hugepages: Option<u64>,
+    pub load_average: [f64; 3],
+}
+
+impl MachineFacts {
+    pub fn collect() -> MachineFacts {
+        let system = System::new_with_specifics(
+            RefreshKind::nothing()
+                .with_cpu(CpuRefreshKind::nothing().with_frequency())
+                .with_memory(sysinfo::MemoryRefreshKind::nothing().with_ram()),
+        );
+        let first_cpu = system.cpus().first();
+        let load = System::load_average();
+        MachineFacts {
+            host_name: System::host_name(),
+            os: System::long_os_version(),
+            kernel_version: System::kernel_version(),
+            cpu_arch: System::cpu_arch(),
+            cpu_brand: first_cpu.map(|cpu| cpu.brand().trim().to_string()).unwrap_or_default(),
+            cpu_vendor: first_cpu.map(|cpu| cpu.vendor_id().to_string()).unwrap_or_default(),
+            cpu_frequency_mhz: first_cpu.map(|cpu| cpu.frequency()).unwrap_or(0),
+            logical_cpu_count: system.cpus().len(),
+            physical_core_count: system.physical_core_count(),
+            total_memory_bytes: system.total_memory(),
+            nr_hugepages: std::fs::read_to_string("/proc/sys/vm/nr_hugepages")
+                .ok()
+                .and_then(|text| text.trim().parse().ok()),
+            load_average: [load.one, load.five, load.fifteen],
+        }
+    }
+}
+
+/// The all-CPU line of `/proc/stat`: total, busy and stolen jiffies.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuTimes {
+    total: u64,
+    busy: u64,
+    steal: u64,
+}
+
+impl CpuTimes {
+    pub fn now() -> CpuTimes {
+        let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let Some(line) = text.lines().find(|line| line.starts_with("cpu ")) else {
+            return CpuTimes::default();
+        };
+        // user nice system idle iowait irq softirq steal (guest time is
+        // already inside user and nice)
+        let fields: Vec<u64> =
+            line.split_whitespace().skip(1).take(8).map(|field| field.parse().unwrap_or(0)).collect();
+        let field = |index: usize| fields.get(index).copied().unwrap_or(0);
+        let total: u64 = fields.iter().sum();
+        CpuTimes { total, busy: total - field(3) - field(4) - field(7), steal: field(7) }
+    }
+
+    /// Percent of CPU time stolen between `self` (earlier) and `later`.
+    pub fn steal_percent_until(&self, later: &CpuTimes) -> f64 {
+        let total = later.total.saturating_sub(self.total);
+        if total == 0 {
+            return 0.0;
+        }
+        later.steal.saturating_sub(self.steal) as f64 * 100.0 / total as f64
+    }
+}
+
+/// User + system jiffies of a process (all its threads), 0 if unreadable.
+pub fn process_cpu_jiffies(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the line, the 12th and 13th after ")".
+    let Some(rest) = text.rsplit_once(')').map(|(_, rest)| rest) else {
+        return 0;
+    };
+    let fields: Vec<u64> = rest.split_whitespace().map(|field| field.parse().unwrap_or(0)).collect();
+    fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0)
+}
+
+/// How busy the machine was with other work while a benchmark ran: CPU
+/// time used by processes other than the ones named, as a percentage of
+/// all CPUs' time. A few percent is background noise; tens of percent (a
+/// compiler on a 2-vCPU VM) means the figures of that run are not usable.
+#[derive(Debug)]
+pub struct Interference {
+    start: CpuTimes,
+    own_start: u64,
+    pids: Vec<u32>,
+}
+
+impl Interference {
+    /// Starts counting; `pids` are the benchmark's own processes (this one
+    /// is always included).
+    pub fn start(pids: &[u32]) -> Interference {
+        let mut pids = pids.to_vec();
+        pids.push(std::process::id());
+        let own_start = pids.iter().map(|&pid| process_cpu_jiffies(pid)).sum();
+        Interference { start: CpuTimes::now(), own_start, pids }
+    }
+
+    /// Adds a process started after `start` (its whole CPU time counts).
+    pub fn add_pid(&mut self, pid: u32) {
+        self.pids.push(pid);
+    }
+
+    /// (other processes' CPU %, steal %) since `start`.
+    pub fn finish(&self) -> (f64, f64) {
+        let end = CpuTimes::now();
+        let own_end: u64 = self.pids.iter().map(|&pid| process_cpu_jiffies(pid)).sum();
+        let total = end.total.saturating_sub(self.start.total);
+        let busy = end.busy.saturating_sub(self.start.busy);
+        let own = own_end.saturating_sub(self.own_start);
+        let other = if total == 0 { 0.0 } else { busy.saturating_sub(own) as f64 * 100.0 / total as f64 };
+        (other, self.start.steal_percent_until(&end))
+    }
+}

@@ -1,0 +1,114 @@
+//! rdma-bench against a real engine: the JSON shape, never the timing
+//! targets (benchmarks are not assertions).
+
+mod common;
+
+use common::{run_with_timeout, Engine, Scratch};
+use std::process::Command;
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+#[test]
+fn nop_json_has_the_top_level_figures() {
+    let engine = Engine::start(None);
+    let output = run_with_timeout(
+        Command::new(env!("CARGO_BIN_EXE_rdma-bench"))
+            .args(["nop", "--json", "--duration-ms", "400", "--rounds", "1", "--socket"])
+            .arg(&engine.socket),
+        TIMEOUT,
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    for key in ["ops_per_sec", "p50_ns", "floor_p50_ns", "floor_ops_per_sec"] {
+        assert!(report[key].is_number(), "{key} is {}", report[key]);
+    }
+    for config in
+        ["qp1_depth1", "qp1_depth8", "qp1_depth32", "qp2_depth1", "qp2_depth8", "qp2_depth32", "wake_from_sleep"]
+    {
+        assert!(report["engine"][config]["ops_per_sec"].is_number(), "{config}");
+    }
+    for floor in ["bounce", "futex", "ring_depth1", "ring_depth8", "ring_depth32"] {
+        assert!(report["floors"][floor]["ops_per_sec"].is_number(), "{floor}");
+    }
+    assert!(report["machine"]["logical_cpu_count"].as_u64().unwrap() >= 1);
+    assert_eq!(report["targets"].as_array().unwrap().len(), 4);
+}
+
+fn volgen(dir: &std::path::Path, volume_id: u32, count: u32, sizes: &str) {
+    let output = run_with_timeout(
+        Command::new(env!("CARGO_BIN_EXE_volgen"))
+            .arg("--dir")
+            .arg(dir)
+            .args(["--volume-id", &volume_id.to_string(), "--count", &count.to_string()])
+            .args(["--sizes", sizes]),
+        TIMEOUT,
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn read_local_json_covers_every_size_and_depth() {
+    let volumes = Scratch::new("bench-read");
+    volgen(&volumes.path, 3, 12, "4096,65536,1048576");
+    let engine = Engine::start(Some(&volumes.path));
+    let output = run_with_timeout(
+        Command::new(env!("CARGO_BIN_EXE_rdma-bench"))
+            .args(["read", "--transport", "local", "--json", "--duration-ms", "300", "--rounds", "1"])
+            .arg("--socket")
+            .arg(&engine.socket)
+            .arg("--volume-dir")
+            .arg(&volumes.path),
+        TIMEOUT,
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), 6);
+    for entry in results {
+        for key in ["reads_per_sec", "floor_reads_per_sec", "checked_floor_reads_per_sec"] {
+            assert!(entry[key].as_f64().unwrap() > 0.0, "{key} in {entry}");
+        }
+        assert!(entry["bytes_per_sec"].is_number());
+        assert!(entry["p50_ns"].is_number());
+        assert!(entry["floor_p50_ns"].is_number());
+        assert!(entry["reads_ratio"].is_number());
+    }
+    let verified = report["verified"].as_array().unwrap();
+    assert_eq!(verified.len(), 3);
+    assert!(verified.iter().all(|v| v["source"] == "local"));
+}
+
+#[test]
+fn read_ucx_is_not_wired_and_says_so() {
+    let scratch = Scratch::new("bench-ucx");
+    let output = run_with_timeout(
+        Command::new(env!("CARGO_BIN_EXE_rdma-bench"))
+            .args(["read", "--transport", "ucx", "--json"])
+            .arg("--socket")
+            .arg(scratch.path.join("nobody.sock"))
+            .arg("--volume-dir")
+            .arg(&scratch.path),
+        TIMEOUT,
+    );
+    assert_eq!(output.status.code(), Some(5));
+    assert!(output.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not wired yet"));
+}
+
+#[test]
+fn read_without_needles_of_the_sizes_explains() {
+    let volumes = Scratch::new("bench-read-empty");
+    volgen(&volumes.path, 4, 3, "100");
+    let engine = Engine::start(Some(&volumes.path));
+    let output = run_with_timeout(
+        Command::new(env!("CARGO_BIN_EXE_rdma-bench"))
+            .args(["read", "--transport", "local", "--socket"])
+            .arg(&engine.socket)
+            .arg("--volume-dir")
+            .arg(&volumes.path),
+        TIMEOUT,
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("volgen --dir"));
+}
