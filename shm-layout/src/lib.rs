@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! offset 0                      header page (4096 bytes): description + live words
-//! queue_pairs_offset            queue pair 0: control block (512 bytes), SQ entries, CQ entries
+//! queue_pairs_offset            queue pair 0: control block (768 bytes), SQ entries, CQ entries
 //!  + i * queue_pair_stride      queue pair i
 //! stats_offset                  one QueuePairStats (128 bytes) per queue pair
 //! buffer_offset                 the client's buffer area (4096-aligned)

@@ -10,8 +10,9 @@
 //! | `cq_head`  | free-running u32, <= `cq_tail` | client     | engine           |
 //! | `cq_flags` | [`cq_flags`] bits              | client     | engine           |
 //!
-//! Each writer's words sit on their own 128-byte block, so one side's stores
-//! never invalidate the line the other side writes. The orderings are argued
+//! Each word sits on its own 128-byte block, so one side's stores never
+//! invalidate a line the other side writes, and the rarely written flags
+//! never share a line with a busy index. The orderings are argued
 //! in [`crate::ring`].
 
 use core::sync::atomic::{AtomicU32, AtomicU64};
@@ -31,30 +32,39 @@ pub mod cq_flags {
     pub const NEED_WAKEUP: u32 = 1;
 }
 
-/// The four index blocks of a queue pair, 512 bytes, at the start of each
-/// queue pair. Entries follow: `sq_entries` SQEs, then `2 * sq_entries` CQEs.
+/// The index and flag blocks of a queue pair, 768 bytes, at the start of
+/// each queue pair. Entries follow: `sq_entries` SQEs, then `2 * sq_entries`
+/// CQEs.
+///
+/// Six 128-byte blocks, each written by one side only. The flags have blocks
+/// of their own, away from the indices: they are read on every submission
+/// (`sq_flags`, by the client) and every completion batch (`cq_flags`, by the
+/// engine) but written only when a side goes to sleep, so those reads hit a
+/// clean shared line instead of the line the other side just dirtied.
 #[repr(C, align(128))]
 #[derive(Debug, FromBytes, IntoBytes, KnownLayout)]
 pub struct QueueControl {
     pub sq_tail: AtomicU32,
     pub _pad0: [AtomicU32; 31],
     pub sq_head: AtomicU32,
+    pub _pad1: [AtomicU32; 31],
     pub sq_flags: AtomicU32,
-    pub _pad1: [AtomicU32; 30],
-    pub cq_tail: AtomicU32,
     pub _pad2: [AtomicU32; 31],
+    pub cq_tail: AtomicU32,
+    pub _pad3: [AtomicU32; 31],
     pub cq_head: AtomicU32,
+    pub _pad4: [AtomicU32; 31],
     pub cq_flags: AtomicU32,
-    pub _pad3: [AtomicU32; 30],
+    pub _pad5: [AtomicU32; 31],
 }
 
-const _: () = assert!(core::mem::size_of::<QueueControl>() == 512);
+const _: () = assert!(core::mem::size_of::<QueueControl>() == 768);
 const _: () = assert!(core::mem::offset_of!(QueueControl, sq_tail) == 0);
 const _: () = assert!(core::mem::offset_of!(QueueControl, sq_head) == crate::INDEX_SPACING_BYTES);
-const _: () = assert!(core::mem::offset_of!(QueueControl, sq_flags) == crate::INDEX_SPACING_BYTES + 4);
-const _: () = assert!(core::mem::offset_of!(QueueControl, cq_tail) == 2 * crate::INDEX_SPACING_BYTES);
-const _: () = assert!(core::mem::offset_of!(QueueControl, cq_head) == 3 * crate::INDEX_SPACING_BYTES);
-const _: () = assert!(core::mem::offset_of!(QueueControl, cq_flags) == 3 * crate::INDEX_SPACING_BYTES + 4);
+const _: () = assert!(core::mem::offset_of!(QueueControl, sq_flags) == 2 * crate::INDEX_SPACING_BYTES);
+const _: () = assert!(core::mem::offset_of!(QueueControl, cq_tail) == 3 * crate::INDEX_SPACING_BYTES);
+const _: () = assert!(core::mem::offset_of!(QueueControl, cq_head) == 4 * crate::INDEX_SPACING_BYTES);
+const _: () = assert!(core::mem::offset_of!(QueueControl, cq_flags) == 5 * crate::INDEX_SPACING_BYTES);
 
 /// Counters of one queue pair, written only by the engine (plain stores of
 /// its own running totals, once per batch), read by tools. 128 bytes.

@@ -25,6 +25,9 @@ use std::time::Duration;
 /// Passes between two heartbeat/clock checks while busy.
 const PASSES_PER_HOUSEKEEPING: u32 = 256;
 
+/// Idle passes between two clock reads while spinning.
+const IDLE_PASSES_PER_CLOCK_READ: u32 = 32;
+
 /// How often the read transports refresh their indexes.
 const READ_HOUSEKEEPING_INTERVAL_NS: u64 = 1_000_000_000;
 
@@ -128,6 +131,12 @@ impl Poller {
                 if passes.is_multiple_of(PASSES_PER_HOUSEKEEPING) {
                     last_housekeeping_ns = self.housekeeping();
                 }
+                continue;
+            }
+            // Look at the clock only every few idle passes: a clock read
+            // costs as much as a pass and would delay noticing new work.
+            if !passes.is_multiple_of(IDLE_PASSES_PER_CLOCK_READ) {
+                std::hint::spin_loop();
                 continue;
             }
             let now_ns = rdma_ipc::clock::monotonic_ns();
