@@ -239,3 +239,58 @@ pub fn free_port(ip: &str) -> u16 {
         .map(|a| a.port())
         .expect("free port")
 }
+
+/// Starts a `test-client` (the binary path comes from the test's
+/// `env!("CARGO_BIN_EXE_test-client")`) and waits until it says it attached.
+/// Returns the child and the rest of its output.
+pub fn spawn_attached_client(
+    binary: &str,
+    args: &[&std::ffi::OsStr],
+) -> (Child, std::io::BufReader<std::process::ChildStdout>) {
+    use std::io::BufRead;
+    let mut child = Command::new(binary).args(args).stdout(Stdio::piped()).spawn().expect("start test-client");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("test-client output");
+    assert_eq!(line.trim(), "attached", "test-client did not attach");
+    (child, stdout)
+}
+
+/// Volume `volume_id` of `dir` (`<id>.dat` + `<id>.idx`, 4-byte offsets).
+pub fn open_volume(dir: &Path, volume_id: u32) -> volume_format::volume::LocalVolume {
+    let base = dir.join(volume_id.to_string());
+    volume_format::volume::LocalVolume::open(
+        &base.with_extension("dat"),
+        &base.with_extension("idx"),
+        volume_format::index::OffsetWidth::Four,
+    )
+    .expect("open volume")
+}
+
+/// Every live needle of a volume as (needle id, cookie), by id.
+pub fn live_needles(volume: &volume_format::volume::LocalVolume) -> Vec<(u64, u32)> {
+    let mut ids: Vec<u64> = volume.index().iter().map(|(id, _)| id).collect();
+    ids.sort();
+    ids.into_iter().map(|id| (id, cookie_of(volume, id))).collect()
+}
+
+/// The cookie a needle's record carries.
+pub fn cookie_of(volume: &volume_format::volume::LocalVolume, needle_id: u64) -> u32 {
+    let record = volume.read_record(&volume.locate(needle_id).expect("live needle")).expect("read record");
+    u32::from_be_bytes(record[0..4].try_into().expect("4 bytes"))
+}
+
+/// Reads one whole needle into a new buffer of `buffer_bytes` and waits for it.
+pub fn read_needle(
+    client: &rdma_client::Client,
+    queue_pair: &mut rdma_client::QueuePair,
+    (volume_id, needle_id, cookie): (u32, u64, u32),
+    buffer_bytes: u32,
+) -> rdma_client::Completion {
+    let buffer = client.allocate(buffer_bytes).expect("buffer");
+    let operation = rdma_client::Operation::ReadNeedle { volume_id, needle_id, cookie, buffer };
+    queue_pair.prepare(operation, needle_id).expect("prepare");
+    queue_pair.submit().expect("submit");
+    queue_pair.wait(1, Duration::from_secs(20)).expect("wait");
+    queue_pair.reap_one().expect("reap").expect("one completion")
+}

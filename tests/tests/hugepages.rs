@@ -6,8 +6,6 @@
 use integration_tests::Engine;
 use rdma_client::{AttachOptions, Client};
 use shm_layout::header::backing;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
@@ -78,15 +76,8 @@ fn hugetlb_regions_are_prefaulted_reclaimed_and_fall_back_loudly() {
     };
     let engine = Engine::start(&["--hugepages", "require"]);
     let free_reserved = meminfo("HugePages_Free:");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_test-client"))
-        .args(["hold"])
-        .arg(&engine.socket)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "attached");
+    let args = ["hold".as_ref(), engine.socket.as_os_str()];
+    let (mut child, _stdout) = integration_tests::spawn_attached_client(env!("CARGO_BIN_EXE_test-client"), &args);
     // Pre-faulted at attach: the pages are taken now, not on first touch.
     let used = free_reserved - meminfo("HugePages_Free:");
     assert!(used >= 1, "the region took no huge pages");

@@ -6,22 +6,15 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rdma_client::{AttachOptions, Client, Operation};
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 /// Starts `test-client ROLE SOCKET` and waits until it says it attached.
 fn start_client(role: &str, engine: &Engine) -> (Child, BufReader<std::process::ChildStdout>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_test-client"))
-        .arg(role)
-        .arg(&engine.socket)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start test-client");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    stdout.read_line(&mut line).expect("read test-client output");
-    assert_eq!(line.trim(), "attached", "test-client did not attach");
-    (child, stdout)
+    integration_tests::spawn_attached_client(
+        env!("CARGO_BIN_EXE_test-client"),
+        &[role.as_ref(), engine.socket.as_os_str()],
+    )
 }
 
 /// Reads the `error=... elapsed_ms=...` line a waiting client prints.

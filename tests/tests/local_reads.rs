@@ -1,7 +1,7 @@
 //! Real SeaweedFS needles read through the rings from a real engine process
 //! serving real volume files (the SeaweedFS fixtures and generated volumes).
 
-use integration_tests::{fixture, Engine};
+use integration_tests::{cookie_of, fixture, live_needles, open_volume, Engine};
 use rdma_client::{AttachOptions, Client, Completion, CompletionError, ErrorCode, Operation, QueuePair, ReadSource};
 use std::path::Path;
 use std::time::Duration;
@@ -33,11 +33,7 @@ fn read_needle(
     cookie: u32,
     buffer_bytes: u32,
 ) -> Completion {
-    let buffer = client.allocate(buffer_bytes).unwrap();
-    queue_pair.prepare(Operation::ReadNeedle { volume_id, needle_id, cookie, buffer }, needle_id).unwrap();
-    queue_pair.submit().unwrap();
-    queue_pair.wait(1, Duration::from_secs(10)).unwrap();
-    queue_pair.reap_one().unwrap().unwrap()
+    integration_tests::read_needle(client, queue_pair, (volume_id, needle_id, cookie), buffer_bytes)
 }
 
 fn data_of<'a>(client: &'a Client, completion: &'a Completion) -> &'a [u8] {
@@ -51,12 +47,6 @@ fn expected_data(volume: &LocalVolume, needle_id: u64, cookie: u32) -> Option<Ve
     Some(NeedleRecord::parse(&record, volume.version()).ok()?.data.to_vec())
 }
 
-fn cookie_of(volume: &LocalVolume, needle_id: u64) -> u32 {
-    let location = volume.locate(needle_id).unwrap();
-    let record = volume.read_record(&location).unwrap();
-    u32::from_be_bytes(record[0..4].try_into().unwrap())
-}
-
 #[test]
 fn every_fixture_needle_reads_byte_identical_and_bitrot_fails_its_crc() {
     let dir = tempfile::tempdir().unwrap();
@@ -68,13 +58,8 @@ fn every_fixture_needle_reads_byte_identical_and_bitrot_fails_its_crc() {
     let mut read_ok = 0;
     let mut crc_failures = Vec::new();
     for volume_id in 1..=3u32 {
-        let base = dir.path().join(volume_id.to_string());
-        let volume =
-            LocalVolume::open(&base.with_extension("dat"), &base.with_extension("idx"), OffsetWidth::Four).unwrap();
-        let mut ids: Vec<u64> = volume.index().iter().map(|(id, _)| id).collect();
-        ids.sort();
-        for needle_id in ids {
-            let cookie = cookie_of(&volume, needle_id);
+        let volume = open_volume(dir.path(), volume_id);
+        for (needle_id, cookie) in live_needles(&volume) {
             let completion = read_needle(&client, &mut queue_pair, volume_id, needle_id, cookie, 2 << 20);
             match (completion.result(), expected_data(&volume, needle_id, cookie)) {
                 (Ok(length), Some(expected)) => {
@@ -224,7 +209,9 @@ fn many_reads_in_flight_on_one_queue_pair() {
     let volume =
         LocalVolume::open(&fixture("legacy_crc_volume.dat"), &fixture("legacy_crc_volume.idx"), OffsetWidth::Four)
             .unwrap();
-    let ids: Vec<u64> = volume.index().iter().map(|(id, _)| id).take(64).collect();
+    let fits = |id: &u64| volume.locate(*id).is_some_and(|location| location.record_size_bytes <= 256 * 1024);
+    let ids: Vec<u64> = live_needles(&volume).into_iter().map(|(id, _)| id).filter(fits).take(64).collect();
+    assert_eq!(ids.len(), 64);
     for &needle_id in &ids {
         let buffer = client.allocate(256 * 1024).unwrap();
         let cookie = cookie_of(&volume, needle_id);

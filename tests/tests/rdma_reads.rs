@@ -3,15 +3,12 @@
 //! memory, and across a network namespace (a second "host") when the machine
 //! allows it.
 
-use integration_tests::{fixture, free_port, Engine, EngineOptions};
+use integration_tests::{fixture, free_port, live_needles, open_volume, spawn_attached_client, Engine, EngineOptions};
 use rdma_client::{AttachOptions, Client, Completion, CompletionError, ErrorCode, Operation, QueuePair, ReadSource};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-use volume_format::index::OffsetWidth;
 use volume_format::needle::NeedleRecord;
-use volume_format::volume::LocalVolume;
 use volume_format::writer::{NeedleSpec, VolumeWriter, VolumeWriterOptions};
 
 const TCP: &[(&str, &str)] = &[("UCX_TLS", "tcp")];
@@ -68,16 +65,7 @@ fn attach(engine: &Engine) -> (Client, QueuePair) {
 }
 
 fn read_one(client: &Client, queue_pair: &mut QueuePair, volume_id: u32, needle_id: u64, cookie: u32) -> Completion {
-    let buffer = client.allocate(2 << 20).unwrap();
-    queue_pair.prepare(Operation::ReadNeedle { volume_id, needle_id, cookie, buffer }, needle_id).unwrap();
-    queue_pair.submit().unwrap();
-    queue_pair.wait(1, Duration::from_secs(20)).unwrap();
-    queue_pair.reap_one().unwrap().unwrap()
-}
-
-fn cookie_of(volume: &LocalVolume, needle_id: u64) -> u32 {
-    let record = volume.read_record(&volume.locate(needle_id).unwrap()).unwrap();
-    u32::from_be_bytes(record[0..4].try_into().unwrap())
+    integration_tests::read_needle(client, queue_pair, (volume_id, needle_id, cookie), 2 << 20)
 }
 
 /// Reads every live needle of every volume through the reader and compares
@@ -87,13 +75,8 @@ fn read_everything_and_compare(volumes: &Path, reader: &Engine) -> (usize, Vec<(
     let mut read_ok = 0;
     let mut crc_failures = Vec::new();
     for volume_id in 1..=4u32 {
-        let base = volumes.join(volume_id.to_string());
-        let volume =
-            LocalVolume::open(&base.with_extension("dat"), &base.with_extension("idx"), OffsetWidth::Four).unwrap();
-        let mut ids: Vec<u64> = volume.index().iter().map(|(id, _)| id).collect();
-        ids.sort();
-        for needle_id in ids {
-            let cookie = cookie_of(&volume, needle_id);
+        let volume = open_volume(volumes, volume_id);
+        for (needle_id, cookie) in live_needles(&volume) {
             let completion = read_one(&client, &mut queue_pair, volume_id, needle_id, cookie);
             let reference = volume.read_checked(needle_id, cookie).ok();
             match (completion.result(), reference) {
@@ -180,16 +163,9 @@ fn client_killed_with_reads_in_flight_is_reclaimed_after_they_land() {
     let volumes = volume_dir();
     let (_exporter, reader, _) = exporter_and_reader(volumes.path(), TCP);
     for round in 0..3 {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_test-client"))
-            .args(["read-loop"])
-            .arg(&reader.socket)
-            .args(["4", "31", &format!("{:x}", 0xc0 + 21)])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "attached");
+        let cookie = format!("{:x}", 0xc0 + 21);
+        let args = ["read-loop".as_ref(), reader.socket.as_os_str(), "4".as_ref(), "31".as_ref(), cookie.as_ref()];
+        let (mut child, _stdout) = spawn_attached_client(env!("CARGO_BIN_EXE_test-client"), &args);
         std::thread::sleep(Duration::from_millis(20 + round * 30));
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL)
             .unwrap();

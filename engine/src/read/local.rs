@@ -13,7 +13,7 @@ use std::ptr::NonNull;
 use volume_format::index::OffsetWidth;
 use volume_format::needle::flags;
 use volume_format::version::NEEDLE_HEADER_SIZE_BYTES;
-use volume_format::volume::{LocalVolume, Location};
+use volume_format::volume::{volume_id_from_dat_path, LocalVolume, Location};
 
 /// One served volume: the parsed index (through `LocalVolume`) and our own
 /// read-only handle on the `.dat` for `pread` into shared memory.
@@ -27,13 +27,6 @@ struct ServedVolume {
 #[derive(Debug, Default)]
 pub struct LocalVolumes {
     volumes: HashMap<u32, ServedVolume>,
-}
-
-/// The volume id in a SeaweedFS data file name: `[collection_]ID.dat`.
-fn volume_id_of(path: &Path) -> Option<u32> {
-    let stem = path.file_stem()?.to_str()?;
-    let id = stem.rsplit('_').next()?;
-    id.parse().ok()
 }
 
 /// Files SeaweedFS keeps beside volumes that are not ours to read.
@@ -79,7 +72,7 @@ impl LocalVolumes {
     }
 
     fn open_one(dat_path: &Path, width: OffsetWidth) -> Result<(u32, ServedVolume), String> {
-        let volume_id = volume_id_of(dat_path).ok_or("its name is not [collection_]<volume id>.dat")?;
+        let volume_id = volume_id_from_dat_path(dat_path).ok_or("its name is not [collection_]<volume id>.dat")?;
         let idx_path = dat_path.with_extension("idx");
         if !idx_path.exists() {
             return Err(format!("it has no index file {}", idx_path.display()));
@@ -227,17 +220,4 @@ fn read_range(
         }
     };
     Ok(ReadDone { data_offset_in_buffer: 0, data_length: length, gzipped })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn volume_ids_come_from_file_names() {
-        assert_eq!(volume_id_of(Path::new("/v/3.dat")), Some(3));
-        assert_eq!(volume_id_of(Path::new("/v/pictures_17.dat")), Some(17));
-        assert_eq!(volume_id_of(Path::new("/v/my_coll_9.dat")), Some(9));
-        assert_eq!(volume_id_of(Path::new("/v/notes.dat")), None);
-    }
 }
