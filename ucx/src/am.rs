@@ -87,10 +87,7 @@ impl AmInbox {
 
 impl fmt::Debug for AmInbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AmInbox")
-            .field("queued", &self.messages.len())
-            .field("dropped", &self.dropped.get())
-            .finish()
+        f.debug_struct("AmInbox").field("queued", &self.messages.len()).field("dropped", &self.dropped.get()).finish()
     }
 }
 
@@ -101,10 +98,7 @@ pub(crate) struct AmHandlerSlot {
 }
 
 pub(crate) fn set_handler(worker: &WorkerInner, id: u16) -> Result<()> {
-    let slot = Box::new(AmHandlerSlot {
-        id,
-        worker: ptr::from_ref(worker),
-    });
+    let slot = Box::new(AmHandlerSlot { id, worker: ptr::from_ref(worker) });
     // SAFETY: all-zero bytes are a valid ucp_am_handler_param_t; field_mask names the fields
     // we fill.
     let mut params: sys::ucp_am_handler_param_t = unsafe { mem::zeroed() };
@@ -156,12 +150,7 @@ unsafe extern "C" fn on_am_received(
         // For rendezvous this refuses the data: the sender's request completes with it.
         return sys::UCS_ERR_MESSAGE_TRUNCATED;
     }
-    let mut message = AmMessage {
-        id: slot.id,
-        endpoint,
-        header,
-        payload: Vec::new(),
-    };
+    let mut message = AmMessage { id: slot.id, endpoint, header, payload: Vec::new() };
     if param.recv_attr & sys::UCP_AM_RECV_ATTR_FLAG_RNDV as u64 != 0 {
         // SAFETY: data is the rendezvous descriptor of this callback, `length` its size.
         return unsafe { receive_rendezvous(worker, data, length, message) };
@@ -191,10 +180,7 @@ unsafe fn receive_rendezvous(
     mut message: AmMessage,
 ) -> sys::ucs_status_t {
     message.payload = vec![0; length];
-    let pending = Box::into_raw(Box::new(PendingReceive {
-        worker: ptr::from_ref(worker),
-        message,
-    }));
+    let pending = Box::into_raw(Box::new(PendingReceive { worker: ptr::from_ref(worker), message }));
     // SAFETY: all-zero bytes are a valid ucp_request_param_t; op_attr_mask names the fields.
     let mut params: sys::ucp_request_param_t = unsafe { mem::zeroed() };
     params.op_attr_mask = sys::UCP_OP_ATTR_FIELD_CALLBACK | sys::UCP_OP_ATTR_FIELD_USER_DATA;
@@ -204,8 +190,7 @@ unsafe fn receive_rendezvous(
     // payload Vec has `length` writable bytes and is not touched until then.
     let buffer = unsafe { (*pending).message.payload.as_mut_ptr() };
     // SAFETY: worker and descriptor are live; buffer/length as above; params initialised.
-    let request =
-        unsafe { sys::ucp_am_recv_data_nbx(worker.handle, data, buffer.cast(), length, &params) };
+    let request = unsafe { sys::ucp_am_recv_data_nbx(worker.handle, data, buffer.cast(), length, &params) };
     if sys::UCS_PTR_IS_PTR(request) {
         // Completes later in on_rendezvous_received, which takes ownership of `pending`.
         return sys::UCS_INPROGRESS;
@@ -267,15 +252,13 @@ pub(crate) fn send(
     }));
     // SAFETY: all-zero bytes are a valid ucp_request_param_t; op_attr_mask names the fields.
     let mut params: sys::ucp_request_param_t = unsafe { mem::zeroed() };
-    params.op_attr_mask = sys::UCP_OP_ATTR_FIELD_FLAGS
-        | sys::UCP_OP_ATTR_FIELD_CALLBACK
-        | sys::UCP_OP_ATTR_FIELD_USER_DATA;
+    params.op_attr_mask =
+        sys::UCP_OP_ATTR_FIELD_FLAGS | sys::UCP_OP_ATTR_FIELD_CALLBACK | sys::UCP_OP_ATTR_FIELD_USER_DATA;
     params.flags = sys::UCP_AM_SEND_FLAG_REPLY;
     params.cb.send = Some(on_am_sent);
     params.user_data = message.cast();
     // SAFETY: `message` is a live Box; its Vecs are not touched until it is freed.
-    let (header_ptr, payload_ptr) =
-        unsafe { ((*message).header.as_ptr(), (*message).payload.as_ptr()) };
+    let (header_ptr, payload_ptr) = unsafe { ((*message).header.as_ptr(), (*message).payload.as_ptr()) };
     // SAFETY: endpoint and worker are live; the buffers stay allocated until the request
     // completes (on_am_sent frees them) or, for an in-place completion, until we free them
     // below after the call.
@@ -301,11 +284,7 @@ pub(crate) fn send(
 }
 
 /// `ucp_send_nbx_callback_t` for `send`: free the buffers and the request.
-unsafe extern "C" fn on_am_sent(
-    request: *mut c_void,
-    status: sys::ucs_status_t,
-    user_data: *mut c_void,
-) {
+unsafe extern "C" fn on_am_sent(request: *mut c_void, status: sys::ucs_status_t, user_data: *mut c_void) {
     // SAFETY: user_data is the Box leaked in `send` for this request; taken back once.
     let message = unsafe { Box::from_raw(user_data.cast::<OutgoingMessage>()) };
     // SAFETY: the request is complete and not referenced after this.

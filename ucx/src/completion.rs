@@ -46,10 +46,7 @@ pub(crate) struct CompletionQueue {
 
 impl CompletionQueue {
     pub(crate) fn new(capacity: usize) -> CompletionQueue {
-        CompletionQueue {
-            queue: ArrayQueue::new(capacity.max(1)),
-            in_flight: Cell::new(0),
-        }
+        CompletionQueue { queue: ArrayQueue::new(capacity.max(1)), in_flight: Cell::new(0) }
     }
 
     pub(crate) fn capacity(&self) -> usize {
@@ -63,9 +60,7 @@ impl CompletionQueue {
     /// Fails when one more get could overflow the queue.
     pub(crate) fn check_room(&self) -> Result<()> {
         if self.in_flight.get() >= self.capacity() {
-            return Err(Error::InFlightLimit {
-                limit: self.capacity(),
-            });
+            return Err(Error::InFlightLimit { limit: self.capacity() });
         }
         Ok(())
     }
@@ -106,11 +101,7 @@ impl fmt::Debug for CompletionQueue {
 }
 
 /// `ucp_send_nbx_callback_t` for gets: record `(token, status)` and free the request.
-pub(crate) unsafe extern "C" fn get_completed(
-    request: *mut c_void,
-    status: sys::ucs_status_t,
-    user_data: *mut c_void,
-) {
+pub(crate) unsafe extern "C" fn get_completed(request: *mut c_void, status: sys::ucs_status_t, user_data: *mut c_void) {
     // SAFETY: user_data is the CompletionQueue inside the worker that posted the get
     // (as_user_data). The worker outlives its requests: they complete at the latest while
     // ucp_worker_destroy runs in the worker's Drop, before the queue is freed. Only shared
@@ -120,16 +111,10 @@ pub(crate) unsafe extern "C" fn get_completed(
     let RequestArea { token } = unsafe { ptr::read_unaligned(request.cast::<RequestArea>()) };
     // SAFETY: the request is complete and nothing refers to it after this callback.
     unsafe { sys::ucp_request_free(request) };
-    let completion = Completion {
-        token,
-        status: Status(status),
-    };
+    let completion = Completion { token, status: Status(status) };
     if queue.queue.push(completion).is_err() {
         // Impossible by the bound in the module comment; losing a completion would leave the
         // owner waiting forever, so say so loudly rather than silently.
-        tracing::error!(
-            token,
-            "completion queue overflow: in-flight accounting is broken"
-        );
+        tracing::error!(token, "completion queue overflow: in-flight accounting is broken");
     }
 }

@@ -68,8 +68,7 @@ impl Context {
         // SAFETY: ucp_params_t is a C struct for which all-zero bytes are a valid value
         // (no fields set, null callbacks); field_mask below names exactly the fields we fill.
         let mut params: sys::ucp_params_t = unsafe { mem::zeroed() };
-        params.field_mask =
-            (sys::UCP_PARAM_FIELD_FEATURES | sys::UCP_PARAM_FIELD_REQUEST_SIZE) as u64;
+        params.field_mask = (sys::UCP_PARAM_FIELD_FEATURES | sys::UCP_PARAM_FIELD_REQUEST_SIZE) as u64;
         params.features = features.bits();
         // Every request UCX hands back carries this many bytes for us (see RequestArea).
         params.request_size = mem::size_of::<RequestArea>();
@@ -78,17 +77,13 @@ impl Context {
         // when `config` drops, after this call; UCX copies what it needs), handle is writable.
         let status = unsafe { sys::ucp_init(&params, config.handle, &mut handle) };
         Status(status).check("ucp_init")?;
-        Ok(Context {
-            inner: Rc::new(ContextInner { handle }),
-        })
+        Ok(Context { inner: Rc::new(ContextInner { handle }) })
     }
 }
 
 impl fmt::Debug for Context {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Context")
-            .field("handle", &self.inner.handle)
-            .finish()
+        f.debug_struct("Context").field("handle", &self.inner.handle).finish()
     }
 }
 
@@ -116,16 +111,11 @@ impl Config {
     }
 
     fn modify(&self, name: &str, value: &str) -> Result<()> {
-        let to_c = |text: &str| {
-            CString::new(text).map_err(|_| Error::ConfigString {
-                name: name.to_owned(),
-            })
-        };
+        let to_c = |text: &str| CString::new(text).map_err(|_| Error::ConfigString { name: name.to_owned() });
         let (c_name, c_value) = (to_c(name)?, to_c(value)?);
         // SAFETY: the config is live; both strings are NUL-terminated and outlive the call
         // (UCX copies them).
-        let status =
-            unsafe { sys::ucp_config_modify(self.handle, c_name.as_ptr(), c_value.as_ptr()) };
+        let status = unsafe { sys::ucp_config_modify(self.handle, c_name.as_ptr(), c_value.as_ptr()) };
         Status(status).check("ucp_config_modify")
     }
 }

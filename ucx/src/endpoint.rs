@@ -75,8 +75,7 @@ impl Endpoint {
     pub fn connect(worker: &Worker, address: SocketAddr, mode: ErrorMode) -> Result<Endpoint> {
         let c_address = CSocketAddr::new(address);
         Endpoint::create(worker, mode, |params| {
-            params.field_mask |=
-                (sys::UCP_EP_PARAM_FIELD_FLAGS | sys::UCP_EP_PARAM_FIELD_SOCK_ADDR) as u64;
+            params.field_mask |= (sys::UCP_EP_PARAM_FIELD_FLAGS | sys::UCP_EP_PARAM_FIELD_SOCK_ADDR) as u64;
             params.flags = sys::UCP_EP_PARAMS_FLAGS_CLIENT_SERVER;
             params.sockaddr = c_address.as_ucs();
         })
@@ -96,19 +95,11 @@ impl Endpoint {
         })
     }
 
-    fn create(
-        worker: &Worker,
-        mode: ErrorMode,
-        fill: impl FnOnce(&mut sys::ucp_ep_params_t),
-    ) -> Result<Endpoint> {
-        let state = Box::new(EndpointState {
-            id: worker.inner.allocate_endpoint_id(),
-            failure: Cell::new(None),
-        });
+    fn create(worker: &Worker, mode: ErrorMode, fill: impl FnOnce(&mut sys::ucp_ep_params_t)) -> Result<Endpoint> {
+        let state = Box::new(EndpointState { id: worker.inner.allocate_endpoint_id(), failure: Cell::new(None) });
         // SAFETY: all-zero bytes are a valid ucp_ep_params_t; field_mask names the fields.
         let mut params: sys::ucp_ep_params_t = unsafe { mem::zeroed() };
-        params.field_mask = (sys::UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE
-            | sys::UCP_EP_PARAM_FIELD_ERR_HANDLER) as u64;
+        params.field_mask = (sys::UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | sys::UCP_EP_PARAM_FIELD_ERR_HANDLER) as u64;
         params.err_mode = match mode {
             ErrorMode::None => sys::UCP_ERR_HANDLING_MODE_NONE,
             ErrorMode::Peer => sys::UCP_ERR_HANDLING_MODE_PEER,
@@ -122,17 +113,8 @@ impl Endpoint {
         // boxed and outlives the endpoint (see `state`).
         let status = unsafe { sys::ucp_ep_create(worker.inner.handle, &params, &mut handle) };
         Status(status).check("ucp_ep_create")?;
-        worker
-            .inner
-            .endpoints
-            .borrow_mut()
-            .insert(handle as usize, state.id);
-        Ok(Endpoint {
-            handle,
-            state,
-            worker: Rc::clone(&worker.inner),
-            closed: false,
-        })
+        worker.inner.endpoints.borrow_mut().insert(handle as usize, state.id);
+        Ok(Endpoint { handle, state, worker: Rc::clone(&worker.inner), closed: false })
     }
 
     pub fn id(&self) -> EndpointId {
@@ -194,14 +176,7 @@ impl Endpoint {
         // guarantees the destination; the callback's user_data is the worker's queue, which
         // outlives the request.
         let request = unsafe {
-            sys::ucp_get_nbx(
-                self.handle,
-                destination.cast(),
-                length,
-                remote_address,
-                rkey.handle(),
-                &params,
-            )
+            sys::ucp_get_nbx(self.handle, destination.cast(), length, remote_address, rkey.handle(), &params)
         };
         if sys::UCS_PTR_IS_PTR(request) {
             // SAFETY: a fresh request from this crate's context; its callback can only run
@@ -241,44 +216,25 @@ impl Endpoint {
             return Ok(());
         }
         self.closed = true;
-        self.worker
-            .endpoints
-            .borrow_mut()
-            .remove(&(self.handle as usize));
+        self.worker.endpoints.borrow_mut().remove(&(self.handle as usize));
         let force = mode == CloseMode::Force || self.is_failed();
         // SAFETY: all-zero bytes are a valid ucp_request_param_t; op_attr_mask names fields.
         let mut params: sys::ucp_request_param_t = unsafe { mem::zeroed() };
         params.op_attr_mask = sys::UCP_OP_ATTR_FIELD_FLAGS;
-        params.flags = if force {
-            sys::UCP_EP_CLOSE_FLAG_FORCE
-        } else {
-            0
-        };
+        params.flags = if force { sys::UCP_EP_CLOSE_FLAG_FORCE } else { 0 };
         // SAFETY: the endpoint is live and closed exactly once (`closed` guards it).
         let request = unsafe { sys::ucp_ep_close_nbx(self.handle, &params) };
         match wait_request(&self.worker, request, timeout) {
             Some(status) if status.is_ok() => Ok(()),
-            Some(status) => Err(Error::Ucx {
-                call: "ucp_ep_close_nbx",
-                status,
-            }),
+            Some(status) => Err(Error::Ucx { call: "ucp_ep_close_nbx", status }),
             None => {
                 // UCX still owns the endpoint and may call the error callback later: keep its
                 // argument alive forever (a few bytes, on a path that is already broken).
                 let id = self.state.id;
-                let state = mem::replace(
-                    &mut self.state,
-                    Box::new(EndpointState {
-                        id,
-                        failure: Cell::new(None),
-                    }),
-                );
+                let state = mem::replace(&mut self.state, Box::new(EndpointState { id, failure: Cell::new(None) }));
                 Box::leak(state);
                 tracing::warn!(endpoint = self.state.id.0, "endpoint close timed out");
-                Err(Error::Timeout {
-                    what: "ucp_ep_close_nbx",
-                    timeout_ms: millis(timeout),
-                })
+                Err(Error::Timeout { what: "ucp_ep_close_nbx", timeout_ms: millis(timeout) })
             }
         }
     }
@@ -311,11 +267,7 @@ impl Drop for Endpoint {
 }
 
 /// `ucp_err_handler_cb_t`: remember the failure; the owner fails its in-flight work and closes.
-unsafe extern "C" fn on_endpoint_error(
-    arg: *mut c_void,
-    _endpoint: sys::ucp_ep_h,
-    status: sys::ucs_status_t,
-) {
+unsafe extern "C" fn on_endpoint_error(arg: *mut c_void, _endpoint: sys::ucp_ep_h, status: sys::ucs_status_t) {
     // SAFETY: arg is the boxed EndpointState given at creation; it lives until the close
     // completes (after which UCX calls no more) or forever if the close timed out.
     let state = unsafe { &*arg.cast::<EndpointState>() };
@@ -326,11 +278,7 @@ unsafe extern "C" fn on_endpoint_error(
 
 /// Waits for a request from an `_nbx` call without a callback, progressing the worker, for at
 /// most `timeout`. `None` on timeout (the request is then released to complete on its own).
-fn wait_request(
-    worker: &WorkerInner,
-    request: sys::ucs_status_ptr_t,
-    timeout: Duration,
-) -> Option<Status> {
+fn wait_request(worker: &WorkerInner, request: sys::ucs_status_ptr_t, timeout: Duration) -> Option<Status> {
     if !sys::UCS_PTR_IS_PTR(request) {
         return Some(Status(sys::UCS_PTR_STATUS(request)));
     }

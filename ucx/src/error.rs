@@ -59,9 +59,7 @@ pub enum Error {
     #[error("{call} failed: {status}")]
     Ucx { call: &'static str, status: Status },
     /// Posting another get would exceed the worker's completion-queue bound.
-    #[error(
-        "{limit} gets already in flight on this worker; drain completions before posting more"
-    )]
+    #[error("{limit} gets already in flight on this worker; drain completions before posting more")]
     InFlightLimit { limit: usize },
     /// `get_nbx` was given a remote key unpacked on a different endpoint.
     #[error("the remote key was unpacked on another endpoint")]

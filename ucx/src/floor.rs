@@ -77,30 +77,14 @@ pub unsafe fn bare_get_loop(
     local: &MemoryRegion,
     config: FloorConfig,
 ) -> Result<FloorReport> {
-    let FloorConfig {
-        size_bytes,
-        depth,
-        duration,
-    } = config;
-    assert!(
-        size_bytes > 0 && depth > 0,
-        "size and depth must be positive"
-    );
-    assert!(
-        depth <= worker.max_in_flight(),
-        "depth above the worker's in-flight bound"
-    );
-    assert!(
-        depth * size_bytes <= local.len(),
-        "local region smaller than depth * size"
-    );
+    let FloorConfig { size_bytes, depth, duration } = config;
+    assert!(size_bytes > 0 && depth > 0, "size and depth must be positive");
+    assert!(depth <= worker.max_in_flight(), "depth above the worker's in-flight bound");
+    assert!(depth * size_bytes <= local.len(), "local region smaller than depth * size");
     // Completions are matched to slots by token: no other gets may share the worker's queue.
     assert_eq!(worker.in_flight(), 0, "other gets in flight on this worker");
     let remote_slots = (remote_length / size_bytes as u64).max(1);
-    assert!(
-        remote_length >= size_bytes as u64,
-        "remote region smaller than one get"
-    );
+    assert!(remote_length >= size_bytes as u64, "remote region smaller than one get");
 
     let local_base = local.address() as *mut u8;
     let mut started = vec![Instant::now(); depth];
@@ -109,11 +93,7 @@ pub unsafe fn bare_get_loop(
     let begin = Instant::now();
     let mut in_flight = 0usize;
     let mut free_slots: Vec<usize> = (0..depth).rev().collect();
-    let mut samples = Samples {
-        latencies_ns: &mut latencies_ns,
-        gets: &mut gets,
-        errors: &mut errors,
-    };
+    let mut samples = Samples { latencies_ns: &mut latencies_ns, gets: &mut gets, errors: &mut errors };
     while begin.elapsed() < duration {
         while let Some(slot) = free_slots.pop() {
             let offset = (posted % remote_slots) * size_bytes as u64;
@@ -124,14 +104,7 @@ pub unsafe fn bare_get_loop(
             let destination = unsafe { local_base.add(slot * size_bytes) };
             // SAFETY: as above; the destination stays valid until completion (drained below).
             let started_get = unsafe {
-                endpoint.get_nbx(
-                    destination,
-                    size_bytes,
-                    remote_address + offset,
-                    rkey,
-                    Some(local),
-                    slot as u64,
-                )
+                endpoint.get_nbx(destination, size_bytes, remote_address + offset, rkey, Some(local), slot as u64)
             }?;
             match started_get {
                 GetStarted::Completed => {
@@ -148,24 +121,14 @@ pub unsafe fn bare_get_loop(
     let drain_start = Instant::now();
     while in_flight > 0 {
         if drain_start.elapsed() > DRAIN_TIMEOUT {
-            return Err(Error::Timeout {
-                what: "draining floor gets",
-                timeout_ms: DRAIN_TIMEOUT.as_millis() as u64,
-            });
+            return Err(Error::Timeout { what: "draining floor gets", timeout_ms: DRAIN_TIMEOUT.as_millis() as u64 });
         }
         worker.progress();
         in_flight -= reap(worker, &started, &mut free_slots, &mut samples);
     }
     let elapsed = begin.elapsed();
     latencies_ns.sort_unstable();
-    Ok(FloorReport {
-        size_bytes,
-        depth,
-        gets,
-        errors,
-        elapsed,
-        latencies_ns,
-    })
+    Ok(FloorReport { size_bytes, depth, gets, errors, elapsed, latencies_ns })
 }
 
 struct Samples<'a> {
@@ -185,12 +148,7 @@ impl Samples<'_> {
 }
 
 /// Pops every ready completion, records it and frees its slot; returns how many.
-fn reap(
-    worker: &Worker,
-    started: &[Instant],
-    free_slots: &mut Vec<usize>,
-    samples: &mut Samples<'_>,
-) -> usize {
+fn reap(worker: &Worker, started: &[Instant], free_slots: &mut Vec<usize>, samples: &mut Samples<'_>) -> usize {
     let mut reaped = 0;
     while let Some(completion) = worker.pop_completion() {
         let slot = completion.token as usize;

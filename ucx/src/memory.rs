@@ -42,27 +42,17 @@ impl MemoryRegion {
     /// The memory must stay mapped (and, for a get destination, writable) for as long as the
     /// region lives and any peer may hold its remote key: UCX reads it on behalf of peers
     /// (software-emulated gets run inside this process's progress) and writes gets into it.
-    pub unsafe fn register(
-        context: &Context,
-        address: *mut u8,
-        length: usize,
-    ) -> Result<MemoryRegion> {
+    pub unsafe fn register(context: &Context, address: *mut u8, length: usize) -> Result<MemoryRegion> {
         // SAFETY: all-zero bytes are a valid ucp_mem_map_params_t; field_mask names fields.
         let mut params: sys::ucp_mem_map_params_t = unsafe { mem::zeroed() };
-        params.field_mask =
-            (sys::UCP_MEM_MAP_PARAM_FIELD_ADDRESS | sys::UCP_MEM_MAP_PARAM_FIELD_LENGTH) as u64;
+        params.field_mask = (sys::UCP_MEM_MAP_PARAM_FIELD_ADDRESS | sys::UCP_MEM_MAP_PARAM_FIELD_LENGTH) as u64;
         params.address = address.cast();
         params.length = length;
         let mut handle: sys::ucp_mem_h = ptr::null_mut();
         // SAFETY: the context is live; the caller guarantees the memory (see # Safety).
         let status = unsafe { sys::ucp_mem_map(context.inner.handle, &params, &mut handle) };
         Status(status).check("ucp_mem_map")?;
-        Ok(MemoryRegion {
-            handle,
-            address,
-            length,
-            context: Rc::clone(&context.inner),
-        })
+        Ok(MemoryRegion { handle, address, length, context: Rc::clone(&context.inner) })
     }
 
     /// The registered address, as a peer names it in a get.
@@ -83,9 +73,7 @@ impl MemoryRegion {
         let mut buffer: *mut c_void = ptr::null_mut();
         let mut length: usize = 0;
         // SAFETY: context and memh are live; out-pointers are valid.
-        let status = unsafe {
-            sys::ucp_rkey_pack(self.context.handle, self.handle, &mut buffer, &mut length)
-        };
+        let status = unsafe { sys::ucp_rkey_pack(self.context.handle, self.handle, &mut buffer, &mut length) };
         Status(status).check("ucp_rkey_pack")?;
         // SAFETY: UCX returned `length` readable bytes at `buffer`; copied, then released once.
         let bytes = unsafe { std::slice::from_raw_parts(buffer.cast::<u8>(), length) }.to_vec();
@@ -108,10 +96,7 @@ impl MemoryRegion {
 
 impl fmt::Debug for MemoryRegion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemoryRegion")
-            .field("address", &self.address)
-            .field("length", &self.length)
-            .finish()
+        f.debug_struct("MemoryRegion").field("address", &self.address).field("length", &self.length).finish()
     }
 }
 
@@ -137,25 +122,16 @@ impl RemoteKey {
     /// Unpacks `bytes` (from the peer's `pack_rkey`) for gets on `endpoint`.
     pub fn unpack(endpoint: &Endpoint, bytes: &[u8]) -> Result<RemoteKey> {
         if bytes.is_empty() || bytes.len() > RKEY_MAX_BYTES {
-            return Err(Error::RemoteKeyLength {
-                length: bytes.len(),
-                max: RKEY_MAX_BYTES,
-            });
+            return Err(Error::RemoteKeyLength { length: bytes.len(), max: RKEY_MAX_BYTES });
         }
         let mut scratch = vec![0u8; RKEY_PARSE_SCRATCH_BYTES];
         scratch[..bytes.len()].copy_from_slice(bytes);
         let mut handle: sys::ucp_rkey_h = ptr::null_mut();
         // SAFETY: the endpoint is live; the key is read from `scratch`, which is large enough
         // for any parse (see RKEY_PARSE_SCRATCH_BYTES) and outlives the call (UCX copies).
-        let status = unsafe {
-            sys::ucp_ep_rkey_unpack(endpoint.handle(), scratch.as_ptr().cast(), &mut handle)
-        };
+        let status = unsafe { sys::ucp_ep_rkey_unpack(endpoint.handle(), scratch.as_ptr().cast(), &mut handle) };
         Status(status).check("ucp_ep_rkey_unpack")?;
-        Ok(RemoteKey {
-            handle,
-            endpoint: endpoint.id(),
-            _worker: Rc::clone(endpoint.worker()),
-        })
+        Ok(RemoteKey { handle, endpoint: endpoint.id(), _worker: Rc::clone(endpoint.worker()) })
     }
 
     pub(crate) fn handle(&self) -> sys::ucp_rkey_h {
@@ -169,9 +145,7 @@ impl RemoteKey {
 
 impl fmt::Debug for RemoteKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RemoteKey")
-            .field("handle", &self.handle)
-            .finish()
+        f.debug_struct("RemoteKey").field("handle", &self.handle).finish()
     }
 }
 

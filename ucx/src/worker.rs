@@ -38,11 +38,7 @@ pub struct WorkerConfig {
 
 impl Default for WorkerConfig {
     fn default() -> WorkerConfig {
-        WorkerConfig {
-            max_in_flight: 256,
-            am_queue_capacity: 64,
-            am_payload_max_bytes: 16 << 20,
-        }
+        WorkerConfig { max_in_flight: 256, am_queue_capacity: 64, am_payload_max_bytes: 16 << 20 }
     }
 }
 
@@ -153,10 +149,7 @@ impl Worker {
         let start = Instant::now();
         while !done() {
             if start.elapsed() >= timeout {
-                return Err(Error::Timeout {
-                    what: "progress_until",
-                    timeout_ms: millis(timeout),
-                });
+                return Err(Error::Timeout { what: "progress_until", timeout_ms: millis(timeout) });
             }
             self.progress();
         }
@@ -169,8 +162,7 @@ impl Worker {
         let mut address: *mut sys::ucp_address_t = ptr::null_mut();
         let mut length: usize = 0;
         // SAFETY: the worker is live; both out-pointers are valid.
-        let status =
-            unsafe { sys::ucp_worker_get_address(self.inner.handle, &mut address, &mut length) };
+        let status = unsafe { sys::ucp_worker_get_address(self.inner.handle, &mut address, &mut length) };
         Status(status).check("ucp_worker_get_address")?;
         // SAFETY: UCX returned `length` readable bytes at `address`; we copy them out and
         // release the buffer once, right after.
@@ -262,11 +254,7 @@ impl Drop for WorkerInner {
 
 /// Sleeps until `fd` is readable or `timeout` passes. EINTR counts as a wake-up.
 fn poll_readable(fd: RawFd, timeout: Duration) -> Result<()> {
-    let mut pollfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut pollfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
     let timeout_ms = i32::try_from(millis(timeout)).unwrap_or(i32::MAX);
     // SAFETY: one valid pollfd, count 1.
     let ready = unsafe { libc::poll(&mut pollfd, 1, timeout_ms) };

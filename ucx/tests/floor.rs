@@ -16,15 +16,9 @@ fn run(config: &'static [(&'static str, &'static str)], name: &str) {
     let reader = connect_reader(config, ErrorMode::Peer, exporter.port, 32, 0);
     let mut local = vec![0u8; 32 << 20];
     // SAFETY: `local` outlives `region`.
-    let region =
-        unsafe { MemoryRegion::register(&reader.context, local.as_mut_ptr(), local.len()) }
-            .unwrap();
+    let region = unsafe { MemoryRegion::register(&reader.context, local.as_mut_ptr(), local.len()) }.unwrap();
     for (size_bytes, depth) in [(8, 1), (4096, 1), (4096, 32), (1 << 20, 1), (1 << 20, 16)] {
-        let floor = FloorConfig {
-            size_bytes,
-            depth,
-            duration: Duration::from_millis(150),
-        };
+        let floor = FloorConfig { size_bytes, depth, duration: Duration::from_millis(150) };
         // SAFETY: nothing else touches `local` during the call; it returned Ok, so all done.
         let report = unsafe {
             bare_get_loop(

@@ -41,12 +41,7 @@ impl Drop for ChildExporter {
 
 fn spawn_child() -> ChildExporter {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_exporter",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", "child_exporter", "--nocapture", "--test-threads=1"])
         .env(CHILD_ROLE, "exporter")
         .env("UCX_TLS", "tcp")
         .stdout(Stdio::piped())
@@ -55,10 +50,7 @@ fn spawn_child() -> ChildExporter {
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let port = loop {
-        let line = lines
-            .next()
-            .expect("child exited before announcing its port")
-            .unwrap();
+        let line = lines.next().expect("child exited before announcing its port").unwrap();
         // libtest prints "test child_exporter ... " first, on the same line.
         if let Some((_, port)) = line.split_once("PORT=") {
             break port.trim().parse().unwrap();
@@ -77,12 +69,8 @@ fn gets_across_processes_and_peer_killed() {
     let reader = connect_reader(tcp, ErrorMode::Peer, exporter.port, 16, 0);
     let mut local = vec![0u8; 1 << 20];
     // SAFETY: `local` outlives `region`.
-    let region =
-        unsafe { MemoryRegion::register(&reader.context, local.as_mut_ptr(), local.len()) }
-            .unwrap();
-    for (token, (size, offset)) in [(8, 3), (4096, 12345), (1 << 20, EXPORT_BYTES - (1 << 20))]
-        .into_iter()
-        .enumerate()
+    let region = unsafe { MemoryRegion::register(&reader.context, local.as_mut_ptr(), local.len()) }.unwrap();
+    for (token, (size, offset)) in [(8, 3), (4096, 12345), (1 << 20, EXPORT_BYTES - (1 << 20))].into_iter().enumerate()
     {
         // SAFETY: local[..size] is read only after the completion.
         let started = unsafe {
@@ -106,29 +94,15 @@ fn gets_across_processes_and_peer_killed() {
     freeze_exporter(&reader);
     // SAFETY: `local` outlives the completion awaited below.
     let started = unsafe {
-        reader.endpoint.get_nbx(
-            local.as_mut_ptr(),
-            4096,
-            reader.catalogue.address,
-            &reader.rkey,
-            Some(&region),
-            99,
-        )
+        reader.endpoint.get_nbx(local.as_mut_ptr(), 4096, reader.catalogue.address, &reader.rkey, Some(&region), 99)
     }
     .unwrap();
-    assert_eq!(
-        started,
-        GetStarted::InFlight,
-        "a frozen peer cannot have served the get"
-    );
+    assert_eq!(started, GetStarted::InFlight, "a frozen peer cannot have served the get");
     exporter.child.kill().unwrap();
     let start = Instant::now();
     let status = wait_completion(&reader.worker, 99, DEAD_PEER_TIMEOUT);
     assert!(!status.is_ok());
-    eprintln!(
-        "get on killed peer failed after {:?}: {status}",
-        start.elapsed()
-    );
+    eprintln!("get on killed peer failed after {:?}: {status}", start.elapsed());
     assert!(reader.endpoint.is_failed());
     let Reader { rkey, endpoint, .. } = reader;
     drop(rkey);

@@ -11,9 +11,7 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ucx::{
-    Context, Endpoint, ErrorMode, Features, Listener, MemoryRegion, RemoteKey, Worker, WorkerConfig,
-};
+use ucx::{Context, Endpoint, ErrorMode, Features, Listener, MemoryRegion, RemoteKey, Worker, WorkerConfig};
 
 /// Reader → exporter: "send me your catalogue". Exporter → reader: the answer.
 pub const AM_CATALOGUE_REQUEST: u16 = 1;
@@ -66,39 +64,25 @@ pub struct ExporterHandle {
 /// Runs an exporter on a thread: listens on 127.0.0.1:0, accepts one reader, answers its
 /// catalogue request with `extra_payload_bytes` of padding appended to the rkey when asked
 /// (to force a rendezvous message), and keeps progressing event-driven until `stop`.
-pub fn spawn_exporter(
-    config: &'static [(&'static str, &'static str)],
-    mode: ErrorMode,
-) -> ExporterHandle {
+pub fn spawn_exporter(config: &'static [(&'static str, &'static str)], mode: ErrorMode) -> ExporterHandle {
     let stop = Arc::new(AtomicBool::new(false));
     let (port_sender, port_receiver) = mpsc::channel();
     let thread_stop = Arc::clone(&stop);
-    let thread = thread::spawn(move || {
-        run_exporter(config, mode, &thread_stop, |port| {
-            port_sender.send(port).unwrap()
-        })
-    });
-    let port = port_receiver
-        .recv_timeout(SETUP_TIMEOUT)
-        .expect("exporter port");
+    let thread =
+        thread::spawn(move || run_exporter(config, mode, &thread_stop, |port| port_sender.send(port).unwrap()));
+    let port = port_receiver.recv_timeout(SETUP_TIMEOUT).expect("exporter port");
     ExporterHandle { port, stop, thread }
 }
 
 /// The exporter's whole life; `announce` gets the bound port.
-pub fn run_exporter(
-    config: &[(&str, &str)],
-    mode: ErrorMode,
-    stop: &AtomicBool,
-    announce: impl FnOnce(u16),
-) {
+pub fn run_exporter(config: &[(&str, &str)], mode: ErrorMode, stop: &AtomicBool, announce: impl FnOnce(u16)) {
     let context = Context::with_config(features(), config).unwrap();
     let worker = Worker::new(&context, WorkerConfig::default()).unwrap();
     worker.set_am_handler(AM_CATALOGUE_REQUEST).unwrap();
     worker.set_am_handler(AM_FREEZE).unwrap();
     let mut exported: Vec<u8> = (0..EXPORT_BYTES).map(pattern).collect();
     // SAFETY: `exported` outlives `region` (declared before it, dropped after).
-    let region =
-        unsafe { MemoryRegion::register(&context, exported.as_mut_ptr(), exported.len()) }.unwrap();
+    let region = unsafe { MemoryRegion::register(&context, exported.as_mut_ptr(), exported.len()) }.unwrap();
     let rkey = region.pack_rkey().unwrap();
 
     let listener = Listener::bind(&worker, SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
@@ -118,11 +102,7 @@ pub fn run_exporter(
     while !stop.load(Ordering::Relaxed) {
         worker.wait(Duration::from_millis(10)).unwrap();
         while let Some(message) = worker.pop_am_message() {
-            assert_eq!(
-                message.endpoint,
-                Some(endpoint.id()),
-                "reply endpoint maps to ours"
-            );
+            assert_eq!(message.endpoint, Some(endpoint.id()), "reply endpoint maps to ours");
             match message.id {
                 AM_CATALOGUE_REQUEST => {
                     let padding = u64::from_le_bytes(message.header[..8].try_into().unwrap());
@@ -136,9 +116,7 @@ pub fn run_exporter(
                     // first (and make sure the answer left), so the reader knows any get it
                     // posts from now on cannot be served.
                     endpoint.am_send(AM_FROZEN, &[], &[]).unwrap();
-                    worker
-                        .progress_until(SETUP_TIMEOUT, || worker.am_sends_in_flight() == 0)
-                        .unwrap();
+                    worker.progress_until(SETUP_TIMEOUT, || worker.am_sends_in_flight() == 0).unwrap();
                     while !stop.load(Ordering::Relaxed) {
                         thread::sleep(Duration::from_millis(5));
                     }
@@ -174,18 +152,12 @@ pub fn connect_reader(
     padding_bytes: u64,
 ) -> Reader {
     let context = Context::with_config(features(), config).unwrap();
-    let worker_config = WorkerConfig {
-        max_in_flight,
-        ..WorkerConfig::default()
-    };
+    let worker_config = WorkerConfig { max_in_flight, ..WorkerConfig::default() };
     let worker = Worker::new(&context, worker_config).unwrap();
     worker.set_am_handler(AM_CATALOGUE).unwrap();
     worker.set_am_handler(AM_FROZEN).unwrap();
-    let endpoint =
-        Endpoint::connect(&worker, SocketAddr::from((Ipv4Addr::LOCALHOST, port)), mode).unwrap();
-    endpoint
-        .am_send(AM_CATALOGUE_REQUEST, &padding_bytes.to_le_bytes(), &[])
-        .unwrap();
+    let endpoint = Endpoint::connect(&worker, SocketAddr::from((Ipv4Addr::LOCALHOST, port)), mode).unwrap();
+    endpoint.am_send(AM_CATALOGUE_REQUEST, &padding_bytes.to_le_bytes(), &[]).unwrap();
     let mut reply = None;
     worker
         .progress_until(SETUP_TIMEOUT, || {
@@ -197,17 +169,9 @@ pub fn connect_reader(
     assert_eq!(reply.endpoint, Some(endpoint.id()));
     let mut catalogue = Catalogue::parse(&reply.header, &reply.payload);
     assert!(catalogue.rkey.len() as u64 > padding_bytes);
-    catalogue
-        .rkey
-        .truncate(catalogue.rkey.len() - padding_bytes as usize);
+    catalogue.rkey.truncate(catalogue.rkey.len() - padding_bytes as usize);
     let rkey = RemoteKey::unpack(&endpoint, &catalogue.rkey).unwrap();
-    Reader {
-        catalogue,
-        rkey,
-        endpoint,
-        worker,
-        context,
-    }
+    Reader { catalogue, rkey, endpoint, worker, context }
 }
 
 /// Waits (busy progress, bounded) for the completion of the get posted with `token`.
@@ -227,11 +191,7 @@ pub fn wait_completion(worker: &Worker, token: u64, timeout: Duration) -> ucx::S
 
 pub fn assert_pattern(bytes: &[u8], remote_offset: usize) {
     for (index, byte) in bytes.iter().enumerate() {
-        assert_eq!(
-            *byte,
-            pattern(remote_offset + index),
-            "byte {index} of a get at offset {remote_offset}"
-        );
+        assert_eq!(*byte, pattern(remote_offset + index), "byte {index} of a get at offset {remote_offset}");
     }
 }
 

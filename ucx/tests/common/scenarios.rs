@@ -19,9 +19,7 @@ pub fn gets_at_sizes_and_offsets(config: &'static [(&'static str, &'static str)]
 
     let mut local = vec![0u8; 2 << 20];
     // SAFETY: `local` outlives `region` (dropped at the end of this function, after it).
-    let region =
-        unsafe { MemoryRegion::register(&reader.context, local.as_mut_ptr(), local.len()) }
-            .unwrap();
+    let region = unsafe { MemoryRegion::register(&reader.context, local.as_mut_ptr(), local.len()) }.unwrap();
     let mut token = 0;
     for size in [8usize, 4096, 1 << 20] {
         for offset in [0, 1, 4093, EXPORT_BYTES - size] {
@@ -61,9 +59,7 @@ pub fn many_gets_in_flight(config: &'static [(&'static str, &'static str)]) {
     let reader = connect_reader(config, ErrorMode::Peer, exporter.port, DEPTH, 0);
     let mut local = vec![0u8; DEPTH * SIZE];
     // SAFETY: `local` outlives `region`.
-    let region =
-        unsafe { MemoryRegion::register(&reader.context, local.as_mut_ptr(), local.len()) }
-            .unwrap();
+    let region = unsafe { MemoryRegion::register(&reader.context, local.as_mut_ptr(), local.len()) }.unwrap();
     let remote_offset = |slot: usize| slot * 3 * SIZE + 17;
 
     let mut completed = [false; DEPTH];
@@ -87,19 +83,9 @@ pub fn many_gets_in_flight(config: &'static [(&'static str, &'static str)]) {
     if in_place == 0 {
         // SAFETY: refused before UCX sees the pointer.
         let refused = unsafe {
-            reader.endpoint.get_nbx(
-                local.as_mut_ptr(),
-                8,
-                reader.catalogue.address,
-                &reader.rkey,
-                None,
-                999,
-            )
+            reader.endpoint.get_nbx(local.as_mut_ptr(), 8, reader.catalogue.address, &reader.rkey, None, 999)
         };
-        assert!(
-            matches!(refused, Err(Error::InFlightLimit { limit: DEPTH })),
-            "{refused:?}"
-        );
+        assert!(matches!(refused, Err(Error::InFlightLimit { limit: DEPTH })), "{refused:?}");
     }
     reader
         .worker
@@ -129,57 +115,26 @@ pub fn get_on_dead_peer_fails(config: &'static [(&'static str, &'static str)]) {
     freeze_exporter(&reader);
     // SAFETY: `local` lives until the end of the function, past the completion below.
     let started = unsafe {
-        reader.endpoint.get_nbx(
-            local.as_mut_ptr(),
-            local.len(),
-            reader.catalogue.address,
-            &reader.rkey,
-            None,
-            7,
-        )
+        reader.endpoint.get_nbx(local.as_mut_ptr(), local.len(), reader.catalogue.address, &reader.rkey, None, 7)
     }
     .unwrap();
     // The exporter, frozen, now dies: its endpoint is force-closed and its worker destroyed.
     exporter.stop.store(true, Ordering::Relaxed);
     exporter.thread.join().unwrap();
 
-    assert_eq!(
-        started,
-        GetStarted::InFlight,
-        "a frozen peer cannot have served the get"
-    );
+    assert_eq!(started, GetStarted::InFlight, "a frozen peer cannot have served the get");
     let start = Instant::now();
     let status = wait_completion(&reader.worker, 7, DEAD_PEER_TIMEOUT);
     assert!(!status.is_ok(), "a get on a dead peer must fail");
-    reader
-        .worker
-        .progress_until(DEAD_PEER_TIMEOUT, || reader.endpoint.is_failed())
-        .unwrap();
-    eprintln!(
-        "dead peer detected after {:?}: {:?}",
-        start.elapsed(),
-        reader.endpoint.failure()
-    );
+    reader.worker.progress_until(DEAD_PEER_TIMEOUT, || reader.endpoint.is_failed()).unwrap();
+    eprintln!("dead peer detected after {:?}: {:?}", start.elapsed(), reader.endpoint.failure());
     // SAFETY: refused before UCX sees the pointer.
-    let refused = unsafe {
-        reader.endpoint.get_nbx(
-            local.as_mut_ptr(),
-            8,
-            reader.catalogue.address,
-            &reader.rkey,
-            None,
-            8,
-        )
-    };
-    assert!(
-        matches!(refused, Err(Error::EndpointFailed(_))),
-        "{refused:?}"
-    );
+    let refused =
+        unsafe { reader.endpoint.get_nbx(local.as_mut_ptr(), 8, reader.catalogue.address, &reader.rkey, None, 8) };
+    assert!(matches!(refused, Err(Error::EndpointFailed(_))), "{refused:?}");
     let Reader { rkey, endpoint, .. } = reader;
     drop(rkey);
-    endpoint
-        .close()
-        .unwrap_or_else(|error| eprintln!("close after failure: {error}"));
+    endpoint.close().unwrap_or_else(|error| eprintln!("close after failure: {error}"));
     local.fill(0);
 }
 
@@ -194,13 +149,7 @@ pub fn large_active_message(config: &'static [(&'static str, &'static str)]) {
 
 /// The reader closes first (flush), then the exporter stops.
 pub fn finish(reader: Reader, exporter: ExporterHandle) {
-    let Reader {
-        rkey,
-        endpoint,
-        worker,
-        context,
-        ..
-    } = reader;
+    let Reader { rkey, endpoint, worker, context, .. } = reader;
     drop(rkey);
     endpoint.close().unwrap();
     drop(worker);

@@ -176,6 +176,22 @@ impl LocalVolume {
     }
 }
 
+/// The volume id in a SeaweedFS data file name, `[collection_]N.dat` (the inverse of
+/// [`crate::writer::volume_file_stem`] plus `.dat`): `None` for any other name, an `.idx`
+/// included. The id is the ASCII digits after the last `_`.
+pub fn volume_id_from_dat_path(path: &Path) -> Option<u32> {
+    if path.extension()? != "dat" {
+        return None;
+    }
+    let stem = path.file_stem()?.to_str()?;
+    let digits = stem.rsplit('_').next()?;
+    // `parse` alone would take a leading `+`.
+    if digits.is_empty() || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 fn io_error(path: &Path, source: io::Error) -> VolumeError {
     VolumeError::Io { path: path.to_path_buf(), source }
 }
@@ -204,4 +220,42 @@ fn read_up_to(file: &File, buffer: &mut [u8], offset: u64) -> io::Result<usize> 
         }
     }
     Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::writer::volume_file_stem;
+
+    #[test]
+    fn volume_ids_follow_seaweedfs_names() {
+        assert_eq!(volume_id_from_dat_path(Path::new("/v/3.dat")), Some(3));
+        assert_eq!(volume_id_from_dat_path(Path::new("/v/pictures_17.dat")), Some(17));
+        assert_eq!(volume_id_from_dat_path(Path::new("/v/a_b_9.dat")), Some(9));
+        assert_eq!(volume_id_from_dat_path(Path::new("3.dat")), Some(3));
+        assert_eq!(volume_id_from_dat_path(Path::new("/v/4294967295.dat")), Some(u32::MAX));
+        for not_a_volume in [
+            "/v/3.idx",
+            "/v/3.cpd",
+            "/v/3",
+            "/v/healthy_volume.dat",
+            "/v/_.dat",
+            "/v/notes.dat",
+            "/v/+3.dat",
+            "/v/-3.dat",
+            "/v/4294967296.dat",
+            "/v/.dat",
+        ] {
+            assert_eq!(volume_id_from_dat_path(Path::new(not_a_volume)), None, "{not_a_volume}");
+        }
+    }
+
+    #[test]
+    fn volume_ids_round_trip_through_the_writer_stem() {
+        for (collection, id) in [(None, 0), (None, 7), (Some(""), 12), (Some("pictures"), 42), (Some("a_b"), u32::MAX)]
+        {
+            let name = format!("{}.dat", volume_file_stem(collection, id));
+            assert_eq!(volume_id_from_dat_path(Path::new(&name)), Some(id), "{name}");
+        }
+    }
 }

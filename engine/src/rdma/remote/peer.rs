@@ -10,8 +10,8 @@ use ucx::{Endpoint, MemoryRegion, RemoteKey};
 use volume_format::index::{NeedleIndex, OffsetWidth};
 use volume_format::version::Version;
 
-use super::Transfer;
-use crate::rdma::catalogue::{from_hex, FileEntry, VolumeEntry};
+use super::index::IndexJob;
+use crate::rdma::catalogue::{from_hex, FileEntry, VolumeEntry, REQUEST_VOLUMES_MAX};
 use crate::rdma::staging::RawBuffer;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,19 +102,6 @@ impl RemoteVolume {
     }
 }
 
-/// Pulling one chunk of a volume's `.idx` into the peer's staging buffer.
-#[derive(Debug)]
-pub(super) struct IndexJob {
-    pub(super) volume_id: u32,
-    pub(super) generation: u64,
-    /// `index.applied_bytes()` when the chunk was asked for: where the chunk starts.
-    pub(super) start_bytes: u64,
-    pub(super) files: Rc<VolumeFiles>,
-    pub(super) transfer: Transfer,
-    pub(super) gets_pending: u32,
-    pub(super) failed: bool,
-}
-
 #[derive(Debug)]
 pub(super) struct Peer {
     pub(super) address: SocketAddr,
@@ -137,6 +124,31 @@ pub(super) struct Peer {
 }
 
 impl Peer {
+    /// A peer not connected yet (first attempt at `now`), with its registered staging buffer.
+    pub(super) fn new(
+        address: SocketAddr,
+        staging: RawBuffer,
+        staging_region: MemoryRegion,
+        backoff: Duration,
+        now: Instant,
+    ) -> Peer {
+        Peer {
+            address,
+            state: PeerState::Down { retry_at: now },
+            backoff,
+            job: None,
+            volumes: HashMap::new(),
+            endpoint: None,
+            staging_region,
+            staging,
+            next_request_id: 1,
+            request: None,
+            request_again: false,
+            wanted: Vec::with_capacity(REQUEST_VOLUMES_MAX),
+            wanted_all: false,
+        }
+    }
+
     pub(super) fn is_up(&self) -> bool {
         self.state == PeerState::Up
     }

@@ -1,0 +1,216 @@
+//! The exporter thread's state and loop: accept connections (checked against the allowed
+//! peers), answer catalogue requests, drop failed endpoints, rescan now and then.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hasher;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ucx::{CloseMode, ConnRequest, Context, Endpoint, EndpointId, ErrorMode, Listener, Worker, WorkerConfig};
+
+use super::volumes::{Fnv1a, VolumeExport};
+use super::{ExportConfig, ExportError, CONNECTIONS_MAX, WAIT_TIMEOUT};
+use crate::rdma::catalogue::{
+    Catalogue, CatalogueRequest, VolumeEntry, AM_CATALOGUE, AM_CATALOGUE_REQUEST, PROTOCOL_VERSION, REQUEST_VOLUMES_MAX,
+};
+use crate::rdma::mapping::Retired;
+use crate::rdma::{features, ucx_overrides};
+
+/// How long closing the endpoints may take at exit.
+const CLOSE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Largest catalogue answer (about 200 bytes per piece).
+const CATALOGUE_PAYLOAD_MAX_BYTES: usize = 64 << 20;
+
+/// Everything the exporter thread owns; `volumes` (in `volumes.rs`) and `spawn` reach into it.
+pub(super) struct Exporter {
+    pub(super) config: ExportConfig,
+    // Field order is drop order: connections, then registrations, then UCX itself.
+    endpoints: HashMap<EndpointId, Endpoint>,
+    pub(super) volumes: BTreeMap<u32, VolumeExport>,
+    pub(super) retired: Vec<Retired>,
+    pub(super) listener: Listener,
+    worker: Worker,
+    pub(super) context: Context,
+    exporter_id: u64,
+    pub(super) last_scan: Instant,
+    /// Connection requests refused by `allowed_peers` (logged at powers of two).
+    refused_peers: u64,
+}
+
+impl Exporter {
+    pub(super) fn new(config: ExportConfig) -> Result<Exporter, ExportError> {
+        // A restarted exporter binds its port again only with UCX_TCP_CM_REUSEADDR=y in the
+        // environment (connections of the previous process linger in TIME_WAIT); UCX 1.13 does
+        // not apply that setting through ucp_config_modify, so it cannot be forced from here.
+        let context = Context::with_config(features(), &ucx_overrides(&config.ucx))?;
+        let worker_config = WorkerConfig { max_in_flight: 16, am_queue_capacity: 256, am_payload_max_bytes: 64 << 10 };
+        let worker = Worker::new(&context, worker_config)?;
+        worker.set_am_handler(AM_CATALOGUE_REQUEST)?;
+        let listener = Listener::bind(&worker, config.listen)?;
+        let mut exporter = Exporter {
+            config,
+            endpoints: HashMap::new(),
+            volumes: BTreeMap::new(),
+            retired: Vec::new(),
+            listener,
+            worker,
+            context,
+            exporter_id: exporter_id(),
+            last_scan: Instant::now(),
+            refused_peers: 0,
+        };
+        exporter.scan();
+        tracing::info!(volumes = exporter.volumes.len(), "export role ready");
+        exporter.warn_about_exposure();
+        Ok(exporter)
+    }
+
+    pub(super) fn run(&mut self, stop: &AtomicBool, shutdown: &AtomicBool) -> Result<(), ExportError> {
+        while !stop.load(Ordering::Acquire) && !shutdown.load(Ordering::Relaxed) {
+            self.worker.wait(WAIT_TIMEOUT)?;
+            self.accept_connections();
+            while let Some(message) = self.worker.pop_am_message() {
+                self.answer(message);
+            }
+            self.drop_failed_endpoints();
+            if self.last_scan.elapsed() >= self.config.rescan_interval {
+                self.scan();
+            }
+            let grace = self.config.retire_grace;
+            self.retired.retain(|retired| retired.since.elapsed() < grace);
+        }
+        for (_, endpoint) in self.endpoints.drain() {
+            let _ = endpoint.close_with(CloseMode::Flush, CLOSE_TIMEOUT);
+        }
+        Ok(())
+    }
+
+    fn accept_connections(&mut self) {
+        while let Some(request) = self.listener.next_request() {
+            if self.endpoints.len() >= CONNECTIONS_MAX {
+                tracing::warn!(limit = CONNECTIONS_MAX, "rejecting a reader: too many connections");
+                continue; // dropping the request rejects it
+            }
+            if !self.admits(&request) {
+                continue; // rejected, as above
+            }
+            match Endpoint::accept(&self.worker, request, ErrorMode::Peer) {
+                Ok(endpoint) => {
+                    self.endpoints.insert(endpoint.id(), endpoint);
+                }
+                Err(error) => tracing::warn!(%error, "cannot accept a reader"),
+            }
+        }
+    }
+
+    /// Says at start what the operator must confine (see "Security" in `docs/ucx-bindings.md`):
+    /// any connected peer can read and write this process's memory, and UCX's transports
+    /// listen on every network device unless `NET_DEVICES` names some.
+    fn warn_about_exposure(&self) {
+        let devices_named = std::env::var_os("UCX_NET_DEVICES").is_some()
+            || self.config.ucx.iter().any(|(name, _)| name == "NET_DEVICES");
+        if !devices_named {
+            tracing::warn!(
+                "UCX_NET_DEVICES is not set: UCX also accepts connections on every network device, whatever --listen says"
+            );
+        }
+        if self.config.allowed_peers.is_none() {
+            tracing::warn!("no allowed peer list: any host that can connect can read and write this process's memory");
+        }
+    }
+
+    /// Whether `allowed_peers` lets the requester in. A refusal is logged at powers of two
+    /// only: a peer can trigger it at will.
+    fn admits(&mut self, request: &ConnRequest) -> bool {
+        let Some(allowed) = &self.config.allowed_peers else { return true };
+        let address = request.remote_addr();
+        if let Ok(address) = &address {
+            let ip = address.ip().to_canonical();
+            if allowed.iter().any(|allowed| allowed.to_canonical() == ip) {
+                return true;
+            }
+        }
+        self.refused_peers += 1;
+        if self.refused_peers.is_power_of_two() {
+            match address {
+                Ok(address) => {
+                    tracing::warn!(peer = %address, refused = self.refused_peers, "refusing a reader not in the allowed peers")
+                }
+                Err(error) => {
+                    tracing::warn!(%error, refused = self.refused_peers, "refusing a reader whose address is unknown")
+                }
+            }
+        }
+        false
+    }
+
+    fn drop_failed_endpoints(&mut self) {
+        let failed: Vec<EndpointId> =
+            self.endpoints.iter().filter(|(_, endpoint)| endpoint.is_failed()).map(|(id, _)| *id).collect();
+        for id in failed {
+            if let Some(endpoint) = self.endpoints.remove(&id) {
+                let _ = endpoint.close_with(CloseMode::Force, CLOSE_TIMEOUT);
+            }
+        }
+    }
+
+    fn answer(&mut self, message: ucx::AmMessage) {
+        let Some(endpoint_id) = message.endpoint else { return };
+        let request = match CatalogueRequest::decode(&message.payload) {
+            Ok(request) => request,
+            Err(error) => {
+                tracing::debug!(%error, "ignoring a bad catalogue request");
+                return;
+            }
+        };
+        let complete = request.volumes.is_none();
+        match &request.volumes {
+            None => self.scan(),
+            Some(ids) => {
+                for id in ids.iter().take(REQUEST_VOLUMES_MAX) {
+                    self.refresh_volume(*id);
+                }
+            }
+        }
+        let wanted = |id: &u32| request.volumes.as_ref().is_none_or(|ids| ids.contains(id));
+        let volumes = self
+            .volumes
+            .iter()
+            .filter(|(id, _)| wanted(id))
+            .map(|(&volume_id, volume)| VolumeEntry {
+                volume_id,
+                generation: volume.generation,
+                version: volume.version,
+                offset_size_bytes: self.config.offset_width.offset_size_bytes() as u8,
+                dat: volume.dat.entry(),
+                idx: volume.idx.entry(),
+            })
+            .collect();
+        let catalogue = Catalogue {
+            protocol_version: PROTOCOL_VERSION,
+            request_id: request.request_id,
+            exporter_id: self.exporter_id,
+            complete,
+            volumes,
+        };
+        let payload = catalogue.encode();
+        if payload.len() > CATALOGUE_PAYLOAD_MAX_BYTES {
+            tracing::warn!(bytes = payload.len(), "catalogue too large to send");
+            return;
+        }
+        if let Some(endpoint) = self.endpoints.get(&endpoint_id) {
+            if let Err(error) = endpoint.am_send(AM_CATALOGUE, &[], &payload) {
+                tracing::debug!(%error, "cannot send a catalogue");
+            }
+        }
+    }
+}
+
+/// A random id for this exporter process (time and pid).
+fn exporter_id() -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_nanos());
+    let mut hasher = Fnv1a::default();
+    hasher.write_u128(nanos);
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}

@@ -1,0 +1,105 @@
+//! Peer connections: connect, notice failure (endpoint errors, late catalogue answers, gets
+//! stalled past the read timeout), take the peer down and reconnect with exponential backoff.
+
+use std::time::Duration;
+
+use shm_layout::entry::ErrorCode;
+use ucx::{CloseMode, Endpoint, ErrorMode};
+
+use super::peer::PeerState;
+use super::slots::SlotState;
+use super::RemoteReads;
+
+/// How long a forced endpoint close may progress.
+pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl RemoteReads {
+    /// Reconnects peers whose backoff ran out and fails those whose endpoint failed or whose
+    /// catalogue request went unanswered for `connect_timeout`.
+    pub(super) fn check_peers(&mut self) {
+        let connect_timeout = self.config.connect_timeout;
+        for index in 0..self.peers.len() {
+            let peer = &self.peers[index];
+            let failed = peer.endpoint.as_ref().is_some_and(Endpoint::is_failed);
+            let request_late =
+                peer.request.as_ref().is_some_and(|request| self.now.duration_since(request.sent_at) > connect_timeout);
+            match peer.state {
+                PeerState::Down { retry_at } if self.now >= retry_at => self.connect_peer(index),
+                PeerState::Down { .. } => {}
+                PeerState::Connecting { .. } | PeerState::Up if failed || request_late => self.fail_peer(index),
+                _ => {}
+            }
+        }
+    }
+
+    /// Fails a peer one of whose reads has had gets in flight for longer than `read_timeout`
+    /// (one peer per scan: the scan runs every few milliseconds).
+    pub(super) fn fail_hung_peers(&mut self) {
+        let read_timeout = self.config.read_timeout;
+        let hung = self
+            .slots
+            .iter()
+            .find(|slot| slot.state == SlotState::Transfer && self.now.duration_since(slot.posted_at) > read_timeout)
+            .map(|slot| slot.peer);
+        if let Some(peer_index) = hung {
+            tracing::warn!(peer = %self.peers[peer_index].address, "gets stalled past the read timeout; failing the peer");
+            self.fail_peer(peer_index);
+        }
+    }
+
+    pub(super) fn connect_peer(&mut self, peer_index: usize) {
+        let now = self.now;
+        let peer = &mut self.peers[peer_index];
+        match Endpoint::connect(&self.worker, peer.address, ErrorMode::Peer) {
+            Ok(endpoint) => {
+                peer.endpoint = Some(endpoint);
+                peer.state = PeerState::Connecting { since: now };
+                peer.request = None;
+                peer.request_again = false;
+                peer.wanted_all = true;
+                self.send_request(peer_index);
+            }
+            Err(error) => {
+                tracing::debug!(peer = %peer.address, %error, "cannot connect");
+                peer.state = PeerState::Down { retry_at: now + peer.backoff };
+                peer.backoff = (peer.backoff * 2).min(self.config.reconnect_backoff_max);
+            }
+        }
+    }
+
+    /// Takes a peer down: its in-flight gets complete with errors (forced close), every read
+    /// waiting on it fails with `PEER_UNAVAILABLE`, and a reconnect is scheduled.
+    fn fail_peer(&mut self, peer_index: usize) {
+        let now = self.now;
+        let backoff_max = self.config.reconnect_backoff_max;
+        let peer = &mut self.peers[peer_index];
+        if matches!(peer.state, PeerState::Up) {
+            tracing::warn!(peer = %peer.address, "exporter lost; reads of its volumes fail until it is back");
+        }
+        peer.state = PeerState::Down { retry_at: now + peer.backoff };
+        peer.backoff = (peer.backoff * 2).min(backoff_max);
+        peer.request = None;
+        peer.request_again = false;
+        if let Some(endpoint) = peer.endpoint.take() {
+            // Completes the endpoint's in-flight gets (CANCELED) into the completion queue.
+            if let Err(error) = endpoint.close_with(CloseMode::Force, CLOSE_TIMEOUT) {
+                tracing::debug!(%error, "forced close of a failed endpoint");
+            }
+        }
+        self.drain_completions();
+        let peer = &mut self.peers[peer_index];
+        for volume in peer.volumes.values_mut() {
+            volume.files = None;
+            volume.index_wanted = false;
+        }
+        if peer.job.as_ref().is_some_and(|job| job.gets_pending == 0) {
+            peer.job = None;
+        }
+        for index in 0..self.slots.len() {
+            let slot = &self.slots[index];
+            if slot.peer == peer_index && matches!(slot.state, SlotState::WaitCatalogue { .. } | SlotState::WaitIndex) {
+                self.finish(index, Err((ErrorCode::PEER_UNAVAILABLE, 0)));
+            }
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! The table of reads in flight and the first half of their state machine: lookup in the cached
+//! index, then gets posted into the client's buffer (or the slot's scratch). What happens once a
+//! phase's gets have landed is in [`super::landed`].
+//!
+//! A slot is `Free` in `free_slots`, or holds one started read until its completion is popped.
+//! Its get tokens carry a 31-bit sequence number, bumped when the slot is freed, so a late
+//! completion can never be taken for a later read's.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use shm_layout::entry::{ErrorCode, NeedleRead};
+use volume_format::index::IndexValue;
+use volume_format::needle::record_size_bytes;
+use volume_format::version::Version;
+
+use super::peer::VolumeFiles;
+use super::transfer::{post_gets, Transfer};
+use super::{ReadResult, RemoteReads};
+use crate::read::check::CHECK_HEADER_PREFIX_SIZE_BYTES;
+
+/// Per-slot scratch of a range read: the record prefix at 0, the flags byte at 24.
+pub(super) const SCRATCH_SLOT_BYTES: usize = 32;
+pub(super) const SCRATCH_FLAGS_OFFSET: usize = 24;
+/// Slot sequence numbers use 31 bits, so slot tokens never have the index job bit.
+const SEQUENCE_MASK: u32 = 0x7fff_ffff;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum SlotState {
+    Free,
+    /// Waiting for a catalogue answer with request id `after_request` or later.
+    WaitCatalogue {
+        after_request: u64,
+    },
+    WaitIndex,
+    Transfer,
+    /// Finished; the completion waits in `done`.
+    Done,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Phase {
+    Whole { record_size_bytes: u64 },
+    RangePrefix,
+    RangeData { length_bytes: u64, flags_wanted: bool },
+}
+
+/// One read in flight.
+#[derive(Debug)]
+pub(super) struct Slot {
+    /// Bumped when the slot is freed; part of the get tokens (31 bits).
+    sequence: u32,
+    pub(super) state: SlotState,
+    pub(super) token: u64,
+    pub(super) region_id: u64,
+    pub(super) read: NeedleRead,
+    pub(super) buffer: *mut u8,
+    pub(super) peer: usize,
+    pub(super) version: Version,
+    pub(super) location: IndexValue,
+    /// The catalogue was asked again for this read (index miss or stale length): once only.
+    pub(super) refreshed: bool,
+    /// A failed check was retried: once only.
+    pub(super) retried: bool,
+    pub(super) phase: Phase,
+    pub(super) transfer: Transfer,
+    /// The range read's flags byte: `Some(remote offset)` until its get is posted.
+    pub(super) flags_get: Option<u64>,
+    pub(super) gets_pending: u32,
+    pub(super) get_failed: Option<ErrorCode>,
+    pub(super) canceled: bool,
+    /// Pins the rkeys the gets use.
+    pub(super) files: Option<Rc<VolumeFiles>>,
+    pub(super) posted_at: Instant,
+    pub(super) result: ReadResult,
+}
+
+impl Slot {
+    pub(super) fn new(now: Instant) -> Slot {
+        Slot {
+            sequence: 0,
+            state: SlotState::Free,
+            token: 0,
+            region_id: 0,
+            read: NeedleRead { volume_id: 0, needle_id: 0, cookie: 0, buffer_offset: 0, buffer_length: 0, range: None },
+            buffer: std::ptr::null_mut(),
+            peer: 0,
+            version: Version::V3,
+            location: IndexValue { offset_bytes: 0, size: 0 },
+            refreshed: false,
+            retried: false,
+            phase: Phase::RangePrefix,
+            transfer: Transfer::EMPTY,
+            flags_get: None,
+            gets_pending: 0,
+            get_failed: None,
+            canceled: false,
+            files: None,
+            posted_at: now,
+            result: Err((ErrorCode::IO_ERROR, 0)),
+        }
+    }
+
+    /// Takes a free slot for a new read, waiting for its index lookup.
+    pub(super) fn start(&mut self, token: u64, region_id: u64, read: &NeedleRead, buffer: *mut u8, peer: usize) {
+        debug_assert_eq!(self.state, SlotState::Free, "a read started in a busy slot");
+        self.token = token;
+        self.region_id = region_id;
+        self.read = *read;
+        self.buffer = buffer;
+        self.peer = peer;
+        self.refreshed = false;
+        self.retried = false;
+        self.canceled = false;
+        self.get_failed = None;
+        self.gets_pending = 0;
+        self.flags_get = None;
+        self.state = SlotState::WaitIndex;
+    }
+
+    /// Frees a `Done` slot; later completions carrying its old tokens are ignored.
+    pub(super) fn free(&mut self) {
+        self.state = SlotState::Free;
+        self.sequence = self.sequence.wrapping_add(1) & SEQUENCE_MASK;
+    }
+
+    /// Whether a read is started and not finished: it can be canceled or time out.
+    pub(super) fn is_active(&self) -> bool {
+        !matches!(self.state, SlotState::Free | SlotState::Done)
+    }
+
+    pub(super) fn get_token(&self, index: usize) -> u64 {
+        (u64::from(self.sequence) << 32) | index as u64
+    }
+
+    /// The slot index and sequence number a get token carries.
+    pub(super) fn split_token(token: u64) -> (usize, u32) {
+        ((token & 0xffff_ffff) as usize, (token >> 32) as u32)
+    }
+}
+
+impl RemoteReads {
+    /// Moves a slot on from lookup: to a transfer, a wait, or its end.
+    pub(super) fn advance(&mut self, index: usize) {
+        let slot = &self.slots[index];
+        let (peer_index, volume_id, needle_id) = (slot.peer, slot.read.volume_id, slot.read.needle_id);
+        let peer = &mut self.peers[peer_index];
+        if !peer.is_up() {
+            return self.finish(index, Err((ErrorCode::PEER_UNAVAILABLE, 0)));
+        }
+        let Some(volume) = peer.volumes.get_mut(&volume_id) else {
+            return self.finish(index, Err((ErrorCode::NO_SUCH_VOLUME, 0)));
+        };
+        let Some(files) = volume.files.clone() else {
+            return self.finish(index, Err((ErrorCode::PEER_UNAVAILABLE, 0)));
+        };
+        if volume.index_behind() {
+            volume.index_wanted = true;
+            self.slots[index].state = SlotState::WaitIndex;
+            return self.pump_index(peer_index);
+        }
+        let version = volume.version;
+        match volume.index.get(needle_id) {
+            Some(location) => self.begin_transfer(index, location, version, files),
+            None if !self.slots[index].refreshed => {
+                self.slots[index].refreshed = true;
+                self.wait_catalogue(index);
+            }
+            None => self.finish(index, Err((ErrorCode::NO_SUCH_NEEDLE, 0))),
+        }
+    }
+
+    fn begin_transfer(&mut self, index: usize, location: IndexValue, version: Version, files: Rc<VolumeFiles>) {
+        let record_size = record_size_bytes(version, location.size);
+        let slot = &mut self.slots[index];
+        let past_end = location.offset_bytes.checked_add(record_size).is_none_or(|end| end > files.dat.length_bytes);
+        if past_end {
+            // The index is newer than the .dat length we know, or it is corrupt: ask once.
+            if slot.refreshed {
+                return self.finish(index, Err((ErrorCode::CORRUPT_NEEDLE, 0)));
+            }
+            slot.refreshed = true;
+            return self.wait_catalogue(index);
+        }
+        let buffer_length = u64::from(slot.read.buffer_length);
+        let (phase, transfer) = match slot.read.range {
+            // A stale index (volume replaced) can claim another size: ask once before saying so.
+            None if record_size > buffer_length && !slot.refreshed => {
+                slot.refreshed = true;
+                return self.wait_catalogue(index);
+            }
+            None if record_size > buffer_length => {
+                return self.finish(index, Err((ErrorCode::BUFFER_TOO_SMALL, record_size)));
+            }
+            None => (
+                Phase::Whole { record_size_bytes: record_size },
+                Transfer::new(location.offset_bytes, record_size, slot.buffer),
+            ),
+            Some(_) => {
+                let length_bytes = (CHECK_HEADER_PREFIX_SIZE_BYTES as u64).min(record_size);
+                let destination = self.scratch.at(index * SCRATCH_SLOT_BYTES);
+                (Phase::RangePrefix, Transfer::new(location.offset_bytes, length_bytes, destination))
+            }
+        };
+        slot.version = version;
+        slot.location = location;
+        slot.phase = phase;
+        slot.transfer = transfer;
+        slot.files = Some(files);
+        slot.state = SlotState::Transfer;
+        slot.posted_at = self.now;
+        self.post_slot(index);
+    }
+
+    /// Posts the slot's remaining gets (bounded per round); finishes the phase when nothing is
+    /// left in flight.
+    pub(super) fn post_slot(&mut self, index: usize) {
+        let RemoteReads { slots, peers, areas, scratch_region, scratch, .. } = self;
+        let slot = &mut slots[index];
+        let token = slot.get_token(index);
+        let (Some(files), Some(endpoint)) = (slot.files.as_ref(), peers[slot.peer].endpoint.as_ref()) else {
+            slot.get_failed.get_or_insert(ErrorCode::PEER_UNAVAILABLE);
+            return self.transfer_done(index);
+        };
+        if let Some(remote_offset) = slot.flags_get.take() {
+            let destination = scratch.at(index * SCRATCH_SLOT_BYTES + SCRATCH_FLAGS_OFFSET);
+            let mut flag_byte = Transfer::new(remote_offset, 1, destination);
+            let local = |_: *mut u8, _: u64| Some(&*scratch_region);
+            if let Err(code) = post_gets(endpoint, &files.dat, &mut flag_byte, &mut slot.gets_pending, token, local) {
+                slot.get_failed.get_or_insert(code);
+            }
+        }
+        if slot.get_failed.is_none() {
+            let area = areas.get(&slot.region_id);
+            let local = |pointer: *mut u8, length: u64| match area {
+                Some(area) if area.contains(pointer, length) => area.region_for(pointer, length),
+                _ => Some(&*scratch_region),
+            };
+            if let Err(code) = post_gets(endpoint, &files.dat, &mut slot.transfer, &mut slot.gets_pending, token, local)
+            {
+                slot.get_failed.get_or_insert(code);
+            }
+        }
+        if slot.gets_pending == 0 && (slot.transfer.posted_all() || slot.get_failed.is_some()) {
+            self.transfer_done(index);
+        }
+    }
+
+    pub(super) fn on_slot_get_done(&mut self, index: usize, sequence: u32, ok: bool) {
+        let slot = &mut self.slots[index];
+        if slot.sequence != sequence || slot.state != SlotState::Transfer || slot.gets_pending == 0 {
+            tracing::error!(index, "completion for a slot with no get in flight");
+            return;
+        }
+        slot.gets_pending -= 1;
+        if !ok {
+            slot.get_failed.get_or_insert(ErrorCode::PEER_UNAVAILABLE);
+        }
+        if slot.gets_pending > 0 {
+            return;
+        }
+        // A canceled read posts no further round: it completes once what is in flight landed.
+        if slot.get_failed.is_none() && !slot.canceled && !slot.transfer.posted_all() {
+            return self.post_slot(index);
+        }
+        self.transfer_done(index);
+    }
+
+    /// Ends a read: its completion waits in `done` until popped.
+    pub(super) fn finish(&mut self, index: usize, result: ReadResult) {
+        let slot = &mut self.slots[index];
+        debug_assert_eq!(slot.gets_pending, 0, "a read finished with gets in flight");
+        slot.state = SlotState::Done;
+        slot.result = result;
+        slot.files = None;
+        if let Some(area) = self.areas.get_mut(&slot.region_id) {
+            area.reads_in_flight = area.reads_in_flight.saturating_sub(1);
+        }
+        // Bounded: each slot is queued once per use and the queue holds max_in_flight.
+        self.done.push_back(index as u32);
+    }
+}
