@@ -50,6 +50,12 @@ pub struct Config {
     #[arg(long, requires = "export_dir")]
     pub listen: Option<std::net::SocketAddr>,
 
+    /// Export role: only these reader addresses may connect (repeatable).
+    /// Without it any host that reaches --listen may connect; see
+    /// docs/ucx-bindings.md, "Security", for what a connected peer can do.
+    #[arg(long = "allow-peer", requires = "listen")]
+    pub allow_peer: Vec<std::net::IpAddr>,
+
     /// Read role: an exporting engine to read volumes from over RDMA
     /// (its --listen address). Repeatable.
     #[arg(long = "peer")]

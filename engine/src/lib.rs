@@ -94,6 +94,7 @@ fn start_exporter(
     let width = if config.offset_bytes == 5 { OffsetWidth::Five } else { OffsetWidth::Four };
     let export_config = rdma::export::ExportConfig {
         offset_width: width,
+        allowed_peers: (!config.allow_peer.is_empty()).then(|| config.allow_peer.clone()),
         ..rdma::export::ExportConfig::new(config.export_dir.clone(), listen)
     };
     let handle = rdma::export::spawn(export_config, shutdown.clone())?;

@@ -182,6 +182,26 @@ fn client_killed_with_reads_in_flight_is_reclaimed_after_they_land() {
     assert!(read_one(&client, &mut queue_pair, 4, 31, 0xc0 + 21).result().is_ok());
 }
 
+#[test]
+fn exporter_refuses_readers_not_on_its_allow_list() {
+    let volumes = volume_dir();
+    let listen = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let export_args = vec![
+        "--export-dir".into(),
+        volumes.path().display().to_string(),
+        "--listen".into(),
+        listen.clone(),
+        "--allow-peer".into(),
+        "192.0.2.1".into(),
+    ];
+    let exporter = Engine::start_with(tempfile::tempdir().unwrap(), options(export_args, TCP));
+    let reader = Engine::start_with(tempfile::tempdir().unwrap(), options(vec!["--peer".into(), listen], TCP));
+    let (client, mut queue_pair) = attach(&reader);
+    let completion = read_one(&client, &mut queue_pair, 4, 31, 0xc0 + 21);
+    assert!(completion.result().is_err(), "a refused reader must not read");
+    assert!(exporter.wait_for_log("refusing a reader not in the allowed peers", Duration::from_secs(5)));
+}
+
 /// A network namespace with a veth pair: a second host on this machine.
 struct Namespace {
     name: String,

@@ -197,8 +197,12 @@ impl ReadService {
         self.remote.as_mut().is_none_or(|remote| remote.release_buffer_area(region_id))
     }
 
-    /// Periodic work off the read path: pick up appended index entries.
+    /// Periodic work off the read path: pick up appended index entries, and
+    /// let the RDMA transport reconnect to peers while no read drives it.
     pub fn housekeeping(&mut self) {
         self.local.refresh_all();
+        if let Some(remote) = self.remote.as_mut() {
+            remote.progress();
+        }
     }
 }

@@ -70,9 +70,7 @@ const TIMEOUT_SCAN_INTERVAL: Duration = Duration::from_millis(10);
 /// `ucp_worker_progress` calls per `progress`, at most.
 const PROGRESS_ROUNDS_MAX: u32 = 64;
 
-/// A read's outcome: what the poller turns into a completion (`read::completion`). The error
-/// side carries the buffer size needed for `BUFFER_TOO_SMALL`, else 0.
-pub type ReadResult = Result<ReadDone, (ErrorCode, u64)>;
+pub use crate::read::ReadResult;
 
 /// What `ucx::floor::bare_get_loop` needs to get from an exported `.dat`, for the benchmark's
 /// floor line: register a local buffer on [`RemoteReads::context`] and call the loop with
