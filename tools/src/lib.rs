@@ -26,7 +26,7 @@ pub mod exit_code {
     pub const ENGINE: i32 = 3;
     /// The engine answered, with an error for the needle.
     pub const NEEDLE: i32 = 4;
-    /// The requested mode exists but is not wired yet (rdma-bench read --transport ucx).
+    /// The requested mode exists but is not wired yet (no such mode at present).
     pub const NOT_WIRED: i32 = 5;
     /// Anything else (a local I/O error, a failed verification).
     pub const OTHER: i32 = 1;

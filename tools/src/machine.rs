@@ -131,3 +131,55 @@ impl Interference {
         (other, self.start.steal_percent_until(&end))
     }
 }
+
+/// Most `/proc` entries (processes, then file descriptors of one process)
+/// looked at by [`tcp_listener_pid`].
+const PROC_ENTRIES_MAX: usize = 65_536;
+
+/// The process listening on TCP `port` (any address, IPv4 or IPv6), found
+/// through `/proc/net/tcp{,6}` and the socket links in `/proc/<pid>/fd`.
+/// Only processes this user may inspect are seen; `None` if not found.
+pub fn tcp_listener_pid(port: u16) -> Option<u32> {
+    const LISTEN: &str = "0A";
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+        for fields in text.lines().skip(1).map(|line| line.split_whitespace().collect::<Vec<_>>()) {
+            let local_port =
+                fields.get(1).and_then(|a| a.rsplit_once(':')).and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) && fields.get(3) == Some(&LISTEN) {
+                inodes.extend(fields.get(9).map(|inode| format!("socket:[{inode}]")));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return None;
+    }
+    let processes = std::fs::read_dir("/proc").ok()?;
+    for process in processes.flatten().take(PROC_ENTRIES_MAX) {
+        let Some(pid) = process.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else { continue };
+        let Ok(fds) = std::fs::read_dir(process.path().join("fd")) else { continue };
+        for fd in fds.flatten().take(PROC_ENTRIES_MAX) {
+            let link = std::fs::read_link(fd.path()).unwrap_or_default();
+            if inodes.iter().any(|inode| link.as_os_str() == inode.as_str()) {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+/// The `UCX_*` variables of process `pid` (from `/proc/<pid>/environ`, as it
+/// was started); `None` if unreadable.
+pub fn ucx_environment_of(pid: u32) -> Option<std::collections::BTreeMap<String, String>> {
+    let bytes = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    Some(
+        bytes
+            .split(|&byte| byte == 0)
+            .filter_map(|entry| std::str::from_utf8(entry).ok()?.split_once('='))
+            .filter(|(name, _)| name.starts_with("UCX_"))
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect(),
+    )
+}

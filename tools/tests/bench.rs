@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{run_with_timeout, Engine, Scratch};
+use common::{free_port, run_with_timeout, Engine, Scratch};
 use std::process::Command;
 use std::time::Duration;
 
@@ -79,9 +79,56 @@ fn read_local_json_covers_every_size_and_depth() {
     assert!(verified.iter().all(|v| v["source"] == "local"));
 }
 
+/// UCX over TCP for the exporter, the reader and the bench alike.
+const UCX_TCP: &[(&str, &str)] = &[("UCX_TLS", "tcp")];
+
 #[test]
-fn read_ucx_is_not_wired_and_says_so() {
-    let scratch = Scratch::new("bench-ucx");
+fn read_ucx_json_has_engine_and_floor_for_every_size_and_depth() {
+    let volumes = Scratch::new("bench-ucx");
+    volgen(&volumes.path, 5, 12, "4096,65536,1048576");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let export_args =
+        ["--export-dir".into(), volumes.path.clone().into_os_string(), "--listen".into(), listen.clone().into()];
+    let _exporter = Engine::start_with(&export_args, UCX_TCP);
+    let reader = Engine::start_with(&["--peer".into(), listen.clone().into()], UCX_TCP);
+    let output = run_with_timeout(
+        Command::new(env!("CARGO_BIN_EXE_rdma-bench"))
+            .args(["read", "--transport", "ucx", "--json", "--duration-ms", "240", "--rounds", "1"])
+            .arg("--socket")
+            .arg(&reader.socket)
+            .args(["--peer", &listen])
+            .arg("--volume-dir")
+            .arg(&volumes.path)
+            .envs(UCX_TCP.iter().copied()),
+        TIMEOUT,
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    assert_eq!(report["transport"], "ucx");
+    assert_eq!(report["peer"], listen.as_str());
+    let results = report["results"].as_array().unwrap();
+    let configurations: Vec<(u64, u64)> =
+        results.iter().map(|r| (r["size_bytes"].as_u64().unwrap(), r["depth"].as_u64().unwrap())).collect();
+    assert_eq!(configurations, [(4096, 1), (4096, 32), (65536, 1), (65536, 32), (1 << 20, 1), (1 << 20, 32)]);
+    for entry in results {
+        for key in ["reads_per_sec", "bytes_per_sec", "floor_reads_per_sec", "floor_bytes_per_sec"] {
+            assert!(entry[key].as_f64().unwrap() > 0.0, "{key} in {entry}");
+        }
+        for key in ["p50_ns", "floor_p50_ns", "reads_ratio", "bytes_ratio", "p50_ratio", "p50_delta_ns"] {
+            assert!(entry[key].is_number(), "{key} in {entry}");
+        }
+    }
+    assert_eq!(report["targets"].as_array().unwrap().len(), 5);
+    let verified = report["verified"].as_array().unwrap();
+    assert_eq!(verified.len(), 3);
+    assert!(verified.iter().all(|v| v["source"] == "rdma"), "{verified:?}");
+    assert_eq!(report["ucx_environment"]["bench"]["UCX_TLS"], "tcp");
+    assert_eq!(report["ucx_environment"]["reader"]["UCX_TLS"], "tcp");
+}
+
+#[test]
+fn read_ucx_without_peer_is_a_usage_error() {
+    let scratch = Scratch::new("bench-ucx-usage");
     let output = run_with_timeout(
         Command::new(env!("CARGO_BIN_EXE_rdma-bench"))
             .args(["read", "--transport", "ucx", "--json"])
@@ -91,9 +138,9 @@ fn read_ucx_is_not_wired_and_says_so() {
             .arg(&scratch.path),
         TIMEOUT,
     );
-    assert_eq!(output.status.code(), Some(5));
+    assert_eq!(output.status.code(), Some(2));
     assert!(output.stdout.is_empty());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("not wired yet"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--peer"));
 }
 
 #[test]

@@ -14,7 +14,8 @@
 //!   [`ring_floor`]: the ring code between two threads;
 //!   [`bare_client`]: the engine driven without the client library.
 //! - [`pipeline`]: the timing loops all of them share.
-//! - [`read`]: needle reads against `pread` (`rdma-bench read`).
+//! - [`read`]: needle reads against `pread` (`--transport local`) or against
+//!   a bare `ucp_get_nbx` loop from the same exporter (`--transport ucx`).
 
 pub mod bare_client;
 pub mod floor;
@@ -25,7 +26,7 @@ pub mod read;
 pub mod ring_floor;
 mod table;
 
-pub use table::{render_nop, render_read};
+pub use table::{render_nop, render_read, render_read_ucx};
 
 use crate::histogram::Histogram;
 use crate::timing::TickClock;
@@ -48,17 +49,18 @@ pub enum BenchError {
     Verify(String),
     #[error("{count} completions carried errors (first: {first})")]
     Completions { count: u64, first: String },
-    #[error("rdma-bench read --transport ucx is not wired yet: the engine's UCX read path and the bare ucp_get floor (ucx::floor::bare_get_loop) land later; no figures were measured")]
-    NotWired,
+    #[error("the exporter failed the floor: {0}")]
+    Exporter(String),
 }
 
 impl BenchError {
     pub fn exit_code(&self) -> i32 {
         use crate::exit_code;
         match self {
-            BenchError::Attach(_) | BenchError::Engine(_) | BenchError::Inspect(_) => exit_code::ENGINE,
+            BenchError::Attach(_) | BenchError::Engine(_) | BenchError::Inspect(_) | BenchError::Exporter(_) => {
+                exit_code::ENGINE
+            }
             BenchError::Completions { .. } => exit_code::NEEDLE,
-            BenchError::NotWired => exit_code::NOT_WIRED,
             BenchError::Helper(_) | BenchError::Volumes(_) | BenchError::Verify(_) => exit_code::OTHER,
         }
     }
@@ -199,6 +201,17 @@ impl Series {
             .filter_map(|(mine, theirs)| Some(mine.p50_ns(clock)? / theirs.p50_ns(clock)?))
             .collect();
         median(&ratios)
+    }
+
+    /// Median over rounds of (this round's p50) − (floor's p50 that round), in ns.
+    pub fn p50_difference_ns(&self, floor: &Series, clock: &TickClock) -> Option<f64> {
+        let differences: Vec<f64> = self
+            .slices
+            .iter()
+            .zip(&floor.slices)
+            .filter_map(|(mine, theirs)| Some(mine.p50_ns(clock)? - theirs.p50_ns(clock)?))
+            .collect();
+        median(&differences)
     }
 
     /// Median over rounds of (this round's ops/s) / (floor's ops/s that round).

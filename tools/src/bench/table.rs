@@ -1,8 +1,10 @@
 //! Tables for people: one row per figure, its floor and the ratio beside it.
 
 use super::nop::NopReport;
+use super::read::ucx::UcxReadReport;
 use super::read::ReadReport;
 use super::Summary;
+use super::Target;
 use std::fmt::Write;
 
 fn rate(value: f64) -> String {
@@ -115,16 +117,7 @@ pub fn render_nop(report: &NopReport) -> String {
         report.ops_per_sec_config,
         rate(report.floor_ops_per_sec)
     );
-    for target in &report.targets {
-        let verdict = match target.met {
-            Some(true) => "met",
-            Some(false) => "NOT met",
-            None => "not measured",
-        };
-        let value = target.value.map_or("-".into(), |v| if v > 1000.0 { rate(v) } else { format!("{v:.2}") });
-        let bound = if target.bound > 1000.0 { rate(target.bound) } else { format!("{}", target.bound) };
-        let _ = writeln!(out, "target {}: {value} {} {bound}: {verdict}", target.what, target.relation);
-    }
+    targets(&mut out, &report.targets);
     let _ = writeln!(
         out,
         "engine sleeps during wake slices: {} for {} submissions; {} rounds × {} ms slices; \
@@ -143,6 +136,19 @@ pub fn render_nop(report: &NopReport) -> String {
         let _ = writeln!(out, "warning: {warning}");
     }
     out
+}
+
+fn targets(out: &mut String, targets: &[Target]) {
+    for target in targets {
+        let verdict = match target.met {
+            Some(true) => "met",
+            Some(false) => "NOT met",
+            None => "not measured",
+        };
+        let value = target.value.map_or("-".into(), |v| if v > 1000.0 { rate(v) } else { format!("{v:.2}") });
+        let bound = if target.bound > 1000.0 { rate(target.bound) } else { format!("{}", target.bound) };
+        let _ = writeln!(out, "target {}: {value} {} {bound}: {verdict}", target.what, target.relation);
+    }
 }
 
 fn gigabytes(value: Option<f64>) -> String {
@@ -199,6 +205,65 @@ pub fn render_read(report: &ReadReport) -> String {
         report.other_cpu_percent
     );
     if let Some(warning) = &report.interference_warning {
+        let _ = writeln!(out, "WARNING: {warning}");
+    }
+    out
+}
+
+fn signed_nanos(value: Option<f64>) -> String {
+    value.map_or("-".into(), |ns| format!("{ns:+.0}"))
+}
+
+pub fn render_read_ucx(report: &UcxReadReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<11} {:>8} {:>6} {:>8} {:>8} | {:>8} {:>6} {:>8} {:>8} | {:>6} {:>6} {:>7}",
+        "size depth",
+        "reads/s",
+        "GB/s",
+        "p50 ns",
+        "p99 ns",
+        "gets/s",
+        "GB/s",
+        "p50 ns",
+        "p99 ns",
+        "bytes×",
+        "p50×",
+        "Δp50 ns"
+    );
+    for entry in &report.results {
+        let _ = writeln!(
+            out,
+            "{:<11} {:>8} {:>6} {:>8} {:>8} | {:>8} {:>6} {:>8} {:>8} | {:>6} {:>6} {:>7}",
+            format!("{} d{}", entry.size_label, entry.depth),
+            rate(entry.reads_per_sec),
+            gigabytes(entry.bytes_per_sec),
+            nanos(entry.p50_ns),
+            nanos(entry.p99_ns),
+            rate(entry.floor_reads_per_sec),
+            gigabytes(entry.floor_bytes_per_sec),
+            nanos(entry.floor_p50_ns),
+            nanos(entry.floor_p99_ns),
+            ratio(entry.bytes_ratio),
+            ratio(entry.p50_ratio),
+            signed_nanos(entry.p50_delta_ns),
+        );
+    }
+    targets(&mut out, &report.targets);
+    let tls = report.ucx_environment.bench.get("UCX_TLS").map_or("(UCX default)", String::as_str);
+    let _ = writeln!(
+        out,
+        "{}
+peer {}; UCX_TLS {tls}; {} rounds × {} ms slices; steal {:.2}%, other processes {:.1}% of CPU",
+        report.floor_method,
+        report.peer,
+        report.schedule.rounds,
+        report.schedule.slice_ms,
+        report.steal_percent,
+        report.other_cpu_percent
+    );
+    for warning in [&report.ucx_environment.warning, &report.interference_warning].into_iter().flatten() {
         let _ = writeln!(out, "WARNING: {warning}");
     }
     out

@@ -1,10 +1,11 @@
 //! rdma-bench: engine figures beside their floors, measured in the same run.
 //! Logic in `rdma_tools::bench`.
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use rdma_tools::bench::floor::{helper_main, HELPER_SUBCOMMAND};
 use rdma_tools::bench::{nop, read, BenchError};
 use rdma_tools::exit_code;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
@@ -14,7 +15,7 @@ struct Args {
     command: Command,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum TransportArg {
     Local,
     Ucx,
@@ -42,15 +43,24 @@ enum Command {
         #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=1_000_000))]
         gap_us: u64,
     },
-    /// Needle reads (4 KiB, 64 KiB, 1 MiB × depth 1 and 32) beside pread.
+    /// Needle reads (4 KiB, 64 KiB, 1 MiB × depth 1 and 32) beside pread
+    /// (local) or a bare ucp_get loop from the same exporter (ucx).
+    ///
+    /// With --transport ucx, --socket is the reading engine's (started with
+    /// --peer) and --peer the exporter's --listen address; run the bench
+    /// with the same UCX_TLS (and UCX_MM_ERROR_HANDLING) as the reader.
     Read {
-        /// The engine's control socket.
+        /// The engine's control socket (for ucx: the reading engine's).
         #[arg(long)]
         socket: PathBuf,
         /// Which path the engine reads through.
         #[arg(long, value_enum)]
         transport: TransportArg,
-        /// Directory of the volumes (.dat + .idx) the engine serves.
+        /// The exporter's --listen address (HOST:PORT); ucx only.
+        #[arg(long, required_if_eq("transport", "ucx"))]
+        peer: Option<SocketAddr>,
+        /// Directory of the volumes (.dat + .idx) the engine serves (for
+        /// ucx: the exporter's --export-dir, readable from this host).
         #[arg(long)]
         volume_dir: PathBuf,
         /// Print one JSON object instead of the table.
@@ -99,22 +109,30 @@ fn main() {
                 print!("{}", rdma_tools::bench::render_nop(&report));
             }
         }
-        Command::Read { socket, transport, volume_dir, json, duration_ms, rounds } => {
-            let options = read::ReadOptions {
-                socket,
-                transport: match transport {
-                    TransportArg::Local => read::Transport::Local,
-                    TransportArg::Ucx => read::Transport::Ucx,
-                },
-                volume_dir,
-                duration_ms,
-                rounds,
-            };
-            let report = read::run(&options).unwrap_or_else(|error| fail(error));
-            if json {
-                print_json(&report);
-            } else {
-                print!("{}", rdma_tools::bench::render_read(&report));
+        Command::Read { socket, transport, peer, volume_dir, json, duration_ms, rounds } => {
+            let options = read::ReadOptions { socket, volume_dir, duration_ms, rounds };
+            match (transport, peer) {
+                (TransportArg::Local, Some(_)) => Args::command()
+                    .error(clap::error::ErrorKind::ArgumentConflict, "--peer applies to --transport ucx only")
+                    .exit(),
+                (TransportArg::Local, None) => {
+                    let report = read::run(&options).unwrap_or_else(|error| fail(error));
+                    if json {
+                        print_json(&report);
+                    } else {
+                        print!("{}", rdma_tools::bench::render_read(&report));
+                    }
+                }
+                (TransportArg::Ucx, peer) => {
+                    let peer = peer.expect("clap requires --peer with --transport ucx");
+                    let options = read::ucx::UcxReadOptions { read: options, peer };
+                    let report = read::ucx::run(&options).unwrap_or_else(|error| fail(error));
+                    if json {
+                        print_json(&report);
+                    } else {
+                        print!("{}", rdma_tools::bench::render_read_ucx(&report));
+                    }
+                }
             }
         }
         Command::FloorHelper { fd, cpu } => {

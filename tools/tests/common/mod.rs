@@ -82,13 +82,21 @@ pub struct Engine {
 
 impl Engine {
     pub fn start(volume_dir: Option<&Path>) -> Engine {
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(dir) = volume_dir {
+            args.extend(["--volume-dir".into(), dir.into()]);
+        }
+        Engine::start_with(&args, &[])
+    }
+
+    /// An engine with these arguments (besides `--socket`) and environment
+    /// variables (e.g. `UCX_TLS`).
+    pub fn start_with(args: &[std::ffi::OsString], env: &[(&str, &str)]) -> Engine {
         let scratch = Scratch::new("engine");
         let socket = scratch.path.join("engine.sock");
         let mut command = Command::new(engine_binary());
-        command.arg("--socket").arg(&socket).stdout(Stdio::null()).stderr(Stdio::null());
-        if let Some(dir) = volume_dir {
-            command.arg("--volume-dir").arg(dir);
-        }
+        command.arg("--socket").arg(&socket).args(args).stdout(Stdio::null()).stderr(Stdio::null());
+        command.envs(env.iter().copied());
         let mut child = command.spawn().expect("spawn rdma-engine");
         let start = Instant::now();
         while rdma_ipc::control::connect_to(&socket).is_err() {
@@ -119,6 +127,14 @@ impl Drop for Engine {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A TCP port nobody listens on now (it may be taken again by the time it is used).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port")
 }
 
 /// Runs a binary to completion, killing it after `timeout`. Output is

@@ -1,0 +1,248 @@
+//! `rdma-bench read`: needle reads through the engine's rings at 4 KiB,
+//! 64 KiB and 1 MiB of data and queue depths 1 and 32, beside a floor
+//! measured in the same rounds.
+//!
+//! - `--transport local`: the engine reads its own volumes; the floors are
+//!   `pread` of the same records ([`pread`]); [`run`].
+//! - `--transport ucx`: a reading engine gets the records from an exporter
+//!   over UCX; the floor is a bare `ucp_get_nbx` loop from the same
+//!   exporter's `.dat` over the same transport ([`get_floor`]); [`ucx::run`].
+//!
+//! The engine side is the same for both ([`engine`]).
+
+mod engine;
+mod get_floor;
+mod pread;
+pub mod ucx;
+
+use self::engine::EngineReads;
+pub use self::engine::Verified;
+use self::pread::{floor_slice, floor_threads, FloorWork};
+use super::needles::{find_needles, NeedleRef};
+use super::{command_line, interference_warning, BenchError, Schedule, Series, SliceResult, Summary};
+use crate::affinity;
+use crate::machine::{Interference, MachineFacts};
+use crate::ringstat::take_snapshot;
+use crate::timing::TickClock;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Data sizes measured, with their labels.
+pub const SIZES: [(u64, &str); 3] = [(4096, "4KiB"), (65536, "64KiB"), (1 << 20, "1MiB")];
+/// Queue depths measured.
+pub const DEPTHS: [u32; 2] = [1, 32];
+/// The largest of [`DEPTHS`]: buffers kept per size.
+const DEPTH_MAX: u32 = 32;
+const _: () = assert!(DEPTHS[0] <= DEPTH_MAX && DEPTHS[1] <= DEPTH_MAX);
+/// Needles of each size cycled through.
+const NEEDLES_PER_SIZE: usize = 64;
+/// Bound on waiting for one completion.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Local,
+    Ucx,
+}
+
+/// What both transports take.
+#[derive(Clone, Debug)]
+pub struct ReadOptions {
+    /// The control socket of the engine that serves the reads.
+    pub socket: PathBuf,
+    /// The volumes (.dat + .idx) the reads name; for ucx, the exporter's.
+    pub volume_dir: PathBuf,
+    pub duration_ms: u64,
+    pub rounds: u32,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ReadResult {
+    pub size_bytes: u64,
+    pub size_label: &'static str,
+    pub depth: u32,
+    pub reads_per_sec: f64,
+    pub bytes_per_sec: Option<f64>,
+    pub p50_ns: Option<f64>,
+    pub p99_ns: Option<f64>,
+    pub floor_reads_per_sec: f64,
+    pub floor_bytes_per_sec: Option<f64>,
+    pub floor_p50_ns: Option<f64>,
+    pub floor_p99_ns: Option<f64>,
+    /// Engine reads/s over floor reads/s (median of per-round ratios).
+    pub reads_ratio: Option<f64>,
+    pub bytes_ratio: Option<f64>,
+    /// Engine p50 over floor p50 (median of per-round ratios).
+    pub p50_ratio: Option<f64>,
+    pub floor_threads: usize,
+    /// One thread, pread + CRC-32C: the engine's necessary work.
+    pub checked_floor_reads_per_sec: f64,
+    pub checked_floor_p50_ns: Option<f64>,
+    pub reads_ratio_vs_checked: Option<f64>,
+    pub p50_ratio_vs_checked: Option<f64>,
+    pub engine: Summary,
+    pub floor: Summary,
+    pub checked_floor: Summary,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ReadReport {
+    pub tool: &'static str,
+    pub command: String,
+    pub transport: Transport,
+    pub volume_dir: String,
+    pub results: Vec<ReadResult>,
+    pub floor_method: String,
+    /// One read per size, compared byte for byte with the file.
+    pub verified: Vec<Verified>,
+    pub needles_per_size: usize,
+    pub schedule: Schedule,
+    pub poller_cpu: Option<usize>,
+    pub clock_source: &'static str,
+    pub steal_percent: f64,
+    /// CPU time other processes used during the run, % of all CPUs.
+    pub other_cpu_percent: f64,
+    pub interference_warning: Option<String>,
+    pub machine: MachineFacts,
+    pub wall_time_ms: u64,
+}
+
+fn missing_sizes_message(dir: &Path, missing: &[u64]) -> String {
+    format!(
+        "no needle with {missing:?} data bytes in the volumes of {}; generate some with: \
+         volgen --dir {} --volume-id 1 --count 192 --sizes 4096,65536,1048576",
+        dir.display(),
+        dir.display()
+    )
+}
+
+/// Up to [`NEEDLES_PER_SIZE`] needles of every size in [`SIZES`] from the
+/// volumes of `dir`; an error naming the `volgen` command if a size is missing.
+fn needles_of_every_size(dir: &Path) -> Result<BTreeMap<u64, Vec<NeedleRef>>, BenchError> {
+    let sizes: Vec<u64> = SIZES.iter().map(|(size, _)| *size).collect();
+    let needles = find_needles(dir, &sizes, NEEDLES_PER_SIZE).map_err(BenchError::Volumes)?;
+    let missing: Vec<u64> = needles.iter().filter(|(_, list)| list.is_empty()).map(|(size, _)| *size).collect();
+    if !missing.is_empty() {
+        return Err(BenchError::Volumes(missing_sizes_message(dir, &missing)));
+    }
+    Ok(needles)
+}
+
+/// Series of one run, by name (`engine_4096_1`, `floor_4096_1`, ...).
+#[derive(Debug, Default)]
+struct SeriesMap(BTreeMap<String, Series>);
+
+impl SeriesMap {
+    fn record(&mut self, kind: &str, size: u64, depth: u32, slice: SliceResult) {
+        self.0.entry(format!("{kind}_{size}_{depth}")).or_default().push(slice);
+    }
+
+    fn get(&self, kind: &str, size: u64, depth: u32) -> &Series {
+        static EMPTY: Series = Series { slices: Vec::new() };
+        self.0.get(&format!("{kind}_{size}_{depth}")).unwrap_or(&EMPTY)
+    }
+}
+
+/// `--transport local`: finds the needles, verifies one read per size, then
+/// measures the engine beside `pread` and `pread` + CRC.
+pub fn run(options: &ReadOptions) -> Result<ReadReport, BenchError> {
+    let wall_start = Instant::now();
+    let machine = MachineFacts::collect();
+    let needles = needles_of_every_size(&options.volume_dir)?;
+    let mut engine = EngineReads::attach(&options.socket, &needles, DEPTH_MAX, "rdma-bench read")?;
+    let all_cpus = affinity::allowed_cpus(0);
+    let snapshot = take_snapshot(&options.socket)?;
+    let poller_cpu = affinity::engine_poller_cpu(snapshot.engine_pid);
+    if let Some((_, requester)) = poller_cpu.and_then(|cpu| affinity::cpu_pair(Some(cpu))) {
+        let _ = affinity::pin_current_thread(requester);
+    }
+    let interference = Interference::start(&[snapshot.engine_pid]);
+    let measurement_count = (SIZES.len() * DEPTHS.len() * 3) as u32;
+    let clock = TickClock::calibrate();
+    let schedule = Schedule::new(options.duration_ms, options.rounds, measurement_count);
+    let verified =
+        SIZES.iter().map(|&(size, _)| engine.verify(size, &needles[&size][0])).collect::<Result<Vec<_>, _>>()?;
+    let mut series = SeriesMap::default();
+    for _ in 0..schedule.rounds {
+        for (size, _) in SIZES {
+            let list = &needles[&size];
+            for depth in DEPTHS {
+                series.record("engine", size, depth, engine.slice(&clock, &schedule, size, list, depth)?);
+                let threads = floor_threads(depth, all_cpus.len());
+                let floor = floor_slice(&clock, &schedule, list, depth, threads, &all_cpus, FloorWork::Pread)?;
+                series.record("floor", size, depth, floor);
+                let checked = floor_slice(&clock, &schedule, list, depth, 1, &all_cpus, FloorWork::PreadCrc)?;
+                series.record("checked", size, depth, checked);
+            }
+        }
+    }
+    engine.check_errors()?;
+    let results = local_results(&series, &clock, all_cpus.len());
+    let (other_cpu_percent, steal_percent) = interference.finish();
+    Ok(ReadReport {
+        tool: "rdma-bench read",
+        command: command_line(),
+        transport: Transport::Local,
+        volume_dir: options.volume_dir.display().to_string(),
+        results,
+        floor_method: format!(
+            "floor: pread of the same whole records into heap buffers (as many buffers \
+             as reads in flight, in rotation); depth 1 = 1 thread, depth 32 = {} threads \
+             reading sequentially (pread is synchronous). checked floor: 1 thread, pread \
+             + CRC-32C of the data, the work a validated read cannot skip",
+            floor_threads(32, all_cpus.len())
+        ),
+        verified,
+        needles_per_size: NEEDLES_PER_SIZE,
+        schedule,
+        poller_cpu,
+        clock_source: clock.source(),
+        steal_percent,
+        other_cpu_percent,
+        interference_warning: interference_warning(other_cpu_percent),
+        machine,
+        wall_time_ms: wall_start.elapsed().as_millis() as u64,
+    })
+}
+
+fn local_results(series: &SeriesMap, clock: &TickClock, cpu_count: usize) -> Vec<ReadResult> {
+    let mut out = Vec::new();
+    for (size, label) in SIZES {
+        for depth in DEPTHS {
+            let engine = series.get("engine", size, depth);
+            let floor = series.get("floor", size, depth);
+            let checked = series.get("checked", size, depth);
+            let checked_summary = checked.summary(clock, true);
+            let engine_summary = engine.summary(clock, true);
+            let floor_summary = floor.summary(clock, true);
+            out.push(ReadResult {
+                size_bytes: size,
+                size_label: label,
+                depth,
+                reads_per_sec: engine_summary.ops_per_sec,
+                bytes_per_sec: engine_summary.bytes_per_sec,
+                p50_ns: engine_summary.p50_ns,
+                p99_ns: engine_summary.p99_ns,
+                floor_reads_per_sec: floor_summary.ops_per_sec,
+                floor_bytes_per_sec: floor_summary.bytes_per_sec,
+                floor_p50_ns: floor_summary.p50_ns,
+                floor_p99_ns: floor_summary.p99_ns,
+                reads_ratio: engine.ops_ratio(floor, clock),
+                bytes_ratio: engine.bytes_ratio(floor, clock),
+                p50_ratio: engine.p50_ratio(floor, clock),
+                floor_threads: floor_threads(depth, cpu_count),
+                checked_floor_reads_per_sec: checked_summary.ops_per_sec,
+                checked_floor_p50_ns: checked_summary.p50_ns,
+                reads_ratio_vs_checked: engine.ops_ratio(checked, clock),
+                p50_ratio_vs_checked: engine.p50_ratio(checked, clock),
+                engine: engine_summary,
+                floor: floor_summary,
+                checked_floor: checked_summary,
+            });
+        }
+    }
+    out
+}

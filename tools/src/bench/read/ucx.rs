@@ -1,0 +1,253 @@
+//! `rdma-bench read --transport ucx`: needles read through a reading engine
+//! (`rdma-engine --peer`) that gets them from an exporter over UCX, beside a
+//! bare `ucp_get_nbx` loop from the same exporter's `.dat` ([`get_floor`]),
+//! in alternating short slices.
+//!
+//! Both sides must use the same UCX transport: the floor's connection is
+//! made in this process with this process's `UCX_*` environment, the
+//! engine's with the reader's. The report shows both environments (read
+//! from `/proc`) and warns when they differ.
+//!
+//! Targets (reported, never asserted): engine ≥ 0.9× the bare bandwidth at
+//! 64 KiB and 1 MiB; engine 4 KiB depth-1 p50 within 1 µs of the bare p50.
+//!
+//! [`get_floor`]: super::get_floor
+
+use super::engine::EngineReads;
+use super::get_floor::GetFloor;
+use super::{needles_of_every_size, NeedleRef, ReadOptions, SeriesMap, Transport, Verified};
+use super::{DEPTHS, DEPTH_MAX, NEEDLES_PER_SIZE, SIZES};
+use crate::affinity;
+use crate::bench::{command_line, interference_warning, BenchError, Schedule, Summary, Target};
+use crate::machine::{tcp_listener_pid, ucx_environment_of, Interference, MachineFacts};
+use crate::ringstat::take_snapshot;
+use crate::timing::TickClock;
+use rdma_client::ReadSource;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// Engine bandwidth over bare bandwidth, at least, at 64 KiB and above.
+pub const BANDWIDTH_RATIO_TARGET: f64 = 0.9;
+/// Engine p50 minus bare p50 at 4 KiB, depth 1, at most.
+pub const P50_DELTA_TARGET_NS: f64 = 1000.0;
+
+#[derive(Clone, Debug)]
+pub struct UcxReadOptions {
+    /// `socket` is the reading engine's.
+    pub read: ReadOptions,
+    /// The exporter's `--listen` address (the reader's `--peer`).
+    pub peer: SocketAddr,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct UcxReadResult {
+    pub size_bytes: u64,
+    pub size_label: &'static str,
+    pub depth: u32,
+    pub reads_per_sec: f64,
+    pub bytes_per_sec: Option<f64>,
+    pub p50_ns: Option<f64>,
+    pub p99_ns: Option<f64>,
+    /// The bare get loop's gets/s, bytes/s and latencies.
+    pub floor_reads_per_sec: f64,
+    pub floor_bytes_per_sec: Option<f64>,
+    pub floor_p50_ns: Option<f64>,
+    pub floor_p99_ns: Option<f64>,
+    /// Engine over floor, median of per-round ratios.
+    pub reads_ratio: Option<f64>,
+    pub bytes_ratio: Option<f64>,
+    pub p50_ratio: Option<f64>,
+    /// Engine p50 minus floor p50, median of per-round differences.
+    pub p50_delta_ns: Option<f64>,
+    pub engine: Summary,
+    pub floor: Summary,
+}
+
+/// The `UCX_*` environment of each process in the measurement.
+#[derive(Clone, Debug, Serialize)]
+pub struct UcxEnvironment {
+    pub bench: BTreeMap<String, String>,
+    pub reader: Option<BTreeMap<String, String>>,
+    /// `None` when the exporter's process was not found (another user's,
+    /// or another host's).
+    pub exporter: Option<BTreeMap<String, String>>,
+    pub warning: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct UcxReadReport {
+    pub tool: &'static str,
+    pub command: String,
+    pub transport: Transport,
+    pub peer: String,
+    pub volume_dir: String,
+    pub results: Vec<UcxReadResult>,
+    pub targets: Vec<Target>,
+    pub floor_method: String,
+    /// One read per size through the reader, compared byte for byte with the file.
+    pub verified: Vec<Verified>,
+    pub needles_per_size: usize,
+    pub schedule: Schedule,
+    pub reader_pid: u32,
+    pub exporter_pid: Option<u32>,
+    pub poller_cpu: Option<usize>,
+    pub ucx_environment: UcxEnvironment,
+    pub clock_source: &'static str,
+    pub steal_percent: f64,
+    /// CPU time used by processes other than the bench, reader and exporter, % of all CPUs.
+    pub other_cpu_percent: f64,
+    pub interference_warning: Option<String>,
+    pub machine: MachineFacts,
+    pub wall_time_ms: u64,
+}
+
+fn ucx_environment(reader_pid: u32, exporter_pid: Option<u32>) -> UcxEnvironment {
+    let bench: BTreeMap<String, String> = std::env::vars().filter(|(name, _)| name.starts_with("UCX_")).collect();
+    let reader = ucx_environment_of(reader_pid);
+    let exporter = exporter_pid.and_then(ucx_environment_of);
+    let differs = |other: &Option<BTreeMap<String, String>>| other.as_ref().is_some_and(|other| *other != bench);
+    let warning = (differs(&reader) || differs(&exporter)).then(|| {
+        "the bench, the reader and the exporter run with different UCX_* settings: the floor may \
+         not use the engine's transport; start all three with the same UCX_TLS"
+            .to_string()
+    });
+    UcxEnvironment { bench, reader, exporter, warning }
+}
+
+/// Verifies one read per size through the reader, which must have served
+/// it over UCX (a reader with the volumes of its own would measure `pread`).
+fn verify_all(engine: &mut EngineReads, needles: &BTreeMap<u64, Vec<NeedleRef>>) -> Result<Vec<Verified>, BenchError> {
+    let mut verified = Vec::with_capacity(SIZES.len());
+    for (size, _) in SIZES {
+        let read = engine.verify(size, &needles[&size][0])?;
+        if read.source != ReadSource::Rdma.name() {
+            return Err(BenchError::Verify(format!(
+                "{}: the reader served it from `{}`, not over UCX; start the reader with --peer only",
+                read.file_id, read.source
+            )));
+        }
+        verified.push(read);
+    }
+    Ok(verified)
+}
+
+/// Finds the needles, connects the floor, verifies one read per size
+/// through the reader, then measures engine and floor in alternating slices.
+pub fn run(options: &UcxReadOptions) -> Result<UcxReadReport, BenchError> {
+    let wall_start = Instant::now();
+    let machine = MachineFacts::collect();
+    let read = &options.read;
+    let needles = needles_of_every_size(&read.volume_dir)?;
+    let size_max_bytes = SIZES.iter().map(|(size, _)| *size).max().unwrap_or(0) as usize;
+    let mut floor = GetFloor::connect(options.peer, size_max_bytes, DEPTH_MAX as usize)?;
+    let mut engine = EngineReads::attach(&read.socket, &needles, DEPTH_MAX, "rdma-bench read --transport ucx")?;
+    let snapshot = take_snapshot(&read.socket)?;
+    let reader_pid = snapshot.engine_pid;
+    let exporter_pid = tcp_listener_pid(options.peer.port()).filter(|&pid| pid != reader_pid);
+    let poller_cpu = affinity::engine_poller_cpu(reader_pid);
+    if let Some((_, requester)) = poller_cpu.and_then(|cpu| affinity::cpu_pair(Some(cpu))) {
+        let _ = affinity::pin_current_thread(requester);
+    }
+    let ucx_environment = ucx_environment(reader_pid, exporter_pid);
+    let mut own_pids = vec![reader_pid];
+    own_pids.extend(exporter_pid);
+    let interference = Interference::start(&own_pids);
+    let clock = TickClock::calibrate();
+    let schedule = Schedule::new(read.duration_ms, read.rounds, (SIZES.len() * DEPTHS.len() * 2) as u32);
+    let verified = verify_all(&mut engine, &needles)?;
+    let mut series = SeriesMap::default();
+    for _ in 0..schedule.rounds {
+        for (size, _) in SIZES {
+            let list = &needles[&size];
+            let volume_id = list[0].file_id.volume_id;
+            for depth in DEPTHS {
+                series.record("engine", size, depth, engine.slice(&clock, &schedule, size, list, depth)?);
+                series.record("floor", size, depth, floor.slice(&clock, &schedule, volume_id, size, depth)?);
+            }
+        }
+    }
+    engine.check_errors()?;
+    let results = ucx_results(&series, &clock);
+    let targets = targets(&results);
+    let (other_cpu_percent, steal_percent) = interference.finish();
+    Ok(UcxReadReport {
+        tool: "rdma-bench read",
+        command: command_line(),
+        transport: Transport::Ucx,
+        peer: options.peer.to_string(),
+        volume_dir: read.volume_dir.display().to_string(),
+        results,
+        targets,
+        floor_method: "floor: ucx::floor::bare_get_loop in the bench process, over its own UCX \
+                       connection to the same exporter (the bench's UCX_* environment), getting \
+                       size-byte pieces of the same exported .dat, walked in steps, depth at a \
+                       time, into one registered buffer; no ring, no needle check. Engine bytes \
+                       are needle data bytes (the engine gets the whole record, a few bytes more)"
+            .into(),
+        verified,
+        needles_per_size: NEEDLES_PER_SIZE,
+        schedule,
+        reader_pid,
+        exporter_pid,
+        poller_cpu,
+        ucx_environment,
+        clock_source: clock.source(),
+        steal_percent,
+        other_cpu_percent,
+        interference_warning: interference_warning(other_cpu_percent),
+        machine,
+        wall_time_ms: wall_start.elapsed().as_millis() as u64,
+    })
+}
+
+fn ucx_results(series: &SeriesMap, clock: &TickClock) -> Vec<UcxReadResult> {
+    let mut out = Vec::with_capacity(SIZES.len() * DEPTHS.len());
+    for (size, label) in SIZES {
+        for depth in DEPTHS {
+            let engine = series.get("engine", size, depth);
+            let floor = series.get("floor", size, depth);
+            let engine_summary = engine.summary(clock, true);
+            let floor_summary = floor.summary(clock, true);
+            out.push(UcxReadResult {
+                size_bytes: size,
+                size_label: label,
+                depth,
+                reads_per_sec: engine_summary.ops_per_sec,
+                bytes_per_sec: engine_summary.bytes_per_sec,
+                p50_ns: engine_summary.p50_ns,
+                p99_ns: engine_summary.p99_ns,
+                floor_reads_per_sec: floor_summary.ops_per_sec,
+                floor_bytes_per_sec: floor_summary.bytes_per_sec,
+                floor_p50_ns: floor_summary.p50_ns,
+                floor_p99_ns: floor_summary.p99_ns,
+                reads_ratio: engine.ops_ratio(floor, clock),
+                bytes_ratio: engine.bytes_ratio(floor, clock),
+                p50_ratio: engine.p50_ratio(floor, clock),
+                p50_delta_ns: engine.p50_difference_ns(floor, clock),
+                engine: engine_summary,
+                floor: floor_summary,
+            });
+        }
+    }
+    out
+}
+
+/// The issue's targets, for the configurations they name.
+fn targets(results: &[UcxReadResult]) -> Vec<Target> {
+    let find = |size: u64, depth: u32| results.iter().find(|r| r.size_bytes == size && r.depth == depth);
+    let bytes_ratio = |size, depth| find(size, depth).and_then(|r| r.bytes_ratio);
+    let bandwidth = |what, size, depth| Target::at_least(what, bytes_ratio(size, depth), BANDWIDTH_RATIO_TARGET);
+    vec![
+        bandwidth("64KiB depth 1: engine / bare bytes per second", 65536, 1),
+        bandwidth("64KiB depth 32: engine / bare bytes per second", 65536, 32),
+        bandwidth("1MiB depth 1: engine / bare bytes per second", 1 << 20, 1),
+        bandwidth("1MiB depth 32: engine / bare bytes per second", 1 << 20, 32),
+        Target::at_most(
+            "4KiB depth 1: engine p50 - bare p50 (ns)",
+            find(4096, 1).and_then(|r| r.p50_delta_ns),
+            P50_DELTA_TARGET_NS,
+        ),
+    ]
+}
