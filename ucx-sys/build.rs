@@ -16,10 +16,7 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH");
 
-    let ucx = match pkg_config::Config::new()
-        .atleast_version(UCX_MINIMUM_VERSION)
-        .probe("ucx")
-    {
+    let ucx = match pkg_config::Config::new().atleast_version(UCX_MINIMUM_VERSION).probe("ucx") {
         Ok(library) => library,
         Err(error) => {
             eprintln!(
@@ -51,16 +48,12 @@ fn main() {
         builder = builder.clang_arg(format!("-I{}", path.display()));
     }
     let bindings = builder.generate().unwrap_or_else(|error| {
-        eprintln!(
-            "error: bindgen could not read the UCX headers (is libclang-dev installed?): {error}"
-        );
+        eprintln!("error: bindgen could not read the UCX headers (is libclang-dev installed?): {error}");
         std::process::exit(1);
     });
 
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    bindings
-        .write_to_file(out_dir.join("bindings.rs"))
-        .expect("write bindings.rs into OUT_DIR");
+    bindings.write_to_file(out_dir.join("bindings.rs")).expect("write bindings.rs into OUT_DIR");
     // Visible to dependents as DEP_UCP_VERSION.
     println!("cargo:version={}", ucx.version);
 }

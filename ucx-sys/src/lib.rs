@@ -74,10 +74,7 @@ mod tests {
         let error = UCS_ERR_CONNECTION_RESET as isize as ucs_status_ptr_t;
         assert!(UCS_PTR_IS_ERR(error));
         assert!(!UCS_PTR_IS_PTR(error));
-        assert_eq!(
-            UCS_PTR_STATUS(error),
-            UCS_ERR_CONNECTION_RESET as ucs_status_t
-        );
+        assert_eq!(UCS_PTR_STATUS(error), UCS_ERR_CONNECTION_RESET as ucs_status_t);
 
         let null: ucs_status_ptr_t = core::ptr::null_mut();
         assert!(!UCS_PTR_IS_ERR(null));
