@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{free_port, run_with_timeout, Engine, Scratch};
+use common::{free_port, run_with_timeout, start_engine, start_engine_with, Scratch};
 use std::process::Command;
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 
 #[test]
 fn nop_json_has_the_top_level_figures() {
-    let engine = Engine::start(None);
+    let engine = start_engine(None);
     let output = run_with_timeout(
         Command::new(env!("CARGO_BIN_EXE_rdma-bench"))
             .args(["nop", "--json", "--duration-ms", "400", "--rounds", "1", "--socket"])
@@ -51,7 +51,7 @@ fn volgen(dir: &std::path::Path, volume_id: u32, count: u32, sizes: &str) {
 fn read_local_json_covers_every_size_and_depth() {
     let volumes = Scratch::new("bench-read");
     volgen(&volumes.path, 3, 12, "4096,65536,1048576");
-    let engine = Engine::start(Some(&volumes.path));
+    let engine = start_engine(Some(&volumes.path));
     let output = run_with_timeout(
         Command::new(env!("CARGO_BIN_EXE_rdma-bench"))
             .args(["read", "--transport", "local", "--json", "--duration-ms", "300", "--rounds", "1"])
@@ -89,8 +89,8 @@ fn read_ucx_json_has_engine_and_floor_for_every_size_and_depth() {
     let listen = format!("127.0.0.1:{}", free_port());
     let export_args =
         ["--export-dir".into(), volumes.path.clone().into_os_string(), "--listen".into(), listen.clone().into()];
-    let _exporter = Engine::start_with(&export_args, UCX_TCP);
-    let reader = Engine::start_with(&["--peer".into(), listen.clone().into()], UCX_TCP);
+    let _exporter = start_engine_with(&export_args, UCX_TCP);
+    let reader = start_engine_with(&["--peer".into(), listen.clone().into()], UCX_TCP);
     let output = run_with_timeout(
         Command::new(env!("CARGO_BIN_EXE_rdma-bench"))
             .args(["read", "--transport", "ucx", "--json", "--duration-ms", "240", "--rounds", "1"])
@@ -147,7 +147,7 @@ fn read_ucx_without_peer_is_a_usage_error() {
 fn read_without_needles_of_the_sizes_explains() {
     let volumes = Scratch::new("bench-read-empty");
     volgen(&volumes.path, 4, 3, "100");
-    let engine = Engine::start(Some(&volumes.path));
+    let engine = start_engine(Some(&volumes.path));
     let output = run_with_timeout(
         Command::new(env!("CARGO_BIN_EXE_rdma-bench"))
             .args(["read", "--transport", "local", "--socket"])

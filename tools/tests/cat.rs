@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{run_with_timeout, Engine, Scratch};
+use common::{run_with_timeout, start_engine, Scratch};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -101,7 +101,7 @@ fn assert_fails(output: &Output, code: i32, text: &str) {
 fn needles_and_ranges_are_served_byte_for_byte() {
     let dir = Scratch::new("cat-volume");
     let volume = write_volume(&dir.path);
-    let engine = Engine::start(Some(&dir.path));
+    let engine = start_engine(Some(&dir.path));
     let socket = &engine.socket;
     for (file_id, data) in [&volume.plain_4k, &volume.plain_1m, &volume.plain_3m, &volume.empty] {
         assert_served(&cat(socket, &[&file_id.to_string()]), data);
@@ -126,7 +126,7 @@ fn needles_and_ranges_are_served_byte_for_byte() {
 fn gzipped_needles_are_decompressed_and_ranges_apply_to_the_plain_bytes() {
     let dir = Scratch::new("cat-gzip");
     let volume = write_volume(&dir.path);
-    let engine = Engine::start(Some(&dir.path));
+    let engine = start_engine(Some(&dir.path));
     let socket = &engine.socket;
     let (file_id, text) = &volume.gzipped;
     let fid = file_id.to_string();
@@ -146,7 +146,7 @@ fn gzipped_needles_are_decompressed_and_ranges_apply_to_the_plain_bytes() {
 fn failures_are_the_documented_error_and_exit_code() {
     let dir = Scratch::new("cat-errors");
     let volume = write_volume(&dir.path);
-    let engine = Engine::start(Some(&dir.path));
+    let engine = start_engine(Some(&dir.path));
     let socket = &engine.socket;
     let (file_id, _) = volume.plain_4k;
     let missing = FileId { needle_id: 999, ..file_id };

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{run_with_timeout, Engine};
+use common::{run_with_timeout, start_engine};
 use rdma_client::{AttachOptions, Client, Operation};
 use std::process::Command;
 use std::time::Duration;
@@ -11,7 +11,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 #[test]
 fn json_shows_the_attached_region_with_its_indices() {
-    let engine = Engine::start(None);
+    let engine = start_engine(None);
     let client = Client::attach(
         &engine.socket,
         &AttachOptions {
