@@ -71,16 +71,11 @@ pub fn find_needles(dir: &Path, sizes: &[u64], per_size: usize) -> Result<BTreeM
     Ok(found)
 }
 
-fn volume_id_of(idx_path: &Path) -> Option<u32> {
-    let stem = idx_path.file_stem()?.to_str()?;
-    stem.rsplit('_').next()?.parse().ok()
-}
-
 fn scan_volume(idx_path: &Path, per_size: usize, found: &mut BTreeMap<u64, Vec<NeedleRef>>) -> Result<(), String> {
-    let Some(volume_id) = volume_id_of(idx_path) else {
+    let dat_path = idx_path.with_extension("dat");
+    let Some(volume_id) = volume_format::volume::volume_id_from_dat_path(&dat_path) else {
         return Ok(());
     };
-    let dat_path = idx_path.with_extension("dat");
     let volume = LocalVolume::open(&dat_path, idx_path, OffsetWidth::Four).map_err(|error| error.to_string())?;
     let version = volume.version();
     let dat = Arc::new(File::open(&dat_path).map_err(|error| format!("cannot open {}: {error}", dat_path.display()))?);
