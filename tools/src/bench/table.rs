@@ -2,7 +2,7 @@
 
 use super::nop::NopReport;
 use super::read::ucx::UcxReadReport;
-use super::read::ReadReport;
+use super::read::{EngineVsFloor, ReadReport};
 use super::Summary;
 use super::Target;
 use std::fmt::Write;
@@ -176,19 +176,21 @@ pub fn render_read(report: &ReadReport) -> String {
         "p50×"
     );
     for entry in &report.results {
+        let [label, reads, bytes, p50, p99, floor_reads, floor_bytes, floor_p50, _] =
+            comparison_cells(&entry.comparison);
         let _ = writeln!(
             out,
             "{:<11} {:>8} {:>6} {:>8} {:>8} | {:>8} {:>6} {:>8} {:>6} {:>6} | {:>8} {:>8} {:>6} {:>6}",
-            format!("{} d{}", entry.size_label, entry.depth),
-            rate(entry.reads_per_sec),
-            gigabytes(entry.bytes_per_sec),
-            nanos(entry.p50_ns),
-            nanos(entry.p99_ns),
-            rate(entry.floor_reads_per_sec),
-            gigabytes(entry.floor_bytes_per_sec),
-            nanos(entry.floor_p50_ns),
-            ratio(entry.reads_ratio),
-            ratio(entry.p50_ratio),
+            label,
+            reads,
+            bytes,
+            p50,
+            p99,
+            floor_reads,
+            floor_bytes,
+            floor_p50,
+            ratio(entry.comparison.reads_ratio),
+            ratio(entry.comparison.p50_ratio),
             rate(entry.checked_floor_reads_per_sec),
             nanos(entry.checked_floor_p50_ns),
             ratio(entry.reads_ratio_vs_checked),
@@ -208,6 +210,22 @@ pub fn render_read(report: &ReadReport) -> String {
         let _ = writeln!(out, "WARNING: {warning}");
     }
     out
+}
+
+/// The columns both read tables share: size and depth, then the engine's
+/// and the floor's rate, bandwidth and latencies.
+fn comparison_cells(entry: &EngineVsFloor) -> [String; 9] {
+    [
+        format!("{} d{}", entry.size_label, entry.depth),
+        rate(entry.reads_per_sec),
+        gigabytes(entry.bytes_per_sec),
+        nanos(entry.p50_ns),
+        nanos(entry.p99_ns),
+        rate(entry.floor_reads_per_sec),
+        gigabytes(entry.floor_bytes_per_sec),
+        nanos(entry.floor_p50_ns),
+        nanos(entry.floor_p99_ns),
+    ]
 }
 
 fn signed_nanos(value: Option<f64>) -> String {
@@ -233,20 +251,22 @@ pub fn render_read_ucx(report: &UcxReadReport) -> String {
         "Δp50 ns"
     );
     for entry in &report.results {
+        let [label, reads, bytes, p50, p99, floor_reads, floor_bytes, floor_p50, floor_p99] =
+            comparison_cells(&entry.comparison);
         let _ = writeln!(
             out,
             "{:<11} {:>8} {:>6} {:>8} {:>8} | {:>8} {:>6} {:>8} {:>8} | {:>6} {:>6} {:>7}",
-            format!("{} d{}", entry.size_label, entry.depth),
-            rate(entry.reads_per_sec),
-            gigabytes(entry.bytes_per_sec),
-            nanos(entry.p50_ns),
-            nanos(entry.p99_ns),
-            rate(entry.floor_reads_per_sec),
-            gigabytes(entry.floor_bytes_per_sec),
-            nanos(entry.floor_p50_ns),
-            nanos(entry.floor_p99_ns),
-            ratio(entry.bytes_ratio),
-            ratio(entry.p50_ratio),
+            label,
+            reads,
+            bytes,
+            p50,
+            p99,
+            floor_reads,
+            floor_bytes,
+            floor_p50,
+            floor_p99,
+            ratio(entry.comparison.bytes_ratio),
+            ratio(entry.comparison.p50_ratio),
             signed_nanos(entry.p50_delta_ns),
         );
     }

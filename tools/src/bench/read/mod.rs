@@ -59,8 +59,10 @@ pub struct ReadOptions {
     pub rounds: u32,
 }
 
+/// One size and depth: the engine's figures beside its floor's, and their
+/// ratios. Shared by the local and the UCX reports (flattened into both).
 #[derive(Clone, Debug, Serialize)]
-pub struct ReadResult {
+pub struct EngineVsFloor {
     pub size_bytes: u64,
     pub size_label: &'static str,
     pub depth: u32,
@@ -77,14 +79,51 @@ pub struct ReadResult {
     pub bytes_ratio: Option<f64>,
     /// Engine p50 over floor p50 (median of per-round ratios).
     pub p50_ratio: Option<f64>,
+    pub engine: Summary,
+    pub floor: Summary,
+}
+
+impl EngineVsFloor {
+    pub fn new(
+        (size_bytes, size_label): (u64, &'static str),
+        depth: u32,
+        engine: &Series,
+        floor: &Series,
+        clock: &TickClock,
+    ) -> EngineVsFloor {
+        let engine_summary = engine.summary(clock, true);
+        let floor_summary = floor.summary(clock, true);
+        EngineVsFloor {
+            size_bytes,
+            size_label,
+            depth,
+            reads_per_sec: engine_summary.ops_per_sec,
+            bytes_per_sec: engine_summary.bytes_per_sec,
+            p50_ns: engine_summary.p50_ns,
+            p99_ns: engine_summary.p99_ns,
+            floor_reads_per_sec: floor_summary.ops_per_sec,
+            floor_bytes_per_sec: floor_summary.bytes_per_sec,
+            floor_p50_ns: floor_summary.p50_ns,
+            floor_p99_ns: floor_summary.p99_ns,
+            reads_ratio: engine.ops_ratio(floor, clock),
+            bytes_ratio: engine.bytes_ratio(floor, clock),
+            p50_ratio: engine.p50_ratio(floor, clock),
+            engine: engine_summary,
+            floor: floor_summary,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ReadResult {
+    #[serde(flatten)]
+    pub comparison: EngineVsFloor,
     pub floor_threads: usize,
     /// One thread, pread + CRC-32C: the engine's necessary work.
     pub checked_floor_reads_per_sec: f64,
     pub checked_floor_p50_ns: Option<f64>,
     pub reads_ratio_vs_checked: Option<f64>,
     pub p50_ratio_vs_checked: Option<f64>,
-    pub engine: Summary,
-    pub floor: Summary,
     pub checked_floor: Summary,
 }
 
@@ -216,30 +255,13 @@ fn local_results(series: &SeriesMap, clock: &TickClock, cpu_count: usize) -> Vec
             let floor = series.get("floor", size, depth);
             let checked = series.get("checked", size, depth);
             let checked_summary = checked.summary(clock, true);
-            let engine_summary = engine.summary(clock, true);
-            let floor_summary = floor.summary(clock, true);
             out.push(ReadResult {
-                size_bytes: size,
-                size_label: label,
-                depth,
-                reads_per_sec: engine_summary.ops_per_sec,
-                bytes_per_sec: engine_summary.bytes_per_sec,
-                p50_ns: engine_summary.p50_ns,
-                p99_ns: engine_summary.p99_ns,
-                floor_reads_per_sec: floor_summary.ops_per_sec,
-                floor_bytes_per_sec: floor_summary.bytes_per_sec,
-                floor_p50_ns: floor_summary.p50_ns,
-                floor_p99_ns: floor_summary.p99_ns,
-                reads_ratio: engine.ops_ratio(floor, clock),
-                bytes_ratio: engine.bytes_ratio(floor, clock),
-                p50_ratio: engine.p50_ratio(floor, clock),
+                comparison: EngineVsFloor::new((size, label), depth, engine, floor, clock),
                 floor_threads: floor_threads(depth, cpu_count),
                 checked_floor_reads_per_sec: checked_summary.ops_per_sec,
                 checked_floor_p50_ns: checked_summary.p50_ns,
                 reads_ratio_vs_checked: engine.ops_ratio(checked, clock),
                 p50_ratio_vs_checked: engine.p50_ratio(checked, clock),
-                engine: engine_summary,
-                floor: floor_summary,
                 checked_floor: checked_summary,
             });
         }

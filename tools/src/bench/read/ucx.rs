@@ -15,10 +15,11 @@
 
 use super::engine::EngineReads;
 use super::get_floor::GetFloor;
+use super::EngineVsFloor;
 use super::{needles_of_every_size, NeedleRef, ReadOptions, SeriesMap, Transport, Verified};
 use super::{DEPTHS, DEPTH_MAX, NEEDLES_PER_SIZE, SIZES};
 use crate::affinity;
-use crate::bench::{command_line, interference_warning, BenchError, Schedule, Summary, Target};
+use crate::bench::{command_line, interference_warning, BenchError, Schedule, Target};
 use crate::machine::{tcp_listener_pid, ucx_environment_of, Interference, MachineFacts};
 use crate::ringstat::take_snapshot;
 use crate::timing::TickClock;
@@ -43,26 +44,11 @@ pub struct UcxReadOptions {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct UcxReadResult {
-    pub size_bytes: u64,
-    pub size_label: &'static str,
-    pub depth: u32,
-    pub reads_per_sec: f64,
-    pub bytes_per_sec: Option<f64>,
-    pub p50_ns: Option<f64>,
-    pub p99_ns: Option<f64>,
-    /// The bare get loop's gets/s, bytes/s and latencies.
-    pub floor_reads_per_sec: f64,
-    pub floor_bytes_per_sec: Option<f64>,
-    pub floor_p50_ns: Option<f64>,
-    pub floor_p99_ns: Option<f64>,
-    /// Engine over floor, median of per-round ratios.
-    pub reads_ratio: Option<f64>,
-    pub bytes_ratio: Option<f64>,
-    pub p50_ratio: Option<f64>,
+    /// The floor here is the bare get loop's gets/s, bytes/s and latencies.
+    #[serde(flatten)]
+    pub comparison: EngineVsFloor,
     /// Engine p50 minus floor p50, median of per-round differences.
     pub p50_delta_ns: Option<f64>,
-    pub engine: Summary,
-    pub floor: Summary,
 }
 
 /// The `UCX_*` environment of each process in the measurement.
@@ -208,26 +194,9 @@ fn ucx_results(series: &SeriesMap, clock: &TickClock) -> Vec<UcxReadResult> {
         for depth in DEPTHS {
             let engine = series.get("engine", size, depth);
             let floor = series.get("floor", size, depth);
-            let engine_summary = engine.summary(clock, true);
-            let floor_summary = floor.summary(clock, true);
             out.push(UcxReadResult {
-                size_bytes: size,
-                size_label: label,
-                depth,
-                reads_per_sec: engine_summary.ops_per_sec,
-                bytes_per_sec: engine_summary.bytes_per_sec,
-                p50_ns: engine_summary.p50_ns,
-                p99_ns: engine_summary.p99_ns,
-                floor_reads_per_sec: floor_summary.ops_per_sec,
-                floor_bytes_per_sec: floor_summary.bytes_per_sec,
-                floor_p50_ns: floor_summary.p50_ns,
-                floor_p99_ns: floor_summary.p99_ns,
-                reads_ratio: engine.ops_ratio(floor, clock),
-                bytes_ratio: engine.bytes_ratio(floor, clock),
-                p50_ratio: engine.p50_ratio(floor, clock),
+                comparison: EngineVsFloor::new((size, label), depth, engine, floor, clock),
                 p50_delta_ns: engine.p50_difference_ns(floor, clock),
-                engine: engine_summary,
-                floor: floor_summary,
             });
         }
     }
@@ -236,8 +205,9 @@ fn ucx_results(series: &SeriesMap, clock: &TickClock) -> Vec<UcxReadResult> {
 
 /// The targets, for the configurations they name.
 fn targets(results: &[UcxReadResult]) -> Vec<Target> {
-    let find = |size: u64, depth: u32| results.iter().find(|r| r.size_bytes == size && r.depth == depth);
-    let bytes_ratio = |size, depth| find(size, depth).and_then(|r| r.bytes_ratio);
+    let find =
+        |size: u64, depth: u32| results.iter().find(|r| r.comparison.size_bytes == size && r.comparison.depth == depth);
+    let bytes_ratio = |size, depth| find(size, depth).and_then(|r| r.comparison.bytes_ratio);
     let bandwidth = |what, size, depth| Target::at_least(what, bytes_ratio(size, depth), BANDWIDTH_RATIO_TARGET);
     vec![
         bandwidth("64KiB depth 1: engine / bare bytes per second", 65536, 1),
