@@ -61,9 +61,10 @@ pub struct Config {
     #[arg(long = "peer")]
     pub peer: Vec<std::net::SocketAddr>,
 
-    /// Read role: most RDMA reads in flight at once (all queue pairs).
-    #[arg(long, default_value_t = 256)]
-    pub max_rdma_in_flight: usize,
+    /// Read role: RDMA reads each queue pair can have in flight at once; the
+    /// engine sizes its table for every queue pair of every client at once.
+    #[arg(long, default_value_t = 64)]
+    pub rdma_reads_per_queue_pair: usize,
 
     /// Most clients attached at once.
     #[arg(long, default_value_t = 16)]
@@ -136,10 +137,22 @@ impl Config {
         if !self.max_sq_entries.is_power_of_two() || self.max_sq_entries < 2 {
             return Err(ConfigError::SqEntries(self.max_sq_entries));
         }
+        if !(1..=4096).contains(&self.rdma_reads_per_queue_pair) {
+            return Err(ConfigError::OutOfRange {
+                name: "rdma-reads-per-queue-pair",
+                value: self.rdma_reads_per_queue_pair as u64,
+                limit: 4096,
+            });
+        }
         if self.heartbeat_ms == 0 || self.heartbeat_ms > 1000 {
             return Err(ConfigError::Heartbeat);
         }
         Ok(())
+    }
+
+    /// Size of the RDMA read table: every queue pair can have its share in flight.
+    pub fn max_rdma_in_flight(&self) -> usize {
+        self.rdma_reads_per_queue_pair * self.max_clients as usize * self.max_queue_pairs as usize
     }
 
     pub fn max_buffer_size_bytes(&self) -> u64 {

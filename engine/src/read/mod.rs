@@ -82,7 +82,7 @@ impl ReadSetup {
             tracing::info!(volumes = local.len(), "local volumes loaded");
         }
         let remote = (!config.peer.is_empty()).then(|| RemoteConfig {
-            max_in_flight: config.max_rdma_in_flight,
+            max_in_flight: config.max_rdma_in_flight().max(crate::rdma::remote::MAX_IN_FLIGHT_MIN),
             ..RemoteConfig::new(config.peer.clone())
         });
         Ok(Some(ReadSetup { local, remote }))
