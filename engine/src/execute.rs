@@ -91,10 +91,11 @@ impl Executor {
         }
     }
 
-    /// Whether another entry can be taken now (an asynchronous transport has
-    /// room for one more request).
-    pub fn has_room(&self) -> bool {
-        self.reads.as_ref().is_none_or(|reads| reads.has_room())
+    /// Whether another entry can be taken now from a queue pair that has
+    /// `pending` requests in flight (an asynchronous transport has room for
+    /// one more, and the queue pair is within its share).
+    pub fn has_room(&self, pending: u32) -> bool {
+        self.reads.as_ref().is_none_or(|reads| reads.has_room(pending))
     }
 
     /// Requests in flight in the transports.

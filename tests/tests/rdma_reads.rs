@@ -3,7 +3,9 @@
 //! memory, and across a network namespace (a second "host") when the machine
 //! allows it.
 
-use integration_tests::{fixture, free_port, live_needles, open_volume, spawn_attached_client, Engine, EngineOptions};
+use integration_tests::{
+    cookie_of, fixture, free_port, live_needles, open_volume, spawn_attached_client, Engine, EngineOptions,
+};
 use rdma_client::{AttachOptions, Client, Completion, CompletionError, ErrorCode, Operation, QueuePair, ReadSource};
 use std::path::Path;
 use std::process::Command;
@@ -180,6 +182,37 @@ fn client_killed_with_reads_in_flight_is_reclaimed_after_they_land() {
     // The reader still serves.
     let (client, mut queue_pair) = attach(&reader);
     assert!(read_one(&client, &mut queue_pair, 4, 31, 0xc0 + 21).result().is_ok());
+}
+
+#[test]
+fn reads_beyond_a_queue_pairs_share_wait_their_turn_and_all_complete() {
+    let volumes = volume_dir();
+    let listen = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let export_args =
+        vec!["--export-dir".into(), volumes.path().display().to_string(), "--listen".into(), listen.clone()];
+    let _exporter = Engine::start_with(tempfile::tempdir().unwrap(), options(export_args, TCP));
+    let reader_args = vec!["--peer".into(), listen, "--rdma-reads-per-queue-pair".into(), "3".into()];
+    let reader = Engine::start_with(tempfile::tempdir().unwrap(), options(reader_args, TCP));
+    let (client, mut queue_pair) = attach(&reader);
+    let volume = open_volume(volumes.path(), 4);
+    let needles = live_needles(&volume);
+    for &(needle_id, cookie) in &needles {
+        let buffer = client.allocate(1 << 20).unwrap();
+        queue_pair.prepare(Operation::ReadNeedle { volume_id: 4, needle_id, cookie, buffer }, needle_id).unwrap();
+    }
+    queue_pair.submit().unwrap();
+    let mut done = 0;
+    while done < needles.len() {
+        queue_pair.wait(1, Duration::from_secs(20)).unwrap();
+        while let Some(completion) = queue_pair.reap_one().unwrap() {
+            let record = volume.read_checked(completion.tag, cookie_of(&volume, completion.tag)).unwrap();
+            let expected = NeedleRecord::parse(&record, volume.version()).unwrap();
+            let range = completion.data_range().expect("a successful read");
+            assert_eq!(&client.bytes(completion.buffer.as_ref().unwrap())[range], expected.data);
+            done += 1;
+        }
+    }
+    assert_eq!(done, 40);
 }
 
 #[test]

@@ -185,7 +185,7 @@ impl ServedQueuePair {
         let route = Route { region_id, queue_pair: self.index };
         let mut clock = BatchClock::default();
         for _ in 0..count {
-            if !executor.has_room() {
+            if !executor.has_room(self.pending) {
                 break;
             }
             let sqe = match self.sq.pop() {

@@ -66,6 +66,7 @@ pub fn completion(user_data: u64, buffer_offset: u64, source: u32, result: ReadR
 pub struct ReadSetup {
     local: local::LocalVolumes,
     remote: Option<RemoteConfig>,
+    reads_per_queue_pair: usize,
 }
 
 impl ReadSetup {
@@ -85,7 +86,7 @@ impl ReadSetup {
             max_in_flight: config.max_rdma_in_flight().max(crate::rdma::remote::MAX_IN_FLIGHT_MIN),
             ..RemoteConfig::new(config.peer.clone())
         });
-        Ok(Some(ReadSetup { local, remote }))
+        Ok(Some(ReadSetup { local, remote, reads_per_queue_pair: config.rdma_reads_per_queue_pair }))
     }
 
     /// Starts the transports. Call on the thread that will use them.
@@ -100,7 +101,7 @@ impl ReadSetup {
             }
             None => (None, RouteTable::new(0)),
         };
-        Ok(ReadService { local: self.local, remote, routes })
+        Ok(ReadService { local: self.local, remote, routes, reads_per_queue_pair: self.reads_per_queue_pair })
     }
 }
 
@@ -114,13 +115,19 @@ pub struct ReadService {
     local: local::LocalVolumes,
     remote: Option<RemoteReads>,
     routes: RouteTable,
+    /// A queue pair's share of the RDMA table.
+    reads_per_queue_pair: usize,
 }
 
 impl ReadService {
-    /// Whether another read can start now (the RDMA table has a free slot).
+    /// Whether another read can start now for a queue pair with `pending`
+    /// reads in flight: the RDMA table has a free slot and the queue pair is
+    /// within its share, so one busy queue pair cannot starve the others.
     /// When not, the poller leaves entries in the SQ until one completes.
-    pub fn has_room(&self) -> bool {
-        self.remote.as_ref().is_none_or(|remote| remote.has_room() && self.routes.has_room())
+    pub fn has_room(&self, pending: u32) -> bool {
+        self.remote.as_ref().is_none_or(|remote| {
+            remote.has_room() && self.routes.has_room() && (pending as usize) < self.reads_per_queue_pair
+        })
     }
 
     /// Serves one validated read into `view`'s buffer area: locally and at
