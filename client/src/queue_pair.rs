@@ -44,6 +44,23 @@ pub enum Operation {
     },
 }
 
+impl Operation {
+    /// The buffer the operation lends the engine, if any.
+    fn buffer(&self) -> Option<&Buffer> {
+        match self {
+            Operation::ReadNeedle { buffer, .. } | Operation::ReadRange { buffer, .. } => Some(buffer),
+            Operation::Nop | Operation::Cancel { .. } => None,
+        }
+    }
+
+    fn into_buffer(self) -> Option<Buffer> {
+        match self {
+            Operation::ReadNeedle { buffer, .. } | Operation::ReadRange { buffer, .. } => Some(buffer),
+            Operation::Nop | Operation::Cancel { .. } => None,
+        }
+    }
+}
+
 /// Which path served a read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadSource {
@@ -172,12 +189,14 @@ impl QueuePair {
     }
 
     /// Writes one entry into the SQ (visible to the engine at `submit`).
+    #[inline]
     pub fn prepare(&mut self, operation: Operation, tag: u64) -> Result<(), ClientError> {
         self.prepare_with_deadline(operation, tag, 0)
     }
 
     /// As `prepare`, failing the request if it is not served by
     /// `deadline_ns` (`CLOCK_MONOTONIC`, see `rdma_ipc::clock`).
+    #[inline]
     pub fn prepare_with_deadline(
         &mut self,
         operation: Operation,
@@ -187,20 +206,24 @@ impl QueuePair {
         let Some(&slot) = self.free_slots.last() else {
             return Err(ClientError::TooManyInFlight(self.capacity()));
         };
-        let (mut sqe, buffer) = self.encode(operation)?;
-        sqe.user_data = (self.generations[slot as usize] as u64) << 32 | slot as u64;
-        sqe.deadline_ns = deadline_ns;
+        if operation.buffer().is_some_and(|buffer| !buffer.belongs_to(&self.shared)) {
+            return Err(ClientError::ForeignBuffer);
+        }
+        let user_data = (self.generations[slot as usize] as u64) << 32 | slot as u64;
+        let sqe = Sqe { user_data, deadline_ns, ..self.entry(&operation) };
         match self.sq.push(sqe) {
             Ok(()) => {}
             Err(PushError::Full) => return Err(ClientError::SubmissionQueueFull),
             Err(PushError::Index(error)) => return Err(ClientError::EngineProtocol(error.to_string())),
         }
         self.free_slots.pop();
-        self.slots[slot as usize] = Some(InFlight { tag, buffer });
+        self.slots[slot as usize] = Some(InFlight { tag, buffer: operation.into_buffer() });
         Ok(())
     }
 
-    fn encode(&self, operation: Operation) -> Result<(Sqe, Option<Buffer>), ClientError> {
+    /// The entry for an operation (user data and deadline are set by the caller).
+    #[inline]
+    fn entry(&self, operation: &Operation) -> Sqe {
         let read = |op: u8, volume_id: u32, needle_id: u64, cookie: u32, buffer: &Buffer| Sqe {
             opcode: op,
             volume_id,
@@ -210,30 +233,18 @@ impl QueuePair {
             buffer_length: buffer.length(),
             ..Sqe::default()
         };
-        let (sqe, buffer) = match operation {
-            Operation::Nop => (Sqe::nop(0), None),
-            Operation::Cancel { target_tag } => {
-                let target = self.find_tag(target_tag).unwrap_or(u64::MAX);
-                (Sqe::cancel(0, target), None)
-            }
+        match operation {
+            Operation::Nop => Sqe::nop(0),
+            Operation::Cancel { target_tag } => Sqe::cancel(0, self.find_tag(*target_tag).unwrap_or(u64::MAX)),
             Operation::ReadNeedle { volume_id, needle_id, cookie, buffer } => {
-                (read(opcode::READ_NEEDLE, volume_id, needle_id, cookie, &buffer), Some(buffer))
+                read(opcode::READ_NEEDLE, *volume_id, *needle_id, *cookie, buffer)
             }
-            Operation::ReadRange { volume_id, needle_id, cookie, offset, length, buffer } => {
-                let sqe = Sqe {
-                    range_offset: offset,
-                    range_length: length,
-                    ..read(opcode::READ_RANGE, volume_id, needle_id, cookie, &buffer)
-                };
-                (sqe, Some(buffer))
-            }
-        };
-        if let Some(buffer) = &buffer {
-            if !buffer.belongs_to(&self.shared) {
-                return Err(ClientError::ForeignBuffer);
-            }
+            Operation::ReadRange { volume_id, needle_id, cookie, offset, length, buffer } => Sqe {
+                range_offset: *offset,
+                range_length: *length,
+                ..read(opcode::READ_RANGE, *volume_id, *needle_id, *cookie, buffer)
+            },
         }
-        Ok((sqe, buffer))
     }
 
     fn find_tag(&self, tag: u64) -> Option<u64> {
@@ -254,6 +265,7 @@ impl QueuePair {
     }
 
     /// Takes one completion off the CQ, if there is one.
+    #[inline]
     pub fn reap_one(&mut self) -> Result<Option<Completion>, ClientError> {
         let cqe = match self.cq.pop() {
             Ok(Some(cqe)) => cqe,
