@@ -27,8 +27,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use volume_format::file_id::FileId;
 
-/// The first buffer: 1 MiB covers most needles in one read.
-pub const INITIAL_BUFFER_BYTES: u32 = 1 << 20;
+/// The first buffer: a 1 MiB needle's whole record (data plus header,
+/// checksum, timestamp and padding) in one read, so most needles need no retry.
+pub const INITIAL_BUFFER_BYTES: u32 = (1 << 20) + 4096;
 /// The first buffer area: the initial buffer plus room for a needle header.
 const INITIAL_AREA_BYTES: u64 = 2 << 20;
 /// Largest decompressed needle accepted: a bound against gzip bombs.
