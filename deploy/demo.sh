@@ -48,14 +48,16 @@ read_all() {
 echo "== reading every needle through the rings, local transport (rdma-cat)" >&2
 read_all "$work/local.sock" local
 
-echo "== ring state (ringstat)" >&2
-"$bin/ringstat" --socket "$work/local.sock"
-
 echo "== NOP round trips vs floors (rdma-bench nop)" >&2
 "$bin/rdma-bench" nop --socket "$work/local.sock"
 
-echo "== needle reads vs pread floor (rdma-bench read --transport local)" >&2
-"$bin/rdma-bench" read --socket "$work/local.sock" --transport local --volume-dir "$work/volumes"
+echo "== needle reads vs pread floor (rdma-bench read --transport local), and the live ring state halfway (ringstat)" >&2
+"$bin/rdma-bench" read --socket "$work/local.sock" --transport local --volume-dir "$work/volumes" > "$work/read-local.txt" &
+bench=$!
+sleep 5
+"$bin/ringstat" --socket "$work/local.sock"
+wait "$bench"
+cat "$work/read-local.txt"
 
 echo "== RDMA: an exporting engine and a reading engine, UCX over tcp (this machine has no RDMA NIC)" >&2
 export UCX_TLS=${UCX_TLS:-tcp}
