@@ -32,6 +32,7 @@ use crate::histogram::Histogram;
 use crate::timing::TickClock;
 use rdma_client::ClientError;
 use serde::Serialize;
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -263,6 +264,45 @@ impl Target {
 pub const INTERFERENCE_WARNING_PERCENT: f64 = 5.0;
 
 /// The warning for a run other processes disturbed, if it was.
+/// How a run went: the clock, the machine, and how quiet it was. Flattened
+/// into every benchmark report.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunConditions {
+    pub clock_source: &'static str,
+    pub steal_percent: f64,
+    /// CPU time other processes used during the run, % of all CPUs.
+    pub other_cpu_percent: f64,
+    pub interference_warning: Option<String>,
+    pub machine: crate::machine::MachineFacts,
+    pub wall_time_ms: u64,
+}
+
+impl RunConditions {
+    pub fn new(
+        clock_source: &'static str,
+        machine: crate::machine::MachineFacts,
+        (other_cpu_percent, steal_percent): (f64, f64),
+        wall: Duration,
+    ) -> RunConditions {
+        RunConditions {
+            clock_source,
+            steal_percent,
+            other_cpu_percent,
+            interference_warning: interference_warning(other_cpu_percent),
+            machine,
+            wall_time_ms: wall.as_millis() as u64,
+        }
+    }
+
+    /// `R rounds × S ms slices; steal …, other processes …` for the tables.
+    pub fn summary_line(&self, schedule: &Schedule) -> String {
+        format!(
+            "{} rounds × {} ms slices; steal {:.2}%, other processes {:.1}% of CPU",
+            schedule.rounds, schedule.slice_ms, self.steal_percent, self.other_cpu_percent
+        )
+    }
+}
+
 pub fn interference_warning(other_cpu_percent: f64) -> Option<String> {
     (other_cpu_percent > INTERFERENCE_WARNING_PERCENT).then(|| {
         format!(

@@ -120,16 +120,12 @@ pub fn render_nop(report: &NopReport) -> String {
     targets(&mut out, &report.targets);
     let _ = writeln!(
         out,
-        "engine sleeps during wake slices: {} for {} submissions; {} rounds × {} ms slices; \
-         steal {:.2}%, other processes {:.1}% of CPU",
+        "engine sleeps during wake slices: {} for {} submissions; {}",
         report.engine_sleeps_in_wake_slices,
         report.wake_submissions,
-        report.schedule.rounds,
-        report.schedule.slice_ms,
-        report.steal_percent,
-        report.other_cpu_percent
+        report.conditions.summary_line(&report.schedule)
     );
-    if let Some(warning) = &report.interference_warning {
+    if let Some(warning) = &report.conditions.interference_warning {
         let _ = writeln!(out, "WARNING: {warning}");
     }
     if let Some(warning) = &report.placement.warning {
@@ -197,16 +193,8 @@ pub fn render_read(report: &ReadReport) -> String {
             ratio(entry.p50_ratio_vs_checked),
         );
     }
-    let _ = writeln!(
-        out,
-        "{}\n{} rounds × {} ms slices; steal {:.2}%, other processes {:.1}% of CPU",
-        report.floor_method,
-        report.schedule.rounds,
-        report.schedule.slice_ms,
-        report.steal_percent,
-        report.other_cpu_percent
-    );
-    if let Some(warning) = &report.interference_warning {
+    let _ = writeln!(out, "{}\n{}", report.floor_method, report.conditions.summary_line(&report.schedule));
+    if let Some(warning) = &report.conditions.interference_warning {
         let _ = writeln!(out, "WARNING: {warning}");
     }
     out
@@ -274,16 +262,12 @@ pub fn render_read_ucx(report: &UcxReadReport) -> String {
     let tls = report.ucx_environment.bench.get("UCX_TLS").map_or("(UCX default)", String::as_str);
     let _ = writeln!(
         out,
-        "{}
-peer {}; UCX_TLS {tls}; {} rounds × {} ms slices; steal {:.2}%, other processes {:.1}% of CPU",
+        "{}\npeer {}; UCX_TLS {tls}; {}",
         report.floor_method,
         report.peer,
-        report.schedule.rounds,
-        report.schedule.slice_ms,
-        report.steal_percent,
-        report.other_cpu_percent
+        report.conditions.summary_line(&report.schedule)
     );
-    for warning in [&report.ucx_environment.warning, &report.interference_warning].into_iter().flatten() {
+    for warning in [&report.ucx_environment.warning, &report.conditions.interference_warning].into_iter().flatten() {
         let _ = writeln!(out, "WARNING: {warning}");
     }
     out

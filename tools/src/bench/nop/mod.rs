@@ -15,7 +15,7 @@ use super::bare_client::BareClient;
 use super::floor::FloorHelper;
 use super::pipeline::measure_round_trips;
 use super::ring_floor::ring_slice;
-use super::{command_line, interference_warning, BenchError, Schedule, Series, SliceResult, Summary, Target};
+use super::{command_line, BenchError, RunConditions, Schedule, Series, SliceResult, Summary, Target};
 use crate::affinity;
 use crate::machine::{Interference, MachineFacts};
 use crate::ringstat::take_snapshot;
@@ -104,15 +104,10 @@ pub struct NopReport {
     pub schedule: Schedule,
     pub gap_us: u64,
     pub placement: Placement,
-    pub clock_source: &'static str,
     pub ticks_per_ns: f64,
-    pub steal_percent: f64,
-    /// CPU time other processes used during the run, % of all CPUs.
-    pub other_cpu_percent: f64,
-    pub interference_warning: Option<String>,
-    pub machine: MachineFacts,
+    #[serde(flatten)]
+    pub conditions: RunConditions,
     pub load_average_after: [f64; 3],
-    pub wall_time_ms: u64,
 }
 
 /// Everything the rounds need.
@@ -311,16 +306,11 @@ pub fn run(options: &NopOptions) -> Result<NopReport, BenchError> {
             first: bench.errors.first.take().unwrap_or_default(),
         });
     }
-    let (other_cpu_percent, steal_percent) = interference.finish();
-    Ok(report(&bench, machine, (other_cpu_percent, steal_percent), wall_start.elapsed()))
+    let conditions = RunConditions::new(bench.clock.source(), machine, interference.finish(), wall_start.elapsed());
+    Ok(report(&bench, conditions))
 }
 
-fn report(
-    bench: &Bench,
-    machine: MachineFacts,
-    (other_cpu_percent, steal_percent): (f64, f64),
-    wall: Duration,
-) -> NopReport {
+fn report(bench: &Bench, conditions: RunConditions) -> NopReport {
     let clock = &bench.clock;
     let empty = Series::default();
     let series = |name: &str| bench.series.get(name).unwrap_or(&empty);
@@ -408,16 +398,11 @@ fn report(
         schedule: bench.schedule,
         gap_us: bench.gap.as_micros() as u64,
         placement: bench.placement.clone(),
-        clock_source: clock.source(),
         ticks_per_ns: clock.ticks_per_ns(),
-        steal_percent,
-        other_cpu_percent,
-        interference_warning: interference_warning(other_cpu_percent),
-        machine,
+        conditions,
         load_average_after: {
             let load = sysinfo::System::load_average();
             [load.one, load.five, load.fifteen]
         },
-        wall_time_ms: wall.as_millis() as u64,
     }
 }

@@ -19,7 +19,7 @@ use self::engine::EngineReads;
 pub use self::engine::Verified;
 use self::pread::{floor_slice, floor_threads, FloorWork};
 use super::needles::{find_needles, NeedleRef};
-use super::{command_line, interference_warning, BenchError, Schedule, Series, SliceResult, Summary};
+use super::{command_line, BenchError, RunConditions, Schedule, Series, SliceResult, Summary};
 use crate::affinity;
 use crate::machine::{Interference, MachineFacts};
 use crate::ringstat::take_snapshot;
@@ -140,13 +140,8 @@ pub struct ReadReport {
     pub needles_per_size: usize,
     pub schedule: Schedule,
     pub poller_cpu: Option<usize>,
-    pub clock_source: &'static str,
-    pub steal_percent: f64,
-    /// CPU time other processes used during the run, % of all CPUs.
-    pub other_cpu_percent: f64,
-    pub interference_warning: Option<String>,
-    pub machine: MachineFacts,
-    pub wall_time_ms: u64,
+    #[serde(flatten)]
+    pub conditions: RunConditions,
 }
 
 fn missing_sizes_message(dir: &Path, missing: &[u64]) -> String {
@@ -220,7 +215,7 @@ pub fn run(options: &ReadOptions) -> Result<ReadReport, BenchError> {
     }
     engine.check_errors()?;
     let results = local_results(&series, &clock, all_cpus.len());
-    let (other_cpu_percent, steal_percent) = interference.finish();
+    let conditions = RunConditions::new(clock.source(), machine, interference.finish(), wall_start.elapsed());
     Ok(ReadReport {
         tool: "rdma-bench read",
         command: command_line(),
@@ -238,12 +233,7 @@ pub fn run(options: &ReadOptions) -> Result<ReadReport, BenchError> {
         needles_per_size: NEEDLES_PER_SIZE,
         schedule,
         poller_cpu,
-        clock_source: clock.source(),
-        steal_percent,
-        other_cpu_percent,
-        interference_warning: interference_warning(other_cpu_percent),
-        machine,
-        wall_time_ms: wall_start.elapsed().as_millis() as u64,
+        conditions,
     })
 }
 

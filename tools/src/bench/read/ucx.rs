@@ -19,7 +19,7 @@ use super::EngineVsFloor;
 use super::{needles_of_every_size, NeedleRef, ReadOptions, SeriesMap, Transport, Verified};
 use super::{DEPTHS, DEPTH_MAX, NEEDLES_PER_SIZE, SIZES};
 use crate::affinity;
-use crate::bench::{command_line, interference_warning, BenchError, Schedule, Target};
+use crate::bench::{command_line, BenchError, RunConditions, Schedule, Target};
 use crate::machine::{tcp_listener_pid, ucx_environment_of, Interference, MachineFacts};
 use crate::ringstat::take_snapshot;
 use crate::timing::TickClock;
@@ -80,13 +80,8 @@ pub struct UcxReadReport {
     pub exporter_pid: Option<u32>,
     pub poller_cpu: Option<usize>,
     pub ucx_environment: UcxEnvironment,
-    pub clock_source: &'static str,
-    pub steal_percent: f64,
-    /// CPU time used by processes other than the bench, reader and exporter, % of all CPUs.
-    pub other_cpu_percent: f64,
-    pub interference_warning: Option<String>,
-    pub machine: MachineFacts,
-    pub wall_time_ms: u64,
+    #[serde(flatten)]
+    pub conditions: RunConditions,
 }
 
 fn ucx_environment(reader_pid: u32, exporter_pid: Option<u32>) -> UcxEnvironment {
@@ -157,7 +152,7 @@ pub fn run(options: &UcxReadOptions) -> Result<UcxReadReport, BenchError> {
     engine.check_errors()?;
     let results = ucx_results(&series, &clock);
     let targets = targets(&results);
-    let (other_cpu_percent, steal_percent) = interference.finish();
+    let conditions = RunConditions::new(clock.source(), machine, interference.finish(), wall_start.elapsed());
     Ok(UcxReadReport {
         tool: "rdma-bench read",
         command: command_line(),
@@ -179,12 +174,7 @@ pub fn run(options: &UcxReadOptions) -> Result<UcxReadReport, BenchError> {
         exporter_pid,
         poller_cpu,
         ucx_environment,
-        clock_source: clock.source(),
-        steal_percent,
-        other_cpu_percent,
-        interference_warning: interference_warning(other_cpu_percent),
-        machine,
-        wall_time_ms: wall_start.elapsed().as_millis() as u64,
+        conditions,
     })
 }
 
