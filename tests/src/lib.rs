@@ -2,6 +2,8 @@
 //! process, attach raw (below the client library, to write hostile entries),
 //! find fixtures.
 
+pub mod seaweedfs;
+
 use rdma_ipc::control::{self, AttachRequest, Request, Response};
 use rdma_ipc::mapping::{Access, Mapping};
 use shm_layout::header::RegionDescription;

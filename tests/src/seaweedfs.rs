@@ -1,0 +1,326 @@
+//! A real SeaweedFS for the tests: a `weed master` and a `weed volume`
+//! server on loopback, each with its own temporary directory and ports,
+//! started and waited for, and killed on drop (also when a test panics).
+//!
+//! The binary comes from `WEED_BINARY`, else from `deploy/install-seaweedfs.sh`
+//! (which reuses its cached build). A test that cannot have it fails, unless
+//! `RDMA_TEST_SKIP` names `weed` (a comma-separated list): then it prints
+//! that it skipped and why.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// How long a master and a volume server may take to be ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Timeout of one HTTP request of the harness.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Whether the environment names `part` as skipped on purpose.
+pub fn skip_named(part: &str) -> bool {
+    std::env::var("RDMA_TEST_SKIP").is_ok_and(|list| list.split(',').any(|name| name.trim() == part))
+}
+
+/// The `weed` binary, or `None` when `RDMA_TEST_SKIP` names `weed` (said
+/// on stderr). Panics when it is needed and cannot be had.
+pub fn weed_binary() -> Option<PathBuf> {
+    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    if skip_named("weed") {
+        eprintln!("SKIPPED (RDMA_TEST_SKIP names weed): this test needs a real SeaweedFS");
+        return None;
+    }
+    let found = BINARY.get_or_init(find_weed);
+    match found {
+        Ok(path) => Some(path.clone()),
+        Err(reason) => panic!("{reason} (set RDMA_TEST_SKIP=weed to skip SeaweedFS tests on purpose)"),
+    }
+}
+
+fn find_weed() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("WEED_BINARY") {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!("WEED_BINARY={} is not a file", path.display()))
+        };
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/install-seaweedfs.sh");
+    let output = Command::new(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|error| format!("cannot run {}: {error}", script.display()))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    match stdout.lines().last() {
+        Some(line) if output.status.success() && Path::new(line.trim()).is_file() => Ok(PathBuf::from(line.trim())),
+        _ => Err(format!("{} did not give a weed binary ({})", script.display(), output.status)),
+    }
+}
+
+/// Two ports free on loopback whose gRPC twins (port + 10000) are free too.
+fn free_weed_port() -> u16 {
+    for _ in 0..200 {
+        let port = crate::free_port("127.0.0.1");
+        if port < 55000 && std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port pair (port, port + 10000) on 127.0.0.1");
+}
+
+/// How to start the volume server.
+#[derive(Clone, Debug)]
+pub struct WeedOptions {
+    /// Most volumes the volume server holds (`-max`).
+    pub max_volumes: u32,
+    /// `-index=leveldb` instead of the default in-memory index.
+    pub leveldb_index: bool,
+    /// Volume size limit given to the master, in MiB.
+    pub volume_size_limit_mib: u32,
+}
+
+impl Default for WeedOptions {
+    fn default() -> WeedOptions {
+        WeedOptions { max_volumes: 8, leveldb_index: false, volume_size_limit_mib: 1024 }
+    }
+}
+
+/// A response as the harness saw it: status, headers (lower-case names), body.
+#[derive(Debug, Clone)]
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
+    }
+}
+
+/// A file as uploaded.
+#[derive(Debug, Clone)]
+pub struct Uploaded {
+    pub fid: String,
+    pub name: String,
+    pub bytes: Vec<u8>,
+}
+
+/// A running master and volume server, killed on drop.
+#[derive(Debug)]
+pub struct SeaweedFs {
+    pub master_port: u16,
+    pub volume_port: u16,
+    pub dir: tempfile::TempDir,
+    master: Child,
+    volume: Child,
+    agent: ureq::Agent,
+}
+
+impl SeaweedFs {
+    /// Starts a master and a volume server, or `None` when the environment
+    /// skips SeaweedFS on purpose.
+    pub fn start(options: WeedOptions) -> Option<SeaweedFs> {
+        let weed = weed_binary()?;
+        let dir = tempfile::tempdir().expect("temp dir for SeaweedFS");
+        let (master_dir, volume_dir) = (dir.path().join("master"), dir.path().join("volume"));
+        std::fs::create_dir_all(&master_dir).expect("master dir");
+        std::fs::create_dir_all(&volume_dir).expect("volume dir");
+        let master_port = free_weed_port();
+        let master = spawn_logged(
+            &weed,
+            &[
+                "master".into(),
+                "-ip=127.0.0.1".into(),
+                "-ip.bind=127.0.0.1".into(),
+                format!("-port={master_port}"),
+                format!("-mdir={}", master_dir.display()),
+                format!("-volumeSizeLimitMB={}", options.volume_size_limit_mib),
+            ],
+            &dir.path().join("master.log"),
+        );
+        let volume_port = free_weed_port();
+        let mut volume_args = vec![
+            "volume".to_string(),
+            "-ip=127.0.0.1".into(),
+            "-ip.bind=127.0.0.1".into(),
+            format!("-port={volume_port}"),
+            format!("-dir={}", volume_dir.display()),
+            format!("-master=127.0.0.1:{master_port}"),
+            format!("-max={}", options.max_volumes),
+        ];
+        if options.leveldb_index {
+            volume_args.push("-index=leveldb".into());
+        }
+        let volume = spawn_logged(&weed, &volume_args, &dir.path().join("volume.log"));
+        let agent = ureq::AgentBuilder::new().timeout(REQUEST_TIMEOUT).build();
+        let seaweedfs = SeaweedFs { master_port, volume_port, dir, master, volume, agent };
+        seaweedfs.wait_ready();
+        Some(seaweedfs)
+    }
+
+    /// `127.0.0.1:PORT` of the master.
+    pub fn master_address(&self) -> String {
+        format!("127.0.0.1:{}", self.master_port)
+    }
+
+    /// `127.0.0.1:PORT` of the volume server.
+    pub fn volume_address(&self) -> String {
+        format!("127.0.0.1:{}", self.volume_port)
+    }
+
+    /// The volume server's `-dir`.
+    pub fn volume_dir(&self) -> PathBuf {
+        self.dir.path().join("volume")
+    }
+
+    /// Both servers' logs, for failure messages.
+    pub fn logs(&self) -> String {
+        let read = |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+        format!("--- master.log\n{}\n--- volume.log\n{}", read("master.log"), read("volume.log"))
+    }
+
+    /// Waits until an assign succeeds: the master is leader and the volume
+    /// server has registered with it.
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(reply) = self.get_url(&format!("http://{}/dir/assign", self.master_address()), &[]) {
+                if reply.status == 200 && String::from_utf8_lossy(&reply.body).contains("\"fid\"") {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("SeaweedFS did not accept an assign within {READY_TIMEOUT:?}\n{}", self.logs());
+    }
+
+    /// Assigns a file id through the master (`/dir/assign`), with query
+    /// parameters such as `ttl=1m`. Returns the fid and the volume server url.
+    pub fn assign(&self, query: &str) -> (String, String) {
+        let url = format!("http://{}/dir/assign?{query}", self.master_address());
+        let reply = self.get_url(&url, &[]).expect("assign");
+        let json: serde_json::Value = serde_json::from_slice(&reply.body).expect("assign answer is JSON");
+        let fid = json["fid"].as_str().unwrap_or_else(|| panic!("assign failed: {json}")).to_string();
+        let server = json["url"].as_str().expect("assign url").to_string();
+        (fid, server)
+    }
+
+    /// Uploads `bytes` as a file named `name` (with `mime`, if any) through
+    /// SeaweedFS's own API: an assign on the master, then a multipart POST.
+    pub fn upload(&self, name: &str, mime: Option<&str>, bytes: &[u8]) -> Uploaded {
+        self.upload_with(name, mime, bytes, "", &[])
+    }
+
+    /// Like [`SeaweedFs::upload`], with assign parameters (`ttl=1m`) and
+    /// extra request headers (`Seaweed-Key: value` pairs).
+    pub fn upload_with(
+        &self,
+        name: &str,
+        mime: Option<&str>,
+        bytes: &[u8],
+        assign_query: &str,
+        headers: &[(&str, &str)],
+    ) -> Uploaded {
+        let (fid, server) = self.assign(assign_query);
+        let ttl = assign_query.split('&').find_map(|pair| pair.strip_prefix("ttl="));
+        let mut url = format!("http://{server}/{fid}");
+        if let Some(ttl) = ttl {
+            url.push_str(&format!("?ttl={ttl}"));
+        }
+        let boundary = "rdmaTestBoundary7MA4YWxkTrZu0gW";
+        let mut body = Vec::with_capacity(bytes.len() + 256);
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        body.extend_from_slice(
+            format!("Content-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n").as_bytes(),
+        );
+        if let Some(mime) = mime {
+            body.extend_from_slice(format!("Content-Type: {mime}\r\n").as_bytes());
+        }
+        body.extend_from_slice(b"\r\n");
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let mut request =
+            self.agent.post(&url).set("Content-Type", &format!("multipart/form-data; boundary={boundary}"));
+        for (key, value) in headers {
+            request = request.set(key, value);
+        }
+        let reply = into_reply(request.send_bytes(&body)).expect("upload POST");
+        assert!(reply.status == 201 || reply.status == 200, "upload of {name} failed: {reply:?}\n{}", self.logs());
+        Uploaded { fid, name: name.to_string(), bytes: bytes.to_vec() }
+    }
+
+    /// Deletes a file through the volume server (a tombstone is appended).
+    pub fn delete(&self, fid: &str) {
+        let url = format!("http://{}/{fid}", self.volume_address());
+        let reply = into_reply(self.agent.delete(&url).call()).expect("DELETE");
+        assert!(reply.status == 202 || reply.status == 200, "delete of {fid} failed: {reply:?}");
+    }
+
+    /// `GET http://<volume server>/<path>` with `headers`, as any client sends it.
+    pub fn volume_get(&self, path: &str, headers: &[(&str, &str)]) -> HttpReply {
+        let url = format!("http://{}/{}", self.volume_address(), path.trim_start_matches('/'));
+        self.get_url(&url, headers).expect("GET from the volume server")
+    }
+
+    /// A GET of any URL, any status.
+    pub fn get_url(&self, url: &str, headers: &[(&str, &str)]) -> Result<HttpReply, String> {
+        http_get(&self.agent, url, headers)
+    }
+
+    /// Asks the master to vacuum every volume with more garbage than `threshold` (0..1).
+    pub fn vacuum(&self, threshold: f64) -> HttpReply {
+        let url = format!("http://{}/vol/vacuum?garbageThreshold={threshold}", self.master_address());
+        self.get_url(&url, &[]).expect("vacuum")
+    }
+}
+
+/// A GET with `headers`, any status, the body read whole.
+pub fn http_get(agent: &ureq::Agent, url: &str, headers: &[(&str, &str)]) -> Result<HttpReply, String> {
+    let mut request = agent.get(url);
+    for (key, value) in headers {
+        request = request.set(key, value);
+    }
+    into_reply(request.call())
+}
+
+fn into_reply(result: Result<ureq::Response, ureq::Error>) -> Result<HttpReply, String> {
+    let response = match result {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(error) => return Err(error.to_string()),
+    };
+    let status = response.status();
+    let headers = response
+        .headers_names()
+        .into_iter()
+        .filter_map(|name| response.header(&name).map(|value| (name.to_ascii_lowercase(), value.to_string())))
+        .collect();
+    let mut body = Vec::new();
+    response.into_reader().take(1 << 31).read_to_end(&mut body).map_err(|error| error.to_string())?;
+    Ok(HttpReply { status, headers, body })
+}
+
+fn spawn_logged(binary: &Path, args: &[String], log: &Path) -> Child {
+    let file = std::fs::File::create(log).expect("log file");
+    let stderr = file.try_clone().expect("log file clone");
+    Command::new(binary)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(file)
+        .stderr(stderr)
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot start {}: {error}", binary.display()))
+}
+
+impl Drop for SeaweedFs {
+    fn drop(&mut self) {
+        for child in [&mut self.volume, &mut self.master] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
