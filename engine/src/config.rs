@@ -61,6 +61,31 @@ pub struct Config {
     #[arg(long = "peer")]
     pub peer: Vec<std::net::SocketAddr>,
 
+    /// Read role: the SeaweedFS master (HOST:PORT) that locates volumes this engine does not
+    /// serve locally (`/dir/lookup`); their reads go to the exporter at the volume server's
+    /// host and --export-port, else to the volume server's HTTP.
+    #[arg(long)]
+    pub master: Option<String>,
+
+    /// Read role: the port the export role listens on at every volume server's host (with
+    /// --master).
+    #[arg(long, requires = "master")]
+    pub export_port: Option<u16>,
+
+    /// Read role: a volume server (HOST:PORT) the HTTP fallback reads from when no master
+    /// locates the volume (setups without a master, or a master that is down).
+    #[arg(long)]
+    pub volume_server: Option<String>,
+
+    /// Read role: never read from the volume server's HTTP (reads that RDMA and local files
+    /// cannot serve fail instead).
+    #[arg(long)]
+    pub no_http_fallback: bool,
+
+    /// Read role: threads of the HTTP fallback (its requests in flight at once).
+    #[arg(long, default_value_t = 8)]
+    pub http_fallback_threads: usize,
+
     /// Read role: RDMA reads each queue pair can have in flight at once; the
     /// engine sizes its table for every queue pair of every client at once.
     #[arg(long, default_value_t = 64)]
@@ -113,6 +138,8 @@ pub enum ConfigError {
     SqEntries(u32),
     #[error("--heartbeat-ms must be between 1 and 1000 so clients notice a dead engine within a second")]
     Heartbeat,
+    #[error("--{name} {value:?} is not HOST:PORT")]
+    NotHostPort { name: &'static str, value: String },
 }
 
 impl Config {
@@ -147,6 +174,18 @@ impl Config {
         if self.heartbeat_ms == 0 || self.heartbeat_ms > 1000 {
             return Err(ConfigError::Heartbeat);
         }
+        for (name, value) in [("master", &self.master), ("volume-server", &self.volume_server)] {
+            if let Some(value) = value.as_ref().filter(|value| !is_host_port(value)) {
+                return Err(ConfigError::NotHostPort { name, value: value.clone() });
+            }
+        }
+        if !(1..=256).contains(&self.http_fallback_threads) {
+            return Err(ConfigError::OutOfRange {
+                name: "http-fallback-threads",
+                value: self.http_fallback_threads as u64,
+                limit: 256,
+            });
+        }
         Ok(())
     }
 
@@ -157,5 +196,13 @@ impl Config {
 
     pub fn max_buffer_size_bytes(&self) -> u64 {
         self.max_buffer_mib << 20
+    }
+}
+
+/// `HOST:PORT`: a non-empty host without a scheme or path, and a port.
+fn is_host_port(value: &str) -> bool {
+    match value.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok_and(|port| port > 0),
+        None => false,
     }
 }

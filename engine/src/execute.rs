@@ -85,7 +85,7 @@ impl Executor {
                 }
             }
             Request::ReadNeedle(read) => match self.reads.as_mut() {
-                Some(reads) => reads.read(sqe.user_data, &read, view, route),
+                Some(reads) => reads.read(sqe.user_data, &read, view, route, sqe.deadline_ns),
                 None => done(Cqe::error(sqe.user_data, ErrorCode::NO_SUCH_VOLUME)),
             },
         }
@@ -101,6 +101,24 @@ impl Executor {
     /// Requests in flight in the transports.
     pub fn pending(&self) -> usize {
         self.reads.as_ref().map_or(0, |reads| reads.pending())
+    }
+
+    /// Whether requests in flight need the poller to keep polling (RDMA progress); the
+    /// transports that run on threads of their own ring the doorbell instead.
+    pub fn needs_polling(&self) -> bool {
+        self.reads.as_ref().is_some_and(|reads| reads.needs_polling())
+    }
+
+    /// Whether a transport thread queued a completion the poller has not taken yet.
+    pub fn has_ready(&self) -> bool {
+        self.reads.as_ref().is_some_and(|reads| reads.has_ready())
+    }
+
+    /// Logs the read path counters (at shutdown).
+    pub fn log_counters(&mut self) {
+        if let Some(reads) = self.reads.as_mut() {
+            reads.log_counters();
+        }
     }
 
     /// Drives the asynchronous transports and hands each finished request's

@@ -120,7 +120,9 @@ fn spawn_poller(
             if let Some(cpu) = poller_cpu {
                 pin_to_cpu(cpu);
             }
-            let reads = match read_setup.map(read::ReadSetup::start).transpose() {
+            let doorbell = link.clone();
+            let wake: read::http::Waker = Arc::new(move || doorbell.ring_doorbell());
+            let reads = match read_setup.map(|setup| setup.start(wake)).transpose() {
                 Ok(reads) => reads,
                 Err(error) => {
                     let _ = started_sender.send(Err(EngineError::Read(error)));

@@ -147,6 +147,8 @@ error_codes! {
     RANGE_OUT_OF_BOUNDS = -17, "the requested byte range is outside the needle's data";
     PEER_UNAVAILABLE = -18, "the volume's host could not be reached over RDMA";
     NOT_SUPPORTED = -19, "the engine was not configured with a transport that can serve this request";
+    MASTER_UNAVAILABLE = -20, "the SeaweedFS master could not be reached or did not answer the volume lookup";
+    HTTP_FAILED = -21, "the volume server's HTTP fallback failed: connection lost or an error status (in aux)";
 }
 
 impl core::fmt::Display for ErrorCode {

@@ -124,9 +124,10 @@ impl Poller {
             let served = self.serve_all() + self.complete_pending();
             self.release_detached();
             passes = passes.wrapping_add(1);
-            if served > 0 || self.executor.pending() > 0 {
+            if served > 0 || self.executor.needs_polling() {
                 // Work done, or reads in flight whose completions need
-                // progress: stay awake.
+                // progress (RDMA): stay awake. Completions of the transports
+                // that run on threads of their own ring the doorbell.
                 idle_since_ns = None;
                 if passes.is_multiple_of(PASSES_PER_HOUSEKEEPING) {
                     last_housekeeping_ns = self.housekeeping();
@@ -237,7 +238,10 @@ impl Poller {
         self.wait_words.clear();
         let doorbell = self.link.doorbell.load(Ordering::SeqCst);
         self.wait_words.push(WaitWord::private(&self.link.doorbell, doorbell));
-        let mut work_arrived = false;
+        // Read after the doorbell: a transport thread queues its completion, then rings. If
+        // the ring came after the load above, the futex wait returns at once; if before, the
+        // completion is visible here.
+        let mut work_arrived = self.executor.has_ready();
         for region in self.regions.iter_mut().filter(|region| region.serving()) {
             let view = region.memory.view;
             for index in 0..region.queue_pairs.len() {
@@ -293,6 +297,7 @@ impl Poller {
             region.set_engine_state(engine_state::STOPPED);
             region.wake_all_waiters();
         }
+        self.executor.log_counters();
         tracing::info!(
             regions = self.regions.len(),
             completed_with_shutdown = completed,

@@ -127,7 +127,7 @@ impl Reader {
         assert!(read.buffer_offset + u64::from(read.buffer_length) <= AREA_BYTES as u64, "buffer outside the area");
         // SAFETY: the buffer range lies inside the registered area (asserted above).
         let buffer = NonNull::new(unsafe { self.area.as_mut_ptr().add(read.buffer_offset as usize) }).unwrap();
-        self.reads.start_read(token, AREA_ID, read, buffer)
+        self.reads.start_read(token, AREA_ID, read, buffer, None)
     }
 
     /// Runs `reads` (each with its buffer at `(offset, length)` of the area), DEPTH at a time;

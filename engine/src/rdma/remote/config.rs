@@ -18,6 +18,9 @@ const INDEX_CHUNK_MAX_BYTES: usize = 64 << 20;
 pub struct RemoteConfig {
     /// Exporters to read from (their `--listen` addresses).
     pub peers: Vec<SocketAddr>,
+    /// Most exporters at once: `peers` plus those added later ([`super::RemoteReads::add_peer`],
+    /// for volumes located through the master).
+    pub max_peers: usize,
     /// Reads in flight at most (started, completion not yet popped); at least 64.
     pub max_in_flight: usize,
     /// UCX settings (`("TLS", "tcp")`) on top of the `UCX_*` environment.
@@ -36,6 +39,7 @@ pub struct RemoteConfig {
 impl RemoteConfig {
     pub fn new(peers: Vec<SocketAddr>) -> RemoteConfig {
         RemoteConfig {
+            max_peers: peers.len(),
             peers,
             max_in_flight: 256,
             ucx: Vec::new(),
@@ -52,8 +56,8 @@ impl RemoteConfig {
         if !(MAX_IN_FLIGHT_MIN..=MAX_IN_FLIGHT_MAX).contains(&self.max_in_flight) {
             return fail(format!("max_in_flight must be in {MAX_IN_FLIGHT_MIN}..={MAX_IN_FLIGHT_MAX}"));
         }
-        if self.peers.len() > PEERS_MAX {
-            return fail(format!("at most {PEERS_MAX} peers"));
+        if self.peers.len() > self.max_peers || self.max_peers > PEERS_MAX {
+            return fail(format!("at most {PEERS_MAX} peers, and no more than max_peers"));
         }
         if !(INDEX_CHUNK_MIN_BYTES..=INDEX_CHUNK_MAX_BYTES).contains(&self.index_chunk_bytes) {
             return fail("index_chunk_bytes must be in 4 KiB..=64 MiB".into());
@@ -73,4 +77,6 @@ pub enum RemoteError {
     Ucx(#[from] ucx::Error),
     #[error("buffer area {0} is already registered")]
     AreaExists(u64),
+    #[error("cannot add exporter {0}: already {1} peers, the most this engine was sized for")]
+    TooManyPeers(SocketAddr, usize),
 }

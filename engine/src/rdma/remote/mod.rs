@@ -119,10 +119,10 @@ impl RemoteReads {
     pub fn new(config: RemoteConfig) -> Result<RemoteReads, RemoteError> {
         config.validate()?;
         let context = Context::with_config(features(), &ucx_overrides(&config.ucx))?;
-        let gets_max = (config.max_in_flight + config.peers.len()) * GETS_PER_TRANSFER_MAX as usize;
+        let gets_max = (config.max_in_flight + config.max_peers) * GETS_PER_TRANSFER_MAX as usize;
         let worker_config = WorkerConfig {
             max_in_flight: gets_max,
-            am_queue_capacity: (config.peers.len() * 4).max(16),
+            am_queue_capacity: (config.max_peers * 4).max(16),
             am_payload_max_bytes: 64 << 20,
         };
         let worker = Worker::new(&context, worker_config)?;
@@ -131,12 +131,9 @@ impl RemoteReads {
         // SAFETY: the scratch outlives its registration (field order in RemoteReads).
         let scratch_region = unsafe { MemoryRegion::register(&context, scratch.base(), scratch.len()) }?;
         let now = Instant::now();
-        let mut peers = Vec::with_capacity(config.peers.len());
+        let mut peers = Vec::with_capacity(config.max_peers);
         for &address in &config.peers {
-            let staging = RawBuffer::new(config.index_chunk_bytes);
-            // SAFETY: the staging buffer outlives its registration (field order in Peer).
-            let staging_region = unsafe { MemoryRegion::register(&context, staging.base(), staging.len()) }?;
-            peers.push(Peer::new(address, staging, staging_region, config.reconnect_backoff_min, now));
+            peers.push(new_peer(&context, &config, address, now)?);
         }
         let max_in_flight = config.max_in_flight;
         let mut reads = RemoteReads {
@@ -167,6 +164,44 @@ impl RemoteReads {
             tracing::warn!(peer = %peer.address, "exporter not reachable at start; retrying in the background");
         }
         Ok(reads)
+    }
+
+    /// Adds an exporter learnt later (from the master's lookup) and starts connecting to it;
+    /// its reads wait for [`RemoteReads::peer_status`] to leave `Connecting`. Nothing happens
+    /// when the peer is known already.
+    pub fn add_peer(&mut self, address: SocketAddr) -> Result<(), RemoteError> {
+        if self.peers.iter().any(|peer| peer.address == address) {
+            return Ok(());
+        }
+        if self.peers.len() >= self.config.max_peers {
+            return Err(RemoteError::TooManyPeers(address, self.peers.len()));
+        }
+        self.now = Instant::now();
+        let peer = new_peer(&self.context, &self.config, address, self.now)?;
+        self.peers.push(peer);
+        tracing::info!(peer = %address, "connecting to an exporter found through the master");
+        self.connect_peer(self.peers.len() - 1);
+        Ok(())
+    }
+
+    /// Where the connection to exporter `address` stands, if it is known.
+    pub fn peer_status(&self, address: SocketAddr) -> Option<PeerStatus> {
+        let peer = self.peers.iter().find(|peer| peer.address == address)?;
+        Some(match peer.state {
+            PeerState::Up => PeerStatus::Up,
+            PeerState::Connecting { .. } => PeerStatus::Connecting,
+            PeerState::Down { .. } => PeerStatus::Down,
+        })
+    }
+
+    /// Whether an exporter that is up announced `volume_id`.
+    pub fn serves_up(&self, volume_id: u32) -> bool {
+        self.peers.iter().any(|peer| peer.is_up() && peer.volumes.contains_key(&volume_id))
+    }
+
+    /// Whether exporter `address` is up and announced `volume_id`.
+    pub fn serves_at(&self, volume_id: u32, address: SocketAddr) -> bool {
+        self.peers.iter().any(|peer| peer.address == address && peer.is_up() && peer.volumes.contains_key(&volume_id))
     }
 
     /// The UCX context (to register a local buffer for the floor benchmark).
@@ -229,12 +264,15 @@ impl RemoteReads {
     /// `region_id`. `Ok`: exactly one completion with `token` will come from
     /// [`RemoteReads::poll_completion`]. `Err`: nothing was started (unknown area or volume,
     /// table full: check [`RemoteReads::has_room`] first).
+    /// `at` names the exporter to read from (a volume the master located); `None` picks the
+    /// first peer that is up and announced the volume.
     pub fn start_read(
         &mut self,
         token: u64,
         region_id: u64,
         read: &NeedleRead,
         buffer: NonNull<u8>,
+        at: Option<SocketAddr>,
     ) -> Result<(), (ErrorCode, u64)> {
         // The read timeout runs from here: `now` may be as old as the last `progress`, and the
         // poller calls that only while reads are pending.
@@ -244,7 +282,11 @@ impl RemoteReads {
         if !area.contains(buffer, u64::from(read.buffer_length)) {
             return Err((ErrorCode::BAD_BUFFER, 0));
         }
-        let peer = self.route(read.volume_id).ok_or((ErrorCode::NO_SUCH_VOLUME, 0))?;
+        let peer = match at {
+            Some(address) => self.peers.iter().position(|peer| peer.address == address),
+            None => self.route(read.volume_id),
+        };
+        let peer = peer.ok_or((ErrorCode::NO_SUCH_VOLUME, 0))?;
         let index = self.free_slots.pop().ok_or((ErrorCode::IO_ERROR, 0))? as usize;
         if let Some(area) = self.areas.get_mut(&region_id) {
             area.reads_in_flight += 1;
@@ -342,6 +384,24 @@ impl RemoteReads {
             }
         }
     }
+}
+
+/// Where a connection to an exporter stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerStatus {
+    /// Connected, catalogue received.
+    Up,
+    Connecting,
+    /// Failed or unreachable; retried with backoff.
+    Down,
+}
+
+/// A peer with its registered index staging buffer, not connected yet.
+fn new_peer(context: &Context, config: &RemoteConfig, address: SocketAddr, now: Instant) -> Result<Peer, RemoteError> {
+    let staging = RawBuffer::new(config.index_chunk_bytes);
+    // SAFETY: the staging buffer outlives its registration (field order in Peer).
+    let staging_region = unsafe { MemoryRegion::register(context, staging.base(), staging.len()) }?;
+    Ok(Peer::new(address, staging, staging_region, config.reconnect_backoff_min, now))
 }
 
 impl Drop for RemoteReads {

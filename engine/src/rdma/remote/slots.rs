@@ -166,6 +166,7 @@ impl RemoteReads {
                 self.slots[index].refreshed = true;
                 self.wait_catalogue(index);
             }
+            None if volume.index.is_deleted(needle_id) => self.finish(index, Err((ErrorCode::DELETED, 0))),
             None => self.finish(index, Err((ErrorCode::NO_SUCH_NEEDLE, 0))),
         }
     }
