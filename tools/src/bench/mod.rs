@@ -14,10 +14,13 @@
 //!   [`ring_floor`]: the ring code between two threads;
 //!   [`bare_client`]: the engine driven without the client library.
 //! - [`pipeline`]: the timing loops all of them share.
+//! - [`compare`]: every read path against SeaweedFS's own HTTP GET, with a
+//!   real `weed` (`rdma-bench compare`).
 //! - [`read`]: needle reads against `pread` (`--transport local`) or against
 //!   a bare `ucp_get_nbx` loop from the same exporter (`--transport ucx`).
 
 pub mod bare_client;
+pub mod compare;
 pub mod floor;
 pub mod needles;
 pub mod nop;

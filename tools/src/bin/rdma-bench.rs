@@ -3,7 +3,7 @@
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use rdma_tools::bench::floor::{helper_main, HELPER_SUBCOMMAND};
-use rdma_tools::bench::{nop, read, BenchError};
+use rdma_tools::bench::{compare, nop, read, BenchError};
 use rdma_tools::exit_code;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -73,6 +73,29 @@ enum Command {
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
         rounds: u32,
     },
+    /// Every read path against SeaweedFS's own HTTP GET, in one run: starts a real master,
+    /// volume server, exporter, reading engines and rdma-sidecar in a temporary directory,
+    /// uploads files, measures, stops them all.
+    Compare {
+        /// The `weed` binary (deploy/install-seaweedfs.sh prints its path).
+        #[arg(long)]
+        weed: PathBuf,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Also write the chart (SVG) here.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// Measured time per path and cell (size × concurrency), split over rounds.
+        #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(50..=600_000))]
+        cell_ms: u64,
+        /// Alternating rounds per cell.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+        rounds: u32,
+        /// Files uploaded per size.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        files_per_size: u64,
+    },
     /// Internal: the floor helper process (re-executed by `nop`).
     #[command(name = HELPER_SUBCOMMAND, hide = true)]
     FloorHelper {
@@ -133,6 +156,34 @@ fn main() {
                         print!("{}", rdma_tools::bench::render_read_ucx(&report));
                     }
                 }
+            }
+        }
+        Command::Compare { weed, json, plot, cell_ms, rounds, files_per_size } => {
+            let beside = |name: &str| {
+                std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.join(name))).unwrap_or_default()
+            };
+            let options = compare::CompareOptions {
+                weed,
+                engine: beside("rdma-engine"),
+                sidecar: beside("rdma-sidecar"),
+                cell_ms,
+                rounds,
+                files_per_size: files_per_size as usize,
+            };
+            let report = compare::run(&options).unwrap_or_else(|error| {
+                eprintln!("rdma-bench: {error}");
+                std::process::exit(exit_code::OTHER);
+            });
+            if let Some(path) = plot {
+                if let Err(error) = compare::write_svg(&report, &path) {
+                    eprintln!("rdma-bench: cannot write the chart {}: {error}", path.display());
+                    std::process::exit(exit_code::OTHER);
+                }
+            }
+            if json {
+                print_json(&report);
+            } else {
+                print!("{}", compare::render_compare(&report));
             }
         }
         Command::FloorHelper { fd, cpu } => {
