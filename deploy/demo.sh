@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
-# The main job, end to end on one machine: generate a SeaweedFS volume, start
-# the engine on it, read every needle through the shared-memory rings (each
-# one checked: cookie, id, size, CRC-32C), then the same over UCX from a
-# second engine that exports the volume, and print the benchmark tables
-# (engine vs its floors, as ratios).
+# The main job, end to end on one machine with a real SeaweedFS:
+#  1. build (or reuse) `weed`, start a master and a volume server;
+#  2. upload files through SeaweedFS's own API (assign + multipart POST);
+#  3. start an exporting engine on the volume server's directory and a reading
+#     engine that finds volumes through the master (UCX over tcp here: this
+#     machine has no RDMA NIC; the same code runs on verbs);
+#  4. read every file through `rdma-cat` and through `rdma-sidecar`, each checked
+#     byte for byte against the volume server's own GET;
+#  5. print the comparison table (`rdma-bench compare`: HTTP vs local vs UCX tcp
+#     vs UCX shared memory vs the sidecar, same run).
+# First run on a fresh machine: ~10 min for `weed` (built once, cached), ~4 min
+# for the release build; then about two minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 deploy/install-deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
+weed="$(deploy/install-seaweedfs.sh | tail -n 1)"
 cargo build --release --locked --workspace --bins
 
 work=$(mktemp -d /tmp/rdma-demo.XXXXXX)
@@ -19,56 +27,91 @@ cleanup() {
 }
 trap cleanup EXIT
 
-bin=target/release
-wait_for_socket() {
-    for _ in $(seq 1 100); do [ -S "$1" ] && return 0; sleep 0.1; done
-    echo "demo: engine socket $1 did not appear; see $work/*.log" >&2
+bin=$PWD/target/release
+free_port() { # a port whose gRPC twin (port + 10000, as weed uses) is free too
+    local port
+    while :; do
+        port=$((20000 + RANDOM % 20000))
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && continue
+        (exec 3<>"/dev/tcp/127.0.0.1/$((port + 10000))") 2>/dev/null && continue
+        echo "$port"
+        return
+    done
+}
+wait_for() { # wait_for WHAT COMMAND...: up to 60 s
+    local what=$1
+    shift
+    for _ in $(seq 1 600); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+    echo "demo: $what did not come up; logs in $work" >&2
+    tail -n 20 "$work"/*.log >&2
     return 1
 }
 
-mkdir -p "$work/volumes"
-echo "== generating a SeaweedFS volume (4 KiB, 64 KiB and 1 MiB needles)" >&2
-"$bin/volgen" --dir "$work/volumes" --volume-id 1 --count 300 --sizes 4096,65536,1048576 --fids-out "$work/fids.txt"
-
-echo "== starting rdma-engine on it (log: $work/local-engine.log)" >&2
-"$bin/rdma-engine" --socket "$work/local.sock" --volume-dir "$work/volumes" --poller-cpu 0 2>"$work/local-engine.log" &
+echo "== SeaweedFS: $("$weed" version | head -n 1)" >&2
+master_port=$(free_port)
+volume_port=$(free_port)
+mkdir -p "$work/master" "$work/volume" "$work/files"
+"$weed" master -ip=127.0.0.1 -ip.bind=127.0.0.1 -port="$master_port" -mdir="$work/master" >"$work/master.log" 2>&1 &
 pids+=($!)
-wait_for_socket "$work/local.sock"
+"$weed" volume -ip=127.0.0.1 -ip.bind=127.0.0.1 -port="$volume_port" -dir="$work/volume" \
+    -master="127.0.0.1:$master_port" -max=8 >"$work/volume.log" 2>&1 &
+pids+=($!)
+master=127.0.0.1:$master_port
+volume=127.0.0.1:$volume_port
+wait_for "the master and volume server" sh -c "curl -sf http://$master/dir/assign | grep -q fid"
 
-read_all() {
-    local socket=$1 label=$2 count=0
-    : > "$work/cat-$label.log"
-    while read -r fid; do
-        "$bin/rdma-cat" --socket "$socket" "$fid" > /dev/null 2>>"$work/cat-$label.log"
-        count=$((count + 1))
-    done < "$work/fids.txt"
-    echo "read $count needles through the rings, every one checked; last: $(tail -n 1 "$work/cat-$label.log")" >&2
+echo "== uploading files through SeaweedFS's API (binary 4 KiB .. 1 MiB, and text, which weed stores gzipped)" >&2
+: >"$work/fids.txt"
+upload() { # upload FILE MIME
+    local answer fid url
+    answer=$(curl -sf "http://$master/dir/assign")
+    fid=$(echo "$answer" | sed -n 's/.*"fid":"\([^"]*\)".*/\1/p')
+    url=$(echo "$answer" | sed -n 's/.*"url":"\([^"]*\)".*/\1/p')
+    curl -sf -F "file=@$1;type=$2" "http://$url/$fid" >/dev/null
+    echo "$fid" >>"$work/fids.txt"
 }
+for size in 4096 65536 1048576; do
+    for index in $(seq 1 20); do
+        head -c "$size" /dev/urandom >"$work/files/blob-$size-$index.bin"
+        upload "$work/files/blob-$size-$index.bin" application/octet-stream
+    done
+done
+for index in $(seq 1 10); do
+    yes "SeaweedFS stores small files in large volumes; line $index" | head -n 500 >"$work/files/notes-$index.txt"
+    upload "$work/files/notes-$index.txt" text/plain
+done
+echo "uploaded $(wc -l <"$work/fids.txt") files" >&2
 
-echo "== reading every needle through the rings, local transport (rdma-cat)" >&2
-read_all "$work/local.sock" local
-
-echo "== NOP round trips vs floors (rdma-bench nop)" >&2
-"$bin/rdma-bench" nop --socket "$work/local.sock"
-
-echo "== needle reads vs pread floor (rdma-bench read --transport local), and the live ring state halfway (ringstat)" >&2
-"$bin/rdma-bench" read --socket "$work/local.sock" --transport local --volume-dir "$work/volumes" > "$work/read-local.txt" &
-bench=$!
-sleep 5
-"$bin/ringstat" --socket "$work/local.sock"
-wait "$bench"
-cat "$work/read-local.txt"
-
-echo "== RDMA: an exporting engine and a reading engine, UCX over tcp (this machine has no RDMA NIC)" >&2
+echo "== engines: an exporter on the volume server's -dir, a reader that finds volumes through the master" >&2
 export UCX_TLS=${UCX_TLS:-tcp}
-port=$((20000 + RANDOM % 20000))
-"$bin/rdma-engine" --socket "$work/export.sock" --export-dir "$work/volumes" --listen "127.0.0.1:$port" 2>"$work/export-engine.log" &
+export_port=$(free_port)
+"$bin/rdma-engine" --socket "$work/export.sock" --export-dir "$work/volume" --listen "127.0.0.1:$export_port" \
+    2>"$work/export-engine.log" &
 pids+=($!)
-wait_for_socket "$work/export.sock"
-"$bin/rdma-engine" --socket "$work/reader.sock" --peer "127.0.0.1:$port" --poller-cpu 0 2>"$work/reader-engine.log" &
+wait_for "the exporter" test -S "$work/export.sock"
+"$bin/rdma-engine" --socket "$work/reader.sock" --master "$master" --export-port "$export_port" \
+    --poller-cpu 0 2>"$work/reader-engine.log" &
 pids+=($!)
-wait_for_socket "$work/reader.sock"
-read_all "$work/reader.sock" rdma
+wait_for "the reader" test -S "$work/reader.sock"
+sidecar_port=$(free_port)
+"$bin/rdma-sidecar" --socket "$work/reader.sock" --listen "127.0.0.1:$sidecar_port" 2>"$work/sidecar.log" &
+pids+=($!)
+wait_for "rdma-sidecar" curl -sf "http://127.0.0.1:$sidecar_port/health"
 
-echo "== needle reads over UCX vs a bare ucp_get floor (rdma-bench read --transport ucx)" >&2
-"$bin/rdma-bench" read --socket "$work/reader.sock" --transport ucx --peer "127.0.0.1:$port" --volume-dir "$work/volumes"
+echo "== reading every file through rdma-cat and rdma-sidecar, each compared with the volume server's GET" >&2
+count=0
+sources=()
+while read -r fid; do
+    curl -sf "http://$volume/$fid" >"$work/expected"
+    "$bin/rdma-cat" --socket "$work/reader.sock" "$fid" >"$work/got" 2>"$work/cat.err"
+    cmp -s "$work/expected" "$work/got" || { echo "demo: rdma-cat $fid differs from the volume server's GET" >&2; exit 1; }
+    sources+=("$(sed -n 's/.*source=\([a-z]*\).*/\1/p' "$work/cat.err")")
+    curl -sf -D "$work/headers" "http://127.0.0.1:$sidecar_port/$fid" >"$work/got"
+    cmp -s "$work/expected" "$work/got" || { echo "demo: rdma-sidecar $fid differs from the volume server's GET" >&2; exit 1; }
+    count=$((count + 1))
+done <"$work/fids.txt"
+echo "read $count files twice (rdma-cat, rdma-sidecar), all byte-identical to SeaweedFS's GET; rdma-cat sources: $(printf '%s\n' "${sources[@]}" | sort | uniq -c | tr -s ' \n' ' ')" >&2
+"$bin/ringstat" --socket "$work/reader.sock"
+
+echo "== the comparison: every path against SeaweedFS's own HTTP GET, same run (rdma-bench compare)" >&2
+"$bin/rdma-bench" compare --weed "$weed" --plot "$work/compare.svg"

@@ -172,6 +172,20 @@ fn without_an_exporter_reads_fall_back_to_http() {
         }
         other => panic!("expected BUFFER_TOO_SMALL, got {other:?}"),
     }
+
+    // The counters say which path served how many reads and why they fell back: 7 whole
+    // reads and 5 ranges served over HTTP; those and the 4 failed ones above (wrong cookie,
+    // deleted, range, buffer) went there for want of an exporter.
+    drop(queue_pair);
+    drop(client);
+    let mut reader = reader;
+    nix::sys::signal::kill(reader.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
+    reader.child.wait().unwrap();
+    let log = reader.log_text();
+    let line = log.lines().find(|line| line.contains("reads by path")).unwrap_or_else(|| panic!("no counters:\n{log}"));
+    for expected in ["local=0", "rdma=0", "http=12", "fallback_no_exporter=16", "fallback_peer_unavailable=0"] {
+        assert!(line.contains(expected), "{expected} not in {line}");
+    }
 }
 
 /// An exporter that is not there: the reads fall back to HTTP after the connection fails;

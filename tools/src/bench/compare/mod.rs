@@ -245,8 +245,8 @@ fn verify(cluster: &Cluster, path: &'static str, set: &SizeSet) -> Result<(), Co
     let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
     let fail = |reason: String| CompareError::Verify { path, reason };
     for (fid, file_id) in set.fids.iter().zip(&set.file_ids) {
-        let (status, expected) = cluster::http_get(&agent, &format!("http://{}/{fid}", cluster.volume_address))
-            .map_err(&fail)?;
+        let (status, expected) =
+            cluster::http_get(&agent, &format!("http://{}/{fid}", cluster.volume_address)).map_err(&fail)?;
         if status != 200 || expected.len() != set.size {
             return Err(fail(format!("the volume server answered {status} with {} bytes for {fid}", expected.len())));
         }
@@ -254,8 +254,7 @@ fn verify(cluster: &Cluster, path: &'static str, set: &SizeSet) -> Result<(), Co
             "http" => expected.clone(),
             "sidecar" => {
                 let address = cluster.sidecar_address.as_deref().unwrap_or_default();
-                let (status, body) =
-                    cluster::http_get(&agent, &format!("http://{address}/{fid}")).map_err(&fail)?;
+                let (status, body) = cluster::http_get(&agent, &format!("http://{address}/{fid}")).map_err(&fail)?;
                 if status != 200 {
                     return Err(fail(format!("{fid}: status {status}")));
                 }
