@@ -245,7 +245,14 @@ impl ControlServer {
                 region_size_bytes: memory.size_bytes(),
             })
             .collect();
-        let fds: Vec<_> = regions.iter().map(|memory| memory.memfd.as_raw_fd()).collect();
+        // Read-only descriptors of the same memfds: a lister (ringstat) can map them for
+        // reading only, never write into another client's region.
+        let read_only: Vec<OwnedFd> = regions
+            .iter()
+            .map(|memory| reopen_read_only(&memory.memfd))
+            .collect::<Result<_, _>>()
+            .map_err(|source| ControlError::Io { operation: "reopen a region read-only", source })?;
+        let fds: Vec<_> = read_only.iter().map(|fd| fd.as_raw_fd()).collect();
         let response = Response::Regions {
             engine_pid: std::process::id(),
             engine_generation: self.engine_generation,
@@ -261,4 +268,14 @@ impl ControlServer {
             self.link.send(Command::Detach { region_id });
         }
     }
+}
+
+/// A new, read-only open file description of `fd`'s file (through `/proc/self/fd`), so the
+/// receiver cannot map it writable or truncate it.
+fn reopen_read_only(fd: &OwnedFd) -> Result<OwnedFd, nix::Error> {
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC;
+    let raw = nix::fcntl::open(path.as_str(), flags, nix::sys::stat::Mode::empty())?;
+    // SAFETY: open just returned this descriptor; nothing else owns it.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
 }

@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegionError {
+    #[error("cannot seal the region's size (F_ADD_SEALS): {0}")]
+    Seal(std::io::Error),
     #[error("memfd_create failed: {0}")]
     Memfd(nix::Error),
     #[error("cannot size the region to {size_bytes} bytes: {source}")]
@@ -53,21 +55,27 @@ pub struct RegionMemory {
 static FALLBACK_LOGGED: AtomicBool = AtomicBool::new(false);
 
 fn create_hugetlb(size_bytes: u64) -> Result<(OwnedFd, Mapping), RegionError> {
-    let flags = MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_HUGETLB | MemFdCreateFlag::MFD_HUGE_2MB;
+    let flags = MemFdCreateFlag::MFD_CLOEXEC
+        | MemFdCreateFlag::MFD_ALLOW_SEALING
+        | MemFdCreateFlag::MFD_HUGETLB
+        | MemFdCreateFlag::MFD_HUGE_2MB;
     let memfd = memfd_create(c"rdma-region", flags).map_err(RegionError::Memfd)?;
     // fallocate reserves every huge page now: ENOSPC here instead of SIGBUS later.
     nix::unistd::ftruncate(&memfd, size_bytes as i64).map_err(|source| RegionError::Size { size_bytes, source })?;
     fallocate(memfd.as_raw_fd(), FallocateFlags::empty(), 0, size_bytes as i64)
         .map_err(|source| RegionError::NoHugepages { size_bytes, source })?;
+    seal_size(&memfd)?;
     let mapping = Mapping::new(&memfd, size_bytes, Access::ReadWrite, true)?;
     Ok((memfd, mapping))
 }
 
 fn create_normal(size_bytes: u64) -> Result<(OwnedFd, Mapping), RegionError> {
-    let memfd = memfd_create(c"rdma-region", MemFdCreateFlag::MFD_CLOEXEC).map_err(RegionError::Memfd)?;
+    let flags = MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING;
+    let memfd = memfd_create(c"rdma-region", flags).map_err(RegionError::Memfd)?;
     nix::unistd::ftruncate(&memfd, size_bytes as i64).map_err(|source| RegionError::Size { size_bytes, source })?;
     fallocate(memfd.as_raw_fd(), FallocateFlags::empty(), 0, size_bytes as i64)
         .map_err(|source| RegionError::Size { size_bytes, source })?;
+    seal_size(&memfd)?;
     let mapping = Mapping::new(&memfd, size_bytes, Access::ReadWrite, true)?;
     // SAFETY: advising our own fresh mapping; MADV_HUGEPAGE changes no contents.
     let advised = unsafe { madvise(mapping.base().cast(), size_bytes as usize, MmapAdvise::MADV_HUGEPAGE) };
@@ -75,6 +83,19 @@ fn create_normal(size_bytes: u64) -> Result<(OwnedFd, Mapping), RegionError> {
         tracing::debug!(%error, "MADV_HUGEPAGE not applied to a region");
     }
     Ok((memfd, mapping))
+}
+
+/// Seals the region's size before its fd leaves the engine: a client that truncates (or
+/// grows) it would otherwise make the engine's next access to the region fault (SIGBUS),
+/// taking every other client down. `F_SEAL_SEAL` keeps the seals from being lifted.
+fn seal_size(memfd: &OwnedFd) -> Result<(), RegionError> {
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on a descriptor we own; F_ADD_SEALS takes an int and touches no memory.
+    let result = unsafe { libc::fcntl(memfd.as_raw_fd(), libc::F_ADD_SEALS, seals) };
+    if result < 0 {
+        return Err(RegionError::Seal(std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 fn allocate(size_bytes: u64, policy: HugepagePolicy) -> Result<(OwnedFd, Mapping, bool), RegionError> {

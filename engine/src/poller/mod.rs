@@ -238,10 +238,10 @@ impl Poller {
         self.wait_words.clear();
         let doorbell = self.link.doorbell.load(Ordering::SeqCst);
         self.wait_words.push(WaitWord::private(&self.link.doorbell, doorbell));
-        // Read after the doorbell: a transport thread queues its completion, then rings. If
-        // the ring came after the load above, the futex wait returns at once; if before, the
-        // completion is visible here.
-        let mut work_arrived = self.executor.has_ready();
+        // Read after the doorbell: the control thread queues a command and a transport thread
+        // its completion, then ring. If the ring came after the load above, the futex wait
+        // returns at once; if before, what was queued is visible here.
+        let mut work_arrived = self.executor.has_ready() || !self.link.commands.is_empty();
         for region in self.regions.iter_mut().filter(|region| region.serving()) {
             let view = region.memory.view;
             for index in 0..region.queue_pairs.len() {
