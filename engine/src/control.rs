@@ -114,12 +114,12 @@ impl ControlServer {
                 self.engine_uid
             );
             tracing::warn!(pid = credentials.pid(), "{reason}");
-            let _ = control::send(&fd, &Response::Refused { reason }, &[]);
+            let _ = control::send_without_blocking(&fd, &Response::Refused { reason }, &[]);
             return;
         }
         if self.connections.len() >= self.max_connections() {
             let reason = format!("the engine already has {} control connections, its limit", self.connections.len());
-            let _ = control::send(&fd, &Response::Refused { reason }, &[]);
+            let _ = control::send_without_blocking(&fd, &Response::Refused { reason }, &[]);
             return;
         }
         self.connections.push(Connection { fd, pid: credentials.pid() as u32, region_id: None });
@@ -131,7 +131,7 @@ impl ControlServer {
             Err(ControlError::Closed) => return self.close_connection(index, "closed"),
             Err(error) => {
                 let reason = format!("unreadable control message: {error}");
-                let _ = control::send(&self.connections[index].fd, &Response::Refused { reason }, &[]);
+                let _ = control::send_without_blocking(&self.connections[index].fd, &Response::Refused { reason }, &[]);
                 return self.close_connection(index, "sent an unreadable message");
             }
         };
@@ -139,15 +139,23 @@ impl ControlServer {
             Request::Attach(attach) => self.attach(index, &attach),
             Request::ListRegions => self.list_regions(index),
         };
-        if let Err(error) = sent {
-            tracing::warn!(%error, "cannot answer a client");
-            self.close_connection(index, "could not be answered");
+        match sent {
+            Ok(()) => {}
+            Err(ControlError::Io { source: nix::errno::Errno::EAGAIN, .. }) => {
+                let pid = self.connections[index].pid;
+                tracing::warn!(pid, "a client does not read its control replies; dropping its connection");
+                self.close_connection(index, "does not read its replies");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot answer a client");
+                self.close_connection(index, "could not be answered");
+            }
         }
     }
 
     fn refuse(&self, index: usize, reason: String) -> Result<(), ControlError> {
         tracing::info!(pid = self.connections[index].pid, "attach refused: {reason}");
-        control::send(&self.connections[index].fd, &Response::Refused { reason }, &[])
+        control::send_without_blocking(&self.connections[index].fd, &Response::Refused { reason }, &[])
     }
 
     /// Checks an attach request against the layout version and the limits;
@@ -215,7 +223,11 @@ impl ControlServer {
             engine_generation: self.engine_generation,
             hugepages: memory.hugepages,
         };
-        control::send(&self.connections[index].fd, &Response::Attached(reply), &[memory.memfd.as_raw_fd()])?;
+        control::send_without_blocking(
+            &self.connections[index].fd,
+            &Response::Attached(reply),
+            &[memory.memfd.as_raw_fd()],
+        )?;
         tracing::info!(
             region_id = memory.identity.region_id,
             client_pid = memory.identity.client_pid,
@@ -258,7 +270,7 @@ impl ControlServer {
             engine_generation: self.engine_generation,
             regions: summaries,
         };
-        control::send(&self.connections[index].fd, &response, &fds)
+        control::send_without_blocking(&self.connections[index].fd, &response, &fds)
     }
 
     fn close_connection(&mut self, index: usize, why: &str) {

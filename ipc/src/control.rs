@@ -125,6 +125,26 @@ pub fn peer_credentials(connection: &OwnedFd) -> Result<UnixCredentials, Control
 
 /// Sends one message with `fds` attached.
 pub fn send<T: Serialize>(connection: &OwnedFd, message: &T, fds: &[RawFd]) -> Result<(), ControlError> {
+    send_with_flags(connection, message, fds, MsgFlags::MSG_NOSIGNAL)
+}
+
+/// Like [`send`], but fails at once (`EAGAIN`) instead of waiting when the peer's receive
+/// queue is full: the engine's control thread serves every client and must not wait for one
+/// that does not read its replies.
+pub fn send_without_blocking<T: Serialize>(
+    connection: &OwnedFd,
+    message: &T,
+    fds: &[RawFd],
+) -> Result<(), ControlError> {
+    send_with_flags(connection, message, fds, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT)
+}
+
+fn send_with_flags<T: Serialize>(
+    connection: &OwnedFd,
+    message: &T,
+    fds: &[RawFd],
+    flags: MsgFlags,
+) -> Result<(), ControlError> {
     let bytes = serde_json::to_vec(message)
         .map_err(|error| ControlError::BadMessage { size_bytes: 0, reason: error.to_string() })?;
     if bytes.len() > MAX_MESSAGE_BYTES || fds.len() > MAX_FDS_PER_MESSAGE {
@@ -133,7 +153,7 @@ pub fn send<T: Serialize>(connection: &OwnedFd, message: &T, fds: &[RawFd]) -> R
     let iov = [IoSlice::new(&bytes)];
     let rights = [ControlMessage::ScmRights(fds)];
     let control: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
-    sendmsg::<()>(connection.as_raw_fd(), &iov, control, MsgFlags::MSG_NOSIGNAL, None)
+    sendmsg::<()>(connection.as_raw_fd(), &iov, control, flags, None)
         .map_err(|source| ControlError::Io { operation: "send", source })?;
     Ok(())
 }

@@ -76,3 +76,38 @@ fn listed_regions_cannot_be_written() {
     assert!(nix::unistd::ftruncate(fd, 0).is_err(), "a listed region could be truncated");
     victim.check_alive().unwrap();
 }
+
+/// A client that asks for the region list again and again and never reads the answers used
+/// to block the control thread's replies to everyone (another client's attach took 4.2 s,
+/// or forever while the hog held on). Replies do not wait now: the hog is dropped with a log
+/// line and the others attach as before.
+#[test]
+fn a_client_that_does_not_read_its_replies_is_dropped() {
+    let engine = Engine::start(&[]);
+    let _victims: Vec<Client> =
+        (0..4).map(|_| Client::attach(&engine.socket, &AttachOptions::default()).unwrap()).collect();
+    let hog = control::connect_to(&engine.socket).unwrap();
+    let mut sent = 0;
+    // Bounded: 20,000 attempts. The engine drops the hog long before; its sends then fail.
+    // (While the engine is busy its queue can be full: the hog waits a moment then.)
+    for _ in 0..20_000 {
+        match control::send_without_blocking(&hog, &Request::ListRegions, &[]) {
+            Ok(()) => sent += 1,
+            Err(control::ControlError::Io { source: nix::errno::Errno::EAGAIN, .. }) => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(_) => break,
+        }
+    }
+    assert!(engine.wait_for_log("does not read its control replies", Duration::from_secs(20)), "{}", engine.log_text());
+    let (attached, receiver) = std::sync::mpsc::channel();
+    let socket = engine.socket.clone();
+    std::thread::spawn(move || {
+        let _ = attached.send(Client::attach(&socket, &AttachOptions::default()).map(|_| ()));
+    });
+    let result =
+        receiver.recv_timeout(Duration::from_secs(20)).expect("attach hung behind a client that does not read");
+    result.unwrap();
+    assert!(sent > 0);
+    drop(hog);
+}
