@@ -303,3 +303,28 @@ fn two_hosts_over_a_veth_pair_with_tcp() {
     drop(reader);
     drop(exporter);
 }
+
+/// A read's deadline holds in every state, also while it waits for an index pull from an
+/// exporter that stopped answering (it used to wait there forever).
+#[test]
+fn a_read_waiting_for_a_hung_exporters_index_ends_at_its_deadline() {
+    let volumes = volume_dir();
+    let (exporter, reader, _) = exporter_and_reader(volumes.path(), TCP);
+    let (client, mut queue_pair) = attach(&reader);
+    // Connected, catalogue known; volume 4's index is not pulled until a read needs it.
+    assert!(reader.wait_for_log("exporter connected", Duration::from_secs(10)), "{}", reader.log_text());
+    nix::sys::signal::kill(exporter.pid(), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let buffer = client.allocate(1 << 20).unwrap();
+    let operation = Operation::ReadNeedle { volume_id: 4, needle_id: 31, cookie: 0xc0 + 21, buffer };
+    let deadline_ns = rdma_ipc::clock::monotonic_ns() + 300_000_000;
+    queue_pair.prepare_with_deadline(operation, 7, deadline_ns).unwrap();
+    queue_pair.submit().unwrap();
+    let waited = queue_pair.wait(1, Duration::from_secs(20));
+    nix::sys::signal::kill(exporter.pid(), nix::sys::signal::Signal::SIGCONT).unwrap();
+    waited.unwrap();
+    let completion = queue_pair.reap_one().unwrap().expect("the read completed");
+    match completion.result() {
+        Err(CompletionError::Engine { code: ErrorCode::DEADLINE_EXCEEDED, .. }) => {}
+        other => panic!("expected DEADLINE_EXCEEDED, got {other:?}"),
+    }
+}

@@ -37,6 +37,8 @@ use volume_format::index::OffsetWidth;
 pub const DEFAULT_READ_DEADLINE: Duration = Duration::from_secs(30);
 /// Exporters found through the master that one engine connects to at most.
 const MASTER_PEERS_MAX: usize = 64;
+/// How often reads in the RDMA transport are checked against their deadlines.
+const DEADLINE_SCAN_INTERVAL: Duration = Duration::from_millis(10);
 /// How often the read-path counters are logged (when they changed).
 const COUNTERS_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -237,6 +239,7 @@ impl ReadSetup {
             counters: ReadCounters::default(),
             logged_counters: ReadCounters::default(),
             last_counters_log: Instant::now(),
+            last_deadline_scan: Instant::now(),
         })
     }
 }
@@ -282,6 +285,7 @@ pub struct ReadService {
     counters: ReadCounters,
     logged_counters: ReadCounters,
     last_counters_log: Instant,
+    last_deadline_scan: Instant,
 }
 
 impl ReadService {
@@ -335,6 +339,7 @@ impl ReadService {
             stage: Stage::Locating,
             rdma_failure: failed_locally,
             canceled: false,
+            expired: false,
         };
         let Some(token) = self.routes.insert(pending) else {
             let source = if self.routes.capacity() == 0 { 0 } else { cqe_flags::SOURCE_RDMA };
@@ -460,7 +465,7 @@ impl ReadService {
     fn after_rdma_failure(&mut self, token: u64, error: (ErrorCode, u64), now: Instant) -> Routed {
         let can_fall_back = self.can_fall_back();
         let Some(pending) = self.routes.get_mut(token) else { return Routed::Going };
-        if pending.canceled || !falls_back(error.0) || !can_fall_back {
+        if pending.canceled || pending.expired || !falls_back(error.0) || !can_fall_back {
             return Routed::Finished(cqe_flags::SOURCE_RDMA, Err(error));
         }
         pending.rdma_failure = Some(error.0);
@@ -508,10 +513,29 @@ impl ReadService {
         while let Some((token, result)) = self.http.as_mut().and_then(HttpReads::poll_completion) {
             self.finish_if_done(token, Routed::Finished(cqe_flags::SOURCE_HTTP, result), sink);
         }
+        if now.duration_since(self.last_deadline_scan) >= DEADLINE_SCAN_INTERVAL {
+            self.last_deadline_scan = now;
+            self.expire_rdma_reads(now);
+        }
         let answers = self.locator.as_mut().map_or(0, |locator| locator.poll(now));
         if answers > 0 || self.waiting_peers > 0 || !self.parked.is_empty() {
             self.advance_parked(now, sink);
         }
+    }
+
+    /// Cancels the RDMA reads whose deadline passed (whatever they wait for inside the
+    /// transport: a catalogue, an index pull, their gets); each completes with
+    /// `DEADLINE_EXCEEDED` once no get can land in its buffer any more.
+    fn expire_rdma_reads(&mut self, now: Instant) {
+        let Some(remote) = self.remote.as_mut() else { return };
+        let mut expired = std::mem::take(&mut self.parked);
+        self.routes.expire(Stage::Rdma, now, &mut expired);
+        for &token in &expired {
+            remote.cancel(token);
+        }
+        expired.clear();
+        self.parked = expired;
+        self.routes.parked(&mut self.parked);
     }
 
     /// Routes parked reads again (a lookup answered, an exporter connected or failed, a
@@ -536,7 +560,11 @@ impl ReadService {
     fn finish_if_done(&mut self, token: u64, routed: Routed, sink: &mut dyn FnMut(Route, Cqe, Outcome)) {
         let Routed::Finished(source, result) = routed else { return };
         let Some(pending) = self.routes.remove(token) else { return };
-        let result = if pending.canceled { Err((ErrorCode::CANCELED, 0)) } else { result };
+        let result = match () {
+            _ if pending.expired && result.is_err() => Err((ErrorCode::DEADLINE_EXCEEDED, 0)),
+            _ if pending.canceled => Err((ErrorCode::CANCELED, 0)),
+            _ => result,
+        };
         if result.is_ok() {
             self.counters.count_completion(source);
         }

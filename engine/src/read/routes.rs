@@ -48,6 +48,9 @@ pub struct PendingRead {
     pub rdma_failure: Option<ErrorCode>,
     /// The client canceled it.
     pub canceled: bool,
+    /// Its deadline passed while a transport had it: it completes with `DEADLINE_EXCEEDED`
+    /// once the transport let go of the buffer.
+    pub expired: bool,
 }
 
 #[derive(Debug)]
@@ -122,6 +125,21 @@ impl RouteTable {
         })
     }
 
+    /// Tokens of the reads in `stage` whose deadline passed by `now` and that are not marked
+    /// expired yet; marks them. Written into `tokens` (cleared first; no allocation).
+    pub fn expire(&mut self, stage: Stage, now: Instant, tokens: &mut Vec<u64>) {
+        tokens.clear();
+        for slot in 0..self.slots.len() {
+            let token = self.token(slot);
+            if let Some(read) = self.slots[slot].as_mut() {
+                if read.stage == stage && !read.expired && read.deadline <= now {
+                    read.expired = true;
+                    tokens.push(token);
+                }
+            }
+        }
+    }
+
     /// Tokens of the parked reads, written into `tokens` (cleared first; its capacity is the
     /// table's, so this does not allocate).
     pub fn parked(&self, tokens: &mut Vec<u64>) {
@@ -149,6 +167,7 @@ mod tests {
             stage: Stage::Locating,
             rdma_failure: None,
             canceled: false,
+            expired: false,
         }
     }
 
