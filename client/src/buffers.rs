@@ -65,6 +65,17 @@ impl Buffer {
     pub(crate) fn belongs_to(&self, shared: &Arc<Shared>) -> bool {
         Arc::ptr_eq(&self.shared, shared)
     }
+
+    /// Keeps this buffer's range out of the allocator for the rest of the region's life: the
+    /// engine (or a late RDMA GET) may still write into it, and nothing will tell us when it
+    /// is done. The range comes back only with the region.
+    pub(crate) fn quarantine(self) {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never dropped nor used again; moving the Arc out of it (and
+        // dropping that) releases our reference without running Buffer::drop, so the
+        // allocation stays marked used.
+        drop(unsafe { std::ptr::read(&this.shared) });
+    }
 }
 
 impl Drop for Buffer {

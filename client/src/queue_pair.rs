@@ -18,6 +18,9 @@ const POLLS_PER_CLOCK_READ: u32 = 32;
 /// between slices, so a dead engine is noticed within this bound.
 const WAIT_SLICE: Duration = Duration::from_millis(50);
 
+/// The tag `ping` gives its NOP (callers should not use it for their own requests).
+pub const PING_TAG: u64 = u64::MAX;
+
 /// An operation to submit.
 #[derive(Debug)]
 pub enum Operation {
@@ -146,6 +149,24 @@ pub struct QueuePair {
     slots: Vec<Option<InFlight>>,
     generations: Vec<u32>,
     free_slots: Vec<u32>,
+    /// Completions reaped by `ping` that were not its own, handed out by `reap_one` first
+    /// (at most one per slot).
+    stash: std::collections::VecDeque<Completion>,
+}
+
+impl Drop for QueuePair {
+    /// Requests still in flight keep their buffers: completions already posted hand theirs
+    /// back; the rest are quarantined until the region is detached, because the engine may
+    /// still write into them and no one will reap their completions now.
+    fn drop(&mut self) {
+        // Bounded: the CQ holds at most twice the SQ's entries.
+        while let Ok(Some(_)) = self.reap_one() {}
+        for in_flight in self.slots.iter_mut().filter_map(Option::take) {
+            if let Some(buffer) = in_flight.buffer {
+                buffer.quarantine();
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for QueuePair {
@@ -171,6 +192,7 @@ impl QueuePair {
             slots: (0..capacity).map(|_| None).collect(),
             generations: vec![0; capacity as usize],
             free_slots: (0..capacity).rev().collect(),
+            stash: std::collections::VecDeque::with_capacity(capacity as usize),
         }
     }
 
@@ -267,6 +289,13 @@ impl QueuePair {
     /// Takes one completion off the CQ, if there is one.
     #[inline]
     pub fn reap_one(&mut self) -> Result<Option<Completion>, ClientError> {
+        if let Some(completion) = self.stash.pop_front() {
+            return Ok(Some(completion));
+        }
+        self.reap_from_cq()
+    }
+
+    fn reap_from_cq(&mut self) -> Result<Option<Completion>, ClientError> {
         let cqe = match self.cq.pop() {
             Ok(Some(cqe)) => cqe,
             Ok(None) => return Ok(None),
@@ -292,7 +321,8 @@ impl QueuePair {
 
     /// Completions waiting on the CQ.
     pub fn ready(&mut self) -> Result<u32, ClientError> {
-        self.cq.available().map_err(|error| ClientError::EngineProtocol(error.to_string()))
+        let on_cq = self.cq.available().map_err(|error| ClientError::EngineProtocol(error.to_string()))?;
+        Ok(on_cq + self.stash.len() as u32)
     }
 
     /// Waits until at least `count` completions are ready, at most `timeout`.
@@ -323,13 +353,15 @@ impl QueuePair {
                 continue;
             }
             self.shared.check_alive()?;
-            self.sleep_once((timeout - waited).min(WAIT_SLICE))?;
+            let wanted_on_cq = count.saturating_sub(self.stash.len() as u32);
+            self.sleep_once((timeout - waited).min(WAIT_SLICE), wanted_on_cq)?;
         }
     }
 
-    fn sleep_once(&mut self, slice: Duration) -> Result<(), ClientError> {
+    /// Sleeps (at most `slice`) until the CQ holds `wanted` completions or the engine posts.
+    fn sleep_once(&mut self, slice: Duration, wanted: u32) -> Result<(), ClientError> {
         let control = self.shared.view.queue_control(self.index);
-        let check = self.cq.prepare_sleep(&control.cq_flags, cq_flags::NEED_WAKEUP);
+        let check = self.cq.prepare_sleep_for(&control.cq_flags, cq_flags::NEED_WAKEUP, wanted);
         match check.map_err(|error| ClientError::EngineProtocol(error.to_string()))? {
             SleepCheck::Sleep { expected_tail } => {
                 futex::wait(&control.cq_tail, expected_tail, slice);
@@ -340,16 +372,23 @@ impl QueuePair {
         Ok(())
     }
 
-    /// Submits a NOP and waits for it: a liveness probe.
+    /// Submits a NOP and waits for it: a liveness probe. Other completions that arrive
+    /// meanwhile are kept for `reap_one`, with their buffers.
     pub fn ping(&mut self, timeout: Duration) -> Result<(), ClientError> {
-        self.prepare(Operation::Nop, u64::MAX)?;
+        let start = std::time::Instant::now();
+        self.prepare(Operation::Nop, PING_TAG)?;
         self.submit()?;
-        self.wait(1, timeout)?;
-        while let Some(completion) = self.reap_one()? {
-            if completion.tag == u64::MAX {
-                return Ok(());
+        // Bounded: every pass reaps at least one completion or waits at most what is left of
+        // `timeout`; the queue pair has at most `capacity` requests in flight.
+        loop {
+            while let Some(completion) = self.reap_from_cq()? {
+                if completion.tag == PING_TAG {
+                    return Ok(());
+                }
+                self.stash.push_back(completion);
             }
+            let left = timeout.saturating_sub(start.elapsed());
+            self.wait(self.stash.len() as u32 + 1, left)?;
         }
-        Ok(())
     }
 }

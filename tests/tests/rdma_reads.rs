@@ -328,3 +328,36 @@ fn a_read_waiting_for_a_hung_exporters_index_ends_at_its_deadline() {
         other => panic!("expected DEADLINE_EXCEEDED, got {other:?}"),
     }
 }
+
+/// Dropping a queue pair with reads in flight used to hand their buffers back to the
+/// allocator while a GET could still land in them, so a new buffer could receive another
+/// read's bytes. They are quarantined now: buffers allocated after the drop stay as they are
+/// when the stalled GETs finally land.
+#[test]
+fn buffers_of_reads_in_flight_are_not_reused_when_their_queue_pair_is_dropped() {
+    let volumes = volume_dir();
+    let (exporter, reader, _) = exporter_and_reader(volumes.path(), TCP);
+    let options = AttachOptions { buffer_size_bytes: 8 << 20, sq_entries: 64, ..AttachOptions::default() };
+    let client = Client::attach(&reader.socket, &options).unwrap();
+    let mut queue_pair = client.take_queue_pair(0).unwrap();
+    // Warm: volume 4's index is cached, so the next reads go straight to their gets.
+    assert!(read_one(&client, &mut queue_pair, 4, 49, 0xc0 + 39).result().is_ok());
+    nix::sys::signal::kill(exporter.pid(), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    for (tag, needle_id) in (40..44u64).enumerate() {
+        let buffer = client.allocate(1 << 20).unwrap();
+        let cookie = 0xc0 + (needle_id - 10) as u32;
+        let operation = Operation::ReadNeedle { volume_id: 4, needle_id, cookie, buffer };
+        queue_pair.prepare(operation, tag as u64).unwrap();
+    }
+    queue_pair.submit().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    drop(queue_pair);
+    let fresh: Vec<_> = (0..4).map(|_| client.allocate(1 << 20).unwrap()).collect();
+    let before: Vec<Vec<u8>> = fresh.iter().map(|buffer| client.bytes(buffer).to_vec()).collect();
+    nix::sys::signal::kill(exporter.pid(), nix::sys::signal::Signal::SIGCONT).unwrap();
+    // Let the stalled gets land (they complete well within the reader's read timeout).
+    std::thread::sleep(Duration::from_millis(1000));
+    for (buffer, before) in fresh.iter().zip(&before) {
+        assert!(client.bytes(buffer) == &before[..], "a late GET wrote into a buffer allocated after the drop");
+    }
+}

@@ -257,3 +257,51 @@ fn attach_refusals_say_what_and_why() {
     let refused = Client::attach(&engine.socket, &AttachOptions { queue_pairs: 9, ..AttachOptions::default() });
     assert!(matches!(refused, Err(ClientError::Refused(_))));
 }
+
+/// CPU time this thread has used.
+fn thread_cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
+    // SAFETY: getrusage writes one rusage into the pointer it is given.
+    let usage = unsafe {
+        assert_eq!(libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()), 0);
+        usage.assume_init()
+    };
+    let micros = |time: libc::timeval| time.tv_sec as u64 * 1_000_000 + time.tv_usec as u64;
+    Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
+}
+
+/// `wait(n)` with fewer than `n` completions ready sleeps on the CQ (it used to spin for the
+/// whole timeout).
+#[test]
+fn waiting_for_more_completions_than_are_ready_sleeps() {
+    let engine = Engine::start(&[]);
+    let client = client(&engine);
+    let mut queue_pair = client.take_queue_pair(0).unwrap();
+    queue_pair.prepare(Operation::Nop, 1).unwrap();
+    queue_pair.submit().unwrap();
+    queue_pair.wait(1, Duration::from_secs(5)).unwrap();
+    let cpu_before = thread_cpu_time();
+    let waited = queue_pair.wait(2, Duration::from_secs(1));
+    let cpu_used = thread_cpu_time() - cpu_before;
+    assert!(matches!(waited, Err(ClientError::TimedOut { available: 1, .. })), "{waited:?}");
+    assert!(cpu_used < Duration::from_millis(300), "a one-second wait used {cpu_used:?} of CPU: it spun");
+    assert_eq!(queue_pair.reap_one().unwrap().map(|completion| completion.tag), Some(1));
+}
+
+/// `ping` keeps the completions of other requests for `reap_one` (it used to drop them, and
+/// their buffers with them).
+#[test]
+fn ping_keeps_other_completions() {
+    let engine = Engine::start(&[]);
+    let client = client(&engine);
+    let mut queue_pair = client.take_queue_pair(0).unwrap();
+    for tag in 10..13 {
+        queue_pair.prepare(Operation::Nop, tag).unwrap();
+    }
+    queue_pair.submit().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    queue_pair.ping(Duration::from_secs(5)).unwrap();
+    let mut tags: Vec<u64> = std::iter::from_fn(|| queue_pair.reap_one().unwrap().map(|c| c.tag)).collect();
+    tags.sort();
+    assert_eq!(tags, vec![10, 11, 12]);
+}

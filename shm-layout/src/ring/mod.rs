@@ -328,13 +328,21 @@ impl<T: Copy, S: Slots<T>> Consumer<T, S> {
     /// the tail word expecting the given value, then call
     /// [`Consumer::finish_sleep`]. On `WorkArrived` the flag is already clear.
     pub fn prepare_sleep(&mut self, flags: &AtomicU32, bit: u32) -> Result<SleepCheck, IndexError> {
+        self.prepare_sleep_for(flags, bit, 1)
+    }
+
+    /// [`Consumer::prepare_sleep`] for a consumer that waits for `wanted` entries: it sleeps
+    /// while fewer are published (expecting the tail it saw, so the next publish wakes it),
+    /// instead of spinning while some but not enough are there. The same fence protocol.
+    pub fn prepare_sleep_for(&mut self, flags: &AtomicU32, bit: u32, wanted: u32) -> Result<SleepCheck, IndexError> {
         flags.store(bit, Ordering::Relaxed);
         fence(Ordering::SeqCst);
-        if self.load_tail()? != 0 {
+        let available = self.load_tail()?;
+        if available >= wanted.max(1) {
             flags.store(0, Ordering::Relaxed);
             return Ok(SleepCheck::WorkArrived);
         }
-        Ok(SleepCheck::Sleep { expected_tail: self.local_head })
+        Ok(SleepCheck::Sleep { expected_tail: self.local_head.wrapping_add(available) })
     }
 
     /// Clears the wake-up flag after a sleep (woken, timed out or not slept).
