@@ -5,8 +5,15 @@
 //! private. Every wait has a timeout: a wake-up is a hint, never the only way
 //! out of a sleep.
 
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
+
+/// Set once `futex_waitv` answered `ENOSYS` (kernels before 5.16, or a seccomp filter).
+static WAITV_UNSUPPORTED: AtomicBool = AtomicBool::new(false);
+
+/// Longest sleep of the fallback for kernels without `futex_waitv`: it sleeps on the first
+/// word only, so the others (SQ tails) are looked at again after this.
+pub const WAITV_FALLBACK_SLICE: Duration = Duration::from_millis(1);
 
 /// How a wait ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,6 +117,10 @@ pub unsafe fn wait_any(words: &[WaitWord], timeout: Duration) -> WaitOutcome {
         std::thread::sleep(timeout.min(Duration::from_millis(1)));
         return WaitOutcome::TimedOut;
     }
+    if WAITV_UNSUPPORTED.load(Ordering::Relaxed) {
+        // SAFETY: the caller keeps words[0]'s address valid for the call.
+        return unsafe { wait_first(&words[0], timeout.min(WAITV_FALLBACK_SLICE)) };
+    }
     let deadline = Duration::from_nanos(crate::clock::monotonic_ns()) + timeout;
     let deadline = timespec(deadline);
     // SAFETY: the kernel reads `words.len()` futex_waitv structs from our
@@ -125,7 +136,44 @@ pub unsafe fn wait_any(words: &[WaitWord], timeout: Duration) -> WaitOutcome {
             libc::CLOCK_MONOTONIC,
         )
     };
+    if result < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+        WAITV_UNSUPPORTED.store(true, Ordering::Relaxed);
+        // SAFETY: as above.
+        return unsafe { wait_first(&words[0], timeout.min(WAITV_FALLBACK_SLICE)) };
+    }
     outcome(result)
+}
+
+/// The fallback without `futex_waitv`: a plain futex wait on one word.
+///
+/// # Safety
+/// `word.address` must point to a live, aligned `u32` for the call.
+unsafe fn wait_first(word: &WaitWord, timeout: Duration) -> WaitOutcome {
+    let timeout = timespec(timeout);
+    let private = if word.flags & FUTEX2_PRIVATE != 0 { libc::FUTEX_PRIVATE_FLAG } else { 0 };
+    // SAFETY: FUTEX_WAIT reads the u32 at the address the caller keeps valid, and the
+    // timespec on our stack.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.address as *const u32,
+            libc::FUTEX_WAIT | private,
+            word.expected as u32,
+            &timeout as *const libc::timespec,
+        )
+    };
+    outcome(result)
+}
+
+/// Whether this kernel has `futex_waitv` (probed with a word that does not hold the value
+/// expected, so the call returns at once). Without it [`wait_any`] sleeps on its first word
+/// only, at most [`WAITV_FALLBACK_SLICE`] at a time.
+pub fn waitv_supported() -> bool {
+    let word = AtomicU32::new(1);
+    let words = [WaitWord::private(&word, 0)];
+    // SAFETY: `word` outlives the call.
+    let _ = unsafe { wait_any(&words, Duration::from_millis(1)) };
+    !WAITV_UNSUPPORTED.load(Ordering::Relaxed)
 }
 
 #[cfg(test)]
@@ -138,6 +186,17 @@ mod tests {
     fn wait_returns_at_once_when_value_differs() {
         let word = AtomicU32::new(5);
         assert_eq!(wait(&word, 4, Duration::from_secs(5)), WaitOutcome::ValueChanged);
+    }
+
+    #[test]
+    fn waitv_is_probed_and_the_fallback_waits_on_the_first_word() {
+        assert!(waitv_supported(), "this kernel has futex_waitv (5.16+)");
+        let word = AtomicU32::new(3);
+        // SAFETY: `word` outlives the calls.
+        unsafe {
+            assert_eq!(wait_first(&WaitWord::private(&word, 2), Duration::from_secs(5)), WaitOutcome::ValueChanged);
+            assert_eq!(wait_first(&WaitWord::shared(&word, 3), Duration::from_millis(2)), WaitOutcome::TimedOut);
+        }
     }
 
     #[test]
