@@ -39,6 +39,27 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
+/// Whether `RDMA_TESTS_ALLOW_SKIP` (a comma-separated list) names `part` as skipped on purpose.
+pub fn skip_allowed(part: &str) -> bool {
+    std::env::var("RDMA_TESTS_ALLOW_SKIP").is_ok_and(|list| list.split(',').any(|name| name.trim() == part))
+}
+
+/// A real part a test needs cannot run here. The test fails, unless `RDMA_TESTS_ALLOW_SKIP`
+/// names `part`: then the skip is said on stderr and written to the file
+/// `RDMA_TESTS_SKIP_LOG` names (`deploy/test.sh` prints that list at the end).
+pub fn skip_or_fail(part: &str, reason: &str) {
+    if !skip_allowed(part) {
+        panic!("{reason} (set RDMA_TESTS_ALLOW_SKIP={part} to skip this on purpose)");
+    }
+    eprintln!("SKIPPED ({part}): {reason}");
+    if let Some(path) = std::env::var_os("RDMA_TESTS_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = writeln!(file, "{part}: {reason}");
+        }
+    }
+}
+
 /// The SeaweedFS fixtures kept in the repository.
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../volume-format/tests/fixtures").join(name)

@@ -18,23 +18,18 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Timeout of one HTTP request of the harness.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Whether the environment names `part` as skipped on purpose.
-pub fn skip_named(part: &str) -> bool {
-    std::env::var("RDMA_TESTS_ALLOW_SKIP").is_ok_and(|list| list.split(',').any(|name| name.trim() == part))
-}
-
 /// The `weed` binary, or `None` when `RDMA_TESTS_ALLOW_SKIP` names `weed` (said
 /// on stderr). Panics when it is needed and cannot be had.
 pub fn weed_binary() -> Option<PathBuf> {
     static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    if skip_named("weed") {
-        eprintln!("SKIPPED (RDMA_TESTS_ALLOW_SKIP names weed): this test needs a real SeaweedFS");
+    if crate::skip_allowed("weed") {
+        crate::skip_or_fail("weed", "this test needs a real SeaweedFS");
         return None;
     }
     let found = BINARY.get_or_init(find_weed);
     match found {
         Ok(path) => Some(path.clone()),
-        Err(reason) => panic!("{reason} (set RDMA_TESTS_ALLOW_SKIP=weed to skip SeaweedFS tests on purpose)"),
+        Err(reason) => panic!("{reason} (set RDMA_TESTS_ALLOW_SKIP=weed to skip the SeaweedFS tests on purpose)"),
     }
 }
 

@@ -67,11 +67,13 @@ fn hugetlb_regions_are_prefaulted_reclaimed_and_fall_back_loudly() {
         let refused = Client::attach(&refusing.socket, &options).unwrap_err();
         assert!(refused.to_string().contains("huge pages"), "{refused}");
     } else {
-        eprintln!("SKIPPED (fallback part): {free_before} huge pages are free; cannot force a shortage");
+        let reason = format!("{free_before} huge pages are free; cannot force a shortage for the fallback part");
+        integration_tests::skip_or_fail("hugepages-fallback", &reason);
     }
 
     let Some(_reservation) = Reservation::add(32) else {
-        eprintln!("SKIPPED (hugetlb part): cannot reserve huge pages in {NR_HUGEPAGES} (needs root); the hugetlb path is untested here");
+        let reason = format!("cannot reserve huge pages in {NR_HUGEPAGES} (needs root); the hugetlb path is untested");
+        integration_tests::skip_or_fail("hugepages", &reason);
         return;
     };
     let engine = Engine::start(&["--hugepages", "require"]);
