@@ -64,7 +64,7 @@ impl<'a> NeedleRecord<'a> {
         Ok(parsed)
     }
 
-    fn empty(version: Version, header: NeedleHeader) -> NeedleRecord<'a> {
+    pub(super) fn empty(version: Version, header: NeedleHeader) -> NeedleRecord<'a> {
         NeedleRecord {
             version,
             header,
@@ -84,7 +84,7 @@ impl<'a> NeedleRecord<'a> {
     /// Version 2/3 body: data size, data, then flags and optional fields,
     /// each read only while bytes remain (as SeaweedFS does).
     fn read_body(&mut self, body: &'a [u8]) -> Result<(), FormatError> {
-        let mut cursor = BodyCursor { body, index: 0 };
+        let mut cursor = BodyCursor::new(body, NEEDLE_HEADER_SIZE_BYTES);
         if cursor.is_done() {
             return Ok(());
         }
@@ -97,7 +97,7 @@ impl<'a> NeedleRecord<'a> {
         self.read_optional_fields(&mut cursor)
     }
 
-    fn read_optional_fields(&mut self, cursor: &mut BodyCursor<'a>) -> Result<(), FormatError> {
+    pub(super) fn read_optional_fields(&mut self, cursor: &mut BodyCursor<'a>) -> Result<(), FormatError> {
         if let Some(length) = cursor.take_optional("name size", 1, self.has(flags::HAS_NAME))? {
             self.name = Some(cursor.take("name", usize::from(length[0]))?);
         }
@@ -183,14 +183,21 @@ impl<'a> NeedleRecord<'a> {
     }
 }
 
-/// Walks a version 2/3 body; `index` only grows and never passes `body.len()`.
-struct BodyCursor<'a> {
+/// Walks a version 2/3 body (or its part after the data); `index` only grows and never
+/// passes `body.len()`.
+pub(super) struct BodyCursor<'a> {
     body: &'a [u8],
     index: usize,
+    /// Where `body[0]` is in the record (for error offsets).
+    start_in_record: usize,
 }
 
 impl<'a> BodyCursor<'a> {
-    fn is_done(&self) -> bool {
+    pub(super) fn new(body: &'a [u8], start_in_record: usize) -> BodyCursor<'a> {
+        BodyCursor { body, index: 0, start_in_record }
+    }
+
+    pub(super) fn is_done(&self) -> bool {
         self.index >= self.body.len()
     }
 
@@ -200,7 +207,7 @@ impl<'a> BodyCursor<'a> {
         if size_bytes > available {
             return Err(FormatError::FieldOutOfRange {
                 field,
-                offset_in_record: (NEEDLE_HEADER_SIZE_BYTES + self.index) as u64,
+                offset_in_record: (self.start_in_record + self.index) as u64,
                 needed_bytes: size_bytes as u64,
                 available_bytes: available as u64,
             });
@@ -211,7 +218,7 @@ impl<'a> BodyCursor<'a> {
     }
 
     /// Take a flagged field only when `wanted` and bytes remain.
-    fn take_optional(
+    pub(super) fn take_optional(
         &mut self,
         field: &'static str,
         size_bytes: usize,
@@ -225,11 +232,11 @@ impl<'a> BodyCursor<'a> {
 }
 
 /// Big-endian integer of up to 8 bytes (SeaweedFS's `BytesToUint64`).
-fn be_u64(bytes: &[u8]) -> u64 {
+pub(super) fn be_u64(bytes: &[u8]) -> u64 {
     bytes.iter().take(8).fold(0u64, |value, &byte| (value << 8) | u64::from(byte))
 }
 
-fn be_u32(bytes: &[u8]) -> u32 {
+pub(super) fn be_u32(bytes: &[u8]) -> u32 {
     bytes.iter().take(4).fold(0u32, |value, &byte| (value << 8) | u32::from(byte))
 }
 
