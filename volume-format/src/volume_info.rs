@@ -73,6 +73,9 @@ pub enum VolumeInfoError {
         /// The super block's version.
         super_block: u8,
     },
+    /// The `.dat`'s super block cannot be read.
+    #[error(transparent)]
+    Volume(#[from] crate::volume::VolumeError),
     /// The `.dat` was moved to remote storage.
     #[error(
         "volume info file {path} says the volume is tiered to {count} remote file(s); only local volumes are served"
@@ -155,14 +158,14 @@ impl VolumeInfo {
     }
 }
 
-/// Loads the `.vif` beside `dat_path` (same stem) and checks it (see [`VolumeInfo::check`]);
-/// a volume without one passes.
-pub fn check_beside(dat_path: &Path, width: OffsetWidth, version: Version) -> Result<(), VolumeInfoError> {
+/// Loads the `.vif` beside `dat_path` (same stem) and, when there is one, checks it against
+/// `width` and the `.dat`'s super block (see [`VolumeInfo::check`]); a volume without one
+/// passes. Reads no index, so a refused volume is cheap to look at again.
+pub fn check_beside(dat_path: &Path, width: OffsetWidth) -> Result<(), VolumeInfoError> {
     let path = dat_path.with_extension("vif");
-    match VolumeInfo::load(&path)? {
-        Some(info) => info.check(&path, width, version),
-        None => Ok(()),
-    }
+    let Some(info) = VolumeInfo::load(&path)? else { return Ok(()) };
+    let version = crate::volume::scan(dat_path)?.super_block().version;
+    info.check(&path, width, version)
 }
 
 #[cfg(test)]

@@ -106,7 +106,8 @@ pub struct LocalVolume {
 }
 
 impl LocalVolume {
-    /// Read the super block of `dat_path` and replay all of `idx_path`.
+    /// Read the super block of `dat_path` and replay all of `idx_path` (but a trailing
+    /// partial entry, which a live volume server may be appending).
     ///
     /// The pair is consistent even while SeaweedFS commits a compaction, which writes a
     /// `.cpc` marker, renames the new `.dat` over the old, then the new `.idx`, then removes
@@ -119,7 +120,9 @@ impl LocalVolume {
         let dat = File::open(dat_path).map_err(|source| io_error(dat_path, source))?;
         let identity = [identity_of(&dat, dat_path)?, identity_of(&idx, idx_path)?];
         let super_block = read_super_block(&dat, dat_path)?;
-        let index = NeedleIndex::load_open(&idx, idx_path, width)?;
+        // A trailing partial entry is an append in progress: left for the next refresh.
+        let mut index = NeedleIndex::new(width);
+        index.apply_open(&idx, idx_path)?;
         if compaction_commit_marker(dat_path).exists() || path_identity(idx_path) != Some(identity[1]) {
             return Err(VolumeError::BeingReplaced { path: dat_path.to_path_buf() });
         }

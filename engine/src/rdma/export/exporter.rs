@@ -15,6 +15,7 @@ use crate::rdma::catalogue::{
 };
 use crate::rdma::mapping::Retired;
 use crate::rdma::{features, ucx_overrides};
+use crate::read::local::Refusals;
 
 /// How long closing the endpoints may take at exit.
 const CLOSE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -35,6 +36,8 @@ pub(super) struct Exporter {
     pub(super) last_scan: Instant,
     /// Connection requests refused by `allowed_peers` (logged at powers of two).
     refused_peers: u64,
+    /// Volumes seen and not exported, so each is said once.
+    pub(super) refusals: Refusals,
 }
 
 impl Exporter {
@@ -58,6 +61,7 @@ impl Exporter {
             exporter_id: exporter_id(),
             last_scan: Instant::now(),
             refused_peers: 0,
+            refusals: Refusals::default(),
         };
         exporter.scan();
         tracing::info!(volumes = exporter.volumes.len(), "export role ready");
