@@ -41,11 +41,7 @@ pub fn weed_binary() -> Option<PathBuf> {
 fn find_weed() -> Result<PathBuf, String> {
     if let Some(path) = std::env::var_os("WEED_BINARY") {
         let path = PathBuf::from(path);
-        return if path.is_file() {
-            Ok(path)
-        } else {
-            Err(format!("WEED_BINARY={} is not a file", path.display()))
-        };
+        return if path.is_file() { Ok(path) } else { Err(format!("WEED_BINARY={} is not a file", path.display())) };
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/install-seaweedfs.sh");
     let output = Command::new(&script)

@@ -33,13 +33,25 @@ pub(crate) use self::scan::{stamp_of, Refusal, Refusals};
 /// Least time between two directory scans caused by reads of unknown volumes
 /// (a client can ask for any volume id, as often as it likes).
 const MISS_SCAN_INTERVAL: Duration = Duration::from_millis(100);
+/// Oldest a volume's index may be when a read uses it: entries appended since
+/// (a delete's tombstone) are seen within this bound. A deleted needle's record
+/// is still in the `.dat`, so only the index tells; refreshing costs three
+/// `stat`s, at most once per bound and volume.
+pub const INDEX_MAX_AGE: Duration = Duration::from_millis(1);
+
+/// A served volume and when its index was last brought up to date.
+#[derive(Debug)]
+struct Served {
+    volume: LocalVolume,
+    refreshed_at: Instant,
+}
 
 /// Every volume found in the configured directories, by volume id.
 #[derive(Debug)]
 pub struct LocalVolumes {
     dirs: Vec<PathBuf>,
     width: OffsetWidth,
-    volumes: HashMap<u32, LocalVolume>,
+    volumes: HashMap<u32, Served>,
     /// Files seen and not served, so each is said once.
     refusals: Refusals,
     last_scan: Instant,
@@ -102,18 +114,20 @@ impl LocalVolumes {
     /// the old pair while a compaction is committing), else applies its index
     /// tail. A volume that cannot be reopened is withdrawn.
     fn refresh(&mut self, volume_id: u32) {
-        let Some(volume) = self.volumes.get_mut(&volume_id) else { return };
-        if !volume.is_replaced() {
-            if let Err(error) = volume.refresh_index() {
+        let Some(served) = self.volumes.get_mut(&volume_id) else { return };
+        served.refreshed_at = Instant::now();
+        if !served.volume.is_replaced() {
+            if let Err(error) = served.volume.refresh_index() {
                 tracing::warn!(volume_id, %error, "cannot refresh the index");
             }
             return;
         }
-        let dat_path = volume.dat_path().to_path_buf();
+        let dat_path = served.volume.dat_path().to_path_buf();
         match scan::open_checked(&dat_path, self.width) {
             Ok(reopened) => {
-                tracing::info!(volume_id, file = %dat_path.display(), live_needles = reopened.index().live_count(), "local volume replaced (compacted or copied); reading the new files");
-                *volume = reopened;
+                let live_needles = reopened.index().live_count();
+                tracing::info!(volume_id, file = %dat_path.display(), live_needles, "local volume replaced (compacted or copied); reading the new files");
+                served.volume = reopened;
             }
             Err(Refusal::Later) => {}
             Err(Refusal::Now(reason)) => {
@@ -135,7 +149,7 @@ impl LocalVolumes {
                 _
             ))
         );
-        if stale && self.volumes.get(&read.volume_id).is_some_and(LocalVolume::is_replaced) {
+        if stale && self.volumes.get(&read.volume_id).is_some_and(|served| served.volume.is_replaced()) {
             self.refresh(read.volume_id);
             return self.read_once(read, buffer);
         }
@@ -143,8 +157,12 @@ impl LocalVolumes {
     }
 
     fn read_once(&mut self, read: &NeedleRead, buffer: NonNull<u8>) -> Result<ReadDone, (ErrorCode, u64)> {
+        let served = self.volumes.get(&read.volume_id).ok_or((ErrorCode::NO_SUCH_VOLUME, 0))?;
+        if served.refreshed_at.elapsed() >= INDEX_MAX_AGE {
+            self.refresh(read.volume_id);
+        }
         let location = self.locate(read.volume_id, read.needle_id)?;
-        let volume = self.volumes.get(&read.volume_id).ok_or((ErrorCode::NO_SUCH_VOLUME, 0))?;
+        let volume = &self.volumes.get(&read.volume_id).ok_or((ErrorCode::NO_SUCH_VOLUME, 0))?.volume;
         match read.range {
             None => read_whole(volume, read, &location, buffer),
             Some(range) => read_range(volume, read, &location, range, buffer, &mut self.meta_scratch),
@@ -154,12 +172,12 @@ impl LocalVolumes {
     /// Finds a needle, refreshing the volume once on a miss (it may have been
     /// appended since the last look, or replaced).
     fn locate(&mut self, volume_id: u32, needle_id: u64) -> Result<Location, (ErrorCode, u64)> {
-        let volume = self.volumes.get(&volume_id).ok_or((ErrorCode::NO_SUCH_VOLUME, 0))?;
+        let volume = &self.volumes.get(&volume_id).ok_or((ErrorCode::NO_SUCH_VOLUME, 0))?.volume;
         if let Some(location) = volume.locate(needle_id) {
             return Ok(location);
         }
         self.refresh(volume_id);
-        let volume = self.volumes.get(&volume_id).ok_or((ErrorCode::NO_SUCH_VOLUME, 0))?;
+        let volume = &self.volumes.get(&volume_id).ok_or((ErrorCode::NO_SUCH_VOLUME, 0))?.volume;
         if let Some(location) = volume.locate(needle_id) {
             return Ok(location);
         }

@@ -209,6 +209,7 @@ impl ReadService {
     pub fn housekeeping(&mut self) {
         self.local.refresh_all();
         if let Some(remote) = self.remote.as_mut() {
+            remote.refresh_catalogues();
             remote.progress();
         }
     }

@@ -166,7 +166,10 @@ impl RemoteReads {
                 self.slots[index].refreshed = true;
                 self.wait_catalogue(index);
             }
-            None => self.finish(index, Err((ErrorCode::NO_SUCH_NEEDLE, 0))),
+            None => {
+                let code = if volume.index.is_deleted(needle_id) { ErrorCode::DELETED } else { ErrorCode::NO_SUCH_NEEDLE };
+                self.finish(index, Err((code, 0)))
+            }
         }
     }
 

@@ -10,7 +10,7 @@ use volume_format::index::OffsetWidth;
 use volume_format::volume::{volume_id_from_dat_path, LocalVolume, VolumeError};
 use volume_format::volume_info;
 
-use super::LocalVolumes;
+use super::{LocalVolumes, Served};
 
 /// Why a volume is not opened (or exported) now.
 #[derive(Debug)]
@@ -128,8 +128,9 @@ impl LocalVolumes {
                     continue;
                 };
                 if let Some(served) = self.volumes.get(&volume_id) {
-                    if served.dat_path() != path {
-                        let reason = format!("volume {volume_id} is served from {}", served.dat_path().display());
+                    let served_path = served.volume.dat_path();
+                    if served_path != path {
+                        let reason = format!("volume {volume_id} is served from {}", served_path.display());
                         self.refusals.refuse(&path, stamp, reason);
                     }
                     continue;
@@ -144,7 +145,7 @@ impl LocalVolumes {
                             "serving local volume"
                         );
                         self.refusals.forget(&path);
-                        self.volumes.insert(volume_id, volume);
+                        self.volumes.insert(volume_id, Served { volume, refreshed_at: Instant::now() });
                     }
                     Err(Refusal::Later) => {}
                     Err(Refusal::Now(reason)) => self.refusals.refuse(&path, stamp, reason),
