@@ -262,7 +262,7 @@ fn leveldb_index_volumes_read_like_the_volume_server() {
 
 /// SeaweedFS's other files (`.vif`, `.ldb/`, `.vid_stamp`, `vol_dir.uuid`) and a stranger
 /// file are skipped without a log line; a volume created after start (a new collection) is
-/// found locally, and by the exporter for a reader that connects afterwards.
+/// found locally, and by the exporter and the reader (its catalogue refresh).
 #[test]
 fn new_volumes_are_found_and_other_files_skipped_quietly() {
     let Some(weed) = SeaweedFs::start(WeedOptions { leveldb_index: true, ..WeedOptions::default() }) else { return };
@@ -278,8 +278,8 @@ fn new_volumes_are_found_and_other_files_skipped_quietly() {
         "the assign created the collection's volumes"
     );
     local.assert_like_volume_server(&weed, &file.fid);
-    let late_reader = start_reader(&engines.listen, &[]);
-    Reading::attach(&late_reader, ReadSource::Rdma).assert_like_volume_server(&weed, &file.fid);
+    // The reader learns it from its next catalogue refresh.
+    Reading::attach(&engines.reader, ReadSource::Rdma).assert_like_volume_server(&weed, &file.fid);
 
     let names = [".vif", ".ldb", ".vid_stamp", "vol_dir.uuid", "README.stray", "not served"];
     for (role, log) in [("local", engines.local.log_text()), ("exporter", engines.exporter.log_text())] {
@@ -388,10 +388,8 @@ fn volumes_whose_vif_disagrees_are_refused_once() {
     // A volume added now is found by a rescan: the refusals have been looked at again since.
     write_small_volume(dir.path(), 5);
     assert_eq!(local.read_bytes(&small_fid(5)), SMALL_DATA);
-    let late_reader = start_reader(&engines.listen, &[]);
-    let mut late = Reading::attach(&late_reader, ReadSource::Rdma);
-    assert_eq!(late.read_bytes(&small_fid(5)), SMALL_DATA);
-    assert_eq!(code(&late.read(&small_fid(1))), Some(ErrorCode::NO_SUCH_VOLUME));
+    assert_eq!(remote.read_bytes(&small_fid(5)), SMALL_DATA);
+    assert_eq!(code(&remote.read(&small_fid(1))), Some(ErrorCode::NO_SUCH_VOLUME));
 
     for (role, log) in [("local", engines.local.log_text()), ("exporter", engines.exporter.log_text())] {
         let refusals: Vec<&str> = log.lines().filter(|line| line.contains("not served")).collect();

@@ -19,6 +19,8 @@ use crate::read::local::Refusals;
 
 /// How long closing the endpoints may take at exit.
 const CLOSE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Least time between two directory scans that whole-catalogue requests cause.
+const REQUEST_SCAN_INTERVAL: Duration = Duration::from_millis(100);
 /// Largest catalogue answer (about 200 bytes per piece).
 const CATALOGUE_PAYLOAD_MAX_BYTES: usize = 64 << 20;
 
@@ -169,6 +171,8 @@ impl Exporter {
         };
         let complete = request.volumes.is_none();
         match &request.volumes {
+            // Every reader asks for everything about once a second: one scan serves them all.
+            None if self.last_scan.elapsed() < REQUEST_SCAN_INTERVAL => {}
             None => self.scan(),
             Some(ids) => {
                 for id in ids.iter().take(REQUEST_VOLUMES_MAX) {

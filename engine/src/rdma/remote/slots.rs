@@ -167,7 +167,8 @@ impl RemoteReads {
                 self.wait_catalogue(index);
             }
             None => {
-                let code = if volume.index.is_deleted(needle_id) { ErrorCode::DELETED } else { ErrorCode::NO_SUCH_NEEDLE };
+                let code =
+                    if volume.index.is_deleted(needle_id) { ErrorCode::DELETED } else { ErrorCode::NO_SUCH_NEEDLE };
                 self.finish(index, Err((code, 0)))
             }
         }
