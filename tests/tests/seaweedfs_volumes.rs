@@ -39,7 +39,6 @@ struct Engines {
     local: Engine,
     exporter: Engine,
     reader: Engine,
-    listen: String,
 }
 
 fn start_engines(dir: &Path, extra: &[&str]) -> Engines {
@@ -50,7 +49,7 @@ fn start_engines(dir: &Path, extra: &[&str]) -> Engines {
     let export_args = [vec!["--export-dir".into(), dir, "--listen".into(), listen.clone()], extra.clone()].concat();
     let exporter = engine(&export_args, TCP);
     let reader = start_reader(&listen, &extra);
-    Engines { local, exporter, reader, listen }
+    Engines { local, exporter, reader }
 }
 
 fn start_reader(listen: &str, extra: &[String]) -> Engine {
