@@ -219,10 +219,11 @@ fn uploads_and_deletes_read_like_the_volume_server(options: WeedOptions) {
     for file in &uploaded {
         local.assert_like_volume_server(&weed, &file.fid);
         remote.assert_like_volume_server(&weed, &file.fid);
-        let (stored, _) = stored_bytes(&weed, &file.fid);
+        let (stored, gzipped) = stored_bytes(&weed, &file.fid);
         for (offset, length) in [(0u64, 1u64), (stored.len() as u64 / 2, 5000)] {
             for reading in [&mut local, &mut remote] {
                 let completion = reading.read_range(&file.fid, offset, length);
+                assert_eq!(completion.gzipped(), gzipped, "{} range over {:?}: gzip flag", file.fid, reading.source);
                 let end = stored.len().min((offset + length) as usize);
                 assert_eq!(
                     reading.data(&completion),
@@ -347,10 +348,12 @@ fn ttl_needles_are_served_until_they_expire() {
                 false => assert_eq!(reading.data(&completion), data, "{fid} {:?}", reading.source),
             }
         }
-        let range = local.read_range(&fid, 5, 4);
-        match expired {
-            true => assert_eq!(code(&range), Some(ErrorCode::NO_SUCH_NEEDLE), "{fid} range"),
-            false => assert_eq!(local.data(&range), &data[5..9], "{fid} range"),
+        for reading in [&mut local, &mut remote] {
+            let range = reading.read_range(&fid, 5, 4);
+            match expired {
+                true => assert_eq!(code(&range), Some(ErrorCode::NO_SUCH_NEEDLE), "{fid} range {:?}", reading.source),
+                false => assert_eq!(reading.data(&range), &data[5..9], "{fid} range {:?}", reading.source),
+            }
         }
     }
 }

@@ -50,14 +50,6 @@ pub enum FormatError {
         /// Bytes left in the body from there.
         available_bytes: u64,
     },
-    /// More bytes follow a needle's data than its flags and optional fields can fill.
-    #[error("needle stores {size_bytes} bytes after its data, more than the {max_bytes} its flags and optional fields can take")]
-    AfterDataTooLong {
-        /// Bytes from the end of the data to the end of the body.
-        size_bytes: u64,
-        /// The most a valid record has there.
-        max_bytes: u64,
-    },
     /// The record holds another needle than the index said.
     #[error("needle id mismatch: expected {expected:#x}, record holds {found:#x}")]
     IdMismatch {

@@ -25,7 +25,8 @@ use std::path::PathBuf;
 use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 use volume_format::index::OffsetWidth;
-use volume_format::needle::{NeedleHeader, NeedleMeta, AFTER_DATA_MAX_BYTES};
+use volume_format::needle::{NeedleHeader, NeedleMeta, META_HEAD_MAX_BYTES};
+use volume_format::version::TIMESTAMP_SIZE_BYTES;
 use volume_format::volume::{LocalVolume, Location};
 
 pub(crate) use self::scan::{stamp_of, Refusal, Refusals};
@@ -55,8 +56,6 @@ pub struct LocalVolumes {
     /// Files seen and not served, so each is said once.
     refusals: Refusals,
     last_scan: Instant,
-    /// The bytes after a range read's data (flags, TTL, append time); sized once.
-    meta_scratch: Box<[u8]>,
 }
 
 impl LocalVolumes {
@@ -72,7 +71,6 @@ impl LocalVolumes {
             volumes: HashMap::new(),
             refusals: Refusals::default(),
             last_scan: Instant::now(),
-            meta_scratch: vec![0u8; AFTER_DATA_MAX_BYTES].into_boxed_slice(),
         };
         volumes.scan();
         Ok(volumes)
@@ -161,14 +159,14 @@ impl LocalVolumes {
         // The common case: a fresh index that has the needle (one clock read, one lookup).
         if served.refreshed_at.elapsed() < INDEX_MAX_AGE {
             if let Some(location) = served.volume.locate(read.needle_id) {
-                return read_located(&served.volume, read, &location, buffer, &mut self.meta_scratch);
+                return read_located(&served.volume, read, &location, buffer);
             }
         } else {
             self.refresh(read.volume_id);
         }
         let location = self.locate(read.volume_id, read.needle_id)?;
         let volume = &self.volumes.get(&read.volume_id).ok_or((ErrorCode::NO_SUCH_VOLUME, 0))?.volume;
-        read_located(volume, read, &location, buffer, &mut self.meta_scratch)
+        read_located(volume, read, &location, buffer)
     }
 
     /// Finds a needle, refreshing the volume once on a miss (it may have been
@@ -223,11 +221,10 @@ fn read_located(
     read: &NeedleRead,
     location: &Location,
     buffer: NonNull<u8>,
-    meta_scratch: &mut [u8],
 ) -> Result<ReadDone, (ErrorCode, u64)> {
     match read.range {
         None => read_whole(volume, read, location, buffer),
-        Some(range) => read_range(volume, read, location, range, buffer, meta_scratch),
+        Some(range) => read_range(volume, read, location, range, buffer),
     }
 }
 
@@ -258,7 +255,6 @@ fn read_range(
     location: &Location,
     range: ByteRange,
     buffer: NonNull<u8>,
-    meta_scratch: &mut [u8],
 ) -> Result<ReadDone, (ErrorCode, u64)> {
     let dat = volume.dat_file();
     let mut prefix = [0u8; CHECK_HEADER_PREFIX_SIZE_BYTES];
@@ -271,12 +267,21 @@ fn read_range(
     // The flags (gzip mark) and the TTL follow the data: read them before the data, so an
     // expired needle writes nothing into the client's buffer.
     let header = NeedleHeader::parse(prefix).map_err(|error| (check::error_code(&error), 0))?;
-    let after_data =
-        NeedleMeta::range_after_data(version, location.size, &span).map_err(|error| (check::error_code(&error), 0))?;
-    let after_data_length = after_data.end - after_data.start;
-    let scratch = meta_scratch.get_mut(..after_data_length as usize).ok_or((ErrorCode::CORRUPT_NEEDLE, 0))?;
-    pread_exact(dat, NonNull::from(&mut *scratch).cast(), after_data_length, location.offset_bytes + after_data.start)?;
-    let meta = NeedleMeta::parse_after_data(scratch, version, header, &span)
+    let ranges = NeedleMeta::ranges(version, location.size, &span);
+    let mut head = [0u8; META_HEAD_MAX_BYTES];
+    let head_length = ranges.head.end - ranges.head.start;
+    pread_exact(dat, NonNull::from(&mut head).cast(), head_length, location.offset_bytes + ranges.head.start)?;
+    let mut append_at = [0u8; TIMESTAMP_SIZE_BYTES];
+    if let Some(range) = &ranges.append_at {
+        pread_exact(
+            dat,
+            NonNull::from(&mut append_at).cast(),
+            TIMESTAMP_SIZE_BYTES as u64,
+            location.offset_bytes + range.start,
+        )?;
+    }
+    let append_at = ranges.append_at.as_ref().map(|_| &append_at[..]);
+    let meta = NeedleMeta::parse_head(&head, append_at, version, header, &span)
         .map_err(|error| (check::error_code(&error), 0))?;
     check::check_meta(&meta).map_err(|code| (code, 0))?;
     let (offset_in_record, length) = check::clamp_range(&span, range.offset, range.length).map_err(|code| (code, 0))?;

@@ -97,7 +97,17 @@ impl<'a> NeedleRecord<'a> {
         self.read_optional_fields(&mut cursor)
     }
 
-    pub(super) fn read_optional_fields(&mut self, cursor: &mut BodyCursor<'a>) -> Result<(), FormatError> {
+    fn read_optional_fields(&mut self, cursor: &mut BodyCursor<'a>) -> Result<(), FormatError> {
+        self.read_fields_before_pairs(cursor)?;
+        if let Some(length) = cursor.take_optional("pairs size", 2, self.has(flags::HAS_PAIRS))? {
+            let pairs_size = usize::from(u16::from_be_bytes([length[0], length[1]]));
+            self.pairs = Some(cursor.take("pairs", pairs_size)?);
+        }
+        Ok(())
+    }
+
+    /// Name, mime, last modified and TTL: the optional fields before the pairs.
+    pub(super) fn read_fields_before_pairs(&mut self, cursor: &mut BodyCursor<'a>) -> Result<(), FormatError> {
         if let Some(length) = cursor.take_optional("name size", 1, self.has(flags::HAS_NAME))? {
             self.name = Some(cursor.take("name", usize::from(length[0]))?);
         }
@@ -110,10 +120,6 @@ impl<'a> NeedleRecord<'a> {
         }
         if let Some(bytes) = cursor.take_optional("ttl", TTL_SIZE_BYTES, self.has(flags::HAS_TTL))? {
             self.ttl = Some(Ttl::from_bytes([bytes[0], bytes[1]]));
-        }
-        if let Some(length) = cursor.take_optional("pairs size", 2, self.has(flags::HAS_PAIRS))? {
-            let pairs_size = usize::from(u16::from_be_bytes([length[0], length[1]]));
-            self.pairs = Some(cursor.take("pairs", pairs_size)?);
         }
         Ok(())
     }
