@@ -45,21 +45,38 @@ pub(crate) fn stamp_of(dat_path: &Path) -> Stamp {
 /// Files seen and not served, with the stamp and reason of their refusal.
 #[derive(Debug, Default)]
 pub(crate) struct Refusals {
-    by_path: HashMap<PathBuf, (Stamp, String)>,
+    by_path: HashMap<PathBuf, Refused>,
+}
+
+#[derive(Debug)]
+struct Refused {
+    stamp: Stamp,
+    reason: String,
+    /// Logged already.
+    said: bool,
 }
 
 impl Refusals {
-    /// Whether `path` was refused and has not changed since.
+    /// Whether `path` was refused (and said) and has not changed since: not worth opening again.
     pub(crate) fn unchanged(&self, path: &Path, stamp: &Stamp) -> bool {
-        self.by_path.get(path).is_some_and(|(refused, _)| refused == stamp)
+        self.by_path.get(path).is_some_and(|refused| refused.said && refused.stamp == *stamp)
     }
 
-    /// Records a refusal; logs it unless the same reason was logged for this file before.
+    /// Records a refusal. It is said (logged once) when it is found a second time in a row
+    /// with the same reason: a volume server creating a volume writes the `.dat` before its
+    /// super block and its `.idx`, and a scan in between must not cry wolf. It is not said
+    /// again until the reason changes.
     pub(crate) fn refuse(&mut self, path: &Path, stamp: Stamp, reason: String) {
-        if self.by_path.get(path).is_none_or(|(_, logged)| *logged != reason) {
-            tracing::warn!(file = %path.display(), "volume not served: {reason}");
-        }
-        self.by_path.insert(path.to_path_buf(), (stamp, reason));
+        let said = match self.by_path.get(path) {
+            Some(previous) if previous.reason == reason => {
+                if !previous.said {
+                    tracing::warn!(file = %path.display(), "volume not served: {reason}");
+                }
+                true
+            }
+            _ => false,
+        };
+        self.by_path.insert(path.to_path_buf(), Refused { stamp, reason, said });
     }
 
     pub(crate) fn forget(&mut self, path: &Path) {
