@@ -301,19 +301,6 @@ impl RemoteReads {
         }
     }
 
-    /// Asks every connected exporter without a request in flight for its whole catalogue, so
-    /// cached indexes catch up with appended entries (deletes included) and replaced volumes
-    /// are noticed without a failed read first. Called about once a second (housekeeping).
-    pub fn refresh_catalogues(&mut self) {
-        for index in 0..self.peers.len() {
-            let peer = &mut self.peers[index];
-            if peer.is_up() && peer.request.is_none() {
-                peer.wanted_all = true;
-                self.send_request(index);
-            }
-        }
-    }
-
     /// Where the benchmark's floor can get from volume `volume_id`'s `.dat`: its first
     /// registered piece (at most 1 GiB).
     pub fn floor_target(&self, volume_id: u32) -> Option<FloorTarget<'_>> {

@@ -190,12 +190,6 @@ impl Peer {
         }
         volume.files = files;
         volume.index_target_bytes = entry.idx.length_bytes;
-        // An index in use follows the exporter's: its tail (deletes too) is pulled now, not
-        // at the next miss (a deleted needle's record is still in the .dat, so reads would
-        // never miss).
-        if volume.index.applied_bytes() > 0 && volume.index_behind() {
-            volume.index_wanted = true;
-        }
         true
     }
 

@@ -191,11 +191,8 @@ impl RemoteReads {
                 self.slots[index].refreshed = true;
                 self.wait_catalogue(index);
             }
-            None => {
-                let code =
-                    if volume.index.is_deleted(needle_id) { ErrorCode::DELETED } else { ErrorCode::NO_SUCH_NEEDLE };
-                self.finish(index, Err((code, 0)))
-            }
+            None if volume.index.is_deleted(needle_id) => self.finish(index, Err((ErrorCode::DELETED, 0))),
+            None => self.finish(index, Err((ErrorCode::NO_SUCH_NEEDLE, 0))),
         }
     }
 

@@ -43,6 +43,19 @@ impl RemoteReads {
         peer.next_request_id += 1;
     }
 
+    /// Asks every connected peer for its whole catalogue again, so appended index entries
+    /// (new needles, tombstones) and replaced volumes are noticed even by reads that hit the
+    /// cached index. Called about once a second, off the read path.
+    pub fn refresh_catalogues(&mut self) {
+        for peer_index in 0..self.peers.len() {
+            let peer = &mut self.peers[peer_index];
+            if peer.is_up() && peer.request.is_none() {
+                peer.wanted_all = true;
+                self.send_request(peer_index);
+            }
+        }
+    }
+
     /// A catalogue arrived: applies it for the peer whose endpoint sent it.
     pub(super) fn on_message(&mut self, message: ucx::AmMessage) {
         let Some(peer_index) = self
