@@ -4,7 +4,8 @@
 //!
 //! The directories are a live SeaweedFS volume server's `-dir`: volumes appear
 //! (found by [`LocalVolumes::refresh_all`] and on a read of an unknown volume),
-//! grow (index tails applied on a miss and once a second), and are replaced by
+//! grow (index tails applied when a read finds the index older than
+//! [`INDEX_MAX_AGE`], on a miss, and once a second), and are replaced by
 //! a vacuum (noticed by device and inode, or a shrunk `.idx`, and reopened as a
 //! consistent pair: see [`volume_format::volume::LocalVolume::open`]). Until
 //! the new pair is open the old one is read, so a read returns the old needle,
