@@ -99,9 +99,14 @@ fn errors_are_clean_and_change_nothing() {
     std::fs::write(dir.path().join("7.idx"), b"").unwrap();
     std::fs::write(dir.path().join("8.dat"), b"").unwrap();
     let engine = Engine::start(&["--volume-dir", dir.path().to_str().unwrap()]);
+    // Issue 7: files that are not `.dat` are skipped without a word (a SeaweedFS
+    // directory is full of them); a `.dat` that cannot be served is said, once it
+    // is still so at the next scan (about a second).
+    for line in ["7.dat has a bad super block", "no index file"] {
+        assert!(engine.wait_for_log(line, Duration::from_secs(20)), "log: {}", engine.log_text());
+    }
     let log = engine.log_text();
-    assert!(log.contains("readme.txt") && log.contains("not a volume file"), "log: {log}");
-    assert!(log.contains("7.dat") && log.contains("super block"), "log: {log}");
+    assert!(!log.contains("readme.txt"), "log: {log}");
     assert!(log.contains("8.dat") && log.contains("no index file"), "log: {log}");
     let (client, mut queue_pair) = attach(&engine);
     let volume =

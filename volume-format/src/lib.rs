@@ -27,6 +27,11 @@
 //!   (`3,01637037d6`), plus `parse_url_path` for `.ext` and `_delta` forms.
 //! - [`volume`]: [`volume::LocalVolume`] (`open`, `locate`, `refresh_index`,
 //!   `read_record`, `read_checked`) and [`volume::scan`] over every record.
+//! - [`volume_info`]: the `.vif` beside a volume ([`volume_info::VolumeInfo`]: index offset
+//!   width, version, remote files) and [`volume_info::check_beside`] against what a reader assumes.
+//! - [`needle::NeedleMeta`]: flags, TTL and append time of a record (from the whole record or
+//!   from the bytes after its data, for range reads), with `is_expired` as the volume server
+//!   decides it.
 //! - [`writer`]: [`writer::encode_needle`]`(Version, &NeedleSpec) -> Result<Vec<u8>>`
 //!   and [`writer::VolumeWriter`] (version 3 `.dat` + `.idx`).
 //! - [`generate`]: seeded synthetic volumes (the `volgen` tool's logic).
@@ -61,6 +66,7 @@ pub mod superblock;
 pub mod ttl;
 pub mod version;
 pub mod volume;
+pub mod volume_info;
 pub mod writer;
 
 pub use error::FormatError;

@@ -2,10 +2,15 @@
 //! bytes that landed in the client's buffer must be the needle asked for
 //! (id, cookie, size against the index) and, for whole reads, pass their
 //! CRC-32C. A failed check never becomes a successful completion.
+//!
+//! A needle whose TTL has run out is served as the volume server serves it: not found
+//! (`NO_SUCH_NEEDLE`; the volume server answers 404, as for a needle never written). Whole
+//! reads decide it from the record they fetched; range reads from the bytes after the data
+//! ([`check_meta`]).
 
 use shm_layout::entry::ErrorCode;
 use volume_format::error::FormatError;
-use volume_format::needle::{check_header, DataSpan, NeedleRecord};
+use volume_format::needle::{check_header, unix_now_ns, DataSpan, NeedleMeta, NeedleRecord};
 use volume_format::version::Version;
 
 /// Bytes a range read fetches first to check the header.
@@ -38,11 +43,21 @@ pub fn check_whole(
 ) -> Result<Checked, ErrorCode> {
     let parsed = NeedleRecord::parse(record, version).map_err(|error| error_code(&error))?;
     parsed.check_indexed(needle_id, cookie, index_size).map_err(|error| error_code(&error))?;
+    check_meta(&parsed.meta())?;
     Ok(Checked {
         data_offset_in_record: parsed.data_offset_in_record as u64,
         data_length: parsed.data.len() as u64,
         gzipped: parsed.is_gzipped(),
     })
+}
+
+/// Whether a needle that passed its check may be served: `NO_SUCH_NEEDLE` once its TTL has
+/// run out (the volume server's rule, [`NeedleMeta::is_expired`]).
+pub fn check_meta(meta: &NeedleMeta) -> Result<(), ErrorCode> {
+    if meta.is_expired(unix_now_ns()) {
+        return Err(ErrorCode::NO_SUCH_NEEDLE);
+    }
+    Ok(())
 }
 
 /// Checks the first [`CHECK_HEADER_PREFIX_SIZE_BYTES`] of a record for a

@@ -1,6 +1,20 @@
 //! The local transport: volumes on this host, read with `pread` straight
 //! into the client's shared buffer (no intermediate copy), then checked in
 //! place.
+//!
+//! The directories are a live SeaweedFS volume server's `-dir`: volumes appear
+//! (found by [`LocalVolumes::refresh_all`] and on a read of an unknown volume),
+//! grow (index tails applied when a read finds the index older than
+//! [`INDEX_MAX_AGE`], on a miss, and once a second), and are replaced by
+//! a vacuum (noticed by device and inode, or a shrunk `.idx`, and reopened as a
+//! consistent pair: see [`volume_format::volume::LocalVolume::open`]). Until
+//! the new pair is open the old one is read, so a read returns the old needle,
+//! the new one, or an error, never bytes of another needle. Everything in a
+//! directory that is not `[collection_]<id>.dat` (`.idx`, `.vif`, `.ldb/`,
+//! `.vid_stamp`, `vol_dir.uuid`, compaction files) is skipped without a word;
+//! a volume that cannot be served is said once, with its reason.
+
+mod scan;
 
 use super::check::{self, CHECK_HEADER_PREFIX_SIZE_BYTES};
 use super::ReadDone;
@@ -8,78 +22,59 @@ use shm_layout::entry::{ByteRange, ErrorCode, NeedleRead};
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::ptr::NonNull;
+use std::time::{Duration, Instant};
 use volume_format::index::OffsetWidth;
-use volume_format::needle::flags;
-use volume_format::version::NEEDLE_HEADER_SIZE_BYTES;
-use volume_format::volume::{volume_id_from_dat_path, LocalVolume, Location};
+use volume_format::needle::{NeedleHeader, NeedleMeta, META_HEAD_MAX_BYTES};
+use volume_format::version::TIMESTAMP_SIZE_BYTES;
+use volume_format::volume::{LocalVolume, Location};
 
-/// One served volume: the parsed index (through `LocalVolume`) and our own
-/// read-only handle on the `.dat` for `pread` into shared memory.
+pub(crate) use self::scan::{stamp_of, Refusal, Refusals};
+
+/// Least time between two directory scans caused by reads of unknown volumes
+/// (a client can ask for any volume id, as often as it likes).
+const MISS_SCAN_INTERVAL: Duration = Duration::from_millis(100);
+/// Oldest a volume's index may be when a read uses it: entries appended since
+/// (a delete's tombstone) are seen within this bound. A deleted needle's record
+/// is still in the `.dat`, so only the index tells; refreshing costs three
+/// `stat`s, at most once per bound and volume.
+pub const INDEX_MAX_AGE: Duration = Duration::from_millis(1);
+
+/// A served volume and when its index was last brought up to date.
 #[derive(Debug)]
-struct ServedVolume {
+struct Served {
     volume: LocalVolume,
-    dat: File,
+    refreshed_at: Instant,
 }
 
 /// Every volume found in the configured directories, by volume id.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LocalVolumes {
-    volumes: HashMap<u32, ServedVolume>,
-}
-
-/// Files SeaweedFS keeps beside volumes that are not ours to read.
-fn is_known_companion(path: &Path) -> bool {
-    matches!(path.extension().and_then(|e| e.to_str()), Some("idx" | "vif" | "note" | "ldb" | "cpd" | "cpx"))
+    dirs: Vec<PathBuf>,
+    width: OffsetWidth,
+    volumes: HashMap<u32, Served>,
+    /// Files seen and not served, so each is said once.
+    refusals: Refusals,
+    last_scan: Instant,
 }
 
 impl LocalVolumes {
     /// Loads every volume of `dirs`. A file that is not a usable volume is
     /// reported (which file and why) and skipped; the rest are served.
     pub fn load(dirs: &[PathBuf], width: OffsetWidth) -> Result<LocalVolumes, std::io::Error> {
-        let mut volumes = HashMap::new();
         for dir in dirs {
-            let mut entries: Vec<PathBuf> =
-                std::fs::read_dir(dir)?.filter_map(|entry| entry.ok().map(|entry| entry.path())).collect();
-            entries.sort();
-            for path in entries {
-                if path.extension().and_then(|e| e.to_str()) != Some("dat") {
-                    if !is_known_companion(&path) {
-                        tracing::warn!(file = %path.display(), "not a volume file (no .dat extension); ignored");
-                    }
-                    continue;
-                }
-                match Self::open_one(&path, width) {
-                    Ok((volume_id, served)) if volumes.contains_key(&volume_id) => {
-                        tracing::warn!(file = %served.volume.dat_path().display(), volume_id, "volume id served twice; this copy ignored");
-                    }
-                    Ok((volume_id, served)) => {
-                        tracing::info!(
-                            volume_id,
-                            file = %path.display(),
-                            live_needles = served.volume.index().live_count(),
-                            version = served.volume.version().as_byte(),
-                            "serving local volume"
-                        );
-                        volumes.insert(volume_id, served);
-                    }
-                    Err(reason) => tracing::warn!(file = %path.display(), "not served: {reason}"),
-                }
-            }
+            std::fs::read_dir(dir)?;
         }
-        Ok(LocalVolumes { volumes })
-    }
-
-    fn open_one(dat_path: &Path, width: OffsetWidth) -> Result<(u32, ServedVolume), String> {
-        let volume_id = volume_id_from_dat_path(dat_path).ok_or("its name is not [collection_]<volume id>.dat")?;
-        let idx_path = dat_path.with_extension("idx");
-        if !idx_path.exists() {
-            return Err(format!("it has no index file {}", idx_path.display()));
-        }
-        let volume = LocalVolume::open(dat_path, &idx_path, width).map_err(|error| error.to_string())?;
-        let dat = File::open(dat_path).map_err(|error| format!("cannot open it: {error}"))?;
-        Ok((volume_id, ServedVolume { volume, dat }))
+        let mut volumes = LocalVolumes {
+            dirs: dirs.to_vec(),
+            width,
+            volumes: HashMap::new(),
+            refusals: Refusals::default(),
+            last_scan: Instant::now(),
+        };
+        volumes.scan();
+        Ok(volumes)
     }
 
     pub fn len(&self) -> usize {
@@ -90,47 +85,108 @@ impl LocalVolumes {
         self.volumes.is_empty()
     }
 
-    pub fn serves(&self, volume_id: u32) -> bool {
+    /// Whether `volume_id` is served here. An unknown id rescans the
+    /// directories first (at most every [`MISS_SCAN_INTERVAL`]): the volume
+    /// server may have just created it.
+    pub fn serves(&mut self, volume_id: u32) -> bool {
+        if self.volumes.contains_key(&volume_id) {
+            return true;
+        }
+        if self.dirs.is_empty() || self.last_scan.elapsed() < MISS_SCAN_INTERVAL {
+            return false;
+        }
+        self.scan();
         self.volumes.contains_key(&volume_id)
     }
 
-    /// Picks up entries appended to every index since the last look.
+    /// Picks up new volumes, entries appended to every index, replaced and
+    /// removed volumes.
     pub fn refresh_all(&mut self) {
-        for (volume_id, served) in self.volumes.iter_mut() {
+        self.scan();
+        let ids: Vec<u32> = self.volumes.keys().copied().collect();
+        for volume_id in ids {
+            self.refresh(volume_id);
+        }
+    }
+
+    /// Follows one volume: reopens it when its files were replaced (keeping
+    /// the old pair while a compaction is committing), else applies its index
+    /// tail. A volume that cannot be reopened is withdrawn.
+    fn refresh(&mut self, volume_id: u32) {
+        let Some(served) = self.volumes.get_mut(&volume_id) else { return };
+        served.refreshed_at = Instant::now();
+        if !served.volume.is_replaced() {
             if let Err(error) = served.volume.refresh_index() {
                 tracing::warn!(volume_id, %error, "cannot refresh the index");
+            }
+            return;
+        }
+        let dat_path = served.volume.dat_path().to_path_buf();
+        match scan::open_checked(&dat_path, self.width) {
+            Ok(reopened) => {
+                let live_needles = reopened.index().live_count();
+                tracing::info!(volume_id, file = %dat_path.display(), live_needles, "local volume replaced (compacted or copied); reading the new files");
+                served.volume = reopened;
+            }
+            Err(Refusal::Later) => {}
+            Err(Refusal::Now(reason)) => {
+                self.volumes.remove(&volume_id);
+                tracing::warn!(volume_id, file = %dat_path.display(), "local volume withdrawn: {reason}");
             }
         }
     }
 
     /// Reads and checks one needle into `buffer` (the validated range the
-    /// SQE named: `read.buffer_length` bytes).
+    /// SQE named: `read.buffer_length` bytes). A check that fails on a volume
+    /// whose files were replaced meanwhile is retried once on the new files.
     pub fn read(&mut self, read: &NeedleRead, buffer: NonNull<u8>) -> Result<ReadDone, (ErrorCode, u64)> {
-        let served = self.volumes.get_mut(&read.volume_id).ok_or((ErrorCode::NO_SUCH_VOLUME, 0))?;
-        let location = locate(served, read.needle_id)?;
-        match read.range {
-            None => read_whole(served, read, &location, buffer),
-            Some(range) => read_range(served, read, &location, range, buffer),
+        let result = self.read_once(read, buffer);
+        let stale = matches!(
+            result,
+            Err((
+                ErrorCode::COOKIE_MISMATCH | ErrorCode::CRC_MISMATCH | ErrorCode::CORRUPT_NEEDLE | ErrorCode::IO_ERROR,
+                _
+            ))
+        );
+        if stale && self.volumes.get(&read.volume_id).is_some_and(|served| served.volume.is_replaced()) {
+            self.refresh(read.volume_id);
+            return self.read_once(read, buffer);
         }
+        result
     }
-}
 
-/// Finds a needle, refreshing the index once on a miss (it may have been
-/// appended since the last look).
-fn locate(served: &mut ServedVolume, needle_id: u64) -> Result<Location, (ErrorCode, u64)> {
-    if let Some(location) = served.volume.locate(needle_id) {
-        return Ok(location);
+    fn read_once(&mut self, read: &NeedleRead, buffer: NonNull<u8>) -> Result<ReadDone, (ErrorCode, u64)> {
+        let served = self.volumes.get(&read.volume_id).ok_or((ErrorCode::NO_SUCH_VOLUME, 0))?;
+        // The common case: a fresh index that has the needle (one clock read, one lookup).
+        if served.refreshed_at.elapsed() < INDEX_MAX_AGE {
+            if let Some(location) = served.volume.locate(read.needle_id) {
+                return read_located(&served.volume, read, &location, buffer);
+            }
+        } else {
+            self.refresh(read.volume_id);
+        }
+        let location = self.locate(read.volume_id, read.needle_id)?;
+        let volume = &self.volumes.get(&read.volume_id).ok_or((ErrorCode::NO_SUCH_VOLUME, 0))?.volume;
+        read_located(volume, read, &location, buffer)
     }
-    if let Err(error) = served.volume.refresh_index() {
-        tracing::warn!(file = %served.volume.idx_path().display(), %error, "cannot refresh the index");
-    }
-    if let Some(location) = served.volume.locate(needle_id) {
-        return Ok(location);
-    }
-    if served.volume.index().is_deleted(needle_id) {
-        Err((ErrorCode::DELETED, 0))
-    } else {
-        Err((ErrorCode::NO_SUCH_NEEDLE, 0))
+
+    /// Finds a needle, refreshing the volume once on a miss (it may have been
+    /// appended since the last look, or replaced).
+    fn locate(&mut self, volume_id: u32, needle_id: u64) -> Result<Location, (ErrorCode, u64)> {
+        let volume = &self.volumes.get(&volume_id).ok_or((ErrorCode::NO_SUCH_VOLUME, 0))?.volume;
+        if let Some(location) = volume.locate(needle_id) {
+            return Ok(location);
+        }
+        self.refresh(volume_id);
+        let volume = &self.volumes.get(&volume_id).ok_or((ErrorCode::NO_SUCH_VOLUME, 0))?.volume;
+        if let Some(location) = volume.locate(needle_id) {
+            return Ok(location);
+        }
+        if volume.index().is_deleted(needle_id) {
+            Err((ErrorCode::DELETED, 0))
+        } else {
+            Err((ErrorCode::NO_SUCH_NEEDLE, 0))
+        }
     }
 }
 
@@ -141,7 +197,8 @@ fn pread_exact(file: &File, destination: NonNull<u8>, length: u64, offset: u64) 
     while done < length {
         // SAFETY: destination..destination+length lies in the buffer range
         // the SQE named, which Sqe::validate proved is inside the mapped
-        // buffer area; the kernel writes at most `length - done` bytes there.
+        // buffer area (or in a buffer of ours of at least `length` bytes);
+        // the kernel writes at most `length - done` bytes there.
         let result = unsafe {
             libc::pread(
                 file.as_raw_fd(),
@@ -160,8 +217,20 @@ fn pread_exact(file: &File, destination: NonNull<u8>, length: u64, offset: u64) 
     Ok(())
 }
 
+fn read_located(
+    volume: &LocalVolume,
+    read: &NeedleRead,
+    location: &Location,
+    buffer: NonNull<u8>,
+) -> Result<ReadDone, (ErrorCode, u64)> {
+    match read.range {
+        None => read_whole(volume, read, location, buffer),
+        Some(range) => read_range(volume, read, location, range, buffer),
+    }
+}
+
 fn read_whole(
-    served: &ServedVolume,
+    volume: &LocalVolume,
     read: &NeedleRead,
     location: &Location,
     buffer: NonNull<u8>,
@@ -169,10 +238,10 @@ fn read_whole(
     if location.record_size_bytes > read.buffer_length as u64 {
         return Err((ErrorCode::BUFFER_TOO_SMALL, location.record_size_bytes));
     }
-    pread_exact(&served.dat, buffer, location.record_size_bytes, location.offset_bytes)?;
+    pread_exact(volume.dat_file(), buffer, location.record_size_bytes, location.offset_bytes)?;
     // SAFETY: the record was just read into this range of the validated buffer.
     let record = unsafe { std::slice::from_raw_parts(buffer.as_ptr(), location.record_size_bytes as usize) };
-    let checked = check::check_whole(record, served.volume.version(), read.needle_id, read.cookie, location.size)
+    let checked = check::check_whole(record, volume.version(), read.needle_id, read.cookie, location.size)
         .map_err(|code| (code, 0))?;
     Ok(ReadDone {
         data_offset_in_buffer: checked.data_offset_in_record,
@@ -182,42 +251,44 @@ fn read_whole(
 }
 
 fn read_range(
-    served: &ServedVolume,
+    volume: &LocalVolume,
     read: &NeedleRead,
     location: &Location,
     range: ByteRange,
     buffer: NonNull<u8>,
 ) -> Result<ReadDone, (ErrorCode, u64)> {
+    let dat = volume.dat_file();
     let mut prefix = [0u8; CHECK_HEADER_PREFIX_SIZE_BYTES];
     let prefix_length = (CHECK_HEADER_PREFIX_SIZE_BYTES as u64).min(location.record_size_bytes);
-    pread_exact(&served.dat, NonNull::from(&mut prefix).cast(), prefix_length, location.offset_bytes)?;
-    let version = served.volume.version();
-    let span = check::check_range_prefix(
-        &prefix[..prefix_length as usize],
-        version,
-        read.needle_id,
-        read.cookie,
-        location.size,
-    )
-    .map_err(|code| (code, 0))?;
+    pread_exact(dat, NonNull::from(&mut prefix).cast(), prefix_length, location.offset_bytes)?;
+    let version = volume.version();
+    let prefix = &prefix[..prefix_length as usize];
+    let span = check::check_range_prefix(prefix, version, read.needle_id, read.cookie, location.size)
+        .map_err(|code| (code, 0))?;
+    // The flags (gzip mark) and the TTL follow the data: read them before the data, so an
+    // expired needle writes nothing into the client's buffer.
+    let header = NeedleHeader::parse(prefix).map_err(|error| (check::error_code(&error), 0))?;
+    let ranges = NeedleMeta::ranges(version, location.size, &span);
+    let mut head = [0u8; META_HEAD_MAX_BYTES];
+    let head_length = ranges.head.end - ranges.head.start;
+    pread_exact(dat, NonNull::from(&mut head).cast(), head_length, location.offset_bytes + ranges.head.start)?;
+    let mut append_at = [0u8; TIMESTAMP_SIZE_BYTES];
+    if let Some(range) = &ranges.append_at {
+        pread_exact(
+            dat,
+            NonNull::from(&mut append_at).cast(),
+            TIMESTAMP_SIZE_BYTES as u64,
+            location.offset_bytes + range.start,
+        )?;
+    }
+    let append_at = ranges.append_at.as_ref().map(|_| &append_at[..]);
+    let meta = NeedleMeta::parse_head(&head, append_at, version, header, &span)
+        .map_err(|error| (check::error_code(&error), 0))?;
+    check::check_meta(&meta).map_err(|code| (code, 0))?;
     let (offset_in_record, length) = check::clamp_range(&span, range.offset, range.length).map_err(|code| (code, 0))?;
     if length > read.buffer_length as u64 {
         return Err((ErrorCode::BUFFER_TOO_SMALL, length));
     }
-    pread_exact(&served.dat, buffer, length, location.offset_bytes + offset_in_record)?;
-    // The flags byte follows the data when the body has room for it (a
-    // version 1 needle, or an empty body, has none).
-    let flags_offset_in_record = span.data_offset_in_record + span.data_len;
-    let body_has_flags = flags_offset_in_record < NEEDLE_HEADER_SIZE_BYTES as u64 + location.size as u64;
-    let gzipped = match version {
-        volume_format::Version::V1 => false,
-        _ if !body_has_flags => false,
-        _ => {
-            let mut flag_byte = [0u8; 1];
-            let flags_offset = location.offset_bytes + flags_offset_in_record;
-            pread_exact(&served.dat, NonNull::from(&mut flag_byte).cast(), 1, flags_offset)?;
-            flag_byte[0] & flags::IS_COMPRESSED != 0
-        }
-    };
-    Ok(ReadDone { data_offset_in_buffer: 0, data_length: length, gzipped })
+    pread_exact(dat, buffer, length, location.offset_bytes + offset_in_record)?;
+    Ok(ReadDone { data_offset_in_buffer: 0, data_length: length, gzipped: meta.is_gzipped() })
 }

@@ -47,6 +47,24 @@ pub enum IndexError {
     },
 }
 
+/// Reads `file` from `offset_bytes` to `end_bytes` with positioned reads (the descriptor's
+/// own offset is left alone).
+struct OffsetReader<'a> {
+    file: &'a File,
+    offset_bytes: u64,
+    end_bytes: u64,
+}
+
+impl Read for OffsetReader<'_> {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        let left = self.end_bytes.saturating_sub(self.offset_bytes);
+        let wanted = buffer.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let read_bytes = std::os::unix::fs::FileExt::read_at(self.file, &mut buffer[..wanted], self.offset_bytes)?;
+        self.offset_bytes += read_bytes as u64;
+        Ok(read_bytes)
+    }
+}
+
 /// Where the index says a live needle is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct IndexValue {
@@ -101,8 +119,14 @@ impl NeedleIndex {
     /// Replay a whole `.idx` file. A file that ends mid-entry is an error
     /// naming the file and the offset of the partial entry.
     pub fn load_file(path: &Path, width: OffsetWidth) -> Result<NeedleIndex, IndexError> {
+        let file = File::open(path).map_err(|source| IndexError::Io { path: path.to_path_buf(), source })?;
+        NeedleIndex::load_open(&file, path, width)
+    }
+
+    /// [`NeedleIndex::load_file`] from a file already open (`path` names it in errors).
+    pub fn load_open(file: &File, path: &Path, width: OffsetWidth) -> Result<NeedleIndex, IndexError> {
         let mut index = NeedleIndex::new(width);
-        let outcome = index.apply_file(path)?;
+        let outcome = index.apply_open(file, path)?;
         if outcome.trailing_partial_bytes != 0 {
             return Err(IndexError::TruncatedEntry {
                 path: path.to_path_buf(),
@@ -118,14 +142,20 @@ impl NeedleIndex {
     /// entries appended since the last call. A trailing partial entry is left
     /// for the next call and reported, not an error.
     pub fn apply_file(&mut self, path: &Path) -> Result<ApplyOutcome, IndexError> {
+        let file = File::open(path).map_err(|source| IndexError::Io { path: path.to_path_buf(), source })?;
+        self.apply_open(&file, path)
+    }
+
+    /// [`NeedleIndex::apply_file`] from a file kept open, so the entries come from the same
+    /// file even after another one was renamed over `path` (`path` names it in errors).
+    pub fn apply_open(&mut self, file: &File, path: &Path) -> Result<ApplyOutcome, IndexError> {
         let io_error = |source| IndexError::Io { path: path.to_path_buf(), source };
-        let mut file = File::open(path).map_err(io_error)?;
         let size_bytes = file.metadata().map_err(io_error)?.len();
         if size_bytes < self.applied_bytes {
             return Err(IndexError::Shrank { path: path.to_path_buf(), size_bytes, applied_bytes: self.applied_bytes });
         }
-        io::Seek::seek(&mut file, io::SeekFrom::Start(self.applied_bytes)).map_err(io_error)?;
-        self.apply_reader(file.take(size_bytes - self.applied_bytes)).map_err(io_error)
+        let reader = OffsetReader { file, offset_bytes: self.applied_bytes, end_bytes: size_bytes };
+        self.apply_reader(reader).map_err(io_error)
     }
 
     /// Replay entries from `reader` until it ends, in chunks.

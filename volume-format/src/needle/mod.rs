@@ -17,9 +17,11 @@
 //! the end of the body: a flagged field with no bytes left is simply absent.
 
 mod check;
+mod meta;
 mod record;
 
 pub use check::{check_header, DataSpan, CHECK_HEADER_PREFIX_SIZE_BYTES};
+pub use meta::{unix_now_ns, MetaRanges, NeedleMeta, META_HEAD_MAX_BYTES};
 pub use record::NeedleRecord;
 
 use crate::error::FormatError;

@@ -64,7 +64,7 @@ impl<'a> NeedleRecord<'a> {
         Ok(parsed)
     }
 
-    fn empty(version: Version, header: NeedleHeader) -> NeedleRecord<'a> {
+    pub(super) fn empty(version: Version, header: NeedleHeader) -> NeedleRecord<'a> {
         NeedleRecord {
             version,
             header,
@@ -84,7 +84,7 @@ impl<'a> NeedleRecord<'a> {
     /// Version 2/3 body: data size, data, then flags and optional fields,
     /// each read only while bytes remain (as SeaweedFS does).
     fn read_body(&mut self, body: &'a [u8]) -> Result<(), FormatError> {
-        let mut cursor = BodyCursor { body, index: 0 };
+        let mut cursor = BodyCursor::new(body, NEEDLE_HEADER_SIZE_BYTES);
         if cursor.is_done() {
             return Ok(());
         }
@@ -98,6 +98,16 @@ impl<'a> NeedleRecord<'a> {
     }
 
     fn read_optional_fields(&mut self, cursor: &mut BodyCursor<'a>) -> Result<(), FormatError> {
+        self.read_fields_before_pairs(cursor)?;
+        if let Some(length) = cursor.take_optional("pairs size", 2, self.has(flags::HAS_PAIRS))? {
+            let pairs_size = usize::from(u16::from_be_bytes([length[0], length[1]]));
+            self.pairs = Some(cursor.take("pairs", pairs_size)?);
+        }
+        Ok(())
+    }
+
+    /// Name, mime, last modified and TTL: the optional fields before the pairs.
+    pub(super) fn read_fields_before_pairs(&mut self, cursor: &mut BodyCursor<'a>) -> Result<(), FormatError> {
         if let Some(length) = cursor.take_optional("name size", 1, self.has(flags::HAS_NAME))? {
             self.name = Some(cursor.take("name", usize::from(length[0]))?);
         }
@@ -110,10 +120,6 @@ impl<'a> NeedleRecord<'a> {
         }
         if let Some(bytes) = cursor.take_optional("ttl", TTL_SIZE_BYTES, self.has(flags::HAS_TTL))? {
             self.ttl = Some(Ttl::from_bytes([bytes[0], bytes[1]]));
-        }
-        if let Some(length) = cursor.take_optional("pairs size", 2, self.has(flags::HAS_PAIRS))? {
-            let pairs_size = usize::from(u16::from_be_bytes([length[0], length[1]]));
-            self.pairs = Some(cursor.take("pairs", pairs_size)?);
         }
         Ok(())
     }
@@ -183,14 +189,21 @@ impl<'a> NeedleRecord<'a> {
     }
 }
 
-/// Walks a version 2/3 body; `index` only grows and never passes `body.len()`.
-struct BodyCursor<'a> {
+/// Walks a version 2/3 body (or its part after the data); `index` only grows and never
+/// passes `body.len()`.
+pub(super) struct BodyCursor<'a> {
     body: &'a [u8],
     index: usize,
+    /// Where `body[0]` is in the record (for error offsets).
+    start_in_record: usize,
 }
 
 impl<'a> BodyCursor<'a> {
-    fn is_done(&self) -> bool {
+    pub(super) fn new(body: &'a [u8], start_in_record: usize) -> BodyCursor<'a> {
+        BodyCursor { body, index: 0, start_in_record }
+    }
+
+    pub(super) fn is_done(&self) -> bool {
         self.index >= self.body.len()
     }
 
@@ -200,7 +213,7 @@ impl<'a> BodyCursor<'a> {
         if size_bytes > available {
             return Err(FormatError::FieldOutOfRange {
                 field,
-                offset_in_record: (NEEDLE_HEADER_SIZE_BYTES + self.index) as u64,
+                offset_in_record: (self.start_in_record + self.index) as u64,
                 needed_bytes: size_bytes as u64,
                 available_bytes: available as u64,
             });
@@ -211,7 +224,7 @@ impl<'a> BodyCursor<'a> {
     }
 
     /// Take a flagged field only when `wanted` and bytes remain.
-    fn take_optional(
+    pub(super) fn take_optional(
         &mut self,
         field: &'static str,
         size_bytes: usize,
@@ -225,11 +238,11 @@ impl<'a> BodyCursor<'a> {
 }
 
 /// Big-endian integer of up to 8 bytes (SeaweedFS's `BytesToUint64`).
-fn be_u64(bytes: &[u8]) -> u64 {
+pub(super) fn be_u64(bytes: &[u8]) -> u64 {
     bytes.iter().take(8).fold(0u64, |value, &byte| (value << 8) | u64::from(byte))
 }
 
-fn be_u32(bytes: &[u8]) -> u32 {
+pub(super) fn be_u32(bytes: &[u8]) -> u32 {
     bytes.iter().take(4).fold(0u32, |value, &byte| (value << 8) | u32::from(byte))
 }
 

@@ -8,7 +8,7 @@ pub use scan::{scan, ScannedRecord, VolumeScan};
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::FormatError;
@@ -62,6 +62,13 @@ pub enum VolumeError {
         /// What is wrong.
         source: FormatError,
     },
+    /// SeaweedFS is renaming new files over the volume's (a compaction's commit): the pair
+    /// opened might not match.
+    #[error("volume {path} is being replaced (a compaction is committing); try again")]
+    BeingReplaced {
+        /// The `.dat`.
+        path: PathBuf,
+    },
     /// The index has no live entry for the needle.
     #[error("needle {needle_id:#x} is not in the index of {path} (never written or deleted)")]
     NotFound {
@@ -83,23 +90,72 @@ pub struct Location {
     pub record_size_bytes: u64,
 }
 
-/// An opened volume: its super block and its replayed index.
+/// An opened volume: its super block and its replayed index, read through the `.dat` and
+/// `.idx` it opened, which stay a consistent pair even after SeaweedFS renames new files over
+/// the paths (a vacuum's commit): see [`LocalVolume::is_replaced`].
 #[derive(Debug)]
 pub struct LocalVolume {
     dat_path: PathBuf,
     idx_path: PathBuf,
     dat: File,
+    idx: File,
+    /// (device, inode) of `dat` and `idx` as opened.
+    identity: [(u64, u64); 2],
     super_block: SuperBlock,
     index: NeedleIndex,
 }
 
 impl LocalVolume {
-    /// Read the super block of `dat_path` and replay all of `idx_path`.
+    /// Read the super block of `dat_path` and replay all of `idx_path` (but a trailing
+    /// partial entry, which a live volume server may be appending).
+    ///
+    /// The pair is consistent even while SeaweedFS commits a compaction, which writes a
+    /// `.cpc` marker, renames the new `.dat` over the old, then the new `.idx`, then removes
+    /// the marker: the `.idx` is opened first, so a new `.idx` means the `.dat` opened after
+    /// it is new too; an old `.idx` with a new `.dat` is caught afterwards, because then the
+    /// marker is still there or the `.idx` path names another file. Either is
+    /// [`VolumeError::BeingReplaced`]: try again later.
     pub fn open(dat_path: &Path, idx_path: &Path, width: OffsetWidth) -> Result<LocalVolume, VolumeError> {
+        let idx = File::open(idx_path).map_err(|source| io_error(idx_path, source))?;
         let dat = File::open(dat_path).map_err(|source| io_error(dat_path, source))?;
+        let identity = [identity_of(&dat, dat_path)?, identity_of(&idx, idx_path)?];
         let super_block = read_super_block(&dat, dat_path)?;
-        let index = NeedleIndex::load_file(idx_path, width)?;
-        Ok(LocalVolume { dat_path: dat_path.to_path_buf(), idx_path: idx_path.to_path_buf(), dat, super_block, index })
+        // A trailing partial entry is an append in progress: left for the next refresh.
+        let mut index = NeedleIndex::new(width);
+        index.apply_open(&idx, idx_path)?;
+        if compaction_commit_marker(dat_path).exists() || path_identity(idx_path) != Some(identity[1]) {
+            return Err(VolumeError::BeingReplaced { path: dat_path.to_path_buf() });
+        }
+        Ok(LocalVolume {
+            dat_path: dat_path.to_path_buf(),
+            idx_path: idx_path.to_path_buf(),
+            dat,
+            idx,
+            identity,
+            super_block,
+            index,
+        })
+    }
+
+    /// Opens the same paths again (after [`LocalVolume::is_replaced`]).
+    pub fn reopen(&self) -> Result<LocalVolume, VolumeError> {
+        LocalVolume::open(&self.dat_path, &self.idx_path, self.index.width())
+    }
+
+    /// Whether the files at the paths are no longer the ones open (a vacuum renamed new ones
+    /// over them, or they were removed or copied anew), or the open `.idx` shrank below what
+    /// was replayed. The open pair still reads consistently (the old inodes live while open);
+    /// [`LocalVolume::reopen`] gets the current one.
+    pub fn is_replaced(&self) -> bool {
+        let paths = [&self.dat_path, &self.idx_path];
+        let moved = paths.iter().zip(self.identity).any(|(path, opened)| path_identity(path) != Some(opened));
+        let shrank = self.idx.metadata().map_or(true, |metadata| metadata.len() < self.index.applied_bytes());
+        moved || shrank
+    }
+
+    /// The open `.dat`, for positioned reads.
+    pub fn dat_file(&self) -> &File {
+        &self.dat
     }
 
     /// Where a live needle is, or `None` if never written or deleted.
@@ -115,7 +171,7 @@ impl LocalVolume {
     /// Apply the entries appended to the `.idx` since the last load or
     /// refresh. A trailing partial entry is left for the next refresh.
     pub fn refresh_index(&mut self) -> Result<ApplyOutcome, VolumeError> {
-        Ok(self.index.apply_file(&self.idx_path)?)
+        Ok(self.index.apply_open(&self.idx, &self.idx_path)?)
     }
 
     /// Read a located record's bytes.
@@ -190,6 +246,22 @@ pub fn volume_id_from_dat_path(path: &Path) -> Option<u32> {
         return None;
     }
     digits.parse().ok()
+}
+
+/// The marker SeaweedFS keeps beside a volume while it renames a compaction's files into
+/// place (`weed/storage/volume_vacuum.go`, `writeCompactCommitMarker`).
+pub fn compaction_commit_marker(dat_path: &Path) -> PathBuf {
+    dat_path.with_extension("cpc")
+}
+
+/// (device, inode) of what `path` names now.
+fn path_identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|metadata| (metadata.dev(), metadata.ino()))
+}
+
+fn identity_of(file: &File, path: &Path) -> Result<(u64, u64), VolumeError> {
+    let metadata = file.metadata().map_err(|source| io_error(path, source))?;
+    Ok((metadata.dev(), metadata.ino()))
 }
 
 fn io_error(path: &Path, source: io::Error) -> VolumeError {

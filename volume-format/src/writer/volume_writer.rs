@@ -162,7 +162,12 @@ impl VolumeWriter {
     /// Append a needle: its record to the `.dat`, then its entry to the
     /// `.idx`. The writer sets `append_at_ns` (now, or one past the last).
     pub fn append(&mut self, spec: &NeedleSpec<'_>) -> Result<FileId, WriteError> {
-        let append_at_ns = self.next_append_at_ns();
+        self.append_at(spec, self.next_append_at_ns())
+    }
+
+    /// [`VolumeWriter::append`] with the append time given: a needle written in the past,
+    /// such as one whose TTL has run out. Times need not grow (SeaweedFS's do).
+    pub fn append_at(&mut self, spec: &NeedleSpec<'_>, append_at_ns: u64) -> Result<FileId, WriteError> {
         let spec = NeedleSpec { append_at_ns, ..*spec };
         let record = encode_needle(WRITER_VERSION, &spec).map_err(|source| WriteError::Encode {
             path: self.dat_path.clone(),
@@ -174,7 +179,7 @@ impl VolumeWriter {
             &record,
             IndexEntry { needle_id: spec.needle_id, offset_bytes: self.end_offset_bytes, size },
         )?;
-        self.last_append_at_ns = append_at_ns;
+        self.last_append_at_ns = self.last_append_at_ns.max(append_at_ns);
         Ok(FileId { volume_id: self.volume_id, needle_id: spec.needle_id, cookie: spec.cookie })
     }
 

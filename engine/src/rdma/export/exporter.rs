@@ -15,9 +15,12 @@ use crate::rdma::catalogue::{
 };
 use crate::rdma::mapping::Retired;
 use crate::rdma::{features, ucx_overrides};
+use crate::read::local::Refusals;
 
 /// How long closing the endpoints may take at exit.
 const CLOSE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Least time between two directory scans that whole-catalogue requests cause.
+const REQUEST_SCAN_INTERVAL: Duration = Duration::from_millis(100);
 /// Largest catalogue answer (about 200 bytes per piece).
 const CATALOGUE_PAYLOAD_MAX_BYTES: usize = 64 << 20;
 
@@ -35,6 +38,8 @@ pub(super) struct Exporter {
     pub(super) last_scan: Instant,
     /// Connection requests refused by `allowed_peers` (logged at powers of two).
     refused_peers: u64,
+    /// Volumes seen and not exported, so each is said once.
+    pub(super) refusals: Refusals,
 }
 
 impl Exporter {
@@ -58,6 +63,7 @@ impl Exporter {
             exporter_id: exporter_id(),
             last_scan: Instant::now(),
             refused_peers: 0,
+            refusals: Refusals::default(),
         };
         exporter.scan();
         tracing::info!(volumes = exporter.volumes.len(), "export role ready");
@@ -165,6 +171,8 @@ impl Exporter {
         };
         let complete = request.volumes.is_none();
         match &request.volumes {
+            // Every reader asks for everything about once a second: one scan serves them all.
+            None if self.last_scan.elapsed() < REQUEST_SCAN_INTERVAL => {}
             None => self.scan(),
             Some(ids) => {
                 for id in ids.iter().take(REQUEST_VOLUMES_MAX) {

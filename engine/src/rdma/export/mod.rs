@@ -5,7 +5,14 @@
 //! event-driven: `Worker::wait` progresses until idle, arms the event fd and sleeps on it for
 //! at most [`WAIT_TIMEOUT`]; every [`ExportConfig::rescan_interval`] it picks up grown, new,
 //! replaced and removed volumes. A catalogue request refreshes the volumes it names first, so a
-//! reader that missed in its index learns the current lengths.
+//! reader that missed in its index learns the current lengths (a request for every volume
+//! rescans, at most every 100 ms).
+//!
+//! The directories are a live volume server's `-dir`. Only `[collection_]N.dat` with its
+//! `.idx` is a volume; a volume's `.vif` must agree with the offset width and the super block,
+//! else the volume is not exported (said once). A volume a vacuum replaces is exported anew,
+//! with a new generation, only as a consistent pair (no compaction commit under way, the
+//! `.idx` opened first still at its path); until then the old pair, still mapped, is served.
 //!
 //! `exporter` holds the thread's loop (connections, catalogue answers); `volumes` finds, maps,
 //! refreshes and retires the exported volumes.

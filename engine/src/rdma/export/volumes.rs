@@ -2,17 +2,19 @@
 //! grow, re-exported when replaced, retired when gone; and the generation that tells readers
 //! a volume's files changed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use volume_format::superblock::{SuperBlock, SUPER_BLOCK_SIZE_BYTES};
-use volume_format::volume::volume_id_from_dat_path;
+use volume_format::volume::{compaction_commit_marker, volume_id_from_dat_path};
+use volume_format::volume_info;
 
 use super::exporter::Exporter;
 use crate::rdma::mapping::{FileMap, MapError, MapSettings};
+use crate::read::local::{stamp_of, Refusal};
 
 /// One exported volume.
 #[derive(Debug)]
@@ -24,7 +26,8 @@ pub(super) struct VolumeExport {
 }
 
 impl Exporter {
-    /// Picks up new, grown, replaced and removed volumes in every directory.
+    /// Picks up new, grown, replaced and removed volumes in every directory. A volume that
+    /// cannot be exported is said once (again only when its files change).
     pub(super) fn scan(&mut self) {
         self.last_scan = Instant::now();
         let found = find_volumes(&self.config.dirs);
@@ -32,39 +35,70 @@ impl Exporter {
         for id in gone {
             self.retire_volume(id);
         }
-        for (id, paths) in found {
+        let mut seen = HashSet::new();
+        for (id, (dat_path, idx_path)) in found {
+            seen.insert(dat_path.clone());
             if self.volumes.contains_key(&id) {
                 self.refresh_volume(id);
-            } else {
-                self.open_volume(id, &paths.0, &paths.1);
+                continue;
+            }
+            let stamp = stamp_of(&dat_path);
+            if self.refusals.unchanged(&dat_path, &stamp) {
+                continue;
+            }
+            match self.open_volume(&dat_path, &idx_path) {
+                Ok(volume) => {
+                    self.refusals.forget(&dat_path);
+                    self.volumes.insert(id, volume);
+                }
+                Err(Refusal::Later) => {}
+                Err(Refusal::Now(reason)) => self.refusals.refuse(&dat_path, stamp, reason),
             }
         }
+        self.refusals.retain_seen(&seen);
     }
 
+    /// Follows one volume: its growth, or its replacement (a vacuum renames new files over
+    /// both): the new pair is exported, with a new generation, once it is complete; until
+    /// then the old pair (still mapped, so still its old bytes) stays in the catalogue.
     pub(super) fn refresh_volume(&mut self, id: u32) {
         let Some(volume) = self.volumes.get_mut(&id) else { return };
-        if !volume.dat.still_at_path() || !volume.idx.still_at_path() {
-            let paths = (volume.dat_path(), volume.idx_path());
-            self.retire_volume(id);
-            tracing::info!(volume = id, "exported volume replaced; exporting the new files");
-            self.open_volume(id, &paths.0, &paths.1);
-            return;
-        }
+        let replaced = !volume.dat.still_at_path() || !volume.idx.still_at_path();
         // The .idx first: every entry it holds then points inside the .dat length read after it.
-        let refreshed = volume
-            .idx
-            .refresh(&self.context, &mut self.retired)
-            .and_then(|()| volume.dat.refresh(&self.context, &mut self.retired));
-        match refreshed {
-            Ok(()) => {}
-            Err(MapError::Outgrown { .. }) => {
-                let paths = (volume.dat_path(), volume.idx_path());
+        let refreshed = if replaced {
+            Err(None)
+        } else {
+            volume
+                .idx
+                .refresh(&self.context, &mut self.retired)
+                .and_then(|()| volume.dat.refresh(&self.context, &mut self.retired))
+                .map_err(Some)
+        };
+        let error = match refreshed {
+            Ok(()) => return,
+            Err(None | Some(MapError::Outgrown { .. })) => None,
+            Err(Some(error)) => Some(error),
+        };
+        let (dat_path, idx_path) = (volume.dat_path(), volume.idx_path());
+        if let Some(error) = error {
+            tracing::warn!(volume = id, %error, "cannot refresh an exported volume; withdrawing it");
+            return self.retire_volume(id);
+        }
+        match self.open_volume(&dat_path, &idx_path) {
+            Ok(fresh) => {
+                if replaced {
+                    tracing::info!(
+                        volume = id,
+                        "exported volume replaced (compacted or copied); exporting the new files"
+                    );
+                }
                 self.retire_volume(id);
-                self.open_volume(id, &paths.0, &paths.1);
+                self.volumes.insert(id, fresh);
             }
-            Err(error) => {
-                tracing::warn!(volume = id, %error, "cannot refresh an exported volume; withdrawing it");
+            Err(Refusal::Later) => {}
+            Err(Refusal::Now(reason)) => {
                 self.retire_volume(id);
+                self.refusals.refuse(&dat_path, stamp_of(&dat_path), reason);
             }
         }
     }
@@ -76,31 +110,35 @@ impl Exporter {
         }
     }
 
-    fn open_volume(&mut self, id: u32, dat_path: &Path, idx_path: &Path) {
+    /// Maps and registers a volume's pair. Its `.vif`, when there is one, must agree with the
+    /// offset width and the super block (checked first, so a refused volume costs little to
+    /// look at again). The pair is consistent as `LocalVolume::open` argues: the `.idx` is
+    /// opened first, and no compaction commit may be under way before or after.
+    fn open_volume(&mut self, dat_path: &Path, idx_path: &Path) -> Result<VolumeExport, Refusal> {
+        let width = self.config.offset_width;
+        volume_info::check_beside(dat_path, width).map_err(|error| Refusal::Now(error.to_string()))?;
+        let committing = || compaction_commit_marker(dat_path).exists();
+        if committing() {
+            return Err(Refusal::Later);
+        }
         let dat_settings = MapSettings {
             piece_size_bytes: self.config.piece_size_bytes,
             headroom_bytes: self.config.dat_headroom_bytes,
         };
         let idx_settings = MapSettings { headroom_bytes: self.config.idx_headroom_bytes, ..dat_settings };
-        // The .idx first, as in refresh_volume.
         let opened = FileMap::open(idx_path, &self.context, idx_settings)
             .and_then(|idx| Ok((FileMap::open(dat_path, &self.context, dat_settings)?, idx)));
-        let (dat, idx) = match opened {
-            Ok(files) => files,
-            Err(error) => {
-                tracing::warn!(volume = id, %error, "cannot export a volume");
-                return;
-            }
-        };
+        let (dat, idx) = opened.map_err(|error| Refusal::Now(error.to_string()))?;
         // A .dat still being created has no complete super block yet: try again next scan.
-        let Some(super_block) = read_super_block(&dat) else {
+        let super_block = read_super_block(&dat).filter(|_| !committing() && idx.still_at_path());
+        let Some(super_block) = super_block else {
             dat.retire(&mut self.retired);
             idx.retire(&mut self.retired);
-            return;
+            return Err(Refusal::Later);
         };
         let generation = generation(&dat, &idx, super_block.compaction_revision);
         let version = super_block.version.as_byte();
-        self.volumes.insert(id, VolumeExport { dat, idx, version, generation });
+        Ok(VolumeExport { dat, idx, version, generation })
     }
 }
 

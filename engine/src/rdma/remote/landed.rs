@@ -3,13 +3,13 @@
 //! check refreshes the catalogue and retries once.
 
 use shm_layout::entry::{ByteRange, ErrorCode};
-use volume_format::needle::flags;
-use volume_format::version::{Version, NEEDLE_HEADER_SIZE_BYTES};
+use volume_format::needle::{DataSpan, NeedleHeader, NeedleMeta};
+use volume_format::version::{NEEDLE_HEADER_SIZE_BYTES, TIMESTAMP_SIZE_BYTES};
 
-use super::slots::{Phase, SCRATCH_FLAGS_OFFSET, SCRATCH_SLOT_BYTES};
+use super::slots::{Phase, ScratchGet, SCRATCH_APPEND_AT_OFFSET, SCRATCH_META_HEAD_OFFSET, SCRATCH_SLOT_BYTES};
 use super::transfer::Transfer;
 use super::{ReadDone, RemoteReads};
-use crate::read::check::{check_range_prefix, check_whole, clamp_range};
+use crate::read::check::{check_meta, check_range_prefix, check_whole, clamp_range, error_code};
 
 impl RemoteReads {
     /// Every get of the current phase has landed: check and move on.
@@ -24,12 +24,7 @@ impl RemoteReads {
         match slot.phase {
             Phase::Whole { record_size_bytes } => self.whole_landed(index, record_size_bytes),
             Phase::RangePrefix => self.range_prefix_landed(index),
-            Phase::RangeData { length_bytes, flags_wanted } => {
-                // SAFETY: the flags byte's get has completed.
-                let flag_byte = unsafe { self.scratch.slice(index * SCRATCH_SLOT_BYTES + SCRATCH_FLAGS_OFFSET, 1) }[0];
-                let gzipped = flags_wanted && flag_byte & flags::IS_COMPRESSED != 0;
-                self.finish(index, Ok(ReadDone { data_offset_in_buffer: 0, data_length: length_bytes, gzipped }));
-            }
+            Phase::RangeData { length_bytes, span } => self.range_data_landed(index, length_bytes, &span),
         }
     }
 
@@ -72,15 +67,56 @@ impl RemoteReads {
         if length_bytes > u64::from(read.buffer_length) {
             return self.finish(index, Err((ErrorCode::BUFFER_TOO_SMALL, length_bytes)));
         }
-        // Versions 2 and 3 store a flags byte after the data when the body has room.
-        let flags_at = span.data_offset_in_record + span.data_len;
-        let flags_wanted =
-            version != Version::V1 && span.data_len > 0 && flags_at < NEEDLE_HEADER_SIZE_BYTES as u64 + u64::from(size);
+        // The meta after the data (gzip mark, TTL) comes with the range, into the scratch.
         let record_offset = slot.location.offset_bytes;
-        slot.flags_get = flags_wanted.then_some(record_offset + flags_at);
-        slot.phase = Phase::RangeData { length_bytes, flags_wanted };
+        let ranges = NeedleMeta::ranges(version, size, &span);
+        let small_get = |range: &std::ops::Range<u64>, scratch_offset| {
+            (range.end > range.start).then_some(ScratchGet {
+                remote_offset: record_offset + range.start,
+                length_bytes: range.end - range.start,
+                scratch_offset,
+            })
+        };
+        slot.meta_gets = [
+            small_get(&ranges.head, SCRATCH_META_HEAD_OFFSET),
+            ranges.append_at.as_ref().and_then(|range| small_get(range, SCRATCH_APPEND_AT_OFFSET)),
+        ];
+        slot.phase = Phase::RangeData { length_bytes, span };
         slot.transfer = Transfer::new(record_offset + offset_in_record, length_bytes, slot.buffer);
         self.post_slot(index);
+    }
+
+    /// A range and its meta have landed: the needle is served unless its TTL has run out.
+    fn range_data_landed(&mut self, index: usize, length_bytes: u64, span: &DataSpan) {
+        let slot = &self.slots[index];
+        let (version, size, base) = (slot.version, slot.location.size, index * SCRATCH_SLOT_BYTES);
+        let ranges = NeedleMeta::ranges(version, size, span);
+        let head_length = (ranges.head.end - ranges.head.start) as usize;
+        // SAFETY: every get of this slot's phases into its scratch has completed.
+        let (prefix, head, append_at) = unsafe {
+            (
+                self.scratch.slice(base, NEEDLE_HEADER_SIZE_BYTES),
+                self.scratch.slice(base + SCRATCH_META_HEAD_OFFSET, head_length),
+                ranges
+                    .append_at
+                    .as_ref()
+                    .map(|_| self.scratch.slice(base + SCRATCH_APPEND_AT_OFFSET, TIMESTAMP_SIZE_BYTES)),
+            )
+        };
+        let meta = NeedleHeader::parse(prefix)
+            .and_then(|header| NeedleMeta::parse_head(head, append_at, version, header, span))
+            .map_err(|error| error_code(&error));
+        match meta {
+            Err(code) => self.check_failed(index, code),
+            Ok(meta) => {
+                let result = check_meta(&meta).map(|()| ReadDone {
+                    data_offset_in_buffer: 0,
+                    data_length: length_bytes,
+                    gzipped: meta.is_gzipped(),
+                });
+                self.finish(index, result.map_err(|code| (code, 0)));
+            }
+        }
     }
 
     /// A landed needle failed its check: the index or the catalogue may be stale (volume

@@ -17,8 +17,9 @@
 //! ```
 //!
 //! A range read first gets the 20-byte record prefix into the slot's scratch, checks the header
-//! and clamps the range (as HTTP does), then gets the range into the buffer (and the flags
-//! byte, for the gzip mark).
+//! and clamps the range (as HTTP does), then gets the range into the buffer and the record's
+//! meta after the data into the scratch (flags and TTL, append time: the gzip mark, and
+//! `NO_SUCH_NEEDLE` once the TTL ran out, as for whole reads).
 //!
 //! Peers: connected at start (bounded by [`RemoteConfig::connect_timeout`]). An unreachable or
 //! failed peer is *down*: reads of its volumes fail at once with `PEER_UNAVAILABLE`, its

@@ -11,17 +11,31 @@ use std::time::Instant;
 
 use shm_layout::entry::{ErrorCode, NeedleRead};
 use volume_format::index::IndexValue;
-use volume_format::needle::record_size_bytes;
-use volume_format::version::Version;
+use volume_format::needle::{record_size_bytes, DataSpan, META_HEAD_MAX_BYTES};
+use volume_format::version::{Version, TIMESTAMP_SIZE_BYTES};
 
 use super::peer::VolumeFiles;
 use super::transfer::{post_gets, Transfer};
 use super::{ReadResult, RemoteReads};
 use crate::read::check::CHECK_HEADER_PREFIX_SIZE_BYTES;
 
-/// Per-slot scratch of a range read: the record prefix at 0, the flags byte at 24.
-pub(super) const SCRATCH_SLOT_BYTES: usize = 32;
-pub(super) const SCRATCH_FLAGS_OFFSET: usize = 24;
+/// Per-slot scratch of a range read: the record prefix at 0, the v3 append time at
+/// [`SCRATCH_APPEND_AT_OFFSET`], the head of the body after the data (flags, name, mime, last
+/// modified, TTL) at [`SCRATCH_META_HEAD_OFFSET`].
+pub(super) const SCRATCH_SLOT_BYTES: usize = 576;
+pub(super) const SCRATCH_APPEND_AT_OFFSET: usize = 24;
+pub(super) const SCRATCH_META_HEAD_OFFSET: usize = 32;
+const _: () = assert!(CHECK_HEADER_PREFIX_SIZE_BYTES <= SCRATCH_APPEND_AT_OFFSET);
+const _: () = assert!(SCRATCH_APPEND_AT_OFFSET + TIMESTAMP_SIZE_BYTES <= SCRATCH_META_HEAD_OFFSET);
+const _: () = assert!(SCRATCH_META_HEAD_OFFSET + META_HEAD_MAX_BYTES <= SCRATCH_SLOT_BYTES);
+
+/// A get of a few record bytes into the slot's scratch (a range read's meta).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ScratchGet {
+    pub(super) remote_offset: u64,
+    pub(super) length_bytes: u64,
+    pub(super) scratch_offset: usize,
+}
 /// Slot sequence numbers use 31 bits, so slot tokens never have the index job bit.
 const SEQUENCE_MASK: u32 = 0x7fff_ffff;
 
@@ -40,9 +54,15 @@ pub(super) enum SlotState {
 
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Phase {
-    Whole { record_size_bytes: u64 },
+    Whole {
+        record_size_bytes: u64,
+    },
     RangePrefix,
-    RangeData { length_bytes: u64, flags_wanted: bool },
+    /// `span`: where the data lies in the record, to find its meta again when it has landed.
+    RangeData {
+        length_bytes: u64,
+        span: DataSpan,
+    },
 }
 
 /// One read in flight.
@@ -64,8 +84,8 @@ pub(super) struct Slot {
     pub(super) retried: bool,
     pub(super) phase: Phase,
     pub(super) transfer: Transfer,
-    /// The range read's flags byte: `Some(remote offset)` until its get is posted.
-    pub(super) flags_get: Option<u64>,
+    /// The range read's meta (flags, TTL, append time): gets not posted yet.
+    pub(super) meta_gets: [Option<ScratchGet>; 2],
     pub(super) gets_pending: u32,
     pub(super) get_failed: Option<ErrorCode>,
     pub(super) canceled: bool,
@@ -91,7 +111,7 @@ impl Slot {
             retried: false,
             phase: Phase::RangePrefix,
             transfer: Transfer::EMPTY,
-            flags_get: None,
+            meta_gets: [None; 2],
             gets_pending: 0,
             get_failed: None,
             canceled: false,
@@ -114,7 +134,7 @@ impl Slot {
         self.canceled = false;
         self.get_failed = None;
         self.gets_pending = 0;
-        self.flags_get = None;
+        self.meta_gets = [None; 2];
         self.state = SlotState::WaitIndex;
     }
 
@@ -122,6 +142,11 @@ impl Slot {
     pub(super) fn free(&mut self) {
         self.state = SlotState::Free;
         self.sequence = self.sequence.wrapping_add(1) & SEQUENCE_MASK;
+    }
+
+    /// Whether every get of the current phase was posted (or done in place).
+    pub(super) fn posted_all(&self) -> bool {
+        self.transfer.posted_all() && self.meta_gets.iter().all(Option::is_none)
     }
 
     /// Whether a read is started and not finished: it can be canceled or time out.
@@ -223,12 +248,21 @@ impl RemoteReads {
             slot.get_failed.get_or_insert(ErrorCode::PEER_UNAVAILABLE);
             return self.transfer_done(index);
         };
-        if let Some(remote_offset) = slot.flags_get.take() {
-            let destination = scratch.at(index * SCRATCH_SLOT_BYTES + SCRATCH_FLAGS_OFFSET);
-            let mut flag_byte = Transfer::new(remote_offset, 1, destination);
+        for pending_get in slot.meta_gets.iter_mut() {
+            let Some(get) = pending_get.take() else { continue };
+            let destination = scratch.at(index * SCRATCH_SLOT_BYTES + get.scratch_offset);
+            let mut small = Transfer::new(get.remote_offset, get.length_bytes, destination);
             let local = |_: *mut u8, _: u64| Some(&*scratch_region);
-            if let Err(code) = post_gets(endpoint, &files.dat, &mut flag_byte, &mut slot.gets_pending, token, local) {
+            if let Err(code) = post_gets(endpoint, &files.dat, &mut small, &mut slot.gets_pending, token, local) {
                 slot.get_failed.get_or_insert(code);
+            }
+            // Out of gets for this round (a piece boundary): the rest goes in the next one.
+            if !small.posted_all() && slot.get_failed.is_none() {
+                *pending_get = Some(ScratchGet {
+                    remote_offset: get.remote_offset + small.posted_bytes,
+                    length_bytes: get.length_bytes - small.posted_bytes,
+                    scratch_offset: get.scratch_offset + small.posted_bytes as usize,
+                });
             }
         }
         if slot.get_failed.is_none() {
@@ -242,7 +276,7 @@ impl RemoteReads {
                 slot.get_failed.get_or_insert(code);
             }
         }
-        if slot.gets_pending == 0 && (slot.transfer.posted_all() || slot.get_failed.is_some()) {
+        if slot.gets_pending == 0 && (slot.posted_all() || slot.get_failed.is_some()) {
             self.transfer_done(index);
         }
     }
@@ -261,7 +295,7 @@ impl RemoteReads {
             return;
         }
         // A canceled read posts no further round: it completes once what is in flight landed.
-        if slot.get_failed.is_none() && !slot.canceled && !slot.transfer.posted_all() {
+        if slot.get_failed.is_none() && !slot.canceled && !slot.posted_all() {
             return self.post_slot(index);
         }
         self.transfer_done(index);
