@@ -15,7 +15,9 @@ pub mod bench;
 pub mod cat;
 pub mod histogram;
 pub mod machine;
+pub mod needle_read;
 pub mod ringstat;
+pub mod sidecar;
 pub mod timing;
 
 /// Exit codes shared by the tools.

@@ -51,7 +51,7 @@ fn main() {
         Ok(output) => output,
         Err(error) => {
             eprintln!("rdma-cat: {}: {error}", args.fid);
-            std::process::exit(error.exit_code());
+            std::process::exit(cat::exit_code(&error));
         }
     };
     let mut stdout = std::io::stdout().lock();

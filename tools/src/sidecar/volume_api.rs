@@ -1,0 +1,410 @@
+//! `GET`/`HEAD /<fid>`: the volume server's read API, answered from the
+//! engine. Each step follows `GetOrHeadHandler` in
+//! `weed/server/volume_server_handlers_read.go` and what it calls
+//! (`writeResponseContent`, `ProcessRangeRequest`, `parseURLPath`), plus
+//! what Go's `net/http` adds on its own (`Content-Type` sniffing, `http.Error`).
+//! Deviations are listed in `docs/sidecar.md`.
+
+use super::http::{canonical_header_key, Method, Reply, RequestView, Served};
+use super::mime;
+use super::needle::{self, Needle, NeedleMeta};
+use super::ranges::{self, RangeError};
+use crate::needle_read::{self, ReadError};
+use rdma_client::ErrorCode;
+use volume_format::file_id::FileId;
+
+/// The parts of a request path, as Go's `parseURLPath` splits them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FidPath {
+    pub volume_id: String,
+    pub key_cookie: String,
+    /// The name in `/vid/fid/name.ext`, else "".
+    pub filename: String,
+    pub extension: String,
+}
+
+/// `/vid,fid[.ext]`, `/vid/fid[.ext]` or `/vid/fid/name.ext`.
+pub fn parse_url_path(path: &str) -> FidPath {
+    let parts: Vec<&str> = path.split('/').collect();
+    match parts.len() - 1 {
+        3 => FidPath {
+            volume_id: parts[1].into(),
+            key_cookie: parts[2].into(),
+            filename: parts[3].into(),
+            extension: mime::extension(parts[3]).into(),
+        },
+        2 => {
+            let (key_cookie, extension) = match parts[2].rfind('.') {
+                Some(dot) if dot > 0 => (&parts[2][..dot], &parts[2][dot..]),
+                _ => (parts[2], ""),
+            };
+            FidPath {
+                volume_id: parts[1].into(),
+                key_cookie: key_cookie.into(),
+                filename: String::new(),
+                extension: extension.into(),
+            }
+        }
+        _ => {
+            let last = &path[path.rfind('/').map_or(0, |index| index + 1)..];
+            let Some(comma) = last.rfind(',') else {
+                return FidPath { volume_id: last.into(), ..FidPath::default() };
+            };
+            let (key_cookie, extension) = match last.rfind('.') {
+                Some(dot) if dot > comma => (&last[comma + 1..dot], &last[dot..]),
+                _ => (&last[comma + 1..], ""),
+            };
+            FidPath {
+                volume_id: last[..comma].into(),
+                key_cookie: key_cookie.into(),
+                filename: String::new(),
+                extension: extension.into(),
+            }
+        }
+    }
+}
+
+/// The file id of a path, or `None` where the volume server answers 400.
+pub fn file_id_of(parts: &FidPath) -> Option<FileId> {
+    // Go parses the volume id as 64 bits and keeps the low 32.
+    let volume_id = parts.volume_id.parse::<u64>().ok()? as u32;
+    if parts.key_cookie.contains(['.', ',']) {
+        return None;
+    }
+    FileId::parse_url_path(&format!("{volume_id},{}", parts.key_cookie)).ok()
+}
+
+/// The status and body for a failed read.
+pub fn error_reply(error: &ReadError, method: Method) -> Reply {
+    match error.engine_code() {
+        Some(
+            ErrorCode::NO_SUCH_NEEDLE | ErrorCode::DELETED | ErrorCode::COOKIE_MISMATCH | ErrorCode::NO_SUCH_VOLUME,
+        ) => Reply::new(404),
+        Some(ErrorCode::CRC_MISMATCH | ErrorCode::CORRUPT_NEEDLE | ErrorCode::IO_ERROR) => {
+            // Go's InternalError: a JSON error for GET, nothing for HEAD.
+            let mut reply = Reply::new(500);
+            if method != Method::Head {
+                reply = Reply::json(500, &serde_json::json!({ "error": error.to_string() }));
+                reply.set("X-Content-Type-Options", "nosniff");
+            }
+            reply
+        }
+        Some(ErrorCode::DEADLINE_EXCEEDED) => Reply::text(504, &error.to_string()),
+        _ => match error {
+            ReadError::TimedOut => Reply::text(504, &error.to_string()),
+            ReadError::Disconnected(_) | ReadError::Engine(_) | ReadError::Attach(_) => {
+                Reply::text(503, &error.to_string())
+            }
+            _ => Reply::text(502, &error.to_string()),
+        },
+    }
+}
+
+/// Answers `GET`/`HEAD` of a file id path.
+pub fn serve(reader: &mut dyn needle_read::SubmitRead, request: &RequestView) -> Served {
+    let parts = parse_url_path(&request.path);
+    let Some(file_id) = file_id_of(&parts) else { return Served::failed(Reply::new(400), "BAD_FILE_ID") };
+    if wants_image_transform(&parts.extension, request) {
+        let reply = Reply::text(501, "rdma-sidecar does not resize or crop images; ask the volume server");
+        return Served::failed(reply, "IMAGE_TRANSFORM");
+    }
+    let needle = match needle::read_whole(reader, file_id) {
+        Ok(needle) => needle,
+        Err(error) => return Served::failed(error_reply(&error, request.method), error.label()),
+    };
+    let source = Some(needle.source);
+    let reply = answer(needle, parts, request);
+    let error = (reply.status >= 400).then_some("NEEDLE_ANSWER");
+    Served { reply, source, error }
+}
+
+fn answer(needle: Needle, parts: FidPath, request: &RequestView) -> Reply {
+    let meta = needle.meta.clone().unwrap_or_default();
+    if meta.expired {
+        return Reply::new(404);
+    }
+    let mut reply = Reply::new(200);
+    if meta.last_modified != 0 {
+        reply.set("Last-Modified", &http_date(meta.last_modified));
+    }
+    let etag = format!("\"{:08x}\"", meta.checksum);
+    if needle.meta.is_some() {
+        reply.set("ETag", &etag);
+        if not_modified(request, &etag, meta.last_modified) {
+            reply.status = 304;
+            return reply;
+        }
+    }
+    set_pairs(&mut reply, &meta);
+    if meta.chunk_manifest && request.query("cm") != "false" {
+        return Reply::text(501, "rdma-sidecar does not expand chunk manifests; add cm=false to read the manifest");
+    }
+    let (filename, content_type) = names(&parts, &meta);
+    let data = match body_bytes(needle, request, &mut reply) {
+        Ok(data) => data,
+        Err(error) => return Reply::text(500, &error.to_string()),
+    };
+    write_content(reply, &filename, &content_type, data, request)
+}
+
+/// The file name and the type the handler settles on before writing.
+fn names(parts: &FidPath, meta: &NeedleMeta) -> (String, String) {
+    let mut filename = parts.filename.clone();
+    if filename.is_empty() {
+        if let Some(name) = &meta.name {
+            filename = name.clone();
+        }
+    }
+    let mime = meta.mime.clone().filter(|mime| !mime.starts_with("application/octet-stream")).unwrap_or_default();
+    (filename, mime)
+}
+
+/// Stored gzip bytes go out as they are to a client that accepts gzip;
+/// anything else is decompressed first.
+fn body_bytes(needle: Needle, request: &RequestView, reply: &mut Reply) -> Result<Vec<u8>, ReadError> {
+    if !needle.gzipped {
+        return Ok(needle.data);
+    }
+    if request.header("Accept-Encoding").contains("gzip") && needle_read::is_gzip(&needle.data) {
+        reply.set("Content-Encoding", "gzip");
+        return Ok(needle.data);
+    }
+    needle_read::served_bytes(needle.data, true).map(|(data, _)| data)
+}
+
+fn set_pairs(reply: &mut Reply, meta: &NeedleMeta) {
+    let Some(pairs) = &meta.pairs else { return };
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(pairs) else { return };
+    for (key, value) in map {
+        if let serde_json::Value::String(value) = value {
+            reply.set(&canonical_header_key(&key), &value);
+        }
+    }
+}
+
+/// `writeResponseContent` and `ProcessRangeRequest`.
+fn write_content(mut reply: Reply, filename: &str, content_type: &str, data: Vec<u8>, request: &RequestView) -> Reply {
+    let mut content_type = content_type.to_string();
+    if content_type.is_empty() {
+        let extension = mime::extension(filename);
+        if !extension.is_empty() {
+            content_type = mime::type_by_extension(extension);
+        }
+    }
+    if !content_type.is_empty() {
+        reply.set("Content-Type", &content_type);
+    }
+    reply.set("Accept-Ranges", "bytes");
+    pass_through_headers(&mut reply, request, filename);
+    let total = data.len() as u64;
+    if request.method == Method::Head {
+        reply.head_length = Some(total);
+        return reply;
+    }
+    let mut range_header = request.header("Range");
+    if !range_header.is_empty() && !if_range_matches(request.header("If-Range"), &reply) {
+        range_header = "";
+    }
+    if range_header.is_empty() {
+        reply.body = data;
+        sniff_if_untyped(&mut reply);
+        return reply;
+    }
+    let ranges = match ranges::parse(range_header, total) {
+        Ok(ranges) => ranges,
+        Err(error) => return range_error(reply, error, total),
+    };
+    let sum: u64 = ranges.iter().map(|range| range.length).sum();
+    if ranges.is_empty() || sum > total {
+        // Upstream returns without writing: 200, no body.
+        return reply;
+    }
+    reply.status = 206;
+    if let [range] = ranges.as_slice() {
+        reply.set("Content-Range", &range.content_range(total));
+        reply.body = data[range.start as usize..(range.start + range.length) as usize].to_vec();
+        sniff_if_untyped(&mut reply);
+        return reply;
+    }
+    let boundary = ranges::boundary();
+    reply.body = ranges::multipart_body(&data, &ranges, &content_type, &boundary);
+    reply.set("Content-Type", &format!("multipart/byteranges; boundary={boundary}"));
+    reply.chunked = reply.get("Content-Encoding").is_some();
+    reply
+}
+
+/// Go's `http.Error(w, message, 416)` after the content headers were set.
+fn range_error(mut reply: Reply, error: RangeError, total: u64) -> Reply {
+    if error == RangeError::NoOverlap {
+        reply.set("Content-Range", &format!("bytes */{total}"));
+    }
+    reply.status = 416;
+    reply.set("Content-Type", "text/plain; charset=utf-8");
+    reply.set("X-Content-Type-Options", "nosniff");
+    reply.body = error.body().as_bytes().to_vec();
+    reply
+}
+
+/// Go's server sniffs a body's type when the handler set none.
+fn sniff_if_untyped(reply: &mut Reply) {
+    if reply.get("Content-Type").is_none() && reply.get("Content-Encoding").is_none() && !reply.body.is_empty() {
+        let sniffed = mime::sniff(&reply.body);
+        reply.set("Content-Type", sniffed);
+    }
+}
+
+/// S3-style `response-*` query overrides, then `Content-Disposition` for a named file.
+fn pass_through_headers(reply: &mut Reply, request: &RequestView, filename: &str) {
+    const PASS_THROUGH: &[(&str, &str)] = &[
+        ("response-cache-control", "Cache-Control"),
+        ("response-content-disposition", "Content-Disposition"),
+        ("response-content-encoding", "Content-Encoding"),
+        ("response-content-language", "Content-Language"),
+        ("response-content-type", "Content-Type"),
+        ("response-expires", "Expires"),
+    ];
+    for (key, value) in request.query_pairs() {
+        if let Some((_, header)) = PASS_THROUGH.iter().find(|(name, _)| key.eq_ignore_ascii_case(name)) {
+            reply.set(header, value);
+        }
+    }
+    if reply.get("Content-Disposition").is_some() || filename.is_empty() {
+        return;
+    }
+    let kind = if parse_go_bool(request.query("dl")) == Some(true) { "attachment" } else { "inline" };
+    reply.set("Content-Disposition", &mime::format_disposition(kind, filename));
+}
+
+/// Go's `strconv.ParseBool`.
+fn parse_go_bool(text: &str) -> Option<bool> {
+    match text {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// `If-None-Match` (weak comparison) wins over `If-Modified-Since`.
+fn not_modified(request: &RequestView, etag: &str, last_modified: u64) -> bool {
+    let if_none_match = request.header_values("If-None-Match");
+    if !if_none_match.is_empty() {
+        return etag_list_matches(&if_none_match.join(","), etag);
+    }
+    let since = request.header("If-Modified-Since");
+    if since.is_empty() || last_modified == 0 {
+        return false;
+    }
+    parse_http_date(since).is_some_and(|seconds| seconds >= last_modified)
+}
+
+fn etag_list_matches(header: &str, etag: &str) -> bool {
+    if header.trim() == "*" {
+        return true;
+    }
+    let canonical = |tag: &str| tag.trim_start_matches('"').trim_end_matches('"').to_string();
+    split_etag_list(header).into_iter().any(|tag| {
+        let tag = tag.trim();
+        let tag = tag.strip_prefix("W/").unwrap_or(tag);
+        !tag.is_empty() && canonical(tag) == canonical(etag)
+    })
+}
+
+/// Splits on commas outside quotes.
+fn split_etag_list(header: &str) -> Vec<&str> {
+    let mut tags = Vec::new();
+    let (mut start, mut quoted) = (0, false);
+    for (index, byte) in header.bytes().enumerate() {
+        match byte {
+            b'"' => quoted = !quoted,
+            b',' if !quoted => {
+                tags.push(&header[start..index]);
+                start = index + 1;
+            }
+            _ => {}
+        }
+    }
+    tags.push(&header[start..]);
+    tags
+}
+
+/// RFC 9110 13.1.5 as upstream applies it: a strong ETag equal to ours, or
+/// a date equal to `Last-Modified`.
+fn if_range_matches(if_range: &str, reply: &Reply) -> bool {
+    let if_range = if_range.trim();
+    if if_range.is_empty() {
+        return true;
+    }
+    if if_range.starts_with('"') || if_range.starts_with("W/") {
+        let etag = reply.get("ETag").unwrap_or("");
+        return !etag.is_empty() && !etag.starts_with("W/") && if_range == etag;
+    }
+    let last_modified = reply.get("Last-Modified").and_then(|text| httpdate::parse_http_date(text).ok());
+    httpdate::parse_http_date(if_range).ok().is_some_and(|date| Some(date) == last_modified)
+}
+
+/// `Mon, 02 Jan 2006 15:04:05 GMT` (Go's `http.TimeFormat`) of epoch seconds.
+pub fn http_date(seconds: u64) -> String {
+    httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds))
+}
+
+/// Only Go's `http.TimeFormat` is accepted (`time.Parse` with that layout).
+fn parse_http_date(text: &str) -> Option<u64> {
+    let time = httpdate::parse_http_date(text).ok()?;
+    let seconds = time.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    (http_date(seconds) == text).then_some(seconds)
+}
+
+/// `shouldResizeImages`/`shouldCropImages`: answers the sidecar cannot give.
+fn wants_image_transform(extension: &str, request: &RequestView) -> bool {
+    let extension = extension.to_ascii_lowercase();
+    let number = |name: &str| request.query(name).parse::<i64>().unwrap_or(0);
+    let resizable = matches!(extension.as_str(), ".png" | ".jpg" | ".jpeg" | ".gif" | ".webp");
+    let croppable = matches!(extension.as_str(), ".png" | ".jpg" | ".jpeg" | ".gif");
+    let resize = resizable && (number("width") > 0 || number("height") > 0);
+    let (x1, y1, x2, y2) = (number("crop_x1"), number("crop_y1"), number("crop_x2"), number("crop_y2"));
+    let crop = croppable && x1 >= 0 && y1 >= 0 && x2 > x1 && y2 > y1;
+    resize || crop
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(volume_id: &str, key_cookie: &str, filename: &str, extension: &str) -> FidPath {
+        FidPath {
+            volume_id: volume_id.into(),
+            key_cookie: key_cookie.into(),
+            filename: filename.into(),
+            extension: extension.into(),
+        }
+    }
+
+    #[test]
+    fn url_paths_split_like_go() {
+        assert_eq!(parse_url_path("/3,01637037d6"), parts("3", "01637037d6", "", ""));
+        assert_eq!(parse_url_path("/3,01637037d6.jpg"), parts("3", "01637037d6", "", ".jpg"));
+        assert_eq!(parse_url_path("/3/01637037d6"), parts("3", "01637037d6", "", ""));
+        assert_eq!(parse_url_path("/3/01637037d6.txt"), parts("3", "01637037d6", "", ".txt"));
+        assert_eq!(parse_url_path("/3/01637037d6/a b.png"), parts("3", "01637037d6", "a b.png", ".png"));
+        assert_eq!(parse_url_path("/3"), parts("3", "", "", ""));
+        assert!(file_id_of(&parse_url_path("/3,01637037d6")).is_some());
+        assert!(file_id_of(&parse_url_path("/abc")).is_none());
+        assert!(file_id_of(&parse_url_path("/3,0163")).is_none());
+        assert!(file_id_of(&parse_url_path("/x,01637037d6")).is_none());
+    }
+
+    #[test]
+    fn etags_compare_weakly() {
+        assert!(etag_list_matches("\"abc\"", "\"abc\""));
+        assert!(etag_list_matches("W/\"abc\", \"x\"", "\"abc\""));
+        assert!(etag_list_matches("*", "\"abc\""));
+        assert!(!etag_list_matches("\"abd\",", "\"abc\""));
+    }
+
+    #[test]
+    fn dates_are_go_time_format() {
+        assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(parse_http_date("Thu, 01 Jan 1970 00:00:10 GMT"), Some(10));
+        assert_eq!(parse_http_date("Thursday, 01-Jan-70 00:00:10 GMT"), None);
+    }
+}
