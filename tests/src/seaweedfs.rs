@@ -276,7 +276,17 @@ impl SeaweedFs {
 
 /// A GET with `headers`, any status, the body read whole.
 pub fn http_get(agent: &ureq::Agent, url: &str, headers: &[(&str, &str)]) -> Result<HttpReply, String> {
-    let mut request = agent.get(url);
+    http_request(agent, "GET", url, headers)
+}
+
+/// A request of any method with `headers`, any status, the body read whole.
+pub fn http_request(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<HttpReply, String> {
+    let mut request = agent.request(method, url);
     for (key, value) in headers {
         request = request.set(key, value);
     }

@@ -13,6 +13,10 @@ use crate::needle_read::{self, ReadError};
 use rdma_client::ErrorCode;
 use volume_format::file_id::FileId;
 
+/// Go's `bufferBeforeChunkingSize`: a body up to this size, written by a
+/// handler that set no length, still goes out with a `Content-Length`.
+const GO_BUFFER_BEFORE_CHUNKING_BYTES: usize = 2048;
+
 /// The parts of a request path, as Go's `parseURLPath` splits them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FidPath {
@@ -229,7 +233,9 @@ fn write_content(mut reply: Reply, filename: &str, content_type: &str, data: Vec
     let boundary = ranges::boundary();
     reply.body = ranges::multipart_body(&data, &ranges, &content_type, &boundary);
     reply.set("Content-Type", &format!("multipart/byteranges; boundary={boundary}"));
-    reply.chunked = reply.get("Content-Encoding").is_some();
+    // Go announces no length here, but its server computes one for a body
+    // that fits the buffer it keeps before it starts chunking.
+    reply.chunked = reply.get("Content-Encoding").is_some() && reply.body.len() > GO_BUFFER_BEFORE_CHUNKING_BYTES;
     reply
 }
 

@@ -1,0 +1,343 @@
+//! rdma-sidecar against the real thing: a real SeaweedFS master and volume
+//! server, files uploaded through SeaweedFS's own API, a real engine reading
+//! the volume server's directory, and the sidecar on that engine. Every
+//! request is sent to both the volume server and the sidecar, and the
+//! answers are compared: status, body bytes, and the headers the volume
+//! server's read API defines.
+
+mod common;
+
+use integration_tests::seaweedfs::{http_request, HttpReply, SeaweedFs, Uploaded, WeedOptions};
+use rand::{Rng, SeedableRng};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Headers the comparison checks (lower case); `Seaweed-*` pairs are added.
+const COMPARED_HEADERS: &[&str] = &[
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "content-range",
+    "content-disposition",
+    "accept-ranges",
+    "etag",
+    "last-modified",
+    "x-content-type-options",
+];
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The engine picks up new index entries about once a second.
+const NEW_UPLOAD_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A running `rdma-sidecar`, killed on drop.
+struct SidecarProcess {
+    child: Child,
+    address: String,
+    log: std::path::PathBuf,
+}
+
+impl SidecarProcess {
+    fn start(socket: &std::path::Path, dir: &std::path::Path) -> SidecarProcess {
+        let port = common::free_port();
+        let address = format!("127.0.0.1:{port}");
+        let log = dir.join("sidecar.log");
+        let file = std::fs::File::create(&log).expect("sidecar log");
+        let child = Command::new(env!("CARGO_BIN_EXE_rdma-sidecar"))
+            .arg("--socket")
+            .arg(socket)
+            .args(["--listen", &address, "--http-threads", "16", "--buffer-mib", "64"])
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log clone"))
+            .stderr(file)
+            .spawn()
+            .expect("start rdma-sidecar");
+        let sidecar = SidecarProcess { child, address, log };
+        sidecar.wait_ready();
+        sidecar
+    }
+
+    fn wait_ready(&self) {
+        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(2)).build();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(reply) = http_request(&agent, "GET", &self.url("/health"), &[]) {
+                if reply.status == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("rdma-sidecar did not answer /health within {READY_TIMEOUT:?}:\n{}", self.log_text());
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for SidecarProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One request to send to both servers.
+#[derive(Debug, Clone)]
+struct Probe {
+    method: &'static str,
+    path: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Probe {
+    fn get(path: &str) -> Probe {
+        Probe { method: "GET", path: path.to_string(), headers: Vec::new() }
+    }
+
+    fn head(path: &str) -> Probe {
+        Probe { method: "HEAD", ..Probe::get(path) }
+    }
+
+    fn with(mut self, name: &str, value: &str) -> Probe {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+}
+
+fn send(agent: &ureq::Agent, base: &str, probe: &Probe) -> HttpReply {
+    let headers: Vec<(&str, &str)> = probe.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    http_request(agent, probe.method, &format!("{base}{}", probe.path), &headers)
+        .unwrap_or_else(|error| panic!("{} {}: {error}", probe.method, probe.path))
+}
+
+/// The multipart boundary of a reply, if it is `multipart/byteranges`.
+fn boundary(reply: &HttpReply) -> Option<String> {
+    reply.header("content-type")?.strip_prefix("multipart/byteranges; boundary=").map(str::to_string)
+}
+
+/// Differences between the volume server's reply and the sidecar's, one line each.
+fn differences(probe: &Probe, expected: &HttpReply, actual: &HttpReply) -> Vec<String> {
+    let mut found = Vec::new();
+    let what = format!("{} {} {:?}", probe.method, probe.path, probe.headers);
+    if expected.status != actual.status {
+        found.push(format!("{what}: status {} (volume server) vs {} (sidecar)", expected.status, actual.status));
+        return found;
+    }
+    let (expected_boundary, actual_boundary) = (boundary(expected), boundary(actual));
+    let normalise = |body: &[u8], boundary: &Option<String>| match boundary {
+        Some(boundary) => String::from_utf8_lossy(body).replace(boundary.as_str(), "BOUNDARY").into_bytes(),
+        None => body.to_vec(),
+    };
+    if normalise(&expected.body, &expected_boundary) != normalise(&actual.body, &actual_boundary) {
+        found.push(format!("{what}: bodies differ ({} vs {} bytes)", expected.body.len(), actual.body.len()));
+    }
+    let mut names: Vec<String> = COMPARED_HEADERS.iter().map(|name| name.to_string()).collect();
+    for reply in [expected, actual] {
+        names.extend(reply.headers.iter().map(|(name, _)| name.clone()).filter(|name| name.starts_with("seaweed-")));
+    }
+    names.sort();
+    names.dedup();
+    for name in names {
+        // tiny_http always announces a length; Go sends none on a 304 or
+        // on a HEAD of an empty body (documented in docs/sidecar.md).
+        let no_length_in_go = expected.status == 304 || (probe.method == "HEAD" && actual.header(&name) == Some("0"));
+        if name == "content-length" && no_length_in_go && expected.header(&name).is_none() {
+            continue;
+        }
+        let (mut left, mut right) =
+            (expected.header(&name).map(str::to_string), actual.header(&name).map(str::to_string));
+        if name == "content-type" && expected_boundary.is_some() {
+            (left, right) = (Some("multipart".into()), actual_boundary.as_ref().map(|_| "multipart".into()));
+        }
+        if left != right {
+            found.push(format!("{what}: {name}: {left:?} (volume server) vs {right:?} (sidecar)"));
+        }
+    }
+    found
+}
+
+/// The files: many sizes, types, names and pairs.
+fn upload_all(seaweedfs: &SeaweedFs) -> Vec<Uploaded> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut random = |size: usize| -> Vec<u8> { (0..size).map(|_| rng.gen()).collect() };
+    let text: Vec<u8> = "All work and no play makes Jack a dull boy.\n".repeat(100).into_bytes();
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(random(3000));
+    let pairs = [("Seaweed-Color", "blue"), ("Seaweed-Answer", "42")];
+    vec![
+        seaweedfs.upload("empty.bin", Some("application/octet-stream"), &[]),
+        seaweedfs.upload("one.bin", Some("application/octet-stream"), b"x"),
+        seaweedfs.upload("page.txt", Some("text/plain"), &text[..4096]),
+        seaweedfs.upload("random64k.bin", Some("application/octet-stream"), &random(64 << 10)),
+        seaweedfs.upload("big.dat", None, &random((1 << 20) + 333)),
+        seaweedfs.upload("picture.png", Some("image/png"), &png),
+        seaweedfs.upload("notes", None, &text),
+        seaweedfs.upload("blob", None, &random(4096)),
+        seaweedfs.upload("my file.txt", None, b"a name with a space\n"),
+        seaweedfs.upload_with("paired.bin", Some("application/octet-stream"), &random(2048), "", &pairs),
+    ]
+}
+
+/// Every request of the read API for one file, in its URL forms.
+fn probes_for(file: &Uploaded, etag: Option<&str>, last_modified: Option<&str>) -> Vec<Probe> {
+    let (volume, key_cookie) = file.fid.split_once(',').expect("fid has a comma");
+    let comma = format!("/{}", file.fid);
+    let size = file.bytes.len();
+    let mut probes = vec![
+        Probe::get(&comma),
+        Probe::get(&comma).with("Accept-Encoding", "gzip"),
+        Probe::head(&comma),
+        Probe::head(&comma).with("Accept-Encoding", "gzip"),
+        Probe::get(&format!("/{volume}/{key_cookie}")),
+        Probe::get(&format!("{comma}.jpg")),
+        Probe::get(&format!("/{volume}/{key_cookie}.txt")),
+        Probe::get(&format!("/{volume}/{key_cookie}/renamed.html")),
+        Probe::get(&format!("{comma}?dl=true")),
+        Probe::get(&comma).with("Range", "bytes=0-99"),
+        Probe::get(&comma).with("Range", "bytes=-10"),
+        Probe::get(&comma).with("Range", &format!("bytes={size}-")),
+        Probe::get(&comma).with("Range", "bytes=5-1"),
+        Probe::get(&comma).with("Range", "bytes=0-0,2-5"),
+        Probe::get(&comma).with("Range", "bytes=1-3").with("Accept-Encoding", "gzip"),
+        Probe::get(&comma).with("Range", "bytes=0-1,4-").with("Accept-Encoding", "gzip"),
+        Probe::get(&comma).with("If-None-Match", "\"00000000\""),
+    ];
+    if let Some(etag) = etag {
+        probes.push(Probe::get(&comma).with("If-None-Match", etag));
+        probes.push(Probe::get(&comma).with("Range", "bytes=0-1").with("If-Range", etag));
+    }
+    if let Some(last_modified) = last_modified {
+        probes.push(Probe::get(&comma).with("If-Modified-Since", last_modified));
+        probes.push(Probe::get(&comma).with("If-Modified-Since", "Thu, 01 Jan 1970 00:00:00 GMT"));
+    }
+    probes
+}
+
+/// The fid with its cookie's last hex digit changed.
+fn wrong_cookie(fid: &str) -> String {
+    let mut text = fid.to_string();
+    let last = text.pop().expect("fid is not empty");
+    text.push(if last == '0' { '1' } else { '0' });
+    text
+}
+
+#[test]
+fn sidecar_answers_like_the_volume_server() {
+    let Some(seaweedfs) = SeaweedFs::start(WeedOptions::default()) else { return };
+    let files = upload_all(&seaweedfs);
+    let deleted = seaweedfs.upload("deleted.txt", Some("text/plain"), b"soon gone");
+    seaweedfs.delete(&deleted.fid);
+    let engine = common::start_engine(Some(&seaweedfs.volume_dir()));
+    let sidecar = SidecarProcess::start(&engine.socket, engine.dir.path());
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(20)).build();
+    let volume_base = format!("http://{}", seaweedfs.volume_address());
+    let sidecar_base = format!("http://{}", sidecar.address);
+
+    let mut probes = Vec::new();
+    for file in &files {
+        let reference = send(&agent, &volume_base, &Probe::get(&format!("/{}", file.fid)));
+        assert_eq!(reference.status, 200, "{}: {reference:?}", file.name);
+        assert_eq!(reference.body, file.bytes, "the volume server serves {} as uploaded", file.name);
+        probes.extend(probes_for(file, reference.header("etag"), reference.header("last-modified")));
+        // An empty needle is never read by the volume server, so it cannot
+        // tell a wrong cookie (it answers 200); the sidecar does (404).
+        if !file.bytes.is_empty() {
+            probes.push(Probe::get(&format!("/{}", wrong_cookie(&file.fid))));
+        }
+    }
+    let sample = &files[3].fid;
+    let (volume, key_cookie) = sample.split_once(',').unwrap();
+    probes.extend([
+        Probe::get(&format!("/{}", deleted.fid)),
+        Probe::head(&format!("/{}", deleted.fid)),
+        Probe::get(&format!("/{volume},ff{key_cookie}")),
+        Probe::get(&format!("/{volume},zz{key_cookie}")),
+        Probe::get(&format!("/{volume},1234")),
+        Probe::get("/abc,01637037d6"),
+        Probe::get(&format!("/{volume}")),
+    ]);
+
+    let mut found = Vec::new();
+    for probe in &probes {
+        let expected = send(&agent, &volume_base, probe);
+        let actual = send(&agent, &sidecar_base, probe);
+        found.extend(differences(probe, &expected, &actual));
+    }
+    assert!(probes.len() > 200, "{} probes", probes.len());
+    assert!(found.is_empty(), "{} of {} requests differ:\n{}", found.len(), probes.len(), found.join("\n"));
+
+    // A file uploaded while the engine runs is found once the engine's
+    // index refresh has seen it.
+    let late = seaweedfs.upload("late.txt", Some("text/plain"), b"uploaded after the engine started");
+    let deadline = Instant::now() + NEW_UPLOAD_TIMEOUT;
+    let mut reply = send(&agent, &sidecar_base, &Probe::get(&format!("/{}", late.fid)));
+    while reply.status == 404 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        reply = send(&agent, &sidecar_base, &Probe::get(&format!("/{}", late.fid)));
+    }
+    assert_eq!((reply.status, reply.body.as_slice()), (200, late.bytes.as_slice()), "{}", sidecar.log_text());
+}
+
+#[test]
+fn mount_protocol_serves_the_bytes_and_refuses_bad_queries() {
+    let Some(seaweedfs) = SeaweedFs::start(WeedOptions::default()) else { return };
+    let files = upload_all(&seaweedfs);
+    let engine = common::start_engine(Some(&seaweedfs.volume_dir()));
+    let sidecar = SidecarProcess::start(&engine.socket, engine.dir.path());
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(20)).build();
+    let get = |path: &str| http_request(&agent, "GET", &sidecar.url(path), &[]).expect("sidecar answers");
+
+    let health = get("/health");
+    let health_json: serde_json::Value = serde_json::from_slice(&health.body).expect("health is JSON");
+    assert_eq!((health.status, &health_json["status"]), (200, &serde_json::json!("healthy")));
+    assert_eq!(health_json["rdma"], serde_json::json!({ "enabled": true, "connected": true }));
+
+    let volume_server = format!("http://{}", seaweedfs.volume_address());
+    for file in &files {
+        let whole = get(&format!("/read?file_id={}&offset=0&size=0&volume_server={volume_server}", file.fid));
+        assert_eq!(whole.status, 200, "{}: {}", file.name, String::from_utf8_lossy(&whole.body));
+        assert_eq!(whole.body, file.bytes, "{}", file.name);
+        assert_eq!(whole.header("x-rdma-used"), Some("true"));
+        assert_eq!(whole.header("x-source"), Some("local"));
+        if file.bytes.len() > 10 {
+            let part = get(&format!("/read?file_id={}&offset=3&size=7&volume_server={volume_server}", file.fid));
+            assert_eq!((part.status, part.body.as_slice()), (200, &file.bytes[3..10]), "{}", file.name);
+            let tail = get(&format!("/read?file_id={}&offset=5&size=0", file.fid));
+            assert_eq!((tail.status, tail.body.as_slice()), (200, &file.bytes[5..]), "{}", file.name);
+        }
+    }
+    let fid = &files[3].fid;
+    let size = files[3].bytes.len();
+    for (query, status) in [
+        ("file_id=abc".to_string(), 400),
+        (String::new(), 400),
+        (format!("file_id={fid}&size=-1"), 400),
+        (format!("file_id={fid}&offset=x"), 400),
+        (format!("file_id={fid}&volume_server=ftp://x"), 400),
+        (format!("file_id={fid}&offset={size}&size=1"), 416),
+        (format!("file_id={}", wrong_cookie(fid)), 404),
+    ] {
+        let reply = get(&format!("/read?{query}"));
+        let body = String::from_utf8_lossy(&reply.body).into_owned();
+        assert_eq!(reply.status, status, "/read?{query}: {body}");
+        assert_eq!(body.trim_end().lines().count(), 1, "/read?{query}: one line, got {body:?}");
+    }
+    let cleanup = http_request(&agent, "DELETE", &sidecar.url("/cleanup?temp_file=/tmp/x"), &[]).unwrap();
+    assert_eq!(cleanup.status, 200);
+
+    let stats: serde_json::Value = serde_json::from_slice(&get("/stats").body).expect("stats is JSON");
+    assert!(stats["reads_by_source"]["local"].as_u64().unwrap() >= files.len() as u64, "{stats}");
+    assert!(stats["errors"]["read:COOKIE_MISMATCH"].as_u64() == Some(1), "{stats}");
+    let metrics = String::from_utf8(get("/metrics").body).expect("metrics are text");
+    for line in [
+        "rdma_sidecar_reads_total{source=\"local\"}",
+        "rdma_sidecar_request_latency_seconds_bucket",
+        "rdma_sidecar_in_flight",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from /metrics:\n{metrics}");
+    }
+}
