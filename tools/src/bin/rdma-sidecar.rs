@@ -31,9 +31,9 @@ struct Args {
     /// Buffer area in MiB: reads in flight at once need about 1 MiB each.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(4..=1024))]
     buffer_mib: u64,
-    /// HTTP worker threads: requests served at once.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
-    http_threads: u64,
+    /// Most HTTP connections open at once (each has a thread).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    max_connections: u64,
     /// Give up on a read after this long.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     timeout_ms: u64,
@@ -55,7 +55,7 @@ fn main() {
         queue_pairs: args.queue_pairs,
         sq_entries: args.sq_entries,
         buffer_mib: args.buffer_mib,
-        http_threads: args.http_threads as usize,
+        max_connections: args.max_connections as usize,
         timeout: Duration::from_millis(args.timeout_ms),
     };
     let sidecar = match Sidecar::start(&config) {
@@ -72,7 +72,7 @@ fn main() {
     tracing::info!(
         listen = %sidecar.local_address(),
         queue_pairs = config.queue_pairs,
-        http_threads = config.http_threads,
+        max_connections = config.max_connections,
         "rdma-sidecar listening"
     );
     sidecar.wait();

@@ -1,7 +1,8 @@
 //! `rdma-sidecar`: the HTTP face of a reading engine on a reader host.
 //!
 //! One attach at start, a [`pool::ReadPool`] of queue pairs with many reads
-//! in flight, and a `tiny_http` server whose worker threads answer two APIs:
+//! in flight, and an HTTP/1.1 server ([`server`], a thread per connection)
+//! that answers two APIs:
 //! - the protocol `weed mount -rdma.*` spoke ([`mount`]: `/health`, `/read`,
 //!   `/cleanup`), data in the body;
 //! - the volume server's read API ([`volume_api`]: `GET`/`HEAD /<fid>`),
@@ -17,6 +18,7 @@ pub mod needle;
 pub mod pool;
 pub mod ranges;
 pub mod routes;
+pub mod server;
 pub mod stats;
 pub mod volume_api;
 
@@ -33,7 +35,7 @@ pub struct SidecarConfig {
     pub queue_pairs: u32,
     pub sq_entries: u32,
     pub buffer_mib: u64,
-    pub http_threads: usize,
+    pub max_connections: usize,
     pub timeout: Duration,
 }
 
@@ -45,24 +47,19 @@ pub enum SidecarError {
     Pool(ClientError),
     #[error("cannot listen on {listen}: {reason}")]
     Listen { listen: String, reason: String },
-    #[error("cannot start HTTP worker threads: {0}")]
+    #[error("cannot start the accept thread: {0}")]
     Threads(std::io::Error),
 }
 
-/// A started sidecar: attached, listening, with its workers running.
+/// A started sidecar: attached, listening, accepting.
+#[derive(Debug)]
 pub struct Sidecar {
-    server: Arc<tiny_http::Server>,
-    workers: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl std::fmt::Debug for Sidecar {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sidecar").field("listen", &self.local_address()).field("workers", &self.workers.len()).finish()
-    }
+    local_address: String,
+    acceptor: std::thread::JoinHandle<()>,
 }
 
 impl Sidecar {
-    /// Attaches to the engine, starts the pool and the HTTP workers.
+    /// Attaches to the engine, starts the pool, listens and accepts.
     pub fn start(config: &SidecarConfig) -> Result<Sidecar, SidecarError> {
         let options = AttachOptions {
             queue_pairs: config.queue_pairs,
@@ -74,30 +71,26 @@ impl Sidecar {
             .map_err(|error| SidecarError::Attach { socket: config.socket.clone(), error })?;
         let pool = pool::ReadPool::start(client, config.timeout).map_err(SidecarError::Pool)?;
         let state = Arc::new(routes::State { pool, stats: stats::Stats::new() });
-        let server = tiny_http::Server::http(&config.listen)
-            .map_err(|error| SidecarError::Listen { listen: config.listen.clone(), reason: error.to_string() })?;
-        let server = Arc::new(server);
-        let mut workers = Vec::with_capacity(config.http_threads);
-        for index in 0..config.http_threads {
-            let (state, server) = (state.clone(), server.clone());
-            let worker = std::thread::Builder::new()
-                .name(format!("sidecar-http-{index}"))
-                .spawn(move || routes::worker(&state, &server))
-                .map_err(SidecarError::Threads)?;
-            workers.push(worker);
-        }
-        Ok(Sidecar { server, workers })
+        let listen_error =
+            |error: std::io::Error| SidecarError::Listen { listen: config.listen.clone(), reason: error.to_string() };
+        let listener = std::net::TcpListener::bind(&config.listen).map_err(listen_error)?;
+        let local_address = listener.local_addr().map_err(listen_error)?.to_string();
+        let handler: Arc<server::Handler> = Arc::new(move |request| routes::handle(&state, request));
+        let max_connections = config.max_connections;
+        let acceptor = std::thread::Builder::new()
+            .name("sidecar-accept".into())
+            .spawn(move || server::serve(listener, handler, max_connections))
+            .map_err(SidecarError::Threads)?;
+        Ok(Sidecar { local_address, acceptor })
     }
 
     /// The address it listens on (the port, when `--listen` named port 0).
-    pub fn local_address(&self) -> String {
-        self.server.server_addr().to_string()
+    pub fn local_address(&self) -> &str {
+        &self.local_address
     }
 
-    /// Serves until the workers stop (they do when the server is closed).
+    /// Serves until the listener fails.
     pub fn wait(self) {
-        for worker in self.workers {
-            let _ = worker.join();
-        }
+        let _ = self.acceptor.join();
     }
 }

@@ -1,11 +1,9 @@
-//! Which handler answers which request, and the translation between
-//! `tiny_http` and the sidecar's own request/reply types.
+//! Which handler answers which request, and the counting around it.
 
 use super::http::{Method, Reply, RequestView, Served};
 use super::pool::ReadPool;
 use super::stats::{Outcome, Stats};
 use super::{mount, volume_api};
-use std::io::Cursor;
 use std::time::Instant;
 
 /// What every HTTP worker shares.
@@ -38,56 +36,13 @@ pub fn dispatch(state: &State, request: &RequestView) -> (&'static str, Served) 
     }
 }
 
-fn method_of(method: &tiny_http::Method) -> Method {
-    match method {
-        tiny_http::Method::Get => Method::Get,
-        tiny_http::Method::Head => Method::Head,
-        tiny_http::Method::Delete => Method::Delete,
-        _ => Method::Other,
-    }
-}
-
-fn view_of(request: &tiny_http::Request) -> RequestView {
-    let headers = request
-        .headers()
-        .iter()
-        .map(|header| (header.field.as_str().as_str().to_string(), header.value.as_str().to_string()))
-        .collect();
-    RequestView::new(method_of(request.method()), request.url(), headers)
-}
-
-fn response_of(reply: Reply) -> tiny_http::Response<Cursor<Vec<u8>>> {
-    let length = if reply.chunked { None } else { Some(reply.head_length.unwrap_or(reply.body.len() as u64) as usize) };
-    let headers = reply
-        .headers()
-        .iter()
-        .filter_map(|(name, value)| tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).ok())
-        .collect();
-    // Never switch to chunked on size: the volume server sends a length.
-    tiny_http::Response::new(reply.status.into(), headers, Cursor::new(reply.body), length, None)
-        .with_chunked_threshold(usize::MAX)
-}
-
-/// Serves requests from `server` until it is closed.
-pub fn worker(state: &State, server: &tiny_http::Server) {
-    loop {
-        let request = match server.recv() {
-            Ok(request) => request,
-            Err(error) => {
-                tracing::debug!(%error, "HTTP worker stops");
-                return;
-            }
-        };
-        let start = Instant::now();
-        let in_flight = state.stats.start();
-        let view = view_of(&request);
-        let (route, served) = dispatch(state, &view);
-        let Served { reply, source, error } = served;
-        let (status, body_bytes) = (reply.status, reply.body.len() as u64);
-        // A client that went away is not the sidecar's failure.
-        let _ = request.respond(response_of(reply));
-        drop(in_flight);
-        let latency = start.elapsed();
-        state.stats.record(&Outcome { route, status, source, body_bytes, error, latency });
-    }
+/// Answers one request and counts it.
+pub fn handle(state: &State, request: &RequestView) -> Reply {
+    let start = Instant::now();
+    let in_flight = state.stats.start();
+    let (route, Served { reply, source, error }) = dispatch(state, request);
+    drop(in_flight);
+    let (status, body_bytes, latency) = (reply.status, reply.body.len() as u64, start.elapsed());
+    state.stats.record(&Outcome { route, status, source, body_bytes, error, latency });
+    reply
 }

@@ -1,0 +1,3 @@
+module github.com/seaweedfs-rdma/tests/go
+
+go 1.22
