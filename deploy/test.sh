@@ -31,6 +31,12 @@ passed=$(grep -E '^test result:' "$skip_log.out" | awk '{s += $4} END {print s +
 rm -f "$skip_log.out"
 [ "$test_status" -eq 0 ] || { echo "== workspace tests FAILED" >&2; exit "$test_status"; }
 
+echo "== Go: the weed mount sidecar protocol with net/http, 64 concurrent reads (stdlib only)" >&2
+cargo build --locked -p rdma-engine -p rdma-tools --bin rdma-engine --bin rdma-sidecar
+TARGET_DIR="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)"
+(cd tests/go && RDMA_ENGINE="$TARGET_DIR/debug/rdma-engine" RDMA_SIDECAR="$TARGET_DIR/debug/rdma-sidecar" \
+    GOPROXY=off GOTOOLCHAIN=local go test -count=1 ./...)
+
 echo "== loom: the SPSC ring and NEED_WAKEUP protocol under every interleaving" >&2
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --locked -p shm-layout --test loom --release
 

@@ -291,7 +291,7 @@ fn is_mp4(data: &[u8]) -> bool {
         return false;
     }
     let box_size = u32::from_be_bytes([data[0], data[1], data[2], data[3]]) as usize;
-    if data.len() < box_size || box_size % 4 != 0 || &data[4..8] != b"ftyp" {
+    if data.len() < box_size || !box_size.is_multiple_of(4) || &data[4..8] != b"ftyp" {
         return false;
     }
     (8..box_size).step_by(4).filter(|&start| start != 12).any(|start| data.get(start..start + 3) == Some(b"mp4"))
@@ -319,7 +319,7 @@ fn is_token(text: &str) -> bool {
 /// `mime.FormatMediaType(kind, {"filename": name})`: a token as is, else a
 /// quoted string, else (non-ASCII or control bytes) RFC 2231 `filename*=`.
 pub fn format_disposition(kind: &str, name: &str) -> String {
-    let needs_encoding = name.bytes().any(|b| (b < b' ' || b > b'~') && b != b'\t');
+    let needs_encoding = name.bytes().any(|b| !(b' '..=b'~').contains(&b) && b != b'\t');
     if needs_encoding {
         let mut encoded = String::new();
         for byte in name.bytes() {
