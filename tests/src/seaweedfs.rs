@@ -211,8 +211,8 @@ impl SeaweedFs {
         self.upload_with(name, mime, bytes, "", &[])
     }
 
-    /// Like [`SeaweedFs::upload`], with assign parameters (`ttl=1m`) and
-    /// extra request headers (`Seaweed-Key: value` pairs).
+    /// Like [`SeaweedFs::upload`], with assign parameters (`ttl=1m`; `cm=true`
+    /// marks a chunk manifest) and extra request headers (`Seaweed-Key: value` pairs).
     pub fn upload_with(
         &self,
         name: &str,
@@ -222,10 +222,12 @@ impl SeaweedFs {
         headers: &[(&str, &str)],
     ) -> Uploaded {
         let (fid, server) = self.assign(assign_query);
-        let ttl = assign_query.split('&').find_map(|pair| pair.strip_prefix("ttl="));
+        // `ttl` is for the upload too, `cm=true` (a chunk manifest) only for it.
+        let upload_query: Vec<&str> =
+            assign_query.split('&').filter(|pair| pair.starts_with("ttl=") || pair.starts_with("cm=")).collect();
         let mut url = format!("http://{server}/{fid}");
-        if let Some(ttl) = ttl {
-            url.push_str(&format!("?ttl={ttl}"));
+        if !upload_query.is_empty() {
+            url.push_str(&format!("?{}", upload_query.join("&")));
         }
         let boundary = "rdmaTestBoundary7MA4YWxkTrZu0gW";
         let mut body = Vec::with_capacity(bytes.len() + 256);

@@ -23,6 +23,7 @@ const COMPARED_HEADERS: &[&str] = &[
     "etag",
     "last-modified",
     "x-content-type-options",
+    "x-file-store",
 ];
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The engine picks up new index entries about once a second.
@@ -182,6 +183,26 @@ fn upload_all(seaweedfs: &SeaweedFs) -> Vec<Uploaded> {
     ]
 }
 
+/// A chunk manifest over two uploaded chunks (listed out of order), as a
+/// file whose bytes are the chunks' content.
+fn upload_manifest(seaweedfs: &SeaweedFs) -> Uploaded {
+    let (first, second) = (vec![b'a'; 5000], (0..3000u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let first_chunk = seaweedfs.upload("part0", Some("application/octet-stream"), &first);
+    let second_chunk = seaweedfs.upload("part1", Some("application/octet-stream"), &second);
+    let manifest = serde_json::json!({
+        "name": "joined.bin",
+        "mime": "application/x-joined",
+        "size": 8000,
+        "chunks": [
+            { "fid": second_chunk.fid, "offset": 5000, "size": 3000 },
+            { "fid": first_chunk.fid, "offset": 0, "size": 5000 },
+        ],
+    });
+    let json = manifest.to_string().into_bytes();
+    let uploaded = seaweedfs.upload_with("joined.json", Some("application/json"), &json, "cm=true", &[]);
+    Uploaded { bytes: [first, second].concat(), ..uploaded }
+}
+
 /// Every request of the read API for one file, in its URL forms.
 fn probes_for(file: &Uploaded, etag: Option<&str>, last_modified: Option<&str>) -> Vec<Probe> {
     let (volume, key_cookie) = file.fid.split_once(',').expect("fid has a comma");
@@ -231,6 +252,7 @@ fn sidecar_answers_like_the_volume_server() {
     let files = upload_all(&seaweedfs);
     let deleted = seaweedfs.upload("deleted.txt", Some("text/plain"), b"soon gone");
     seaweedfs.delete(&deleted.fid);
+    let joined = upload_manifest(&seaweedfs);
     let engine = common::start_engine(Some(&seaweedfs.volume_dir()));
     let sidecar = SidecarProcess::start(&engine.socket, engine.dir.path());
     let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(20)).build();
@@ -249,6 +271,11 @@ fn sidecar_answers_like_the_volume_server() {
             probes.push(Probe::get(&format!("/{}", wrong_cookie(&file.fid))));
         }
     }
+    let reference = send(&agent, &volume_base, &Probe::get(&format!("/{}", joined.fid)));
+    assert_eq!((reference.status, reference.header("x-file-store")), (200, Some("chunked")));
+    assert_eq!(reference.body, joined.bytes, "the volume server expands the manifest");
+    probes.extend(probes_for(&joined, reference.header("etag"), reference.header("last-modified")));
+    probes.push(Probe::get(&format!("/{}?cm=false", joined.fid)));
     let sample = &files[3].fid;
     let (volume, key_cookie) = sample.split_once(',').unwrap();
     probes.extend([
@@ -259,6 +286,7 @@ fn sidecar_answers_like_the_volume_server() {
         Probe::get(&format!("/{volume},1234")),
         Probe::get("/abc,01637037d6"),
         Probe::get(&format!("/{volume}")),
+        Probe::get(&format!("/9999,{key_cookie}")),
     ]);
 
     let mut found = Vec::new();

@@ -6,9 +6,9 @@
 //! Deviations are listed in `docs/sidecar.md`.
 
 use super::http::{canonical_header_key, Method, Reply, RequestView, Served};
-use super::mime;
 use super::needle::{self, Needle, NeedleMeta};
 use super::ranges::{self, RangeError};
+use super::{manifest, mime};
 use crate::needle_read::{self, ReadError};
 use rdma_client::ErrorCode;
 use volume_format::file_id::FileId;
@@ -117,12 +117,12 @@ pub fn serve(reader: &mut dyn needle_read::SubmitRead, request: &RequestView) ->
         Err(error) => return Served::failed(error_reply(&error, request.method), error.label()),
     };
     let source = Some(needle.source);
-    let reply = answer(needle, parts, request);
+    let reply = answer(reader, needle, parts, request);
     let error = (reply.status >= 400).then_some("NEEDLE_ANSWER");
     Served { reply, source, error }
 }
 
-fn answer(needle: Needle, parts: FidPath, request: &RequestView) -> Reply {
+fn answer(reader: &mut dyn needle_read::SubmitRead, needle: Needle, parts: FidPath, request: &RequestView) -> Reply {
     let meta = needle.meta.clone().unwrap_or_default();
     if meta.expired {
         return Reply::new(404);
@@ -141,7 +141,9 @@ fn answer(needle: Needle, parts: FidPath, request: &RequestView) -> Reply {
     }
     set_pairs(&mut reply, &meta);
     if meta.chunk_manifest && request.query("cm") != "false" {
-        return Reply::text(501, "rdma-sidecar does not expand chunk manifests; add cm=false to read the manifest");
+        if let Some(manifest) = manifest::load(&needle.data, needle.gzipped) {
+            return answer_chunked(reader, reply, &manifest, &parts, request);
+        }
     }
     let (filename, content_type) = names(&parts, &meta);
     let data = match body_bytes(needle, request, &mut reply) {
@@ -149,6 +151,23 @@ fn answer(needle: Needle, parts: FidPath, request: &RequestView) -> Reply {
         Err(error) => return Reply::text(500, &error.to_string()),
     };
     write_content(reply, &filename, &content_type, data, request)
+}
+
+/// `tryHandleChunkedFile`: the chunks' content, named and typed by the manifest.
+fn answer_chunked(
+    reader: &mut dyn needle_read::SubmitRead,
+    mut reply: Reply,
+    manifest: &manifest::Manifest,
+    parts: &FidPath,
+    request: &RequestView,
+) -> Reply {
+    let filename = if parts.filename.is_empty() { manifest.name.clone() } else { parts.filename.clone() };
+    let mime = if manifest.mime.starts_with("application/octet-stream") { "" } else { manifest.mime.as_str() };
+    reply.set("X-File-Store", "chunked");
+    match manifest::assemble(reader, manifest) {
+        Ok(content) => write_content(reply, &filename, mime, content, request),
+        Err(error) => Reply::text(500, &error.to_string()),
+    }
 }
 
 /// The file name and the type the handler settles on before writing.
