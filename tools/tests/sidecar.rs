@@ -369,3 +369,29 @@ fn mount_protocol_serves_the_bytes_and_refuses_bad_queries() {
         assert!(metrics.contains(line), "{line} missing from /metrics:\n{metrics}");
     }
 }
+
+#[test]
+fn ttl_expired_needles_are_not_found_on_either_server() {
+    let Some(seaweedfs) = SeaweedFs::start(WeedOptions::default()) else { return };
+    let uploaded_at = Instant::now();
+    let file =
+        seaweedfs.upload_with("short-lived.bin", Some("application/octet-stream"), b"gone in a minute", "ttl=1m", &[]);
+    let engine = common::start_engine(Some(&seaweedfs.volume_dir()));
+    let sidecar = SidecarProcess::start(&engine.socket, engine.dir.path());
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(20)).build();
+    let (volume_base, sidecar_base) =
+        (format!("http://{}", seaweedfs.volume_address()), format!("http://{}", sidecar.address));
+    let probe = Probe::get(&format!("/{}", file.fid));
+    for base in [&volume_base, &sidecar_base] {
+        let reply = send(&agent, base, &probe);
+        assert_eq!((reply.status, reply.body.as_slice()), (200, file.bytes.as_slice()), "{base} before the TTL");
+    }
+    // SeaweedFS counts the TTL from the needle's append time (whole seconds
+    // of margin on top): wait it out once, then both must say not found.
+    let expiry = Duration::from_secs(62);
+    std::thread::sleep(expiry.saturating_sub(uploaded_at.elapsed()));
+    let expected = send(&agent, &volume_base, &probe);
+    let actual = send(&agent, &sidecar_base, &probe);
+    assert_eq!(expected.status, 404, "the volume server expires the needle: {expected:?}");
+    assert_eq!(differences(&probe, &expected, &actual), Vec::<String>::new());
+}
