@@ -4,7 +4,7 @@
 //! compared case-insensitively).
 
 use percent_encoding::percent_decode_str;
-use rdma_client::ReadSource;
+use rdma_client::{Client, Completion, ReadSource};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
@@ -78,12 +78,49 @@ impl Served {
     }
 }
 
+/// A body: owned bytes, or a read's bytes still in the shared buffer (the
+/// completion holds the buffer, so they are sent without a copy and the
+/// buffer is freed once the answer is written).
+pub enum Body {
+    Owned(Vec<u8>),
+    Landed { client: Client, completion: Completion, range: std::ops::Range<usize> },
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Body::Owned(bytes) => write!(f, "Owned({} bytes)", bytes.len()),
+            Body::Landed { range, .. } => write!(f, "Landed({} bytes)", range.len()),
+        }
+    }
+}
+
+impl std::ops::Deref for Body {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Body::Owned(bytes) => bytes,
+            // The range was checked against the buffer when the body was made.
+            Body::Landed { client, completion, range } => {
+                completion.buffer.as_ref().and_then(|buffer| client.bytes(buffer).get(range.clone())).unwrap_or(&[])
+            }
+        }
+    }
+}
+
+impl From<Vec<u8>> for Body {
+    fn from(bytes: Vec<u8>) -> Body {
+        Body::Owned(bytes)
+    }
+}
+
 /// What to answer.
 #[derive(Debug)]
 pub struct Reply {
     pub status: u16,
     headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
+    pub body: Body,
     /// `Content-Length` to announce without a body (a `HEAD` answer).
     pub head_length: Option<u64>,
     /// Send the body chunked, without `Content-Length` (Go does so for a
@@ -93,21 +130,21 @@ pub struct Reply {
 
 impl Reply {
     pub fn new(status: u16) -> Reply {
-        Reply { status, headers: Vec::new(), body: Vec::new(), head_length: None, chunked: false }
+        Reply { status, headers: Vec::new(), body: Body::Owned(Vec::new()), head_length: None, chunked: false }
     }
 
     /// One line of text, for the sidecar's own errors.
     pub fn text(status: u16, line: &str) -> Reply {
         let mut reply = Reply::new(status);
         reply.set("Content-Type", "text/plain; charset=utf-8");
-        reply.body = format!("{}\n", line.trim_end()).into_bytes();
+        reply.body = format!("{}\n", line.trim_end()).into_bytes().into();
         reply
     }
 
     pub fn json(status: u16, value: &serde_json::Value) -> Reply {
         let mut reply = Reply::new(status);
         reply.set("Content-Type", "application/json");
-        reply.body = value.to_string().into_bytes();
+        reply.body = value.to_string().into_bytes().into();
         reply
     }
 

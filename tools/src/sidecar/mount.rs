@@ -86,7 +86,7 @@ fn data_reply(content: Content) -> Reply {
     reply.set("Content-Type", "application/octet-stream");
     reply.set("X-RDMA-Used", "true");
     reply.set("X-Source", content.source.name());
-    reply.body = content.data;
+    reply.body = content.data.into();
     reply
 }
 

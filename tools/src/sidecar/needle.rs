@@ -9,11 +9,15 @@
 //! which only the TTL check reads. From the HTTP fallback the buffer holds
 //! the body alone: the needle has data and its gzip flag, no metadata.
 
+use super::http::Body;
 use crate::needle_read::{self, ReadError, ReadKind, SubmitRead, INITIAL_BUFFER_BYTES};
 use rdma_client::ReadSource;
 use volume_format::file_id::FileId;
 use volume_format::needle::NeedleRecord;
 use volume_format::version::Version;
+
+/// Needles up to this size are copied out of the shared buffer at once.
+const COPY_OUT_BYTES: usize = 64 * 1024;
 
 /// What the record says beyond the data.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -33,8 +37,8 @@ pub struct NeedleMeta {
 /// A needle as read.
 #[derive(Debug)]
 pub struct Needle {
-    /// The stored data (gzip bytes when `gzipped`).
-    pub data: Vec<u8>,
+    /// The stored data (gzip bytes when `gzipped`), still in the shared buffer.
+    pub data: Body,
     pub gzipped: bool,
     pub source: ReadSource,
     /// `None` when the source was the HTTP fallback.
@@ -52,7 +56,15 @@ pub fn read_whole(reader: &mut dyn SubmitRead, file_id: FileId) -> Result<Needle
         ReadSource::Local | ReadSource::Rdma => Some(parse_meta(bytes, range.start)?),
         ReadSource::Http | ReadSource::None => None,
     };
-    Ok(Needle { data: bytes[range].to_vec(), gzipped: completion.gzipped(), source, meta })
+    let gzipped = completion.gzipped();
+    // A small needle is copied out so its (1 MiB) buffer is free at once; a
+    // large one is sent from the shared buffer, which the answer then holds.
+    let data = if range.len() <= COPY_OUT_BYTES {
+        Body::Owned(bytes[range].to_vec())
+    } else {
+        Body::Landed { client: reader.client().clone(), completion, range }
+    };
+    Ok(Needle { data, gzipped, source, meta })
 }
 
 fn parse_meta(record: &[u8], data_offset: usize) -> Result<NeedleMeta, ReadError> {

@@ -25,7 +25,7 @@ pub fn dispatch(state: &State, request: &RequestView) -> (&'static str, Served) 
         ("/metrics", Method::Get) => {
             let mut reply = Reply::new(200);
             reply.set("Content-Type", "application/openmetrics-text; version=1.0.0; charset=utf-8");
-            reply.body = state.stats.prometheus_text().into_bytes();
+            reply.body = state.stats.prometheus_text().into_bytes().into();
             ("metrics", Served::plain(reply))
         }
         (_, Method::Get | Method::Head) => ("fid", volume_api::serve(&mut state.pool.reader(), request)),

@@ -5,7 +5,7 @@
 //! what Go's `net/http` adds on its own (`Content-Type` sniffing, `http.Error`).
 //! Deviations are listed in `docs/sidecar.md`.
 
-use super::http::{canonical_header_key, Method, Reply, RequestView, Served};
+use super::http::{canonical_header_key, Body, Method, Reply, RequestView, Served};
 use super::needle::{self, Needle, NeedleMeta};
 use super::ranges::{self, RangeError};
 use super::{manifest, mime};
@@ -96,7 +96,7 @@ pub fn error_reply(error: &ReadError, method: Method) -> Reply {
         Some(ErrorCode::DEADLINE_EXCEEDED) => Reply::text(504, &error.to_string()),
         _ => match error {
             ReadError::TimedOut => Reply::text(504, &error.to_string()),
-            ReadError::Disconnected(_) | ReadError::Engine(_) | ReadError::Attach(_) => {
+            ReadError::Disconnected(_) | ReadError::Engine(_) | ReadError::Attach(_) | ReadError::Buffer(_) => {
                 Reply::text(503, &error.to_string())
             }
             _ => Reply::text(502, &error.to_string()),
@@ -165,7 +165,7 @@ fn answer_chunked(
     let mime = if manifest.mime.starts_with("application/octet-stream") { "" } else { manifest.mime.as_str() };
     reply.set("X-File-Store", "chunked");
     match manifest::assemble(reader, manifest) {
-        Ok(content) => write_content(reply, &filename, mime, content, request),
+        Ok(content) => write_content(reply, &filename, mime, content.into(), request),
         Err(error) => Reply::text(500, &error.to_string()),
     }
 }
@@ -184,7 +184,7 @@ fn names(parts: &FidPath, meta: &NeedleMeta) -> (String, String) {
 
 /// Stored gzip bytes go out as they are to a client that accepts gzip;
 /// anything else is decompressed first.
-fn body_bytes(needle: Needle, request: &RequestView, reply: &mut Reply) -> Result<Vec<u8>, ReadError> {
+fn body_bytes(needle: Needle, request: &RequestView, reply: &mut Reply) -> Result<Body, ReadError> {
     if !needle.gzipped {
         return Ok(needle.data);
     }
@@ -192,7 +192,7 @@ fn body_bytes(needle: Needle, request: &RequestView, reply: &mut Reply) -> Resul
         reply.set("Content-Encoding", "gzip");
         return Ok(needle.data);
     }
-    needle_read::served_bytes(needle.data, true).map(|(data, _)| data)
+    needle_read::served_bytes(needle.data.to_vec(), true).map(|(data, _)| data.into())
 }
 
 fn set_pairs(reply: &mut Reply, meta: &NeedleMeta) {
@@ -206,7 +206,7 @@ fn set_pairs(reply: &mut Reply, meta: &NeedleMeta) {
 }
 
 /// `writeResponseContent` and `ProcessRangeRequest`.
-fn write_content(mut reply: Reply, filename: &str, content_type: &str, data: Vec<u8>, request: &RequestView) -> Reply {
+fn write_content(mut reply: Reply, filename: &str, content_type: &str, data: Body, request: &RequestView) -> Reply {
     let mut content_type = content_type.to_string();
     if content_type.is_empty() {
         let extension = mime::extension(filename);
@@ -245,12 +245,12 @@ fn write_content(mut reply: Reply, filename: &str, content_type: &str, data: Vec
     reply.status = 206;
     if let [range] = ranges.as_slice() {
         reply.set("Content-Range", &range.content_range(total));
-        reply.body = data[range.start as usize..(range.start + range.length) as usize].to_vec();
+        reply.body = data[range.start as usize..(range.start + range.length) as usize].to_vec().into();
         sniff_if_untyped(&mut reply);
         return reply;
     }
     let boundary = ranges::boundary();
-    reply.body = ranges::multipart_body(&data, &ranges, &content_type, &boundary);
+    reply.body = ranges::multipart_body(&data, &ranges, &content_type, &boundary).into();
     reply.set("Content-Type", &format!("multipart/byteranges; boundary={boundary}"));
     // Go announces no length here, but its server computes one for a body
     // that fits the buffer it keeps before it starts chunking.
@@ -266,7 +266,7 @@ fn range_error(mut reply: Reply, error: RangeError, total: u64) -> Reply {
     reply.status = 416;
     reply.set("Content-Type", "text/plain; charset=utf-8");
     reply.set("X-Content-Type-Options", "nosniff");
-    reply.body = error.body().as_bytes().to_vec();
+    reply.body = error.body().as_bytes().to_vec().into();
     reply
 }
 
