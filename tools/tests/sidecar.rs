@@ -368,6 +368,24 @@ fn mount_protocol_serves_the_bytes_and_refuses_bad_queries() {
     ] {
         assert!(metrics.contains(line), "{line} missing from /metrics:\n{metrics}");
     }
+
+    // The engine dies: health says so and reads fail with one line, at once.
+    let mut engine = engine;
+    engine.child.kill().expect("kill the engine");
+    engine.child.wait().expect("reap the engine");
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let connected = || {
+        let health: serde_json::Value = serde_json::from_slice(&get("/health").body).expect("health is JSON");
+        health["rdma"]["connected"].as_bool()
+    };
+    while connected() != Some(false) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(connected(), Some(false), "{}", sidecar.log_text());
+    let reply = get(&format!("/read?file_id={fid}"));
+    let body = String::from_utf8_lossy(&reply.body).into_owned();
+    assert_eq!((reply.status, body.trim_end().lines().count()), (503, 1), "{body}");
+    assert_eq!(get(&format!("/{fid}")).status, 503);
 }
 
 #[test]
