@@ -4,9 +4,12 @@
 //! - [`bench`]: `rdma-bench`, engine round trips and reads measured beside
 //!   the floors they are bounded by;
 //! - [`cat`]: `rdma-cat`, one needle to stdout, like `curl` for the engine;
+//! - [`sidecar`]: `rdma-sidecar`, the volume server's read API and the
+//!   `weed mount` sidecar protocol over HTTP, on a pool of queue pairs;
 //! - `volgen` (logic in `volume_format::generate`).
 //!
-//! Shared pieces: [`timing`] (a calibrated tick clock), [`histogram`]
+//! Shared pieces: [`needle_read`] (a needle's content as the volume server
+//! serves it: gzip, ranges, buffer retry; for `rdma-cat` and the sidecar), [`timing`] (a calibrated tick clock), [`histogram`]
 //! (allocation-free latency recording), [`affinity`] (CPU pinning),
 //! [`machine`] (facts about the host, via `sysinfo`).
 

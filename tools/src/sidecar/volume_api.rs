@@ -71,6 +71,9 @@ pub fn parse_url_path(path: &str) -> FidPath {
 /// The file id of a path, or `None` where the volume server answers 400.
 pub fn file_id_of(parts: &FidPath) -> Option<FileId> {
     // Go parses the volume id as 64 bits and keeps the low 32.
+    if parts.volume_id.is_empty() || !parts.volume_id.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
     let volume_id = parts.volume_id.parse::<u64>().ok()? as u32;
     if parts.key_cookie.contains(['.', ',']) {
         return None;
@@ -108,17 +111,19 @@ pub fn error_reply(error: &ReadError, method: Method) -> Reply {
 pub fn serve(reader: &mut dyn needle_read::SubmitRead, request: &RequestView) -> Served {
     let parts = parse_url_path(&request.path);
     let Some(file_id) = file_id_of(&parts) else { return Served::failed(Reply::new(400), "BAD_FILE_ID") };
-    if wants_image_transform(&parts.extension, request) {
-        let reply = Reply::text(501, "rdma-sidecar does not resize or crop images; ask the volume server");
-        return Served::failed(reply, "IMAGE_TRANSFORM");
-    }
     let needle = match needle::read_whole(reader, file_id) {
         Ok(needle) => needle,
         Err(error) => return Served::failed(error_reply(&error, request.method), error.label()),
     };
     let source = Some(needle.source);
     let reply = answer(reader, needle, parts, request);
-    let error = (reply.status >= 400).then_some("NEEDLE_ANSWER");
+    let error = match reply.status {
+        status if status < 400 => None,
+        404 => Some("TTL_EXPIRED"),
+        416 => Some("RANGE_NOT_SATISFIABLE"),
+        501 => Some("IMAGE_TRANSFORM"),
+        _ => Some("CONTENT"),
+    };
     Served { reply, source, error }
 }
 
@@ -146,6 +151,11 @@ fn answer(reader: &mut dyn needle_read::SubmitRead, needle: Needle, parts: FidPa
         }
     }
     let (filename, content_type) = names(&parts, &meta);
+    // The URL's extension, else the stored name's, decides (as upstream).
+    let extension = if parts.extension.is_empty() { mime::extension(&filename) } else { parts.extension.as_str() };
+    if wants_image_transform(extension, request) {
+        return Reply::text(501, "rdma-sidecar does not resize or crop images; ask the volume server");
+    }
     let data = match body_bytes(needle, request, &mut reply) {
         Ok(data) => data,
         Err(error) => return Reply::text(500, &error.to_string()),
@@ -416,6 +426,7 @@ mod tests {
         assert!(file_id_of(&parse_url_path("/abc")).is_none());
         assert!(file_id_of(&parse_url_path("/3,0163")).is_none());
         assert!(file_id_of(&parse_url_path("/x,01637037d6")).is_none());
+        assert!(file_id_of(&parse_url_path("/+3,01637037d6")).is_none());
     }
 
     #[test]
