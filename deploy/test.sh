@@ -40,7 +40,7 @@ TARGET_DIR="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)"
 echo "== loom: the SPSC ring and NEED_WAKEUP protocol under every interleaving" >&2
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --locked -p shm-layout --test loom --release
 
-echo "== summary: $passed workspace tests passed, and the loom model" >&2
+echo "== summary: $passed workspace tests passed, the Go mount-protocol test, and the loom model" >&2
 if [ -s "$skip_log" ]; then
     echo "== skipped on purpose (RDMA_TESTS_ALLOW_SKIP=$RDMA_TESTS_ALLOW_SKIP):" >&2
     sed 's/^/   /' "$skip_log" >&2

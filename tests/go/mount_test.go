@@ -37,12 +37,19 @@ type file struct {
 }
 
 // binary returns the path an environment variable names, failing the test
-// when it is unset (unless RDMA_TEST_SKIP names weed).
+// when it is unset (unless RDMA_TESTS_ALLOW_SKIP names weed: then the skip is
+// said and written to RDMA_TESTS_SKIP_LOG, as the Rust tests do).
 func binary(t *testing.T, name string) string {
 	t.Helper()
-	for _, part := range strings.Split(os.Getenv("RDMA_TEST_SKIP"), ",") {
+	for _, part := range strings.Split(os.Getenv("RDMA_TESTS_ALLOW_SKIP"), ",") {
 		if strings.TrimSpace(part) == "weed" {
-			t.Skip("SKIPPED (RDMA_TEST_SKIP names weed): this test needs a real SeaweedFS")
+			if log := os.Getenv("RDMA_TESTS_SKIP_LOG"); log != "" {
+				if file, err := os.OpenFile(log, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644); err == nil {
+					fmt.Fprintln(file, "weed: tests/go needs a real SeaweedFS")
+					file.Close()
+				}
+			}
+			t.Skip("SKIPPED (weed): this test needs a real SeaweedFS")
 		}
 	}
 	path := os.Getenv(name)
