@@ -413,3 +413,30 @@ fn ttl_expired_needles_are_not_found_on_either_server() {
     assert_eq!(expected.status, 404, "the volume server expires the needle: {expected:?}");
     assert_eq!(differences(&probe, &expected, &actual), Vec::<String>::new());
 }
+
+#[test]
+fn over_the_http_fallback_the_bytes_are_the_volume_servers() {
+    let Some(seaweedfs) = SeaweedFs::start(WeedOptions::default()) else { return };
+    let files = upload_all(&seaweedfs);
+    // Volumes found through the master, no exporter: every read falls back to HTTP.
+    let engine = common::start_engine_with(&["--master".into(), seaweedfs.master_address().into()], &[]);
+    let sidecar = SidecarProcess::start(&engine.socket, engine.dir.path());
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(20)).build();
+    let volume_base = format!("http://{}", seaweedfs.volume_address());
+    let sidecar_base = format!("http://{}", sidecar.address);
+    for file in &files {
+        let read = send(&agent, &sidecar_base, &Probe::get(&format!("/read?file_id={}", file.fid)));
+        assert_eq!((read.status, read.header("x-source")), (200, Some("http")), "{}", file.name);
+        assert_eq!(read.body, file.bytes, "{}", file.name);
+        for probe in [
+            Probe::get(&format!("/{}", file.fid)),
+            Probe::get(&format!("/{}", file.fid)).with("Accept-Encoding", "gzip"),
+        ] {
+            let (expected, actual) = (send(&agent, &volume_base, &probe), send(&agent, &sidecar_base, &probe));
+            assert_eq!((actual.status, &actual.body), (expected.status, &expected.body), "{probe:?}");
+            assert_eq!(actual.header("content-encoding"), expected.header("content-encoding"), "{probe:?}");
+            // Documented: the fallback's buffer holds the body only, so no ETag.
+            assert_eq!(actual.header("etag"), None, "{probe:?}");
+        }
+    }
+}
