@@ -11,6 +11,7 @@
 //! Plus `/stats` (JSON) and `/metrics` (Prometheus), from [`stats`].
 //! `docs/sidecar.md` has the APIs and every deviation from the volume server.
 
+pub mod conditional;
 pub mod http;
 pub mod manifest;
 pub mod mime;
