@@ -77,7 +77,8 @@ for size in 4096 65536 1048576; do
     done
 done
 for index in $(seq 1 10); do
-    yes "SeaweedFS stores small files in large volumes; line $index" | head -n 500 >"$work/files/notes-$index.txt"
+    for line in $(seq 1 500); do echo "SeaweedFS stores small files in large volumes; file $index, line $line"; done \
+        >"$work/files/notes-$index.txt"
     upload "$work/files/notes-$index.txt" text/plain
 done
 echo "uploaded $(wc -l <"$work/fids.txt") files" >&2
@@ -114,4 +115,5 @@ echo "read $count files twice (rdma-cat, rdma-sidecar), all byte-identical to Se
 "$bin/ringstat" --socket "$work/reader.sock"
 
 echo "== the comparison: every path against SeaweedFS's own HTTP GET, same run (rdma-bench compare)" >&2
-"$bin/rdma-bench" compare --weed "$weed" --plot "$work/compare.svg"
+"$bin/rdma-bench" compare --weed "$weed" --plot target/compare.svg
+echo "== the chart of that table: target/compare.svg" >&2
