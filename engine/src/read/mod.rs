@@ -348,7 +348,16 @@ impl ReadService {
             return Executed::Done(Cqe { flags: source, ..Cqe::error(user_data, code) }, Outcome::default());
         };
         match self.dispatch(token, now) {
-            Routed::Going => Executed::Pending,
+            Routed::Going => {
+                // A parked read is looked at again on every pass (its deadline, a lookup that
+                // could not be queued yet), even when no answer comes to wake it.
+                if self.routes.get(token).is_some_and(|pending| pending.stage.is_parked())
+                    && self.parked.len() < self.parked.capacity()
+                {
+                    self.parked.push(token);
+                }
+                Executed::Pending
+            }
             Routed::Finished(source, result) => {
                 let mut done = None;
                 self.finish_if_done(token, Routed::Finished(source, result), &mut |_, cqe, outcome| {
