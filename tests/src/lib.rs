@@ -60,6 +60,25 @@ pub fn skip_or_fail(part: &str, reason: &str) {
     }
 }
 
+/// Stops process `pid` (SIGSTOP) and waits (bounded) until every one of its threads is
+/// stopped: `kill` returns before a running thread has noticed the signal, so a test that
+/// sends a request right after it could still be answered.
+pub fn stop_process(pid: u32) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    let all_stopped = || {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+        tasks.filter_map(Result::ok).all(|task| {
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !all_stopped() {
+        assert!(Instant::now() < deadline, "process {pid} did not stop within 10 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// The SeaweedFS fixtures kept in the repository.
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../volume-format/tests/fixtures").join(name)

@@ -163,9 +163,20 @@ impl SeaweedFs {
         format!("127.0.0.1:{}", self.volume_port)
     }
 
-    /// The volume server's process id (to stop and resume it).
+    /// The volume server's process id.
     pub fn volume_pid(&self) -> u32 {
         self.volume.id()
+    }
+
+    /// Stops the volume server (SIGSTOP), waiting until all its threads are stopped.
+    pub fn stop_volume_server(&self) {
+        crate::stop_process(self.volume.id());
+    }
+
+    /// Resumes a stopped volume server.
+    pub fn resume_volume_server(&self) {
+        let pid = nix::unistd::Pid::from_raw(self.volume.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT the volume server");
     }
 
     /// The volume server's `-dir`.

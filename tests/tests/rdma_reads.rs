@@ -314,7 +314,7 @@ fn a_read_waiting_for_a_hung_exporters_index_ends_at_its_deadline() {
     let (client, mut queue_pair) = attach(&reader);
     // Connected, catalogue known; volume 4's index is not pulled until a read needs it.
     assert!(reader.wait_for_log("exporter connected", Duration::from_secs(10)), "{}", reader.log_text());
-    nix::sys::signal::kill(exporter.pid(), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    integration_tests::stop_process(exporter.pid().as_raw() as u32);
     let buffer = client.allocate(1 << 20).unwrap();
     let operation = Operation::ReadNeedle { volume_id: 4, needle_id: 31, cookie: 0xc0 + 21, buffer };
     let deadline_ns = rdma_ipc::clock::monotonic_ns() + 300_000_000;
@@ -343,7 +343,7 @@ fn buffers_of_reads_in_flight_are_not_reused_when_their_queue_pair_is_dropped() 
     let mut queue_pair = client.take_queue_pair(0).unwrap();
     // Warm: volume 4's index is cached, so the next reads go straight to their gets.
     assert!(read_one(&client, &mut queue_pair, 4, 49, 0xc0 + 39).result().is_ok());
-    nix::sys::signal::kill(exporter.pid(), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    integration_tests::stop_process(exporter.pid().as_raw() as u32);
     for (tag, needle_id) in (40..44u64).enumerate() {
         let buffer = client.allocate(1 << 20).unwrap();
         let cookie = 0xc0 + (needle_id - 10) as u32;

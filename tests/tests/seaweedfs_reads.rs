@@ -227,12 +227,11 @@ fn a_dead_master_and_a_stalled_volume_server_are_bounded() {
     assert_eq!(completion.source(), ReadSource::Http);
     assert!(completion.result().is_ok());
 
-    let volume_pid = nix::unistd::Pid::from_raw(weed.volume_pid() as i32);
-    nix::sys::signal::kill(volume_pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    weed.stop_volume_server();
     let started = Instant::now();
     let deadline_ns = rdma_ipc::clock::monotonic_ns() + 500_000_000;
     let completion = read_with(&client, &mut queue_pair, &files[3].fid, 1 << 20, None, deadline_ns);
-    nix::sys::signal::kill(volume_pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    weed.resume_volume_server();
     assert_eq!(code(&completion), Some(ErrorCode::DEADLINE_EXCEEDED), "{:?}", completion.result());
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
 }
