@@ -13,44 +13,36 @@
 //! puts in its `ETag`).
 
 pub mod check;
+mod counters;
 pub mod http;
 pub mod local;
 pub mod locate;
 mod routes;
+mod routing;
+mod setup;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use counters::falls_back;
+pub use counters::{FallbackReason, ReadCounters};
+use routing::Routed;
+pub use setup::{ReadSetup, ReadSetupError};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
 use crate::execute::{Executed, Outcome, Route};
-use crate::rdma::remote::{PeerStatus, RemoteConfig, RemoteReads, PEERS_MAX};
-use http::{HttpConfig, HttpReads, Waker};
-use locate::{Known, Locator};
+use crate::rdma::remote::RemoteReads;
+use http::HttpReads;
+use locate::Locator;
 use routes::{PendingRead, RouteTable, Stage};
 use shm_layout::entry::{cqe_flags, Cqe, ErrorCode, NeedleRead};
 use shm_layout::region::RegionView;
-use volume_format::index::OffsetWidth;
 
 /// How long a read whose entry has no deadline may take, in whatever stage.
 pub const DEFAULT_READ_DEADLINE: Duration = Duration::from_secs(30);
-/// Exporters found through the master that one engine connects to at most.
-const MASTER_PEERS_MAX: usize = 64;
 /// How often reads in the RDMA transport are checked against their deadlines.
 const DEADLINE_SCAN_INTERVAL: Duration = Duration::from_millis(10);
 /// How often the read-path counters are logged (when they changed).
 const COUNTERS_LOG_INTERVAL: Duration = Duration::from_secs(60);
-
-#[derive(Debug, thiserror::Error)]
-pub enum ReadSetupError {
-    #[error("cannot read volume directory {dir}: {source}")]
-    VolumeDir { dir: String, source: std::io::Error },
-    #[error("cannot start the RDMA read role: {0}")]
-    Remote(#[from] crate::rdma::remote::RemoteError),
-    #[error("cannot start the {what} threads: {source}")]
-    Threads { what: &'static str, source: std::io::Error },
-}
 
 /// A checked read: where the data starts (relative to the buffer the SQE
 /// named) and how long it is.
@@ -86,206 +78,26 @@ pub fn completion(user_data: u64, buffer_offset: u64, source: u32, result: ReadR
     }
 }
 
-/// Errors of a faster path after which the HTTP fallback is tried: the exporter or the file
-/// could not be read, or the bytes failed their check after the retry. Answers about the
-/// needle itself (missing, deleted, wrong cookie, range) are final.
-fn falls_back(code: ErrorCode) -> bool {
-    matches!(
-        code,
-        ErrorCode::PEER_UNAVAILABLE
-            | ErrorCode::IO_ERROR
-            | ErrorCode::CRC_MISMATCH
-            | ErrorCode::CORRUPT_NEEDLE
-            | ErrorCode::NO_SUCH_VOLUME
-    )
-}
-
-/// Why a read went to the HTTP fallback.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FallbackReason {
-    /// No exporter serves the volume (none configured, none at its host, or it is down).
-    NoExporter,
-    /// The RDMA or local read failed with this code.
-    Failed(ErrorCode),
-}
-
-/// How many reads each path completed and why reads fell back. Written by the poller only.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ReadCounters {
-    pub local: u64,
-    pub rdma: u64,
-    pub http: u64,
-    pub fallback_no_exporter: u64,
-    pub fallback_peer_unavailable: u64,
-    pub fallback_check_failed: u64,
-    pub fallback_other: u64,
-}
-
-impl ReadCounters {
-    fn count_fallback(&mut self, reason: FallbackReason) {
-        match reason {
-            FallbackReason::NoExporter => self.fallback_no_exporter += 1,
-            FallbackReason::Failed(ErrorCode::PEER_UNAVAILABLE) => self.fallback_peer_unavailable += 1,
-            FallbackReason::Failed(ErrorCode::CRC_MISMATCH | ErrorCode::CORRUPT_NEEDLE) => {
-                self.fallback_check_failed += 1
-            }
-            FallbackReason::Failed(_) => self.fallback_other += 1,
-        }
-    }
-
-    fn count_completion(&mut self, source: u32) {
-        match source {
-            cqe_flags::SOURCE_LOCAL => self.local += 1,
-            cqe_flags::SOURCE_RDMA => self.rdma += 1,
-            cqe_flags::SOURCE_HTTP => self.http += 1,
-            _ => {}
-        }
-    }
-}
-
-/// What the read transports need to start: built on the control thread,
-/// turned into a [`ReadService`] on the poller thread (UCX objects stay on
-/// the thread that made them).
-#[derive(Debug)]
-pub struct ReadSetup {
-    local: local::LocalVolumes,
-    remote: Option<RemoteConfig>,
-    master: Option<String>,
-    export_port: Option<u16>,
-    volume_server: Option<Arc<str>>,
-    http_threads: Option<usize>,
-    table_capacity: usize,
-    reads_per_queue_pair: usize,
-}
-
-impl ReadSetup {
-    /// Loads `--volume-dir` volumes and prepares the other transports' settings; `None` when
-    /// no read transport is configured.
-    pub fn from_config(config: &Config) -> Result<Option<ReadSetup>, ReadSetupError> {
-        if config.volume_dir.is_empty()
-            && config.peer.is_empty()
-            && config.master.is_none()
-            && config.volume_server.is_none()
-        {
-            return Ok(None);
-        }
-        let width = if config.offset_bytes == 5 { OffsetWidth::Five } else { OffsetWidth::Four };
-        let local = local::LocalVolumes::load(&config.volume_dir, width)
-            .map_err(|source| ReadSetupError::VolumeDir { dir: join_paths(&config.volume_dir), source })?;
-        if !config.volume_dir.is_empty() {
-            tracing::info!(volumes = local.len(), "local volumes loaded");
-        }
-        let table_capacity = config.max_rdma_in_flight().max(crate::rdma::remote::MAX_IN_FLIGHT_MIN);
-        let master_peers = if config.master.is_some() && config.export_port.is_some() { MASTER_PEERS_MAX } else { 0 };
-        let remote = (!config.peer.is_empty() || master_peers > 0).then(|| RemoteConfig {
-            max_in_flight: table_capacity,
-            max_peers: (config.peer.len() + master_peers).min(PEERS_MAX),
-            ..RemoteConfig::new(config.peer.clone())
-        });
-        let http_wanted = !config.no_http_fallback && (config.master.is_some() || config.volume_server.is_some());
-        Ok(Some(ReadSetup {
-            local,
-            remote,
-            master: config.master.clone(),
-            export_port: config.export_port,
-            volume_server: config.volume_server.as_deref().map(Arc::from),
-            http_threads: http_wanted.then_some(config.http_fallback_threads),
-            table_capacity,
-            reads_per_queue_pair: config.rdma_reads_per_queue_pair,
-        }))
-    }
-
-    /// Starts the transports. Call on the thread that will use them; `wake` rings its
-    /// doorbell (other threads call it when they queued a completion for it).
-    pub fn start(self, wake: Waker) -> Result<ReadService, ReadSetupError> {
-        let remote = match self.remote {
-            Some(config) => {
-                let peers = config.peers.len();
-                let remote = RemoteReads::new(config)?;
-                tracing::info!(peers, "RDMA read role started");
-                Some(remote)
-            }
-            None => None,
-        };
-        let threads = |what| move |source| ReadSetupError::Threads { what, source };
-        let locator = match self.master {
-            Some(master) => {
-                tracing::info!(%master, export_port = self.export_port, "volumes are located through the master");
-                Some(Locator::start(master, wake.clone()).map_err(threads("master lookup"))?)
-            }
-            None => None,
-        };
-        let http = match self.http_threads {
-            Some(threads_count) => {
-                let config = HttpConfig { threads: threads_count, capacity: self.table_capacity };
-                tracing::info!(threads = threads_count, "HTTP fallback ready");
-                Some(HttpReads::spawn(config, wake).map_err(threads("HTTP fallback"))?)
-            }
-            None => None,
-        };
-        let asynchronous = remote.is_some() || http.is_some() || locator.is_some();
-        let capacity = if asynchronous { self.table_capacity } else { 0 };
-        Ok(ReadService {
-            local: self.local,
-            remote,
-            http,
-            locator,
-            export_port: self.export_port,
-            volume_server: self.volume_server,
-            routes: RouteTable::new(capacity),
-            parked: Vec::with_capacity(capacity),
-            waiting_peers: 0,
-            reads_per_queue_pair: self.reads_per_queue_pair,
-            counters: ReadCounters::default(),
-            logged_counters: ReadCounters::default(),
-            last_counters_log: Instant::now(),
-            last_deadline_scan: Instant::now(),
-        })
-    }
-}
-
-fn join_paths(paths: &[PathBuf]) -> String {
-    paths.iter().map(|path| path.display().to_string()).collect::<Vec<_>>().join(", ")
-}
-
-/// Where a read goes next.
-#[derive(Debug)]
-enum Decision {
-    /// Over RDMA, from this exporter (`None`: whichever announced the volume).
-    Rdma(Option<SocketAddr>),
-    Wait(Stage),
-    Http(Arc<str>, FallbackReason),
-    Fail(ErrorCode),
-}
-
-/// What routing a read did.
-enum Routed {
-    /// It is in a transport or parked.
-    Going,
-    /// It is finished: remove it and complete it with this source and result.
-    Finished(u32, ReadResult),
-}
-
 /// The read transports this engine was configured with.
 #[derive(Debug)]
 pub struct ReadService {
-    local: local::LocalVolumes,
-    remote: Option<RemoteReads>,
-    http: Option<HttpReads>,
-    locator: Option<Locator>,
-    export_port: Option<u16>,
-    volume_server: Option<Arc<str>>,
-    routes: RouteTable,
+    pub(super) local: local::LocalVolumes,
+    pub(super) remote: Option<RemoteReads>,
+    pub(super) http: Option<HttpReads>,
+    pub(super) locator: Option<Locator>,
+    pub(super) export_port: Option<u16>,
+    pub(super) volume_server: Option<Arc<str>>,
+    pub(super) routes: RouteTable,
     /// Scratch list of parked tokens (capacity: the table's).
-    parked: Vec<u64>,
+    pub(super) parked: Vec<u64>,
     /// Parked reads waiting for an exporter to connect (the poller stays awake for them).
-    waiting_peers: usize,
+    pub(super) waiting_peers: usize,
     /// A queue pair's share of the table.
-    reads_per_queue_pair: usize,
-    counters: ReadCounters,
-    logged_counters: ReadCounters,
-    last_counters_log: Instant,
-    last_deadline_scan: Instant,
+    pub(super) reads_per_queue_pair: usize,
+    pub(super) counters: ReadCounters,
+    pub(super) logged_counters: ReadCounters,
+    pub(super) last_counters_log: Instant,
+    pub(super) last_deadline_scan: Instant,
 }
 
 impl ReadService {
@@ -367,123 +179,6 @@ impl ReadService {
                 Executed::Done(cqe, outcome)
             }
         }
-    }
-
-    fn can_fall_back(&self) -> bool {
-        self.http.is_some() && (self.locator.is_some() || self.volume_server.is_some())
-    }
-
-    /// Decides where read `token` goes and starts it there.
-    fn dispatch(&mut self, token: u64, now: Instant) -> Routed {
-        let Some(pending) = self.routes.get_mut(token).map(|pending| *pending) else { return Routed::Going };
-        if pending.canceled {
-            return Routed::Finished(0, Err((ErrorCode::CANCELED, 0)));
-        }
-        if now >= pending.deadline {
-            return Routed::Finished(0, Err((ErrorCode::DEADLINE_EXCEEDED, 0)));
-        }
-        let decision = self.decide(&pending, now);
-        let stage = match decision {
-            Decision::Fail(code) => return Routed::Finished(0, Err((code, 0))),
-            Decision::Wait(stage) => stage,
-            Decision::Rdma(at) => {
-                let Some(remote) = self.remote.as_mut() else {
-                    return Routed::Finished(0, Err((ErrorCode::NO_SUCH_VOLUME, 0)));
-                };
-                if let Err(error) = remote.start_read(token, pending.route.region_id, &pending.read, pending.buffer, at)
-                {
-                    return self.after_rdma_failure(token, error, now);
-                }
-                Stage::Rdma
-            }
-            Decision::Http(server, reason) => {
-                let Some(http) = self.http.as_mut() else {
-                    return Routed::Finished(0, Err((ErrorCode::NO_SUCH_VOLUME, 0)));
-                };
-                let started =
-                    http.start(token, pending.route.region_id, server, &pending.read, pending.buffer, pending.deadline);
-                if let Err(error) = started {
-                    return Routed::Finished(cqe_flags::SOURCE_HTTP, Err(error));
-                }
-                self.counters.count_fallback(reason);
-                Stage::Http
-            }
-        };
-        if let Some(pending) = self.routes.get_mut(token) {
-            pending.stage = stage;
-        }
-        Routed::Going
-    }
-
-    /// The routing decision (see the module docs).
-    fn decide(&mut self, pending: &PendingRead, now: Instant) -> Decision {
-        let volume_id = pending.read.volume_id;
-        let rdma_allowed = pending.rdma_failure.is_none();
-        let reason = pending.rdma_failure.map_or(FallbackReason::NoExporter, FallbackReason::Failed);
-        // An exporter that is up and announced the volume: no lookup needed. (A volume that
-        // moved is found again when a read of it fails: the location is refreshed then.)
-        if let (true, Some(remote)) = (rdma_allowed, self.remote.as_ref()) {
-            if remote.serves_up(volume_id) {
-                return Decision::Rdma(None);
-            }
-        }
-        if let Some(locator) = self.locator.as_mut() {
-            let locations = match locator.locate(volume_id, now) {
-                Known::Pending => return Decision::Wait(Stage::Locating),
-                Known::Failed(code) => {
-                    return match (&self.volume_server, self.http.is_some()) {
-                        (Some(server), true) => Decision::Http(server.clone(), reason),
-                        _ => Decision::Fail(pending.rdma_failure.unwrap_or(code)),
-                    }
-                }
-                Known::Found(locations) => locations,
-            };
-            if let (true, Some(remote), Some(port)) = (rdma_allowed, self.remote.as_mut(), self.export_port) {
-                for ip in locations.iter().filter_map(|location| location.ip) {
-                    let exporter = SocketAddr::new(ip, port);
-                    match remote.peer_status(exporter) {
-                        Some(PeerStatus::Up) if remote.serves_at(volume_id, exporter) => {
-                            return Decision::Rdma(Some(exporter))
-                        }
-                        Some(PeerStatus::Connecting) => return Decision::Wait(Stage::WaitingPeer(exporter)),
-                        None => match remote.add_peer(exporter) {
-                            Ok(()) => return Decision::Wait(Stage::WaitingPeer(exporter)),
-                            Err(error) => tracing::warn!(%error, "volume served over HTTP instead"),
-                        },
-                        Some(_) => {}
-                    }
-                }
-            }
-            if self.http.is_some() {
-                return Decision::Http(locations[0].url.clone(), reason);
-            }
-            return Decision::Fail(pending.rdma_failure.unwrap_or(ErrorCode::PEER_UNAVAILABLE));
-        }
-        if let (true, Some(remote)) = (rdma_allowed, self.remote.as_ref()) {
-            if remote.serves(volume_id) {
-                return Decision::Rdma(None);
-            }
-        }
-        match (&self.volume_server, self.http.is_some()) {
-            (Some(server), true) => Decision::Http(server.clone(), reason),
-            _ => Decision::Fail(pending.rdma_failure.unwrap_or(ErrorCode::NO_SUCH_VOLUME)),
-        }
-    }
-
-    /// An RDMA read of `token` failed with `error`: fall back to HTTP when that may help.
-    fn after_rdma_failure(&mut self, token: u64, error: (ErrorCode, u64), now: Instant) -> Routed {
-        let can_fall_back = self.can_fall_back();
-        let Some(pending) = self.routes.get_mut(token) else { return Routed::Going };
-        if pending.canceled || pending.expired || !falls_back(error.0) || !can_fall_back {
-            return Routed::Finished(cqe_flags::SOURCE_RDMA, Err(error));
-        }
-        pending.rdma_failure = Some(error.0);
-        pending.stage = Stage::Locating;
-        let volume_id = pending.read.volume_id;
-        if let Some(locator) = self.locator.as_mut() {
-            locator.invalidate(volume_id);
-        }
-        self.dispatch(token, now)
     }
 
     /// Reads in flight (in a transport or parked).

@@ -1,0 +1,60 @@
+//! What the read service counts: reads by the path that completed them, fallbacks by why.
+
+use shm_layout::entry::{cqe_flags, ErrorCode};
+
+/// Errors of a faster path after which the HTTP fallback is tried: the exporter or the file
+/// could not be read, or the bytes failed their check after the retry. Answers about the
+/// needle itself (missing, deleted, wrong cookie, range) are final.
+pub(super) fn falls_back(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::PEER_UNAVAILABLE
+            | ErrorCode::IO_ERROR
+            | ErrorCode::CRC_MISMATCH
+            | ErrorCode::CORRUPT_NEEDLE
+            | ErrorCode::NO_SUCH_VOLUME
+    )
+}
+
+/// Why a read went to the HTTP fallback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FallbackReason {
+    /// No exporter serves the volume (none configured, none at its host, or it is down).
+    NoExporter,
+    /// The RDMA or local read failed with this code.
+    Failed(ErrorCode),
+}
+
+/// How many reads each path completed and why reads fell back. Written by the poller only.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReadCounters {
+    pub local: u64,
+    pub rdma: u64,
+    pub http: u64,
+    pub fallback_no_exporter: u64,
+    pub fallback_peer_unavailable: u64,
+    pub fallback_check_failed: u64,
+    pub fallback_other: u64,
+}
+
+impl ReadCounters {
+    pub(super) fn count_fallback(&mut self, reason: FallbackReason) {
+        match reason {
+            FallbackReason::NoExporter => self.fallback_no_exporter += 1,
+            FallbackReason::Failed(ErrorCode::PEER_UNAVAILABLE) => self.fallback_peer_unavailable += 1,
+            FallbackReason::Failed(ErrorCode::CRC_MISMATCH | ErrorCode::CORRUPT_NEEDLE) => {
+                self.fallback_check_failed += 1
+            }
+            FallbackReason::Failed(_) => self.fallback_other += 1,
+        }
+    }
+
+    pub(super) fn count_completion(&mut self, source: u32) {
+        match source {
+            cqe_flags::SOURCE_LOCAL => self.local += 1,
+            cqe_flags::SOURCE_RDMA => self.rdma += 1,
+            cqe_flags::SOURCE_HTTP => self.http += 1,
+            _ => {}
+        }
+    }
+}
