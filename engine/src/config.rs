@@ -119,6 +119,10 @@ pub struct Config {
     #[arg(long, default_value_t = 100)]
     pub heartbeat_ms: u64,
 
+    /// Serve Prometheus metrics (`GET /metrics`, text format) on this address (HOST:PORT).
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
     /// Pin the poller thread to this CPU.
     #[arg(long)]
     pub poller_cpu: Option<usize>,

@@ -73,11 +73,21 @@ impl ControlServer {
         }
     }
 
+    /// The attached-client gauges of the metrics (this thread is their only writer).
+    fn publish_region_gauges(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let metrics = &crate::metrics::METRICS;
+        metrics.attached_clients.store(self.regions.len() as u64, Relaxed);
+        let hugepages = self.regions.values().filter(|memory| memory.hugepages).count();
+        metrics.hugepage_regions.store(hugepages as u64, Relaxed);
+    }
+
     /// Drops the regions the poller handed back: unmaps them and closes the memfds.
     pub fn reclaim_released(&mut self) {
         while let Some(memory) = self.link.released.pop() {
             let region_id = memory.identity.region_id;
             self.regions.remove(&region_id);
+            self.publish_region_gauges();
             drop(memory);
             tracing::info!(region_id, "region reclaimed");
         }
@@ -240,6 +250,7 @@ impl ControlServer {
         );
         self.connections[index].region_id = Some(memory.identity.region_id);
         self.regions.insert(memory.identity.region_id, memory.clone());
+        self.publish_region_gauges();
         self.link.send(Command::Attach(memory));
         Ok(())
     }

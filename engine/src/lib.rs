@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod execute;
 pub mod logging;
+pub mod metrics;
 pub mod poller;
 pub mod rdma;
 pub mod read;
@@ -153,6 +154,11 @@ pub fn run(config: Config) -> Result<(), EngineError> {
     let read_setup = read::ReadSetup::from_config(&config)?;
     let exporter = start_exporter(&config, &shutdown)?;
     let listener = bind_control_socket(&config)?;
+    if let Some(listen) = config.metrics_listen {
+        let address = metrics::spawn_server(listen)
+            .map_err(|source| EngineError::Socket { path: format!("metrics listener {listen}"), source })?;
+        tracing::info!(%address, "metrics served at /metrics");
+    }
     let engine_generation = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)
         .map(|now| now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64)
         .unwrap_or(0)

@@ -32,6 +32,7 @@ struct Counters {
 
 impl Counters {
     fn count(&mut self, cqe: &Cqe, outcome: &Outcome) {
+        crate::metrics::METRICS.count_completion(cqe);
         self.cqes_posted += 1;
         self.errors += (cqe.result < 0) as u64;
         self.invalid_entries += outcome.invalid as u64;
@@ -105,6 +106,7 @@ impl ServedRegion {
         live.fence_reason.store(reason, Ordering::Relaxed);
         live.region_state.store(region_state::FENCED, Ordering::Release);
         self.fenced = true;
+        crate::metrics::METRICS.count_fenced();
         tracing::warn!(
             region_id = self.region_id(),
             client_pid = self.memory.identity.client_pid,

@@ -1,5 +1,6 @@
 //! What the read service counts: reads by the path that completed them, fallbacks by why.
 
+use crate::metrics::METRICS;
 use shm_layout::entry::{cqe_flags, ErrorCode};
 
 /// Errors of a faster path after which the HTTP fallback is tried: the exporter or the file
@@ -25,7 +26,8 @@ pub enum FallbackReason {
     Failed(ErrorCode),
 }
 
-/// How many reads each path completed and why reads fell back. Written by the poller only.
+/// How many reads each path completed and why reads fell back, as of now (from the engine's
+/// metrics, for the log line).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReadCounters {
     pub local: u64,
@@ -38,23 +40,16 @@ pub struct ReadCounters {
 }
 
 impl ReadCounters {
-    pub(super) fn count_fallback(&mut self, reason: FallbackReason) {
-        match reason {
-            FallbackReason::NoExporter => self.fallback_no_exporter += 1,
-            FallbackReason::Failed(ErrorCode::PEER_UNAVAILABLE) => self.fallback_peer_unavailable += 1,
-            FallbackReason::Failed(ErrorCode::CRC_MISMATCH | ErrorCode::CORRUPT_NEEDLE) => {
-                self.fallback_check_failed += 1
-            }
-            FallbackReason::Failed(_) => self.fallback_other += 1,
-        }
-    }
-
-    pub(super) fn count_completion(&mut self, source: u32) {
-        match source {
-            cqe_flags::SOURCE_LOCAL => self.local += 1,
-            cqe_flags::SOURCE_RDMA => self.rdma += 1,
-            cqe_flags::SOURCE_HTTP => self.http += 1,
-            _ => {}
+    pub fn now() -> ReadCounters {
+        let metrics = &METRICS;
+        ReadCounters {
+            local: metrics.reads(cqe_flags::SOURCE_LOCAL),
+            rdma: metrics.reads(cqe_flags::SOURCE_RDMA),
+            http: metrics.reads(cqe_flags::SOURCE_HTTP),
+            fallback_no_exporter: metrics.fallbacks("no_exporter"),
+            fallback_peer_unavailable: metrics.fallbacks("peer_unavailable"),
+            fallback_check_failed: metrics.fallbacks("check_failed"),
+            fallback_other: metrics.fallbacks("other"),
         }
     }
 }

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::execute::{Executed, Outcome, Route};
+use crate::metrics::METRICS;
 use crate::rdma::remote::RemoteReads;
 use http::HttpReads;
 use locate::Locator;
@@ -94,7 +95,6 @@ pub struct ReadService {
     pub(super) waiting_peers: usize,
     /// A queue pair's share of the table.
     pub(super) reads_per_queue_pair: usize,
-    pub(super) counters: ReadCounters,
     pub(super) logged_counters: ReadCounters,
     pub(super) last_counters_log: Instant,
     pub(super) last_deadline_scan: Instant,
@@ -127,11 +127,12 @@ impl ReadService {
         };
         let mut failed_locally = None;
         if self.local.serves(read.volume_id) {
+            let started = Instant::now();
             let result = self.local.read(read, buffer);
             match result {
                 Err((code, _)) if falls_back(code) && self.can_fall_back() => failed_locally = Some(code),
                 _ => {
-                    self.counters.count_completion(cqe_flags::SOURCE_LOCAL);
+                    METRICS.record_latency(cqe_flags::SOURCE_LOCAL, started.elapsed().as_nanos() as u64);
                     let (cqe, outcome) = completion(user_data, read.buffer_offset, cqe_flags::SOURCE_LOCAL, result);
                     return Executed::Done(cqe, outcome);
                 }
@@ -147,6 +148,7 @@ impl ReadService {
             user_data,
             read: *read,
             buffer,
+            started: now,
             deadline,
             stage: Stage::Locating,
             rdma_failure: failed_locally,
@@ -202,6 +204,7 @@ impl ReadService {
     /// Drives the asynchronous transports and hands over each finished read's completion.
     pub fn progress(&mut self, sink: &mut dyn FnMut(Route, Cqe, Outcome)) {
         let now = Instant::now();
+        METRICS.set_reads_in_flight(self.routes.in_use());
         if let Some(remote) = self.remote.as_mut() {
             remote.progress();
         }
@@ -269,8 +272,8 @@ impl ReadService {
             _ if pending.canceled => Err((ErrorCode::CANCELED, 0)),
             _ => result,
         };
-        if result.is_ok() {
-            self.counters.count_completion(source);
+        if source != cqe_flags::SOURCE_NONE {
+            METRICS.record_latency(source, pending.started.elapsed().as_nanos() as u64);
         }
         let (cqe, outcome) = completion(pending.user_data, pending.read.buffer_offset, source, result);
         sink(pending.route, cqe, outcome);
@@ -322,11 +325,6 @@ impl ReadService {
         http_done && self.remote.as_mut().is_none_or(|remote| remote.release_buffer_area(region_id))
     }
 
-    /// How many reads each path served and why reads fell back.
-    pub fn counters(&self) -> &ReadCounters {
-        &self.counters
-    }
-
     /// Periodic work off the read path: pick up appended index entries, let the RDMA transport
     /// reconnect to peers while no read drives it, and log the path counters now and then.
     pub fn housekeeping(&mut self) {
@@ -335,14 +333,17 @@ impl ReadService {
             remote.refresh_catalogues();
             remote.progress();
         }
-        if self.last_counters_log.elapsed() >= COUNTERS_LOG_INTERVAL && self.counters != self.logged_counters {
+        if let Some(locator) = self.locator.as_ref() {
+            METRICS.set_lookups(locator.lookups_done());
+        }
+        if self.last_counters_log.elapsed() >= COUNTERS_LOG_INTERVAL && ReadCounters::now() != self.logged_counters {
             self.log_counters();
         }
     }
 
     /// One log line with the path counters.
     pub fn log_counters(&mut self) {
-        let counters = &self.counters;
+        let counters = ReadCounters::now();
         tracing::info!(
             local = counters.local,
             rdma = counters.rdma,
@@ -354,7 +355,7 @@ impl ReadService {
             lookups = self.locator.as_ref().map_or(0, Locator::lookups_done),
             "reads by path"
         );
-        self.logged_counters = self.counters.clone();
+        self.logged_counters = counters;
         self.last_counters_log = Instant::now();
     }
 }

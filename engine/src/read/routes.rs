@@ -40,6 +40,8 @@ pub struct PendingRead {
     pub read: NeedleRead,
     /// The start of that buffer range in the engine's mapping.
     pub buffer: NonNull<u8>,
+    /// When the read was taken off the ring (for the latency metrics).
+    pub started: Instant,
     /// The read fails with `DEADLINE_EXCEEDED` when this passes in a parked stage, and no
     /// transport works on it past this.
     pub deadline: Instant,
@@ -163,6 +165,7 @@ mod tests {
             user_data: 9,
             read: NeedleRead { volume_id: 1, needle_id: 2, cookie: 3, buffer_offset: 0, buffer_length: 1, range: None },
             buffer: NonNull::from(&mut target),
+            started: Instant::now(),
             deadline: Instant::now(),
             stage: Stage::Locating,
             rdma_failure: None,

@@ -9,6 +9,7 @@ use super::counters::{falls_back, FallbackReason};
 use super::locate::Known;
 use super::routes::{PendingRead, Stage};
 use super::{ReadResult, ReadService};
+use crate::metrics::METRICS;
 use crate::rdma::remote::PeerStatus;
 use shm_layout::entry::{cqe_flags, ErrorCode};
 
@@ -67,7 +68,7 @@ impl ReadService {
                 if let Err(error) = started {
                     return Routed::Finished(cqe_flags::SOURCE_HTTP, Err(error));
                 }
-                self.counters.count_fallback(reason);
+                METRICS.count_fallback(reason);
                 Stage::Http
             }
         };

@@ -120,7 +120,6 @@ impl ReadSetup {
             parked: Vec::with_capacity(capacity),
             waiting_peers: 0,
             reads_per_queue_pair: self.reads_per_queue_pair,
-            counters: ReadCounters::default(),
             logged_counters: ReadCounters::default(),
             last_counters_log: Instant::now(),
             last_deadline_scan: Instant::now(),
