@@ -235,3 +235,47 @@ fn a_dead_master_and_a_stalled_volume_server_are_bounded() {
     assert_eq!(code(&completion), Some(ErrorCode::DEADLINE_EXCEEDED), "{:?}", completion.result());
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
 }
+
+/// A volume server that answers 500 (here: a needle whose bytes rotted on its disk, which
+/// SeaweedFS reports as an internal error) or that is gone: the fallback completes with
+/// `HTTP_FAILED` and the status, and the engine goes on serving.
+#[test]
+fn a_failing_volume_server_is_a_clear_error() {
+    let Some(weed) = SeaweedFs::start(WeedOptions::default()) else { return };
+    let files = upload_files(&weed);
+    let reader = engine(&["--volume-server".into(), weed.volume_address()], &[]);
+    let (client, mut queue_pair) = attach(&reader);
+
+    let target: FileId = files[3].fid.parse().unwrap();
+    let base = weed.volume_dir().join(target.volume_id.to_string());
+    let volume = volume_format::volume::LocalVolume::open(
+        &base.with_extension("dat"),
+        &base.with_extension("idx"),
+        volume_format::index::OffsetWidth::Four,
+    )
+    .unwrap();
+    let location = volume.locate(target.needle_id).expect("the uploaded needle is indexed");
+    // A byte in the middle of the data (past the header and the data size field).
+    let rotten = location.offset_bytes + location.record_size_bytes / 2;
+    let dat = std::fs::OpenOptions::new().read(true).write(true).open(base.with_extension("dat")).unwrap();
+    let mut byte = [0u8; 1];
+    std::os::unix::fs::FileExt::read_exact_at(&dat, &mut byte, rotten).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&dat, &[byte[0] ^ 0xff], rotten).unwrap();
+    let direct = weed.volume_get(&files[3].fid, &[]);
+    assert_eq!(direct.status, 500, "the volume server should refuse the rotten needle");
+    let completion = read_whole(&client, &mut queue_pair, &files[3].fid);
+    match completion.result() {
+        Err(CompletionError::Engine { code: ErrorCode::HTTP_FAILED, needed_bytes: 500 }) => {}
+        other => panic!("expected HTTP_FAILED with status 500, got {other:?}"),
+    }
+    // Other needles still read.
+    assert!(read_whole(&client, &mut queue_pair, &files[2].fid).result().is_ok());
+
+    drop(weed);
+    let completion = read_whole(&client, &mut queue_pair, &files[2].fid);
+    match completion.result() {
+        Err(CompletionError::Engine { code: ErrorCode::HTTP_FAILED, needed_bytes: 0 }) => {}
+        other => panic!("expected HTTP_FAILED without a status, got {other:?}"),
+    }
+    queue_pair.ping(Duration::from_secs(5)).unwrap();
+}
