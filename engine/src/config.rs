@@ -1,13 +1,15 @@
 //! The engine's command line and limits, validated once at start-up.
 
 use clap::{Parser, ValueEnum};
+use serde::Serialize;
 use std::path::PathBuf;
 
 /// Most SQ futexes one poller can sleep on (futex_waitv takes 128 words; one
 /// is the engine's own doorbell).
 pub const MAX_SLEEPING_QUEUE_PAIRS: u32 = rdma_ipc::futex::WAITV_MAX as u32 - 1;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum HugepagePolicy {
     /// Huge pages when available, else normal pages with MADV_HUGEPAGE (said once in the log).
     Auto,
@@ -17,16 +19,29 @@ pub enum HugepagePolicy {
     Off,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
 }
 
 /// rdma-engine: the shared-memory RDMA read coprocessor for SeaweedFS.
-#[derive(Clone, Debug, Parser)]
+#[derive(Clone, Debug, Parser, Serialize)]
 #[command(name = "rdma-engine", version)]
+#[serde(rename_all = "kebab-case")]
 pub struct Config {
+    /// Read the settings from this TOML file first, keyed by flag name
+    /// (deploy/rdma-engine.toml lists every key); flags given here replace its values.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Validate the configuration, print it as TOML, and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    pub check_config: bool,
+
     /// Path of the Unix control socket clients attach through (created mode 0600).
     #[arg(long)]
     pub socket: PathBuf,

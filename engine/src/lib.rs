@@ -6,6 +6,7 @@
 //! region lifecycles; the poller ([`poller`]) owns the data path.
 
 pub mod config;
+pub mod config_file;
 pub mod control;
 pub mod execute;
 pub mod logging;

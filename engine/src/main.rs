@@ -1,7 +1,26 @@
 use clap::Parser;
 
 fn main() {
-    let config = rdma_engine::config::Config::parse();
+    let args = match rdma_engine::config_file::merge_config_file(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(error) => {
+            eprintln!("rdma-engine: {error}");
+            std::process::exit(2);
+        }
+    };
+    let config = rdma_engine::config::Config::parse_from(args);
+    if config.check_config {
+        match config.validate() {
+            Ok(()) => {
+                print!("{}", rdma_engine::config_file::effective_toml(&config));
+                std::process::exit(0);
+            }
+            Err(error) => {
+                eprintln!("rdma-engine: {error}");
+                std::process::exit(2);
+            }
+        }
+    }
     if config.listen.is_some() && std::env::var_os("UCX_TCP_CM_REUSEADDR").is_none() {
         // An exporter restarted on the same port must be able to bind it at
         // once; UCX 1.13 reads this only from the environment. Set before any
