@@ -15,6 +15,7 @@ pub mod poller;
 pub mod rdma;
 pub mod read;
 pub mod region;
+pub mod startup;
 
 use config::{Config, ConfigError};
 use poller::{Poller, PollerLink};
@@ -122,6 +123,9 @@ fn spawn_poller(
             if let Some(cpu) = poller_cpu {
                 pin_to_cpu(cpu);
             }
+            // SAFETY: sched_getcpu has no arguments and no memory effects.
+            let running_on = unsafe { libc::sched_getcpu() };
+            tracing::info!(pinned = ?poller_cpu, running_on, "start-up report: poller CPU");
             let doorbell = link.clone();
             let wake: read::http::Waker = Arc::new(move || doorbell.ring_doorbell());
             let reads = match read_setup.map(|setup| setup.start(wake)).transpose() {
@@ -148,6 +152,7 @@ pub fn run(config: Config) -> Result<(), EngineError> {
              doorbell in slices of 1 ms instead of on every SQ tail, so an idle engine wakes 1000 times a second"
         );
     }
+    startup::report(&config);
     let shutdown = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, shutdown.clone()).map_err(EngineError::Signals)?;

@@ -152,3 +152,14 @@ fn the_example_configuration_has_every_key_and_loads() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("`max-client` is not a setting"));
 }
+
+/// The start-up report: one log line per topic.
+#[test]
+fn the_engine_reports_what_the_host_gives_it_at_start() {
+    let engine = Engine::start(&["--peer", "127.0.0.1:9"]);
+    for topic in ["machine", "huge pages", "NUMA and RDMA devices", "io_uring", "UCX transports found", "poller CPU"] {
+        let line = format!("start-up report: {topic}");
+        assert!(engine.wait_for_log(&line, Duration::from_secs(5)), "no `{line}` in:\n{}", engine.log_text());
+    }
+    assert!(engine.log_text().contains("tcp/lo"), "UCX's transports are listed: {}", engine.log_text());
+}

@@ -52,6 +52,41 @@ pub(crate) struct ContextInner {
 }
 
 impl Context {
+    /// The transports and devices this context found (`tl/device`), from UCX's own
+    /// description of the context (`ucp_context_print_info`).
+    pub fn transports(&self) -> Vec<String> {
+        let mut buffer: *mut libc::c_char = ptr::null_mut();
+        let mut size: libc::size_t = 0;
+        // SAFETY: open_memstream writes the buffer pointer and size into our two locals,
+        // which outlive the stream; it returns null on failure.
+        let stream = unsafe { libc::open_memstream(&mut buffer, &mut size) };
+        if stream.is_null() {
+            return Vec::new();
+        }
+        // SAFETY: the context is live (self); the stream is a valid FILE* until fclose. The
+        // bindings' FILE is the same C type as libc's, hence the pointer cast.
+        unsafe {
+            sys::ucp_context_print_info(self.inner.handle, stream.cast());
+            libc::fclose(stream);
+        }
+        if buffer.is_null() {
+            return Vec::new();
+        }
+        // SAFETY: after fclose, `buffer` holds `size` bytes (NUL-terminated) that we own and
+        // free below.
+        let text =
+            unsafe { String::from_utf8_lossy(std::slice::from_raw_parts(buffer.cast::<u8>(), size)).into_owned() };
+        // SAFETY: open_memstream's buffer is malloc'ed and ours to free.
+        unsafe { libc::free(buffer.cast()) };
+        let mut transports: Vec<String> = text
+            .lines()
+            .filter(|line| line.contains("resource"))
+            .filter_map(|line| line.split_whitespace().last().map(str::to_string))
+            .collect();
+        transports.dedup();
+        transports
+    }
+
     /// A context with `features`, configured from the process's `UCX_*` environment.
     pub fn new(features: Features) -> Result<Context> {
         Context::with_config(features, &[])
