@@ -163,3 +163,23 @@ fn the_engine_reports_what_the_host_gives_it_at_start() {
     }
     assert!(engine.log_text().contains("tcp/lo"), "UCX's transports are listed: {}", engine.log_text());
 }
+
+/// One unreadable volume directory among several stops the engine, naming it and why.
+#[test]
+fn a_bad_volume_dir_is_named() {
+    let good = tempfile::tempdir().unwrap();
+    let missing = good.path().join("not-mounted");
+    let output = std::process::Command::new(integration_tests::workspace_binary("rdma-engine"))
+        .arg("--socket")
+        .arg(good.path().join("engine.sock"))
+        .arg("--volume-dir")
+        .arg(good.path())
+        .arg("--volume-dir")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(4));
+    let errors = String::from_utf8_lossy(&output.stderr);
+    let named = format!("cannot read volume directory {}: No such file", missing.display());
+    assert!(errors.contains(&named), "{errors}");
+}

@@ -62,9 +62,11 @@ pub struct LocalVolumes {
 impl LocalVolumes {
     /// Loads every volume of `dirs`. A file that is not a usable volume is
     /// reported (which file and why) and skipped; the rest are served.
-    pub fn load(dirs: &[PathBuf], width: OffsetWidth) -> Result<LocalVolumes, std::io::Error> {
+    /// Every directory must be readable: one that is not is named with its reason (a
+    /// missing mount would otherwise pass for a directory without volumes).
+    pub fn load(dirs: &[PathBuf], width: OffsetWidth) -> Result<LocalVolumes, (PathBuf, std::io::Error)> {
         for dir in dirs {
-            std::fs::read_dir(dir)?;
+            std::fs::read_dir(dir).map_err(|error| (dir.clone(), error))?;
         }
         let mut volumes = LocalVolumes {
             dirs: dirs.to_vec(),

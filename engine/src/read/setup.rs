@@ -19,8 +19,10 @@ const MASTER_PEERS_MAX: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadSetupError {
-    #[error("cannot read volume directory {dir}: {source}")]
-    VolumeDir { dir: String, source: std::io::Error },
+    #[error(
+        "cannot read volume directory {dir}: {source} (of --volume-dir {all}; the engine serves all of them or none)"
+    )]
+    VolumeDir { dir: String, all: String, source: std::io::Error },
     #[error("cannot start the RDMA read role: {0}")]
     Remote(#[from] crate::rdma::remote::RemoteError),
     #[error("cannot start the {what} threads: {source}")]
@@ -54,8 +56,9 @@ impl ReadSetup {
             return Ok(None);
         }
         let width = if config.offset_bytes == 5 { OffsetWidth::Five } else { OffsetWidth::Four };
-        let local = local::LocalVolumes::load(&config.volume_dir, width)
-            .map_err(|source| ReadSetupError::VolumeDir { dir: join_paths(&config.volume_dir), source })?;
+        let local = local::LocalVolumes::load(&config.volume_dir, width).map_err(|(dir, source)| {
+            ReadSetupError::VolumeDir { dir: dir.display().to_string(), all: join_paths(&config.volume_dir), source }
+        })?;
         if !config.volume_dir.is_empty() {
             tracing::info!(volumes = local.len(), "local volumes loaded");
         }
