@@ -101,6 +101,12 @@ pub struct Config {
     #[arg(long, default_value_t = 8)]
     pub http_fallback_threads: usize,
 
+    /// SeaweedFS's security.toml: its `[jwt.signing.read]` key authenticates readers to
+    /// exporters (a reader signs its catalogue requests; an exporter answers only signed
+    /// ones). Give it to both roles.
+    #[arg(long)]
+    pub security_toml: Option<PathBuf>,
+
     /// Read role: RDMA reads each queue pair can have in flight at once; the
     /// engine sizes its table for every queue pair of every client at once.
     #[arg(long, default_value_t = 64)]

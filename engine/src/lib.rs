@@ -44,13 +44,15 @@ pub enum EngineError {
     Export(#[from] rdma::export::ExportError),
     #[error("the poller thread ended before it started serving")]
     PollerDied,
+    #[error("--security-toml: {0}")]
+    ReadKey(#[from] rdma::token::KeyError),
 }
 
 impl EngineError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            EngineError::Config(_) => 2,
+            EngineError::Config(_) | EngineError::ReadKey(_) => 2,
             EngineError::SocketInUse(_) | EngineError::Socket { .. } | EngineError::Control(_) => 3,
             EngineError::Read(_) | EngineError::Export(_) => 4,
             EngineError::Signals(_) | EngineError::Thread(_) | EngineError::PollerDied => 5,
@@ -95,8 +97,10 @@ fn start_exporter(
 ) -> Result<Option<rdma::export::ExportHandle>, EngineError> {
     let Some(listen) = config.listen else { return Ok(None) };
     let width = if config.offset_bytes == 5 { OffsetWidth::Five } else { OffsetWidth::Four };
+    let read_key = config.security_toml.as_deref().map(rdma::token::ReadKey::from_security_toml).transpose()?;
     let export_config = rdma::export::ExportConfig {
         offset_width: width,
+        read_key,
         allowed_peers: (!config.allow_peer.is_empty()).then(|| config.allow_peer.clone()),
         ..rdma::export::ExportConfig::new(config.export_dir.clone(), listen)
     };

@@ -362,3 +362,59 @@ fn buffers_of_reads_in_flight_are_not_reused_when_their_queue_pair_is_dropped() 
         assert!(client.bytes(buffer) == &before[..], "a late GET wrote into a buffer allocated after the drop");
     }
 }
+
+/// An exporter given SeaweedFS's read key answers only readers whose catalogue requests carry
+/// a token signed with it: the right key reads over RDMA; a wrong key or none is refused
+/// (with a log line naming the peer) before any catalogue or rkey leaves the exporter.
+#[test]
+fn readers_must_present_a_token_signed_with_the_read_key() {
+    let volumes = volume_dir();
+    let keys = tempfile::tempdir().unwrap();
+    let write_key = |name: &str, key: &str| {
+        let path = keys.path().join(name);
+        std::fs::write(&path, format!("[jwt.signing]\nkey = \"write\"\n[jwt.signing.read]\nkey = \"{key}\"\n"))
+            .unwrap();
+        path.display().to_string()
+    };
+    let (right, wrong) = (write_key("right.toml", "the-read-key"), write_key("wrong.toml", "another-key"));
+    let listen = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let export_args = vec![
+        "--export-dir".into(),
+        volumes.path().display().to_string(),
+        "--listen".into(),
+        listen.clone(),
+        "--security-toml".into(),
+        right.clone(),
+    ];
+    let exporter = Engine::start_with(tempfile::tempdir().unwrap(), options(export_args, TCP));
+    let reader = |key: Option<&str>| {
+        let mut args = vec!["--peer".to_string(), listen.clone()];
+        if let Some(key) = key {
+            args.extend(["--security-toml".to_string(), key.to_string()]);
+        }
+        Engine::start_with(tempfile::tempdir().unwrap(), options(args, TCP))
+    };
+    let trusted = reader(Some(&right));
+    let (client, mut queue_pair) = attach(&trusted);
+    let completion = read_one(&client, &mut queue_pair, 4, 31, 0xc0 + 21);
+    assert!(completion.result().is_ok(), "{:?}\n{}", completion.result(), exporter.log_text());
+    assert_eq!(completion.source(), ReadSource::Rdma);
+
+    for (key, why) in [(Some(wrong.as_str()), "signature does not match"), (None, "no token")] {
+        let stranger = reader(key);
+        let (client, mut queue_pair) = attach(&stranger);
+        let completion = read_one(&client, &mut queue_pair, 4, 31, 0xc0 + 21);
+        assert!(completion.result().is_err(), "a reader with {key:?} read the volume");
+        assert!(
+            exporter.wait_for_log(why, Duration::from_secs(10)),
+            "no refusal for {key:?}:\n{}",
+            exporter.log_text()
+        );
+        assert!(stranger.log_text().contains("not reachable") || !stranger.log_text().contains("exporter connected"));
+    }
+    assert!(
+        exporter.log_text().contains("refusing a reader without a valid read token peer=127.0.0.1"),
+        "{}",
+        exporter.log_text()
+    );
+}

@@ -36,6 +36,9 @@ pub struct CatalogueRequest {
     pub request_id: u64,
     /// The volumes wanted; `None` for every volume the exporter serves.
     pub volumes: Option<Vec<u32>>,
+    /// A JWT signed with SeaweedFS's read key (see [`super::token`]), when the reader has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// What an exporter answers.

@@ -25,6 +25,7 @@ pub mod export;
 mod mapping;
 pub mod remote;
 mod staging;
+pub mod token;
 
 use ucx::Features;
 

@@ -25,6 +25,8 @@ pub enum ReadSetupError {
     VolumeDir { dir: String, all: String, source: std::io::Error },
     #[error("cannot start the RDMA read role: {0}")]
     Remote(#[from] crate::rdma::remote::RemoteError),
+    #[error("--security-toml: {0}")]
+    ReadKey(crate::rdma::token::KeyError),
     #[error("cannot start the {what} threads: {source}")]
     Threads { what: &'static str, source: std::io::Error },
 }
@@ -64,8 +66,15 @@ impl ReadSetup {
         }
         let table_capacity = config.max_rdma_in_flight().max(crate::rdma::remote::MAX_IN_FLIGHT_MIN);
         let master_peers = if config.master.is_some() && config.export_port.is_some() { MASTER_PEERS_MAX } else { 0 };
+        let read_key = config
+            .security_toml
+            .as_deref()
+            .map(crate::rdma::token::ReadKey::from_security_toml)
+            .transpose()
+            .map_err(ReadSetupError::ReadKey)?;
         let remote = (!config.peer.is_empty() || master_peers > 0).then(|| RemoteConfig {
             max_in_flight: table_capacity,
+            read_key,
             max_peers: (config.peer.len() + master_peers).min(PEERS_MAX),
             ..RemoteConfig::new(config.peer.clone())
         });

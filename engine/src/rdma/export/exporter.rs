@@ -29,6 +29,8 @@ pub(super) struct Exporter {
     pub(super) config: ExportConfig,
     // Field order is drop order: connections, then registrations, then UCX itself.
     endpoints: HashMap<EndpointId, Endpoint>,
+    /// Where each reader connected from (for the log).
+    peer_addresses: HashMap<EndpointId, String>,
     pub(super) volumes: BTreeMap<u32, VolumeExport>,
     pub(super) retired: Vec<Retired>,
     pub(super) listener: Listener,
@@ -38,6 +40,8 @@ pub(super) struct Exporter {
     pub(super) last_scan: Instant,
     /// Connection requests refused by `allowed_peers` (logged at powers of two).
     refused_peers: u64,
+    /// Catalogue requests refused for their token (logged at powers of two).
+    refused_tokens: u64,
     /// Volumes seen and not exported, so each is said once.
     pub(super) refusals: Refusals,
 }
@@ -55,6 +59,7 @@ impl Exporter {
         let mut exporter = Exporter {
             config,
             endpoints: HashMap::new(),
+            peer_addresses: HashMap::new(),
             volumes: BTreeMap::new(),
             retired: Vec::new(),
             listener,
@@ -63,6 +68,7 @@ impl Exporter {
             exporter_id: exporter_id(),
             last_scan: Instant::now(),
             refused_peers: 0,
+            refused_tokens: 0,
             refusals: Refusals::default(),
         };
         exporter.scan();
@@ -100,8 +106,11 @@ impl Exporter {
             if !self.admits(&request) {
                 continue; // rejected, as above
             }
+            let address =
+                request.remote_addr().map_or_else(|_| "an unknown address".to_string(), |address| address.to_string());
             match Endpoint::accept(&self.worker, request, ErrorMode::Peer) {
                 Ok(endpoint) => {
+                    self.peer_addresses.insert(endpoint.id(), address);
                     self.endpoints.insert(endpoint.id(), endpoint);
                 }
                 Err(error) => tracing::warn!(%error, "cannot accept a reader"),
@@ -150,10 +159,28 @@ impl Exporter {
         false
     }
 
+    /// Whether a catalogue request's token lets its reader in (always, without a read key).
+    /// A refused reader is disconnected before any catalogue or rkey leaves; the refusal is
+    /// logged at powers of two (a peer can trigger it at will), naming the peer.
+    fn token_admits(&mut self, endpoint_id: EndpointId, token: Option<&str>) -> bool {
+        let Some(key) = &self.config.read_key else { return true };
+        let Err(error) = key.verify(token, std::time::SystemTime::now()) else { return true };
+        self.refused_tokens += 1;
+        let peer = self.peer_addresses.remove(&endpoint_id).unwrap_or_else(|| "an unknown address".into());
+        if self.refused_tokens.is_power_of_two() {
+            tracing::warn!(%peer, %error, refused = self.refused_tokens, "refusing a reader without a valid read token");
+        }
+        if let Some(endpoint) = self.endpoints.remove(&endpoint_id) {
+            let _ = endpoint.close_with(CloseMode::Force, CLOSE_TIMEOUT);
+        }
+        false
+    }
+
     fn drop_failed_endpoints(&mut self) {
         let failed: Vec<EndpointId> =
             self.endpoints.iter().filter(|(_, endpoint)| endpoint.is_failed()).map(|(id, _)| *id).collect();
         for id in failed {
+            self.peer_addresses.remove(&id);
             if let Some(endpoint) = self.endpoints.remove(&id) {
                 let _ = endpoint.close_with(CloseMode::Force, CLOSE_TIMEOUT);
             }
@@ -169,6 +196,9 @@ impl Exporter {
                 return;
             }
         };
+        if !self.token_admits(endpoint_id, request.token.as_deref()) {
+            return;
+        }
         let complete = request.volumes.is_none();
         match &request.volumes {
             // Every reader asks for everything about once a second: one scan serves them all.

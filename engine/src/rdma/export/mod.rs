@@ -66,6 +66,9 @@ pub struct ExportConfig {
     /// listener; it does not cover UCX's own transport ports. See "Security" in
     /// `docs/ucx-bindings.md`.
     pub allowed_peers: Option<Vec<IpAddr>>,
+    /// SeaweedFS's read key: only a catalogue request carrying a token signed with it is
+    /// answered (`None`: every request is).
+    pub read_key: Option<crate::rdma::token::ReadKey>,
 }
 
 impl ExportConfig {
@@ -81,6 +84,7 @@ impl ExportConfig {
             retire_grace: Duration::from_secs(30),
             ucx: Vec::new(),
             allowed_peers: None,
+            read_key: None,
         }
     }
 

@@ -34,6 +34,8 @@ pub struct RemoteConfig {
     pub reconnect_backoff_max: Duration,
     /// Staging buffer per peer for index pulls; pulls go in chunks of this size.
     pub index_chunk_bytes: usize,
+    /// SeaweedFS's read key: every catalogue request carries a token signed with it.
+    pub read_key: Option<crate::rdma::token::ReadKey>,
 }
 
 impl RemoteConfig {
@@ -48,6 +50,7 @@ impl RemoteConfig {
             reconnect_backoff_min: Duration::from_millis(50),
             reconnect_backoff_max: Duration::from_secs(2),
             index_chunk_bytes: 1 << 20,
+            read_key: None,
         }
     }
 

@@ -23,6 +23,7 @@ impl RemoteReads {
     /// Sends a catalogue request for the wanted volumes, or remembers to once the one in
     /// flight is answered (one request at a time per peer).
     pub(super) fn send_request(&mut self, peer_index: usize) {
+        let token = self.config.read_key.as_ref().map(|key| key.sign(std::time::SystemTime::now()));
         let peer = &mut self.peers[peer_index];
         if peer.request.is_some() {
             peer.request_again = true;
@@ -33,7 +34,7 @@ impl RemoteReads {
         peer.wanted.clear();
         peer.wanted_all = false;
         let request =
-            CatalogueRequest { protocol_version: PROTOCOL_VERSION, request_id: peer.next_request_id, volumes };
+            CatalogueRequest { protocol_version: PROTOCOL_VERSION, request_id: peer.next_request_id, volumes, token };
         if let Err(error) = endpoint.am_send(AM_CATALOGUE_REQUEST, &[], &request.encode()) {
             tracing::debug!(peer = %peer.address, %error, "cannot send a catalogue request");
         }
