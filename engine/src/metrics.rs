@@ -12,6 +12,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
@@ -76,6 +77,11 @@ pub struct EngineMetrics {
     fenced_clients: AtomicU64,
     /// Regions backed by huge pages (control thread).
     pub hugepage_regions: AtomicU64,
+    peers_up: AtomicU64,
+    peers_down: AtomicU64,
+    /// Reads and data bytes by volume, as the poller last published them (about once a
+    /// second, off the data path: the poller counts in a map of its own).
+    by_volume: Mutex<Vec<(u32, u64, u64)>>,
 }
 
 /// The engine's metrics (one engine per process).
@@ -90,6 +96,9 @@ pub static METRICS: EngineMetrics = EngineMetrics {
     attached_clients: AtomicU64::new(0),
     fenced_clients: AtomicU64::new(0),
     hugepage_regions: AtomicU64::new(0),
+    peers_up: AtomicU64::new(0),
+    peers_down: AtomicU64::new(0),
+    by_volume: Mutex::new(Vec::new()),
 };
 
 /// Adds `count` to a counter only one thread writes: a relaxed load and store, no locked
@@ -164,6 +173,20 @@ impl EngineMetrics {
             .map_or(0, |index| self.fallbacks[index].load(Ordering::Relaxed))
     }
 
+    /// UCX exporters up and not (poller, about once a second).
+    pub fn set_peers(&self, up: usize, down: usize) {
+        self.peers_up.store(up as u64, Ordering::Relaxed);
+        self.peers_down.store(down as u64, Ordering::Relaxed);
+    }
+
+    /// Reads and bytes by volume (poller, about once a second).
+    pub fn publish_by_volume(&self, counts: impl Iterator<Item = (u32, u64, u64)>) {
+        if let Ok(mut by_volume) = self.by_volume.lock() {
+            by_volume.clear();
+            by_volume.extend(counts);
+        }
+    }
+
     pub fn lookups(&self) -> u64 {
         self.lookups.load(Ordering::Relaxed)
     }
@@ -211,6 +234,18 @@ impl EngineMetrics {
         registry.register("attached_clients", "Clients attached now", gauge(&self.attached_clients));
         registry.register("fenced_clients", "Clients fenced off since start", gauge(&self.fenced_clients));
         registry.register("hugepage_regions", "Attached regions backed by huge pages", gauge(&self.hugepage_regions));
+        registry.register("ucx_peers_up", "Exporters connected", gauge(&self.peers_up));
+        registry.register("ucx_peers_down", "Exporters known and not connected", gauge(&self.peers_down));
+        let volume_reads = Family::<Vec<(String, String)>, Counter>::default();
+        let volume_bytes = Family::<Vec<(String, String)>, Counter>::default();
+        if let Ok(by_volume) = self.by_volume.lock() {
+            for &(volume_id, reads, bytes) in by_volume.iter() {
+                volume_reads.get_or_create(&labels("volume", &volume_id.to_string())).inc_by(reads);
+                volume_bytes.get_or_create(&labels("volume", &volume_id.to_string())).inc_by(bytes);
+            }
+        }
+        registry.register("volume_reads", "Reads completed, by volume (published about once a second)", volume_reads);
+        registry.register("volume_read_bytes", "Data bytes read, by volume (about once a second)", volume_bytes);
         let lookups = Counter::<u64>::default();
         lookups.inc_by(self.lookups());
         registry.register("master_lookups", "Volume lookups the master answered", lookups);

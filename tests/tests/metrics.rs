@@ -93,4 +93,10 @@ fn counters_match_what_the_clients_did() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(text.contains("# TYPE seaweedfs_rdma_read_latency_seconds histogram"), "{text}");
+    // By volume: published by the poller about once a second.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while sample(&scrape(&address), "seaweedfs_rdma_volume_reads_total{volume=\"1\"}") != loop_reads {
+        assert!(std::time::Instant::now() < deadline, "reads by volume never matched: {}", scrape(&address));
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

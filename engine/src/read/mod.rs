@@ -26,6 +26,7 @@ pub use counters::{FallbackReason, ReadCounters};
 use routing::Routed;
 pub use setup::{ReadSetup, ReadSetupError};
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,8 @@ use shm_layout::region::RegionView;
 pub const DEFAULT_READ_DEADLINE: Duration = Duration::from_secs(30);
 /// How often reads in the RDMA transport are checked against their deadlines.
 const DEADLINE_SCAN_INTERVAL: Duration = Duration::from_millis(10);
+/// Most volumes counted by volume in the metrics.
+pub(super) const VOLUMES_COUNTED_MAX: usize = 4096;
 /// How often the read-path counters are logged (when they changed).
 const COUNTERS_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -95,6 +98,8 @@ pub struct ReadService {
     pub(super) waiting_peers: usize,
     /// A queue pair's share of the table.
     pub(super) reads_per_queue_pair: usize,
+    /// Reads and data bytes by volume, published to the metrics in housekeeping.
+    pub(super) by_volume: HashMap<u32, (u64, u64)>,
     pub(super) logged_counters: ReadCounters,
     pub(super) last_counters_log: Instant,
     pub(super) last_deadline_scan: Instant,
@@ -133,6 +138,9 @@ impl ReadService {
                 Err((code, _)) if falls_back(code) && self.can_fall_back() => failed_locally = Some(code),
                 _ => {
                     METRICS.record_latency(cqe_flags::SOURCE_LOCAL, started.elapsed().as_nanos() as u64);
+                    if let Ok(done) = &result {
+                        self.count_volume(read.volume_id, done.data_length);
+                    }
                     let (cqe, outcome) = completion(user_data, read.buffer_offset, cqe_flags::SOURCE_LOCAL, result);
                     return Executed::Done(cqe, outcome);
                 }
@@ -275,6 +283,9 @@ impl ReadService {
         if source != cqe_flags::SOURCE_NONE {
             METRICS.record_latency(source, pending.started.elapsed().as_nanos() as u64);
         }
+        if let Ok(done) = &result {
+            self.count_volume(pending.read.volume_id, done.data_length);
+        }
         let (cqe, outcome) = completion(pending.user_data, pending.read.buffer_offset, source, result);
         sink(pending.route, cqe, outcome);
     }
@@ -336,9 +347,25 @@ impl ReadService {
         if let Some(locator) = self.locator.as_ref() {
             METRICS.set_lookups(locator.lookups_done());
         }
+        if let Some(remote) = self.remote.as_ref() {
+            let (up, down) = remote.peer_counts();
+            METRICS.set_peers(up, down);
+        }
+        METRICS.publish_by_volume(self.by_volume.iter().map(|(&volume_id, &(reads, bytes))| (volume_id, reads, bytes)));
         if self.last_counters_log.elapsed() >= COUNTERS_LOG_INTERVAL && ReadCounters::now() != self.logged_counters {
             self.log_counters();
         }
+    }
+
+    /// Counts a completed read of `volume_id` (poller-local; published in housekeeping). At
+    /// most [`VOLUMES_COUNTED_MAX`] volumes are counted: clients name volume ids.
+    fn count_volume(&mut self, volume_id: u32, bytes: u64) {
+        if self.by_volume.len() >= VOLUMES_COUNTED_MAX && !self.by_volume.contains_key(&volume_id) {
+            return;
+        }
+        let entry = self.by_volume.entry(volume_id).or_insert((0, 0));
+        entry.0 += 1;
+        entry.1 += bytes;
     }
 
     /// One log line with the path counters.

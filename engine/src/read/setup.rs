@@ -132,6 +132,8 @@ impl ReadSetup {
             parked: Vec::with_capacity(capacity),
             waiting_peers: 0,
             reads_per_queue_pair: self.reads_per_queue_pair,
+            // Sized at start: the poll loop does not allocate.
+            by_volume: std::collections::HashMap::with_capacity(super::VOLUMES_COUNTED_MAX),
             logged_counters: ReadCounters::default(),
             last_counters_log: Instant::now(),
             last_deadline_scan: Instant::now(),

@@ -195,6 +195,12 @@ impl RemoteReads {
         })
     }
 
+    /// Exporters connected (up) and not (connecting or down).
+    pub fn peer_counts(&self) -> (usize, usize) {
+        let up = self.peers.iter().filter(|peer| peer.is_up()).count();
+        (up, self.peers.len() - up)
+    }
+
     /// Whether an exporter that is up announced `volume_id`.
     pub fn serves_up(&self, volume_id: u32) -> bool {
         self.peers.iter().any(|peer| peer.is_up() && peer.volumes.contains_key(&volume_id))
