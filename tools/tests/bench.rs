@@ -54,7 +54,9 @@ fn read_local_json_covers_every_size_and_depth() {
     let engine = start_engine(Some(&volumes.path));
     let output = run_with_timeout(
         Command::new(env!("CARGO_BIN_EXE_rdma-bench"))
-            .args(["read", "--transport", "local", "--json", "--duration-ms", "300", "--rounds", "1"])
+            // Slices of about 100 ms: long enough for depth-32 1 MiB reads to complete even
+            // when the other test of this binary loads both CPUs (25 ms slices saw none).
+            .args(["read", "--transport", "local", "--json", "--duration-ms", "1200", "--rounds", "1"])
             .arg("--socket")
             .arg(&engine.socket)
             .arg("--volume-dir")
