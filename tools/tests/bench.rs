@@ -95,7 +95,7 @@ fn read_ucx_json_has_engine_and_floor_for_every_size_and_depth() {
     let reader = start_engine_with(&["--peer".into(), listen.clone().into()], UCX_TCP);
     let output = run_with_timeout(
         Command::new(env!("CARGO_BIN_EXE_rdma-bench"))
-            .args(["read", "--transport", "ucx", "--json", "--duration-ms", "240", "--rounds", "1"])
+            .args(["read", "--transport", "ucx", "--json", "--duration-ms", "1200", "--rounds", "1"])
             .arg("--socket")
             .arg(&reader.socket)
             .args(["--peer", &listen])
