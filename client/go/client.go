@@ -226,3 +226,39 @@ func (c *Client) TakeQueuePair(ctx context.Context) (*QueuePair, error) {
 func (c *Client) giveBack(q *QueuePair) {
 	c.pool <- q
 }
+
+// QueuePairStats are the engine's counters of one queue pair (written by the
+// engine once per batch; read here with atomic loads).
+type QueuePairStats struct {
+	SQEsTaken      uint64
+	CQEsPosted     uint64
+	Errors         uint64
+	InvalidEntries uint64
+	BytesRead      uint64
+	Sleeps         uint64
+	ClientWakeups  uint64
+	InFlight       uint64
+}
+
+// statsFieldOffsets are the offsets of QueuePairStats' fields in a stats
+// block, in field order.
+var statsFieldOffsets = [8]uint64{0, 8, 16, 24, 32, 40, 48, 56}
+
+// Stats reads queue pair index's counters.
+func (c *Client) Stats(index uint32) (QueuePairStats, error) {
+	c.users.RLock()
+	defer c.users.RUnlock()
+	if err := c.usable(); err != nil {
+		return QueuePairStats{}, err
+	}
+	if index >= c.geometry.QueuePairCount {
+		return QueuePairStats{}, fmt.Errorf("rdma: queue pair %d does not exist (the region has %d)", index, c.geometry.QueuePairCount)
+	}
+	base := c.geometry.StatsEntryOffset(index)
+	var values [8]uint64
+	for i, offset := range statsFieldOffsets {
+		// 8-aligned: stats blocks are 128-aligned in a page-aligned part.
+		values[i] = atomic.LoadUint64((*uint64)(unsafe.Pointer(&c.mem[base+offset])))
+	}
+	return QueuePairStats{values[0], values[1], values[2], values[3], values[4], values[5], values[6], values[7]}, nil
+}

@@ -159,4 +159,6 @@ func (e *CompletionError) Is(target error) bool {
 type ProtocolError struct{ Reason string }
 
 // Error is "the engine broke the ring protocol: reason".
-func (e *ProtocolError) Error() string { return "rdma: the engine broke the ring protocol: " + e.Reason }
+func (e *ProtocolError) Error() string {
+	return "rdma: the engine broke the ring protocol: " + e.Reason
+}
