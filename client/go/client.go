@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -76,11 +77,15 @@ type Client struct {
 	// pool holds the queue pairs nobody has taken.
 	pool chan *QueuePair
 
-	// users is held (read) by every operation that touches the mapping, and
-	// (write) by Close before it unmaps.
-	users  sync.RWMutex
+	// users counts calls that touch the mapping now (enter/leave); Close
+	// unmaps only once it is zero. A counter, not a lock: calls nest.
+	users  atomic.Int64
 	closed atomic.Bool
 	gone   atomic.Bool
+	// dead is closed when the client is closed or the engine is known gone,
+	// waking goroutines that wait for a queue pair.
+	dead     chan struct{}
+	deadOnce sync.Once
 }
 
 // Attach connects to the engine's control socket at socketPath and attaches
@@ -139,6 +144,7 @@ func attachOn(fd int, opts Options) (*Client, error) {
 		fd: fd, mem: mem, description: description, geometry: geometry,
 		allocator: newAllocator(geometry.BufferSizeBytes),
 		pool:      make(chan *QueuePair, geometry.QueuePairCount),
+		dead:      make(chan struct{}),
 	}
 	for index := uint32(0); index < geometry.QueuePairCount; index++ {
 		c.pool <- newQueuePair(c, index)
@@ -149,19 +155,38 @@ func attachOn(fd int, opts Options) (*Client, error) {
 // Description is the region's description as the engine wrote it (validated at Attach).
 func (c *Client) Description() RegionDescription { return c.description }
 
-// Close detaches: it waits for running ReadFileID/ReadRange calls, unmaps
-// the region and closes the control connection (the engine then reclaims the
-// region). Buffers, queue pairs and slices of the region are invalid after it.
+// Close detaches: calls running on other goroutines fail with ErrClosed
+// (within one 50 ms wait slice), then it unmaps the region and closes the
+// control connection (the engine then reclaims the region). Slices of the
+// region (Buffer.Bytes, Completion.Data) must not be used after it.
 func (c *Client) Close() error {
 	if c.closed.Swap(true) {
 		return nil
 	}
-	c.users.Lock()
-	defer c.users.Unlock()
+	c.markDead()
+	// Sequentially consistent atomics: a call either saw closed in enter
+	// or is counted in users here.
+	for c.users.Load() != 0 {
+		time.Sleep(time.Millisecond)
+	}
 	errUnmap := unix.Munmap(c.mem)
 	errClose := unix.Close(c.fd)
 	return errors.Join(errUnmap, errClose)
 }
+
+// enter counts a call that touches the mapping, unless the client is closed.
+func (c *Client) enter() error {
+	c.users.Add(1)
+	if c.closed.Load() {
+		c.users.Add(-1)
+		return ErrClosed
+	}
+	return nil
+}
+
+func (c *Client) leave() { c.users.Add(-1) }
+
+func (c *Client) markDead() { c.deadOnce.Do(func() { close(c.dead) }) }
 
 // word is the u32 at offset of the region, for sync/atomic.
 func (c *Client) word(offset uint64) *uint32 {
@@ -199,18 +224,21 @@ func (c *Client) checkAlive() error {
 	}
 	if atomic.LoadUint32(c.word(offsetEngState)) == EngineStopped {
 		c.gone.Store(true)
+		c.markDead()
 		return fmt.Errorf("%w: the engine stopped (shutdown)", ErrEngineGone)
 	}
 	fds := []unix.PollFd{{Fd: int32(c.fd), Events: unix.POLLIN}}
 	if n, err := unix.Poll(fds, 0); err == nil && n > 0 {
 		c.gone.Store(true)
+		c.markDead()
 		return fmt.Errorf("%w: its control connection closed", ErrEngineGone)
 	}
 	return nil
 }
 
-// TakeQueuePair takes a queue pair for exclusive use, waiting (at most
-// until ctx is done) while all are taken. Give it back with Release.
+// TakeQueuePair takes a queue pair for exclusive use, waiting while all
+// are taken (at most until ctx is done, the client is closed or the engine
+// is gone). Give it back with Release.
 func (c *Client) TakeQueuePair(ctx context.Context) (*QueuePair, error) {
 	if err := c.usable(); err != nil {
 		return nil, err
@@ -220,6 +248,8 @@ func (c *Client) TakeQueuePair(ctx context.Context) (*QueuePair, error) {
 		return q, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	case <-c.dead:
+		return nil, c.usable()
 	}
 }
 
@@ -246,11 +276,10 @@ var statsFieldOffsets = [8]uint64{0, 8, 16, 24, 32, 40, 48, 56}
 
 // Stats reads queue pair index's counters.
 func (c *Client) Stats(index uint32) (QueuePairStats, error) {
-	c.users.RLock()
-	defer c.users.RUnlock()
-	if err := c.usable(); err != nil {
+	if err := c.enter(); err != nil {
 		return QueuePairStats{}, err
 	}
+	defer c.leave()
 	if index >= c.geometry.QueuePairCount {
 		return QueuePairStats{}, fmt.Errorf("rdma: queue pair %d does not exist (the region has %d)", index, c.geometry.QueuePairCount)
 	}

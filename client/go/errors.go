@@ -1,6 +1,7 @@
 package rdma
 
 import (
+	"context"
 	"errors"
 	"fmt"
 )
@@ -149,8 +150,12 @@ func newCompletionError(cqe Cqe) *CompletionError {
 // Error is the code as "NAME (value): meaning".
 func (e *CompletionError) Error() string { return e.Code.String() }
 
-// Is matches the sentinel error of the code (ErrNoSuchNeedle and so on).
+// Is matches the sentinel error of the code (ErrNoSuchNeedle and so on);
+// DEADLINE_EXCEEDED also matches context.DeadlineExceeded.
 func (e *CompletionError) Is(target error) bool {
+	if e.Code == CodeDeadlineExceeded && target == context.DeadlineExceeded {
+		return true
+	}
 	sentinel, ok := sentinelOf[e.Code]
 	return ok && sentinel == target
 }

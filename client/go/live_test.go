@@ -422,3 +422,70 @@ func TestGoClientDeathReclaimsItsRegion(t *testing.T) {
 		t.Errorf("a read after Close gives %v", err)
 	}
 }
+
+// A context that is already done fails the read (by ctx or by the engine's
+// DEADLINE_EXCEEDED, both context.DeadlineExceeded); Close wakes every
+// goroutine waiting on a queue pair or for one, with ErrClosed.
+func TestContextsAndCloseEndWaits(t *testing.T) {
+	dir := t.TempDir()
+	fids := generateVolume(t, dir, 7, 4, "4096")
+	e := startEngine(t, dir)
+	client, err := rdma.Attach(e.socket, rdma.Options{QueuePairs: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	expired, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancel()
+	if _, err := client.ReadFileID(expired, fids[0]); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("a read with an expired context gives %v", err)
+	}
+	short, cancelShort := context.WithTimeout(context.Background(), 30*time.Millisecond)
+	defer cancelShort()
+	q, err := client.TakeQueuePair(short)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Wait(short, 1); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("a wait past its context's deadline gives %v", err)
+	}
+	q.Release()
+	if data, err := client.ReadFileID(context.Background(), fids[0]); err != nil || len(data) != 4096 {
+		t.Fatalf("a read after the expired ones: %d bytes, %v", len(data), err)
+	}
+	var started, done sync.WaitGroup
+	results := make(chan error, 4)
+	for i := 0; i < 2; i++ {
+		q, err := client.TakeQueuePair(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		started.Add(1)
+		done.Add(2)
+		go func() {
+			defer done.Done()
+			started.Done()
+			_, err := q.Wait(context.Background(), 1)
+			results <- err
+		}()
+		go func() {
+			defer done.Done()
+			_, err := client.ReadFileID(context.Background(), fids[1])
+			results <- err
+		}()
+	}
+	started.Wait()
+	time.Sleep(100 * time.Millisecond)
+	if err := client.Close(); err != nil {
+		t.Fatal(err)
+	}
+	done.Wait()
+	close(results)
+	for err := range results {
+		if !errors.Is(err, rdma.ErrClosed) {
+			t.Errorf("a goroutine waiting through Close got %v, want ErrClosed", err)
+		}
+	}
+	if !e.waitForRegions(t, 0) {
+		t.Errorf("the closed client's region was not reclaimed")
+	}
+}

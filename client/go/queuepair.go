@@ -196,6 +196,10 @@ func (q *QueuePair) push(sqe Sqe, tag uint64, buffer *Buffer) error {
 	if q.client == nil {
 		return errReleased
 	}
+	if err := q.client.enter(); err != nil {
+		return err
+	}
+	defer q.client.leave()
 	if len(q.freeSlots) == 0 {
 		return fmt.Errorf("rdma: %d requests are already in flight, the most this queue pair tracks", q.Capacity())
 	}
@@ -286,6 +290,10 @@ func (q *QueuePair) Submit() error {
 	if q.client == nil {
 		return errReleased
 	}
+	if err := q.client.enter(); err != nil {
+		return err
+	}
+	defer q.client.leave()
 	if err := q.client.usable(); err != nil {
 		return err
 	}
@@ -304,6 +312,10 @@ func (q *QueuePair) Reap() (completion Completion, ok bool, err error) {
 	if q.client == nil {
 		return Completion{}, false, errReleased
 	}
+	if err := q.client.enter(); err != nil {
+		return Completion{}, false, err
+	}
+	defer q.client.leave()
 	available, err := q.cqAvailable()
 	if err != nil || available == 0 {
 		return Completion{}, false, err
@@ -336,6 +348,10 @@ func (q *QueuePair) Wait(ctx context.Context, count uint32) (uint32, error) {
 	if q.client == nil {
 		return 0, errReleased
 	}
+	if err := q.client.enter(); err != nil {
+		return 0, err
+	}
+	defer q.client.leave()
 	start := time.Now()
 	polls := uint32(0)
 	for {

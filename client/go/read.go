@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"time"
 )
 
 // Reading a needle's content the way SeaweedFS's volume server serves
@@ -30,8 +29,6 @@ const (
 	// maxDecompressedBytes bounds a gunzip (gzip bombs).
 	maxDecompressedBytes = 4 << 30
 	bufferRetryLimit     = 1
-	// cancelWait bounds the wait for a canceled read's completion.
-	cancelWait = 5 * time.Second
 )
 
 // ReadFileID reads the needle fid names and returns its data as the volume
@@ -145,11 +142,10 @@ func (c *Client) readRetrying(ctx context.Context, id FileID, spec *rangeSpec, b
 
 // readOnce submits one read on a queue pair of the pool and waits for it.
 func (c *Client) readOnce(ctx context.Context, id FileID, spec *rangeSpec, bufferBytes uint32) (outcome, error) {
-	c.users.RLock()
-	defer c.users.RUnlock()
-	if err := c.usable(); err != nil {
+	if err := c.enter(); err != nil {
 		return outcome{}, err
 	}
+	defer c.leave()
 	q, err := c.TakeQueuePair(ctx)
 	if err != nil {
 		return outcome{}, err
