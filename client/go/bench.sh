@@ -12,6 +12,7 @@ release="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release"
 work="$(mktemp -d)"
 engine_pid=""
 trap '[ -n "$engine_pid" ] && kill "$engine_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+mkdir "$work/vol"
 "$release/volgen" --dir "$work/vol" --volume-id 7 --count 192 --sizes 4096,65536,1048576 --fids-out "$work/all-fids"
 # Needles cycle 4096, 65536, 1048576: every third is a 4 KiB one.
 awk 'NR % 3 == 1' "$work/all-fids" >"$work/fids-4k"
