@@ -23,6 +23,7 @@ echo "== Rust client: rdma-bench nop" >&2
 "$release/rdma-bench" nop --socket "$work/engine.sock" --duration-ms "$duration_ms"
 echo "== Rust client: rdma-bench read (local)" >&2
 "$release/rdma-bench" read --socket "$work/engine.sock" --transport local --volume-dir "$work/vol" --duration-ms "$duration_ms"
-echo "== Go client: go test -bench (one queue pair, the same engine)" >&2
-(cd client/go && RDMA_BENCH_SOCKET="$work/engine.sock" RDMA_BENCH_FIDS="$work/fids-4k" GOTOOLCHAIN=local \
-    go test -run '^$' -bench . -benchtime 2s -count 3 .)
+echo "== Go client: go test -bench (one queue pair, the same engine; pinned to CPU 1, off the poller's CPU 0, as rdma-bench pins its client threads)" >&2
+(cd client/go && GOTOOLCHAIN=local go test -c -o "$work/go-bench" .)
+RDMA_BENCH_SOCKET="$work/engine.sock" RDMA_BENCH_FIDS="$work/fids-4k" \
+    taskset -c 1 "$work/go-bench" -test.run '^$' -test.bench . -test.benchtime 2s -test.count 3
