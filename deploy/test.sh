@@ -43,7 +43,13 @@ echo "== Go client (client/go): layout vectors, every needle vs rdma-cat, 64 gor
 # -race needs cgo and gcc (build-essential, from install-deps.sh).
 (cd client/go && export RDMA_ENGINE="$TARGET_DIR/debug/rdma-engine" RDMA_CAT="$TARGET_DIR/debug/rdma-cat" \
     RDMA_VOLGEN="$TARGET_DIR/debug/volgen" GOTOOLCHAIN=local CGO_ENABLED=1 &&
-    go mod download && go vet ./... && go test -race -count=1 ./...)
+    go mod download && go vet ./... &&
+    if go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 -version >/dev/null 2>&1; then
+        go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+    else
+        echo "== staticcheck NOT RUN: honnef.co/go/tools@v0.8.2 cannot be fetched (Go proxy unreachable)" >&2
+    fi &&
+    go test -race -count=1 ./...)
 
 echo "== loom: the SPSC ring and NEED_WAKEUP protocol under every interleaving" >&2
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --locked -p shm-layout --test loom --release
