@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project on a fresh machine: installs what is missing
 # (Debian packages, Rust, SeaweedFS's weed), then the workspace tests (unit, proptest, real
-# multi-process tests with real UCX) and the loom model of the ring protocol.
+# multi-process tests with real UCX), the Go tests (mount protocol, Go client) and the loom
+# model of the ring protocol.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 deploy/install-deps.sh
@@ -32,15 +33,28 @@ rm -f "$skip_log.out"
 [ "$test_status" -eq 0 ] || { echo "== workspace tests FAILED" >&2; exit "$test_status"; }
 
 echo "== Go: the weed mount sidecar protocol with net/http, 64 concurrent reads (stdlib only)" >&2
-cargo build --locked -p rdma-engine -p rdma-tools --bin rdma-engine --bin rdma-sidecar
+cargo build --locked -p rdma-engine -p rdma-tools --bin rdma-engine --bin rdma-sidecar --bin rdma-cat --bin volgen
 TARGET_DIR="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)"
 (cd tests/go && RDMA_ENGINE="$TARGET_DIR/debug/rdma-engine" RDMA_SIDECAR="$TARGET_DIR/debug/rdma-sidecar" \
     GOPROXY=off GOTOOLCHAIN=local go test -count=1 ./...)
 
+echo "== Go client (client/go): layout vectors, every needle vs rdma-cat, 64 goroutines and a Rust client under -race, death cases" >&2
+# golang.org/x/sys is its one dependency (go.sum pinned): from the module cache, else the Go proxy.
+# -race needs cgo and gcc (build-essential, from install-deps.sh).
+(cd client/go && export RDMA_ENGINE="$TARGET_DIR/debug/rdma-engine" RDMA_CAT="$TARGET_DIR/debug/rdma-cat" \
+    RDMA_VOLGEN="$TARGET_DIR/debug/volgen" GOTOOLCHAIN=local CGO_ENABLED=1 &&
+    go mod download && go vet ./... &&
+    if go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 -version >/dev/null 2>&1; then
+        go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+    else
+        echo "== staticcheck NOT RUN: honnef.co/go/tools@v0.8.2 cannot be fetched (Go proxy unreachable)" >&2
+    fi &&
+    go test -race -count=1 ./...)
+
 echo "== loom: the SPSC ring and NEED_WAKEUP protocol under every interleaving" >&2
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --locked -p shm-layout --test loom --release
 
-echo "== summary: $passed workspace tests passed, the Go mount-protocol test, and the loom model" >&2
+echo "== summary: $passed workspace tests passed, the Go mount-protocol test, the Go client tests, and the loom model" >&2
 if [ -s "$skip_log" ]; then
     echo "== skipped on purpose (RDMA_TESTS_ALLOW_SKIP=$RDMA_TESTS_ALLOW_SKIP):" >&2
     sed 's/^/   /' "$skip_log" >&2
