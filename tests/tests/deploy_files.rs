@@ -209,6 +209,9 @@ fn manifest_commands(text: &str) -> ManifestCommands {
             let indent = line.len() - trimmed.len();
             let mut args = Vec::new();
             while let Some(next) = lines.next_if(|next| next.len() - next.trim_start().len() > indent) {
+                if next.trim_start().starts_with('#') {
+                    continue;
+                }
                 let value = next.trim_start().strip_prefix("- ").expect("args are a list of `- value` lines");
                 args.push(value.replace("$(POD_IP)", "10.0.0.5"));
             }
