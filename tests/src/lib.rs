@@ -11,7 +11,6 @@ use shm_layout::region::RegionView;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The directory holding this profile's binaries (target/debug or target/release).
@@ -20,21 +19,24 @@ fn binary_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>").to_path_buf()
 }
 
-/// Path of a workspace binary, built once per test run if it is missing.
+/// Path of a workspace binary (`rdma-engine`, or one of `rdma-tools`), built once per test
+/// run if it is missing.
 pub fn workspace_binary(name: &str) -> PathBuf {
-    static BUILT: OnceLock<()> = OnceLock::new();
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let path = binary_dir().join(name);
-    BUILT.get_or_init(|| {
-        let profile_release = binary_dir().ends_with("release");
+    let mut built = BUILT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !built.iter().any(|done| done == name) {
+        let package = if name == "rdma-engine" { "rdma-engine" } else { "rdma-tools" };
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut command = Command::new(cargo);
-        command.args(["build", "--bin", "rdma-engine", "-p", "rdma-engine"]);
-        if profile_release {
+        command.args(["build", "--bin", name, "-p", package]);
+        if binary_dir().ends_with("release") {
             command.arg("--release");
         }
-        let status = command.status().expect("run cargo build for the engine binary");
-        assert!(status.success(), "building the workspace binaries failed");
-    });
+        let status = command.status().unwrap_or_else(|error| panic!("run cargo build for {name}: {error}"));
+        assert!(status.success(), "building the workspace binary {name} failed");
+        built.push(name.to_string());
+    }
     assert!(path.exists(), "binary {} is missing", path.display());
     path
 }

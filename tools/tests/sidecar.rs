@@ -323,6 +323,7 @@ fn mount_protocol_serves_the_bytes_and_refuses_bad_queries() {
     let health_json: serde_json::Value = serde_json::from_slice(&health.body).expect("health is JSON");
     assert_eq!((health.status, &health_json["status"]), (200, &serde_json::json!("healthy")));
     assert_eq!(health_json["rdma"], serde_json::json!({ "enabled": true, "connected": true }));
+    assert_eq!(get("/health?require=connected").status, 200, "the liveness form fails with the engine up");
 
     let volume_server = format!("http://{}", seaweedfs.volume_address());
     for file in &files {
@@ -382,6 +383,8 @@ fn mount_protocol_serves_the_bytes_and_refuses_bad_queries() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(connected(), Some(false), "{}", sidecar.log_text());
+    assert_eq!(get("/health").status, 200, "the mount protocol's /health stays 200");
+    assert_eq!(get("/health?require=connected").status, 503, "the liveness form passes with the engine gone");
     let reply = get(&format!("/read?file_id={fid}"));
     let body = String::from_utf8_lossy(&reply.body).into_owned();
     assert_eq!((reply.status, body.trim_end().lines().count()), (503, 1), "{body}");

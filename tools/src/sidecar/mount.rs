@@ -10,13 +10,18 @@ use crate::needle_read::{self, Content, ReadError};
 use rdma_client::ErrorCode;
 use volume_format::file_id::FileId;
 
-/// `GET /health`.
-pub fn health(pool: &ReadPool) -> Reply {
+/// `GET /health`: always `200` (the mount protocol reads `connected`). With
+/// `?require=connected` it is `503` while the engine is gone, for a liveness probe: the
+/// sidecar never re-attaches, so a supervisor must restart it.
+pub fn health(pool: &ReadPool, request: &RequestView) -> Reply {
+    let connected = pool.connected();
+    let required = request.query("require") == "connected";
+    let (status, word) = if required && !connected { (503, "unhealthy") } else { (200, "healthy") };
     Reply::json(
-        200,
+        status,
         &serde_json::json!({
-            "status": "healthy",
-            "rdma": { "enabled": true, "connected": pool.connected() },
+            "status": word,
+            "rdma": { "enabled": true, "connected": connected },
             "queue_pairs": pool.lane_count(),
         }),
     )

@@ -16,7 +16,7 @@ pub struct State {
 /// The route's name for the counters, and the answer.
 pub fn dispatch(state: &State, request: &RequestView) -> (&'static str, Served) {
     match (request.path.as_str(), request.method) {
-        ("/health", Method::Get | Method::Head) => ("health", Served::plain(mount::health(&state.pool))),
+        ("/health", Method::Get | Method::Head) => ("health", Served::plain(mount::health(&state.pool, request))),
         ("/read", Method::Get) => ("read", mount::read(&state.pool, request)),
         ("/cleanup", Method::Delete | Method::Get) => ("cleanup", Served::plain(mount::cleanup())),
         ("/stats", Method::Get) => {
