@@ -62,8 +62,7 @@ fn create_hugetlb(size_bytes: u64) -> Result<(OwnedFd, Mapping), RegionError> {
     let memfd = memfd_create(c"rdma-region", flags).map_err(RegionError::Memfd)?;
     // fallocate reserves every huge page now: ENOSPC here instead of SIGBUS later.
     nix::unistd::ftruncate(&memfd, size_bytes as i64).map_err(|source| RegionError::Size { size_bytes, source })?;
-    fallocate(memfd.as_raw_fd(), FallocateFlags::empty(), 0, size_bytes as i64)
-        .map_err(|source| RegionError::NoHugepages { size_bytes, source })?;
+    fallocate_retrying(&memfd, size_bytes).map_err(|source| RegionError::NoHugepages { size_bytes, source })?;
     seal_size(&memfd)?;
     let mapping = Mapping::new(&memfd, size_bytes, Access::ReadWrite, true)?;
     Ok((memfd, mapping))
@@ -73,8 +72,7 @@ fn create_normal(size_bytes: u64) -> Result<(OwnedFd, Mapping), RegionError> {
     let flags = MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING;
     let memfd = memfd_create(c"rdma-region", flags).map_err(RegionError::Memfd)?;
     nix::unistd::ftruncate(&memfd, size_bytes as i64).map_err(|source| RegionError::Size { size_bytes, source })?;
-    fallocate(memfd.as_raw_fd(), FallocateFlags::empty(), 0, size_bytes as i64)
-        .map_err(|source| RegionError::Size { size_bytes, source })?;
+    fallocate_retrying(&memfd, size_bytes).map_err(|source| RegionError::Size { size_bytes, source })?;
     seal_size(&memfd)?;
     let mapping = Mapping::new(&memfd, size_bytes, Access::ReadWrite, true)?;
     // SAFETY: advising our own fresh mapping; MADV_HUGEPAGE changes no contents.
@@ -83,6 +81,23 @@ fn create_normal(size_bytes: u64) -> Result<(OwnedFd, Mapping), RegionError> {
         tracing::debug!(%error, "MADV_HUGEPAGE not applied to a region");
     }
     Ok((memfd, mapping))
+}
+
+/// Times `fallocate` is retried when a signal interrupts it.
+const FALLOCATE_ATTEMPTS: u32 = 16;
+
+/// `fallocate` of the whole memfd, retried (bounded) on `EINTR`: hugetlbfs and shmem stop
+/// allocating whenever a signal is pending for the thread, and what they allocated stays, so
+/// the next call continues. (Seen on this machine with hugetlb regions once the start-up
+/// report had queried sysinfo; which signal was pending was not found.)
+fn fallocate_retrying(memfd: &OwnedFd, size_bytes: u64) -> Result<(), nix::Error> {
+    let mut attempt = 1;
+    loop {
+        match fallocate(memfd.as_raw_fd(), FallocateFlags::empty(), 0, size_bytes as i64) {
+            Err(nix::Error::EINTR) if attempt < FALLOCATE_ATTEMPTS => attempt += 1,
+            result => return result,
+        }
+    }
 }
 
 /// Seals the region's size before its fd leaves the engine: a client that truncates (or
