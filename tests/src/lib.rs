@@ -120,6 +120,17 @@ impl Engine {
         )
     }
 
+    /// Starts an engine in a new temporary directory with `args` and the
+    /// environment variables `env`.
+    pub fn start_with_env(args: &[String], env: &[(&str, &str)]) -> Engine {
+        let options = EngineOptions {
+            args: args.to_vec(),
+            env: env.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect(),
+            prefix: Vec::new(),
+        };
+        Engine::start_with(tempfile::tempdir().expect("temp dir"), options)
+    }
+
     /// Starts an engine with environment variables and an optional command
     /// prefix (for example `ip netns exec NAME`).
     pub fn start_with(dir: tempfile::TempDir, options: EngineOptions) -> Engine {

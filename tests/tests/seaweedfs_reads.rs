@@ -4,7 +4,7 @@
 //! the volume server's own GET.
 
 use integration_tests::seaweedfs::{SeaweedFs, Uploaded, WeedOptions};
-use integration_tests::{free_port, Engine, EngineOptions};
+use integration_tests::{free_port, Engine};
 use rdma_client::{AttachOptions, Client, Completion, CompletionError, ErrorCode, Operation, QueuePair, ReadSource};
 use std::time::{Duration, Instant};
 use volume_format::file_id::FileId;
@@ -12,12 +12,7 @@ use volume_format::file_id::FileId;
 const TCP: &[(&str, &str)] = &[("UCX_TLS", "tcp")];
 
 fn engine(args: &[String], env: &[(&str, &str)]) -> Engine {
-    let options = EngineOptions {
-        args: args.to_vec(),
-        env: env.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect(),
-        prefix: Vec::new(),
-    };
-    Engine::start_with(tempfile::tempdir().unwrap(), options)
+    Engine::start_with_env(args, env)
 }
 
 fn attach(engine: &Engine) -> (Client, QueuePair) {

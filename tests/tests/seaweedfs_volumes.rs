@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use integration_tests::seaweedfs::{SeaweedFs, Uploaded, WeedOptions};
-use integration_tests::{free_port, read_needle, Engine, EngineOptions};
+use integration_tests::{free_port, read_needle, Engine};
 use rdma_client::{AttachOptions, Client, Completion, CompletionError, ErrorCode, Operation, QueuePair, ReadSource};
 use volume_format::file_id::FileId;
 use volume_format::ttl::{unit, Ttl};
@@ -26,12 +26,7 @@ const READ_BUFFER_BYTES: u32 = 4 << 20;
 const PICK_UP_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn engine(args: &[String], env: &[(&str, &str)]) -> Engine {
-    let options = EngineOptions {
-        args: args.to_vec(),
-        env: env.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect(),
-        prefix: Vec::new(),
-    };
-    Engine::start_with(tempfile::tempdir().unwrap(), options)
+    Engine::start_with_env(args, env)
 }
 
 /// The three engines around one volume directory.
