@@ -50,11 +50,17 @@ fn volume_dir() -> tempfile::TempDir {
     dir
 }
 
+/// An exporter of `volumes` on a free port, with `extra` flags; and its `--listen` address.
+fn exporter(volumes: &Path, extra: &[&str], env: &[(&str, &str)]) -> (Engine, String) {
+    let listen = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let mut export_args = vec!["--export-dir".into(), volumes.display().to_string(), "--listen".into(), listen.clone()];
+    export_args.extend(extra.iter().map(|arg| arg.to_string()));
+    (Engine::start_with(tempfile::tempdir().unwrap(), options(export_args, env)), listen)
+}
+
 /// An exporter on a free port and a reader peered with it.
 fn exporter_and_reader(volumes: &Path, env: &[(&str, &str)]) -> (Engine, Engine, String) {
-    let listen = format!("127.0.0.1:{}", free_port("127.0.0.1"));
-    let export_args = vec!["--export-dir".into(), volumes.display().to_string(), "--listen".into(), listen.clone()];
-    let exporter = Engine::start_with(tempfile::tempdir().unwrap(), options(export_args, env));
+    let (exporter, listen) = exporter(volumes, &[], env);
     let reader = Engine::start_with(tempfile::tempdir().unwrap(), options(vec!["--peer".into(), listen.clone()], env));
     (exporter, reader, listen)
 }
@@ -218,16 +224,7 @@ fn reads_beyond_a_queue_pairs_share_wait_their_turn_and_all_complete() {
 #[test]
 fn exporter_refuses_readers_not_on_its_allow_list() {
     let volumes = volume_dir();
-    let listen = format!("127.0.0.1:{}", free_port("127.0.0.1"));
-    let export_args = vec![
-        "--export-dir".into(),
-        volumes.path().display().to_string(),
-        "--listen".into(),
-        listen.clone(),
-        "--allow-peer".into(),
-        "192.0.2.1".into(),
-    ];
-    let exporter = Engine::start_with(tempfile::tempdir().unwrap(), options(export_args, TCP));
+    let (exporter, listen) = exporter(volumes.path(), &["--allow-peer", "192.0.2.1"], TCP);
     let reader = Engine::start_with(tempfile::tempdir().unwrap(), options(vec!["--peer".into(), listen], TCP));
     let (client, mut queue_pair) = attach(&reader);
     let completion = read_one(&client, &mut queue_pair, 4, 31, 0xc0 + 21);
@@ -377,16 +374,7 @@ fn readers_must_present_a_token_signed_with_the_read_key() {
         path.display().to_string()
     };
     let (right, wrong) = (write_key("right.toml", "the-read-key"), write_key("wrong.toml", "another-key"));
-    let listen = format!("127.0.0.1:{}", free_port("127.0.0.1"));
-    let export_args = vec![
-        "--export-dir".into(),
-        volumes.path().display().to_string(),
-        "--listen".into(),
-        listen.clone(),
-        "--security-toml".into(),
-        right.clone(),
-    ];
-    let exporter = Engine::start_with(tempfile::tempdir().unwrap(), options(export_args, TCP));
+    let (exporter, listen) = exporter(volumes.path(), &["--security-toml", &right], TCP);
     let reader = |key: Option<&str>| {
         let mut args = vec!["--peer".to_string(), listen.clone()];
         if let Some(key) = key {
