@@ -16,9 +16,10 @@
 
 mod scan;
 
-use super::check::{self, CHECK_HEADER_PREFIX_SIZE_BYTES};
-use super::ReadDone;
-use shm_layout::entry::{ByteRange, ErrorCode, NeedleRead};
+use super::check::CheckCopy;
+use super::fetch::{NeedleFetch, Step, SCRATCH_BYTES};
+use super::ReadResult;
+use shm_layout::entry::{ErrorCode, NeedleRead};
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -26,8 +27,6 @@ use std::path::PathBuf;
 use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 use volume_format::index::OffsetWidth;
-use volume_format::needle::{NeedleHeader, NeedleMeta, META_HEAD_MAX_BYTES};
-use volume_format::version::TIMESTAMP_SIZE_BYTES;
 use volume_format::volume::{LocalVolume, Location};
 
 pub(crate) use self::scan::{stamp_of, Refusal, Refusals};
@@ -57,6 +56,8 @@ pub struct LocalVolumes {
     /// Files seen and not served, so each is said once.
     refusals: Refusals,
     last_scan: Instant,
+    /// Where landed records are copied to be checked.
+    copy: CheckCopy,
 }
 
 impl LocalVolumes {
@@ -74,6 +75,7 @@ impl LocalVolumes {
             volumes: HashMap::new(),
             refusals: Refusals::default(),
             last_scan: Instant::now(),
+            copy: CheckCopy::default(),
         };
         volumes.scan();
         Ok(volumes)
@@ -141,7 +143,7 @@ impl LocalVolumes {
     /// Reads and checks one needle into `buffer` (the validated range the
     /// SQE named: `read.buffer_length` bytes). A check that fails on a volume
     /// whose files were replaced meanwhile is retried once on the new files.
-    pub fn read(&mut self, read: &NeedleRead, buffer: NonNull<u8>) -> Result<ReadDone, (ErrorCode, u64)> {
+    pub fn read(&mut self, read: &NeedleRead, buffer: NonNull<u8>) -> ReadResult {
         let result = self.read_once(read, buffer);
         let stale = matches!(
             result,
@@ -157,19 +159,19 @@ impl LocalVolumes {
         result
     }
 
-    fn read_once(&mut self, read: &NeedleRead, buffer: NonNull<u8>) -> Result<ReadDone, (ErrorCode, u64)> {
+    fn read_once(&mut self, read: &NeedleRead, buffer: NonNull<u8>) -> ReadResult {
         let served = self.volumes.get(&read.volume_id).ok_or((ErrorCode::NO_SUCH_VOLUME, 0))?;
         // The common case: a fresh index that has the needle (one clock read, one lookup).
         if served.refreshed_at.elapsed() < INDEX_MAX_AGE {
             if let Some(location) = served.volume.locate(read.needle_id) {
-                return read_located(&served.volume, read, &location, buffer);
+                return read_located(&served.volume, read, &location, buffer, &mut self.copy);
             }
         } else {
             self.refresh(read.volume_id);
         }
         let location = self.locate(read.volume_id, read.needle_id)?;
         let volume = &self.volumes.get(&read.volume_id).ok_or((ErrorCode::NO_SUCH_VOLUME, 0))?.volume;
-        read_located(volume, read, &location, buffer)
+        read_located(volume, read, &location, buffer, &mut self.copy)
     }
 
     /// Finds a needle, refreshing the volume once on a miss (it may have been
@@ -219,78 +221,31 @@ fn pread_exact(file: &File, destination: NonNull<u8>, length: u64, offset: u64) 
     Ok(())
 }
 
+/// Reads and checks one needle with `pread`s, phase by phase ([`NeedleFetch`]).
 fn read_located(
     volume: &LocalVolume,
     read: &NeedleRead,
     location: &Location,
     buffer: NonNull<u8>,
-) -> Result<ReadDone, (ErrorCode, u64)> {
-    match read.range {
-        None => read_whole(volume, read, location, buffer),
-        Some(range) => read_range(volume, read, location, range, buffer),
+    copy: &mut CheckCopy,
+) -> ReadResult {
+    let (mut fetch, mut step) = NeedleFetch::begin(read, volume.version(), location.offset_bytes, location.size);
+    let mut scratch = [0u8; SCRATCH_BYTES];
+    // Bounded: a read has at most two phases, each of at most three pieces.
+    loop {
+        match step {
+            Step::Done(result) => return result,
+            Step::CheckFailed(code) => return Err((code, 0)),
+            Step::Fetch(pieces) => {
+                for piece in pieces.iter().flatten() {
+                    let scratch_base = NonNull::from(&mut scratch).cast();
+                    let destination =
+                        piece.destination(buffer, read.buffer_length, scratch_base).ok_or((ErrorCode::IO_ERROR, 0))?;
+                    pread_exact(volume.dat_file(), destination, piece.length_bytes, piece.file_offset)?;
+                }
+                // SAFETY: `buffer` is the read's validated range and every piece has landed.
+                step = unsafe { fetch.landed(buffer, &scratch, copy) };
+            }
+        }
     }
-}
-
-fn read_whole(
-    volume: &LocalVolume,
-    read: &NeedleRead,
-    location: &Location,
-    buffer: NonNull<u8>,
-) -> Result<ReadDone, (ErrorCode, u64)> {
-    if location.record_size_bytes > read.buffer_length as u64 {
-        return Err((ErrorCode::BUFFER_TOO_SMALL, location.record_size_bytes));
-    }
-    pread_exact(volume.dat_file(), buffer, location.record_size_bytes, location.offset_bytes)?;
-    // SAFETY: the record was just read into this range of the validated buffer.
-    let record = unsafe { std::slice::from_raw_parts(buffer.as_ptr(), location.record_size_bytes as usize) };
-    let checked = check::check_whole(record, volume.version(), read.needle_id, read.cookie, location.size)
-        .map_err(|code| (code, 0))?;
-    Ok(ReadDone {
-        data_offset_in_buffer: checked.data_offset_in_record,
-        data_length: checked.data_length,
-        gzipped: checked.gzipped,
-    })
-}
-
-fn read_range(
-    volume: &LocalVolume,
-    read: &NeedleRead,
-    location: &Location,
-    range: ByteRange,
-    buffer: NonNull<u8>,
-) -> Result<ReadDone, (ErrorCode, u64)> {
-    let dat = volume.dat_file();
-    let mut prefix = [0u8; CHECK_HEADER_PREFIX_SIZE_BYTES];
-    let prefix_length = (CHECK_HEADER_PREFIX_SIZE_BYTES as u64).min(location.record_size_bytes);
-    pread_exact(dat, NonNull::from(&mut prefix).cast(), prefix_length, location.offset_bytes)?;
-    let version = volume.version();
-    let prefix = &prefix[..prefix_length as usize];
-    let span = check::check_range_prefix(prefix, version, read.needle_id, read.cookie, location.size)
-        .map_err(|code| (code, 0))?;
-    // The flags (gzip mark) and the TTL follow the data: read them before the data, so an
-    // expired needle writes nothing into the client's buffer.
-    let header = NeedleHeader::parse(prefix).map_err(|error| (check::error_code(&error), 0))?;
-    let ranges = NeedleMeta::ranges(version, location.size, &span);
-    let mut head = [0u8; META_HEAD_MAX_BYTES];
-    let head_length = ranges.head.end - ranges.head.start;
-    pread_exact(dat, NonNull::from(&mut head).cast(), head_length, location.offset_bytes + ranges.head.start)?;
-    let mut append_at = [0u8; TIMESTAMP_SIZE_BYTES];
-    if let Some(range) = &ranges.append_at {
-        pread_exact(
-            dat,
-            NonNull::from(&mut append_at).cast(),
-            TIMESTAMP_SIZE_BYTES as u64,
-            location.offset_bytes + range.start,
-        )?;
-    }
-    let append_at = ranges.append_at.as_ref().map(|_| &append_at[..]);
-    let meta = NeedleMeta::parse_head(&head, append_at, version, header, &span)
-        .map_err(|error| (check::error_code(&error), 0))?;
-    check::check_meta(&meta).map_err(|code| (code, 0))?;
-    let (offset_in_record, length) = check::clamp_range(&span, range.offset, range.length).map_err(|code| (code, 0))?;
-    if length > read.buffer_length as u64 {
-        return Err((ErrorCode::BUFFER_TOO_SMALL, length));
-    }
-    pread_exact(dat, buffer, length, location.offset_bytes + offset_in_record)?;
-    Ok(ReadDone { data_offset_in_buffer: 0, data_length: length, gzipped: meta.is_gzipped() })
 }

@@ -14,6 +14,7 @@
 
 pub mod check;
 mod counters;
+pub mod fetch;
 pub mod http;
 pub mod local;
 pub mod locate;

@@ -20,6 +20,10 @@ use crate::version::{Version, CHECKSUM_SIZE_BYTES, NEEDLE_HEADER_SIZE_BYTES, TIM
 pub const META_HEAD_MAX_BYTES: usize = 1 + (1 + 255) + (1 + 255) + 5 + TTL_SIZE_BYTES;
 const _: () = assert!(META_HEAD_MAX_BYTES == 520);
 
+/// The most bytes of a body after its data that its fields can take: the head, the pairs size
+/// and up to 65,535 bytes of pairs. Bytes past these are read by no one (SeaweedFS neither).
+pub const FIELDS_MAX_BYTES: usize = META_HEAD_MAX_BYTES + 2 + u16::MAX as usize;
+
 /// A needle's flags and the fields that decide how it is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct NeedleMeta {
@@ -70,17 +74,52 @@ impl NeedleMeta {
     ) -> Result<NeedleMeta, FormatError> {
         let ranges = NeedleMeta::ranges(version, header.body_size_bytes()?, span);
         let head_bytes = (ranges.head.end - ranges.head.start) as usize;
-        let head = head.get(..head_bytes).ok_or(FormatError::TooShort {
+        NeedleMeta::parse_after_data(head, head_bytes, false, append_at, version, header, span)
+    }
+
+    /// Parses every field of a record after its data, the pairs too, as a whole-record parse
+    /// ([`NeedleRecord::parse`]) does: `fields` holds the body after the data, of which only
+    /// the first [`FIELDS_MAX_BYTES`] are needed (a copy may stop there), and `append_at` the 8
+    /// bytes of the append time (version 3). Lets a reader parse a private copy of these
+    /// bytes instead of the record where it landed.
+    pub fn parse_fields(
+        fields: &[u8],
+        append_at: Option<&[u8]>,
+        version: Version,
+        header: NeedleHeader,
+        span: &DataSpan,
+    ) -> Result<NeedleMeta, FormatError> {
+        let body_end = NEEDLE_HEADER_SIZE_BYTES as u64 + u64::from(header.body_size_bytes()?);
+        let data_end = (span.data_offset_in_record + span.data_len).min(body_end);
+        let needed = if version == Version::V1 { 0 } else { (body_end - data_end).min(FIELDS_MAX_BYTES as u64) };
+        NeedleMeta::parse_after_data(fields, needed as usize, true, append_at, version, header, span)
+    }
+
+    fn parse_after_data(
+        fields: &[u8],
+        needed_bytes: usize,
+        with_pairs: bool,
+        append_at: Option<&[u8]>,
+        version: Version,
+        header: NeedleHeader,
+        span: &DataSpan,
+    ) -> Result<NeedleMeta, FormatError> {
+        let fields = fields.get(..needed_bytes).ok_or(FormatError::TooShort {
             what: "needle fields after the data",
-            needed_bytes: head_bytes as u64,
-            available_bytes: head.len() as u64,
+            needed_bytes: needed_bytes as u64,
+            available_bytes: fields.len() as u64,
         })?;
         let mut parsed = NeedleRecord::empty(version, header);
-        let mut cursor = BodyCursor::new(head, ranges.head.start as usize);
+        let mut cursor = BodyCursor::new(fields, (span.data_offset_in_record + span.data_len) as usize);
         if let Some(flag_byte) = cursor.take_optional("flags", 1, true)? {
             parsed.flags = flag_byte[0];
         }
-        parsed.read_fields_before_pairs(&mut cursor)?;
+        if with_pairs {
+            parsed.read_optional_fields(&mut cursor)?;
+        } else {
+            parsed.read_fields_before_pairs(&mut cursor)?;
+        }
+        let ranges = NeedleMeta::ranges(version, header.body_size_bytes()?, span);
         if ranges.append_at.is_some() {
             let bytes = append_at.filter(|bytes| bytes.len() >= TIMESTAMP_SIZE_BYTES).ok_or(FormatError::TooShort {
                 what: "needle append time",
@@ -166,6 +205,9 @@ mod tests {
         let append_at = ranges.append_at.as_ref().map(slice);
         let meta = NeedleMeta::parse_head(slice(&ranges.head), append_at, version, whole.header, &span).unwrap();
         assert_eq!(meta, whole.meta());
+        let body_end = NEEDLE_HEADER_SIZE_BYTES as u64 + u64::from(size);
+        let fields = slice(&(ranges.head.start..body_end));
+        assert_eq!(NeedleMeta::parse_fields(fields, append_at, version, whole.header, &span).unwrap(), meta);
         meta
     }
 
@@ -194,6 +236,25 @@ mod tests {
         assert!(meta_both_ways(Version::V2, &spec(two_minutes, Some(7), b"{}")).is_expired(MINUTE_NS * 2));
         let unknown_unit = Some(Ttl { count: 2, unit: 9 });
         assert!(!meta_both_ways(Version::V3, &spec(unknown_unit, Some(7), b"{}")).is_expired(u64::MAX));
+    }
+
+    /// A pairs size past the body fails the fields' parse as it fails the whole record's.
+    #[test]
+    fn broken_pairs_fail_like_the_whole_record() {
+        let mut record = encode_needle(Version::V3, &spec(None, None, b"{\"a\":1}")).unwrap();
+        let whole = NeedleRecord::parse(&record, Version::V3).unwrap();
+        let (header, size) = (whole.header, whole.header.size as u32);
+        // After the data: flags, name (1 + 5), mime (1 + 10), then the pairs size.
+        let pairs_size_at = whole.data_range_in_record().end + 1 + 1 + 5 + 1 + 10;
+        record[pairs_size_at..pairs_size_at + 2].copy_from_slice(&[0xff, 0xff]);
+        assert!(NeedleRecord::parse(&record, Version::V3).is_err());
+        let span = check_header(&record, Version::V3, 6, 5, size).unwrap();
+        let ranges = NeedleMeta::ranges(Version::V3, size, &span);
+        let body_end = NEEDLE_HEADER_SIZE_BYTES + size as usize;
+        let fields = &record[ranges.head.start as usize..body_end];
+        let append_at = ranges.append_at.map(|range| &record[range.start as usize..range.end as usize]);
+        let parsed = NeedleMeta::parse_fields(fields, append_at, Version::V3, header, &span);
+        assert!(matches!(parsed, Err(FormatError::FieldOutOfRange { field: "pairs", .. })));
     }
 
     #[test]

@@ -21,7 +21,7 @@ mod meta;
 mod record;
 
 pub use check::{check_header, DataSpan, CHECK_HEADER_PREFIX_SIZE_BYTES};
-pub use meta::{unix_now_ns, MetaRanges, NeedleMeta, META_HEAD_MAX_BYTES};
+pub use meta::{unix_now_ns, MetaRanges, NeedleMeta, FIELDS_MAX_BYTES, META_HEAD_MAX_BYTES};
 pub use record::NeedleRecord;
 
 use crate::error::FormatError;

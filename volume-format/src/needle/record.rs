@@ -97,7 +97,7 @@ impl<'a> NeedleRecord<'a> {
         self.read_optional_fields(&mut cursor)
     }
 
-    fn read_optional_fields(&mut self, cursor: &mut BodyCursor<'a>) -> Result<(), FormatError> {
+    pub(super) fn read_optional_fields(&mut self, cursor: &mut BodyCursor<'a>) -> Result<(), FormatError> {
         self.read_fields_before_pairs(cursor)?;
         if let Some(length) = cursor.take_optional("pairs size", 2, self.has(flags::HAS_PAIRS))? {
             let pairs_size = usize::from(u16::from_be_bytes([length[0], length[1]]));

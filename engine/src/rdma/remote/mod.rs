@@ -65,6 +65,7 @@ use self::slots::{Slot, SlotState, SCRATCH_SLOT_BYTES};
 use super::catalogue::AM_CATALOGUE;
 use super::staging::RawBuffer;
 use super::{features, ucx_overrides};
+use crate::read::check::CheckCopy;
 
 /// How often `progress` scans the table for reads stuck on a hung peer.
 const TIMEOUT_SCAN_INTERVAL: Duration = Duration::from_millis(10);
@@ -97,6 +98,8 @@ pub struct RemoteReads {
     areas: HashMap<u64, Area>,
     scratch_region: MemoryRegion,
     scratch: RawBuffer,
+    /// Where landed records are copied to be checked.
+    check_copy: CheckCopy,
     worker: Worker,
     context: Context,
     /// Read once per `progress` and per `start_read`; read start times use it.
@@ -145,6 +148,7 @@ impl RemoteReads {
             areas: HashMap::new(),
             scratch_region,
             scratch,
+            check_copy: CheckCopy::default(),
             worker,
             context,
             now,

@@ -6,28 +6,22 @@
 //! Its get tokens carry a 31-bit sequence number, bumped when the slot is freed, so a late
 //! completion can never be taken for a later read's.
 
+use std::ptr::NonNull;
 use std::rc::Rc;
 use std::time::Instant;
 
 use shm_layout::entry::{ErrorCode, NeedleRead};
 use volume_format::index::IndexValue;
-use volume_format::needle::{record_size_bytes, DataSpan, META_HEAD_MAX_BYTES};
-use volume_format::version::{Version, TIMESTAMP_SIZE_BYTES};
+use volume_format::needle::record_size_bytes;
+use volume_format::version::Version;
 
 use super::peer::VolumeFiles;
 use super::transfer::{post_gets, Transfer};
 use super::{ReadResult, RemoteReads};
-use crate::read::check::CHECK_HEADER_PREFIX_SIZE_BYTES;
+use crate::read::fetch::{Into, NeedleFetch, Step, SCRATCH_BYTES};
 
-/// Per-slot scratch of a range read: the record prefix at 0, the v3 append time at
-/// [`SCRATCH_APPEND_AT_OFFSET`], the head of the body after the data (flags, name, mime, last
-/// modified, TTL) at [`SCRATCH_META_HEAD_OFFSET`].
-pub(super) const SCRATCH_SLOT_BYTES: usize = 576;
-pub(super) const SCRATCH_APPEND_AT_OFFSET: usize = 24;
-pub(super) const SCRATCH_META_HEAD_OFFSET: usize = 32;
-const _: () = assert!(CHECK_HEADER_PREFIX_SIZE_BYTES <= SCRATCH_APPEND_AT_OFFSET);
-const _: () = assert!(SCRATCH_APPEND_AT_OFFSET + TIMESTAMP_SIZE_BYTES <= SCRATCH_META_HEAD_OFFSET);
-const _: () = assert!(SCRATCH_META_HEAD_OFFSET + META_HEAD_MAX_BYTES <= SCRATCH_SLOT_BYTES);
+/// Per-slot scratch of a read in flight (the record prefix and the meta of a range read).
+pub(super) const SCRATCH_SLOT_BYTES: usize = SCRATCH_BYTES;
 
 /// A get of a few record bytes into the slot's scratch (a range read's meta).
 #[derive(Clone, Copy, Debug)]
@@ -52,19 +46,6 @@ pub(super) enum SlotState {
     Done,
 }
 
-#[derive(Clone, Copy, Debug)]
-pub(super) enum Phase {
-    Whole {
-        record_size_bytes: u64,
-    },
-    RangePrefix,
-    /// `span`: where the data lies in the record, to find its meta again when it has landed.
-    RangeData {
-        length_bytes: u64,
-        span: DataSpan,
-    },
-}
-
 /// One read in flight.
 #[derive(Debug)]
 pub(super) struct Slot {
@@ -82,10 +63,12 @@ pub(super) struct Slot {
     pub(super) refreshed: bool,
     /// A failed check was retried: once only.
     pub(super) retried: bool,
-    pub(super) phase: Phase,
+    /// The read's phases (what to get, the check once landed); set when its gets begin.
+    pub(super) fetch: Option<NeedleFetch>,
+    /// The phase's get into the client's buffer.
     pub(super) transfer: Transfer,
-    /// The range read's meta (flags, TTL, append time): gets not posted yet.
-    pub(super) meta_gets: [Option<ScratchGet>; 2],
+    /// The phase's gets into the scratch (a record prefix, a range read's meta): not posted yet.
+    pub(super) meta_gets: [Option<ScratchGet>; 3],
     pub(super) gets_pending: u32,
     pub(super) get_failed: Option<ErrorCode>,
     pub(super) canceled: bool,
@@ -109,9 +92,9 @@ impl Slot {
             location: IndexValue { offset_bytes: 0, size: 0 },
             refreshed: false,
             retried: false,
-            phase: Phase::RangePrefix,
+            fetch: None,
             transfer: Transfer::EMPTY,
-            meta_gets: [None; 2],
+            meta_gets: [None; 3],
             gets_pending: 0,
             get_failed: None,
             canceled: false,
@@ -134,7 +117,8 @@ impl Slot {
         self.canceled = false;
         self.get_failed = None;
         self.gets_pending = 0;
-        self.meta_gets = [None; 2];
+        self.meta_gets = [None; 3];
+        self.fetch = None;
         self.state = SlotState::WaitIndex;
     }
 
@@ -209,32 +193,52 @@ impl RemoteReads {
             return self.wait_catalogue(index);
         }
         let buffer_length = u64::from(slot.read.buffer_length);
-        let (phase, transfer) = match slot.read.range {
-            // A stale index (volume replaced) can claim another size: ask once before saying so.
-            None if record_size > buffer_length && !slot.refreshed => {
-                slot.refreshed = true;
-                return self.wait_catalogue(index);
-            }
-            None if record_size > buffer_length => {
-                return self.finish(index, Err((ErrorCode::BUFFER_TOO_SMALL, record_size)));
-            }
-            None => (
-                Phase::Whole { record_size_bytes: record_size },
-                Transfer::new(location.offset_bytes, record_size, slot.buffer),
-            ),
-            Some(_) => {
-                let length_bytes = (CHECK_HEADER_PREFIX_SIZE_BYTES as u64).min(record_size);
-                let destination = self.scratch.at(index * SCRATCH_SLOT_BYTES);
-                (Phase::RangePrefix, Transfer::new(location.offset_bytes, length_bytes, destination))
-            }
-        };
+        // A stale index (volume replaced) can claim another size: ask once before saying so.
+        if slot.read.range.is_none() && record_size > buffer_length && !slot.refreshed {
+            slot.refreshed = true;
+            return self.wait_catalogue(index);
+        }
+        let (fetch, step) = NeedleFetch::begin(&slot.read, version, location.offset_bytes, location.size);
         slot.version = version;
         slot.location = location;
-        slot.phase = phase;
-        slot.transfer = transfer;
+        slot.fetch = Some(fetch);
         slot.files = Some(files);
         slot.state = SlotState::Transfer;
         slot.posted_at = self.now;
+        self.take_step(index, step);
+    }
+
+    /// Goes on as the read's [`NeedleFetch`] says: post the next phase's gets, or finish.
+    pub(super) fn take_step(&mut self, index: usize, step: Step) {
+        let pieces = match step {
+            Step::Done(result) => return self.finish(index, result),
+            Step::CheckFailed(code) => return self.check_failed(index, code),
+            Step::Fetch(pieces) => pieces,
+        };
+        let slot = &mut self.slots[index];
+        let (buffer, scratch) = (NonNull::new(slot.buffer), NonNull::new(self.scratch.at(index * SCRATCH_SLOT_BYTES)));
+        let (Some(buffer), Some(scratch)) = (buffer, scratch) else {
+            return self.finish(index, Err((ErrorCode::IO_ERROR, 0)));
+        };
+        slot.transfer = Transfer::new(0, 0, slot.buffer);
+        slot.meta_gets = [None; 3];
+        for (piece, meta_get) in pieces.iter().flatten().zip(slot.meta_gets.iter_mut()) {
+            let Some(destination) = piece.destination(buffer, slot.read.buffer_length, scratch) else {
+                return self.finish(index, Err((ErrorCode::IO_ERROR, 0)));
+            };
+            match piece.into {
+                Into::Buffer => {
+                    slot.transfer = Transfer::new(piece.file_offset, piece.length_bytes, destination.as_ptr())
+                }
+                Into::Scratch(scratch_offset) => {
+                    *meta_get = Some(ScratchGet {
+                        remote_offset: piece.file_offset,
+                        length_bytes: piece.length_bytes,
+                        scratch_offset,
+                    })
+                }
+            }
+        }
         self.post_slot(index);
     }
 
