@@ -17,7 +17,7 @@ fi
 echo "== SeaweedFS: $WEED_BINARY" >&2
 
 # A test whose real part cannot run here fails, unless RDMA_TESTS_ALLOW_SKIP names
-# it (comma-separated: weed, hugepages, hugepages-fallback, netns, and the deploy files'
+# it (comma-separated: weed, hugepages, hugepages-fallback, netns, io-uring-disabled, and the deploy files'
 # checkers systemd-analyze, kubernetes-validate, hadolint; the Go client's staticcheck); each skip is
 # listed at the end. CI runs as root and names none.
 skip_log="$(mktemp)"

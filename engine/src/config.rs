@@ -19,6 +19,16 @@ pub enum HugepagePolicy {
     Off,
 }
 
+/// Which backend reads local volumes (`--local-io`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LocalIoKind {
+    /// io_uring, falling back to pread threads where it cannot start.
+    IoUring,
+    /// A pool of pread threads.
+    Threads,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -47,9 +57,18 @@ pub struct Config {
     pub socket: PathBuf,
 
     /// A directory of SeaweedFS volumes (`[collection_]ID.dat` + `.idx`) served
-    /// locally with `pread`. Repeatable.
+    /// locally, read straight into the client's buffer. Repeatable.
     #[arg(long = "volume-dir")]
     pub volume_dir: Vec<PathBuf>,
+
+    /// How local volumes are read: io_uring (falls back to pread threads, with one log line,
+    /// where io_uring cannot start) or a pool of pread threads.
+    #[arg(long, value_enum, default_value_t = LocalIoKind::IoUring)]
+    pub local_io: LocalIoKind,
+
+    /// Threads of the pread pool (with `--local-io threads`, or when io_uring is unavailable).
+    #[arg(long, default_value_t = 2)]
+    pub local_io_threads: usize,
 
     /// Width of offsets in the volumes' `.idx` files: 4 (SeaweedFS default,
     /// 16-byte entries) or 5 (the `5BytesOffset` build, 17-byte entries).

@@ -110,8 +110,8 @@ impl Executor {
     }
 
     /// Whether a transport thread queued a completion the poller has not taken yet.
-    pub fn has_ready(&self) -> bool {
-        self.reads.as_ref().is_some_and(|reads| reads.has_ready())
+    pub fn has_ready(&mut self) -> bool {
+        self.reads.as_mut().is_some_and(|reads| reads.has_ready())
     }
 
     /// Logs the read path counters (at shutdown).

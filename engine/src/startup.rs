@@ -90,7 +90,7 @@ fn io_uring() {
         available,
         io_uring_disabled = disabled,
         reason,
-        "start-up report: io_uring (local reads use pread on the poller today)"
+        "start-up report: io_uring (what local reads use; pread threads where it is unavailable)"
     );
 }
 

@@ -49,11 +49,27 @@ fn expected_data(volume: &LocalVolume, needle_id: u64, cookie: u32) -> Option<Ve
 
 #[test]
 fn every_fixture_needle_reads_byte_identical_and_bitrot_fails_its_crc() {
+    let engine = every_fixture_needle_reads_back(&[]);
+    assert!(engine.log_text().contains("local reads ready backend=\"io_uring\""), "{}", engine.log_text());
+}
+
+/// The same reads through the pread-thread backend (what serves where io_uring cannot).
+#[test]
+fn the_pread_thread_backend_serves_the_same_bytes() {
+    let engine = every_fixture_needle_reads_back(&["--local-io", "threads", "--local-io-threads", "3"]);
+    assert!(engine.log_text().contains("local reads ready backend=\"pread threads\""), "{}", engine.log_text());
+}
+
+/// Every needle of the fixtures read through an engine started with `args`: byte-identical to
+/// SeaweedFS's own reading, and the two damaged needles of the bitrot volume fail their CRC.
+fn every_fixture_needle_reads_back(args: &[&str]) -> Engine {
     let dir = tempfile::tempdir().unwrap();
     install_fixture(dir.path(), "healthy_volume", 1);
     install_fixture(dir.path(), "legacy_crc_volume", 2);
     install_fixture(dir.path(), "bitrot_volume", 3);
-    let engine = Engine::start(&["--volume-dir", dir.path().to_str().unwrap()]);
+    let mut engine_args = vec!["--volume-dir", dir.path().to_str().unwrap()];
+    engine_args.extend_from_slice(args);
+    let engine = Engine::start(&engine_args);
     let (client, mut queue_pair) = attach(&engine);
     let mut read_ok = 0;
     let mut crc_failures = Vec::new();
@@ -88,6 +104,9 @@ fn every_fixture_needle_reads_byte_identical_and_bitrot_fails_its_crc() {
     // 0x3 and 0x30 carry the damaged bytes.
     assert_eq!(read_ok, 7 + 298 + 5);
     assert_eq!(crc_failures, vec![(3, 0x3), (3, 0x30)]);
+    drop(queue_pair);
+    drop(client);
+    engine
 }
 
 #[test]

@@ -24,7 +24,7 @@ pub mod catalogue;
 pub mod export;
 mod mapping;
 pub mod remote;
-mod staging;
+pub(crate) mod staging;
 pub mod token;
 
 use ucx::Features;

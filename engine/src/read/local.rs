@@ -14,6 +14,8 @@
 //! `.vid_stamp`, `vol_dir.uuid`, compaction files) is skipped without a word;
 //! a volume that cannot be served is said once, with its reason.
 
+pub mod io;
+mod reads;
 mod scan;
 
 use super::check::CheckCopy;
@@ -29,6 +31,7 @@ use std::time::{Duration, Instant};
 use volume_format::index::OffsetWidth;
 use volume_format::volume::{LocalVolume, Location};
 
+pub use self::reads::Started;
 pub(crate) use self::scan::{stamp_of, Refusal, Refusals};
 
 /// Least time between two directory scans caused by reads of unknown volumes
@@ -58,6 +61,10 @@ pub struct LocalVolumes {
     last_scan: Instant,
     /// Where landed records are copied to be checked.
     copy: CheckCopy,
+    /// Reads in flight in the I/O backend, once [`LocalVolumes::start_io`] ran.
+    reads: Option<reads::LocalReads>,
+    /// Scratch list of backend answers (kept to not allocate per pass).
+    answers: Vec<(u64, i64)>,
 }
 
 impl LocalVolumes {
@@ -76,9 +83,33 @@ impl LocalVolumes {
             refusals: Refusals::default(),
             last_scan: Instant::now(),
             copy: CheckCopy::default(),
+            reads: None,
+            answers: Vec::new(),
         };
         volumes.scan();
         Ok(volumes)
+    }
+
+    /// Starts the I/O backend that reads in flight use (on the poller thread; `wake` rings its
+    /// doorbell), for at most `capacity` reads at once.
+    pub fn start_io(
+        &mut self,
+        kind: io::LocalIoKind,
+        threads: usize,
+        capacity: usize,
+        wake: super::http::Waker,
+    ) -> std::io::Result<()> {
+        let backend = io::LocalIo::start(kind, threads, capacity * 3, wake)?;
+        let reads = reads::LocalReads::new(backend, capacity);
+        tracing::info!(backend = reads.backend(), "local reads ready");
+        self.answers = Vec::with_capacity(capacity * 3);
+        self.reads = Some(reads);
+        Ok(())
+    }
+
+    /// Whether volume directories are configured (volumes may appear in them later).
+    pub fn has_dirs(&self) -> bool {
+        !self.dirs.is_empty()
     }
 
     pub fn len(&self) -> usize {
@@ -160,18 +191,24 @@ impl LocalVolumes {
     }
 
     fn read_once(&mut self, read: &NeedleRead, buffer: NonNull<u8>) -> ReadResult {
+        let location = self.locate_fresh(read)?;
+        let volume = &self.volumes.get(&read.volume_id).ok_or((ErrorCode::NO_SUCH_VOLUME, 0))?.volume;
+        read_located(volume, read, &location, buffer, &mut self.copy)
+    }
+
+    /// Where the needle is, by an index at most [`INDEX_MAX_AGE`] old (refreshed first when
+    /// older, and on a miss).
+    fn locate_fresh(&mut self, read: &NeedleRead) -> Result<Location, (ErrorCode, u64)> {
         let served = self.volumes.get(&read.volume_id).ok_or((ErrorCode::NO_SUCH_VOLUME, 0))?;
         // The common case: a fresh index that has the needle (one clock read, one lookup).
         if served.refreshed_at.elapsed() < INDEX_MAX_AGE {
             if let Some(location) = served.volume.locate(read.needle_id) {
-                return read_located(&served.volume, read, &location, buffer, &mut self.copy);
+                return Ok(location);
             }
         } else {
             self.refresh(read.volume_id);
         }
-        let location = self.locate(read.volume_id, read.needle_id)?;
-        let volume = &self.volumes.get(&read.volume_id).ok_or((ErrorCode::NO_SUCH_VOLUME, 0))?.volume;
-        read_located(volume, read, &location, buffer, &mut self.copy)
+        self.locate(read.volume_id, read.needle_id)
     }
 
     /// Finds a needle, refreshing the volume once on a miss (it may have been

@@ -22,7 +22,6 @@ mod routes;
 mod routing;
 mod setup;
 
-use counters::falls_back;
 pub use counters::{FallbackReason, ReadCounters};
 use routing::Routed;
 pub use setup::{ReadSetup, ReadSetupError};
@@ -35,6 +34,7 @@ use crate::execute::{Executed, Outcome, Route};
 use crate::metrics::METRICS;
 use crate::rdma::remote::RemoteReads;
 use http::HttpReads;
+use local::Started;
 use locate::Locator;
 use routes::{PendingRead, RouteTable, Stage};
 use shm_layout::entry::{cqe_flags, Cqe, ErrorCode, NeedleRead};
@@ -112,7 +112,7 @@ impl ReadService {
     /// within its share, so one busy queue pair cannot starve the others.
     /// When not, the poller leaves entries in the SQ until one completes.
     pub fn has_room(&self, pending: u32) -> bool {
-        self.routes.capacity() == 0 || (self.routes.has_room() && (pending as usize) < self.reads_per_queue_pair)
+        self.routes.has_room() && (pending as usize) < self.reads_per_queue_pair
     }
 
     /// Serves one validated read into `view`'s buffer area: locally and at once, or through
@@ -131,27 +131,12 @@ impl ReadService {
             let cqe = Cqe::error(user_data, ErrorCode::BAD_BUFFER);
             return Executed::Done(cqe, Outcome { invalid: true, bytes_read: 0 });
         };
-        let mut failed_locally = None;
-        if self.local.serves(read.volume_id) {
-            let started = Instant::now();
-            let result = self.local.read(read, buffer);
-            match result {
-                Err((code, _)) if falls_back(code) && self.can_fall_back() => failed_locally = Some(code),
-                _ => {
-                    METRICS.record_latency(cqe_flags::SOURCE_LOCAL, started.elapsed().as_nanos() as u64);
-                    if let Ok(done) = &result {
-                        self.count_volume(read.volume_id, done.data_length);
-                    }
-                    let (cqe, outcome) = completion(user_data, read.buffer_offset, cqe_flags::SOURCE_LOCAL, result);
-                    return Executed::Done(cqe, outcome);
-                }
-            }
-        }
         let now = Instant::now();
         let deadline = match deadline_ns {
             0 => now + DEFAULT_READ_DEADLINE,
             _ => now + Duration::from_nanos(deadline_ns.saturating_sub(rdma_ipc::clock::monotonic_ns())),
         };
+        let local = self.local.serves(read.volume_id);
         let pending = PendingRead {
             route,
             user_data,
@@ -159,18 +144,28 @@ impl ReadService {
             buffer,
             started: now,
             deadline,
-            stage: Stage::Locating,
-            rdma_failure: failed_locally,
+            stage: if local { Stage::Local } else { Stage::Locating },
+            rdma_failure: None,
             canceled: false,
             expired: false,
         };
         let Some(token) = self.routes.insert(pending) else {
-            let source = if self.routes.capacity() == 0 { 0 } else { cqe_flags::SOURCE_RDMA };
-            let code = if source == 0 { ErrorCode::NO_SUCH_VOLUME } else { ErrorCode::IO_ERROR };
-            // Not reached with a table: the poller checks has_room() before taking an entry.
-            return Executed::Done(Cqe { flags: source, ..Cqe::error(user_data, code) }, Outcome::default());
+            let source = if local { cqe_flags::SOURCE_LOCAL } else { cqe_flags::SOURCE_RDMA };
+            // Not reached: the poller checks has_room() before taking an entry.
+            return Executed::Done(
+                Cqe { flags: source, ..Cqe::error(user_data, ErrorCode::IO_ERROR) },
+                Outcome::default(),
+            );
         };
-        match self.dispatch(token, now) {
+        let routed = if local {
+            match self.local.start(token, route.region_id, read, buffer) {
+                Started::InFlight => Routed::Going,
+                Started::Done(result) => self.after_local(token, result, now),
+            }
+        } else {
+            self.dispatch(token, now)
+        };
+        match routed {
             Routed::Going => {
                 // A parked read is looked at again on every pass (its deadline, a lookup that
                 // could not be queued yet), even when no answer comes to wake it.
@@ -205,8 +200,9 @@ impl ReadService {
 
     /// Whether another thread queued something the poller must pick up (checked after the
     /// poller read its doorbell and before it sleeps, so nothing queued is missed).
-    pub fn has_ready(&self) -> bool {
-        self.http.as_ref().is_some_and(HttpReads::has_completions)
+    pub fn has_ready(&mut self) -> bool {
+        self.local.has_completions()
+            || self.http.as_ref().is_some_and(HttpReads::has_completions)
             || self.locator.as_ref().is_some_and(Locator::has_answers)
     }
 
@@ -214,11 +210,16 @@ impl ReadService {
     pub fn progress(&mut self, sink: &mut dyn FnMut(Route, Cqe, Outcome)) {
         let now = Instant::now();
         METRICS.set_reads_in_flight(self.routes.in_use());
+        self.local.progress();
+        // Bounded (this loop and the next two): each pass removes one completion from a queue
+        // that holds at most the table's capacity.
+        while let Some((token, result)) = self.local.poll_completion() {
+            let routed = self.after_local(token, result, now);
+            self.finish_if_done(token, routed, sink);
+        }
         if let Some(remote) = self.remote.as_mut() {
             remote.progress();
         }
-        // Bounded: each pass removes one completion from a queue that holds at most the
-        // table's capacity.
         while let Some((token, result)) = self.remote.as_mut().and_then(RemoteReads::poll_completion) {
             let routed = match result {
                 Err(error) => self.after_rdma_failure(token, error, now),
@@ -231,7 +232,7 @@ impl ReadService {
         }
         if now.duration_since(self.last_deadline_scan) >= DEADLINE_SCAN_INTERVAL {
             self.last_deadline_scan = now;
-            self.expire_rdma_reads(now);
+            self.expire_transport_reads(now);
         }
         let answers = self.locator.as_mut().map_or(0, |locator| locator.poll(now));
         if answers > 0 || self.waiting_peers > 0 || !self.parked.is_empty() {
@@ -239,15 +240,20 @@ impl ReadService {
         }
     }
 
-    /// Cancels the RDMA reads whose deadline passed (whatever they wait for inside the
-    /// transport: a catalogue, an index pull, their gets); each completes with
-    /// `DEADLINE_EXCEEDED` once no get can land in its buffer any more.
-    fn expire_rdma_reads(&mut self, now: Instant) {
-        let Some(remote) = self.remote.as_mut() else { return };
+    /// Cancels the local and RDMA reads whose deadline passed (whatever they wait for inside
+    /// the transport: a disk, a catalogue, an index pull, their gets); each completes with
+    /// `DEADLINE_EXCEEDED` once nothing can land in its buffer any more.
+    fn expire_transport_reads(&mut self, now: Instant) {
         let mut expired = std::mem::take(&mut self.parked);
-        self.routes.expire(Stage::Rdma, now, &mut expired);
+        self.routes.expire(Stage::Local, now, &mut expired);
         for &token in &expired {
-            remote.cancel(token);
+            self.local.cancel(token);
+        }
+        if let Some(remote) = self.remote.as_mut() {
+            self.routes.expire(Stage::Rdma, now, &mut expired);
+            for &token in &expired {
+                remote.cancel(token);
+            }
         }
         expired.clear();
         self.parked = expired;
@@ -299,6 +305,7 @@ impl ReadService {
         let Some(pending) = self.routes.get_mut(token) else { return false };
         pending.canceled = true;
         match pending.stage {
+            Stage::Local => self.local.cancel(token),
             Stage::Rdma => {
                 if let Some(remote) = self.remote.as_mut() {
                     remote.cancel(token);
@@ -333,7 +340,8 @@ impl ReadService {
 
     /// True once no transport can write into the region's buffers any more.
     pub fn release_region(&mut self, region_id: u64) -> bool {
-        let http_done = self.http.as_ref().is_none_or(|http| http.release_region(region_id));
+        let http_done = self.local.release_region(region_id)
+            && self.http.as_ref().is_none_or(|http| http.release_region(region_id));
         http_done && self.remote.as_mut().is_none_or(|remote| remote.release_buffer_area(region_id))
     }
 

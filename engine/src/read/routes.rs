@@ -14,6 +14,8 @@ use crate::execute::Route;
 /// Where a read in flight is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
+    /// In the local transport (a volume of this host).
+    Local,
     /// Waiting for the master to say where the volume is.
     Locating,
     /// Waiting for the exporter at this address to connect and announce its catalogue.
@@ -55,6 +57,12 @@ pub struct PendingRead {
     pub expired: bool,
 }
 
+/// The table slot a token names (below the table's capacity for every token it handed out):
+/// transports that keep per-read state index it by this.
+pub fn slot_of_token(token: u64) -> usize {
+    (token & u32::MAX as u64) as usize
+}
+
 #[derive(Debug)]
 pub struct RouteTable {
     slots: Vec<Option<PendingRead>>,
@@ -69,10 +77,6 @@ impl RouteTable {
             generations: vec![0; capacity],
             free: (0..capacity as u32).rev().collect(),
         }
-    }
-
-    pub fn capacity(&self) -> usize {
-        self.slots.len()
     }
 
     pub fn has_room(&self) -> bool {
@@ -95,7 +99,7 @@ impl RouteTable {
     }
 
     fn slot_of(&self, token: u64) -> Option<usize> {
-        let slot = (token & u32::MAX as u64) as usize;
+        let slot = slot_of_token(token);
         (self.generations.get(slot).copied() == Some((token >> 32) as u32)).then_some(slot)
     }
 

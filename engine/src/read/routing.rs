@@ -133,6 +133,21 @@ impl ReadService {
         }
     }
 
+    /// A local read of `token` ended: done, or (a failure the volume server may not share:
+    /// a volume gone, a bad disk, a corrupt record) routed on to RDMA or the HTTP fallback.
+    pub(super) fn after_local(&mut self, token: u64, result: ReadResult, now: Instant) -> Routed {
+        let can_fall_back = self.can_fall_back();
+        let Some(pending) = self.routes.get_mut(token) else { return Routed::Going };
+        match result {
+            Err((code, _)) if falls_back(code) && can_fall_back && !pending.canceled && !pending.expired => {
+                pending.rdma_failure = Some(code);
+                pending.stage = Stage::Locating;
+                self.dispatch(token, now)
+            }
+            _ => Routed::Finished(cqe_flags::SOURCE_LOCAL, result),
+        }
+    }
+
     /// An RDMA read of `token` failed with `error`: fall back to HTTP when that may help.
     pub(super) fn after_rdma_failure(&mut self, token: u64, error: (ErrorCode, u64), now: Instant) -> Routed {
         let can_fall_back = self.can_fall_back();

@@ -10,7 +10,7 @@ use super::http::{HttpConfig, HttpReads, Waker};
 use super::locate::Locator;
 use super::routes::RouteTable;
 use super::{local, ReadCounters, ReadService};
-use crate::config::Config;
+use crate::config::{Config, LocalIoKind};
 use crate::rdma::remote::{RemoteConfig, RemoteReads, PEERS_MAX};
 use volume_format::index::OffsetWidth;
 
@@ -42,6 +42,8 @@ pub struct ReadSetup {
     export_port: Option<u16>,
     volume_server: Option<Arc<str>>,
     http_threads: Option<usize>,
+    local_io: LocalIoKind,
+    local_io_threads: usize,
     table_capacity: usize,
     reads_per_queue_pair: usize,
 }
@@ -86,6 +88,8 @@ impl ReadSetup {
             export_port: config.export_port,
             volume_server: config.volume_server.as_deref().map(Arc::from),
             http_threads: http_wanted.then_some(config.http_fallback_threads),
+            local_io: config.local_io,
+            local_io_threads: config.local_io_threads,
             table_capacity,
             reads_per_queue_pair: config.rdma_reads_per_queue_pair,
         }))
@@ -94,6 +98,7 @@ impl ReadSetup {
     /// Starts the transports. Call on the thread that will use them; `wake` rings its
     /// doorbell (other threads call it when they queued a completion for it).
     pub fn start(self, wake: Waker) -> Result<ReadService, ReadSetupError> {
+        let wake_local = wake.clone();
         let remote = match self.remote {
             Some(config) => {
                 let peers = config.peers.len();
@@ -119,10 +124,15 @@ impl ReadSetup {
             }
             None => None,
         };
-        let asynchronous = remote.is_some() || http.is_some() || locator.is_some();
-        let capacity = if asynchronous { self.table_capacity } else { 0 };
+        let capacity = self.table_capacity;
+        let mut local = self.local;
+        if local.has_dirs() {
+            local
+                .start_io(self.local_io, self.local_io_threads, capacity, wake_local)
+                .map_err(threads("local read"))?;
+        }
         Ok(ReadService {
-            local: self.local,
+            local,
             remote,
             http,
             locator,

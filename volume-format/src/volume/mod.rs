@@ -10,6 +10,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::FormatError;
 use crate::index::{ApplyOutcome, IndexError, NeedleIndex, OffsetWidth};
@@ -97,7 +98,8 @@ pub struct Location {
 pub struct LocalVolume {
     dat_path: PathBuf,
     idx_path: PathBuf,
-    dat: File,
+    /// Shared with reads in flight, which keep it open past a replacement.
+    dat: Arc<File>,
     idx: File,
     /// (device, inode) of `dat` and `idx` as opened.
     identity: [(u64, u64); 2],
@@ -129,7 +131,7 @@ impl LocalVolume {
         Ok(LocalVolume {
             dat_path: dat_path.to_path_buf(),
             idx_path: idx_path.to_path_buf(),
-            dat,
+            dat: Arc::new(dat),
             idx,
             identity,
             super_block,
@@ -156,6 +158,11 @@ impl LocalVolume {
     /// The open `.dat`, for positioned reads.
     pub fn dat_file(&self) -> &File {
         &self.dat
+    }
+
+    /// The open `.dat`, for reads that outlive this borrow (asynchronous I/O in flight).
+    pub fn shared_dat_file(&self) -> Arc<File> {
+        Arc::clone(&self.dat)
     }
 
     /// Where a live needle is, or `None` if never written or deleted.
