@@ -18,7 +18,7 @@ pub mod fetch;
 pub mod http;
 pub mod local;
 pub mod locate;
-mod routes;
+pub mod routes;
 mod routing;
 mod setup;
 

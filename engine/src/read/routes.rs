@@ -1,7 +1,10 @@
 //! The one table of reads in flight in an asynchronous transport (or waiting to be routed to
 //! one): which queue pair each completes to, the read itself (so it can move to the fallback),
 //! its deadline and its stage. A fixed table sized at start-up; the token handed to the
-//! transports is `generation << 32 | slot`, so a stale token finds nothing.
+//! transports is `generation << 32 | slot`, so a stale token finds nothing. It is the engine's
+//! only token scheme: the local and RDMA transports keep their per-read state by the token's
+//! slot. Generations use 31 bits, so bit 63 stays free for the RDMA transport's own jobs
+//! (index pulls).
 
 use std::net::SocketAddr;
 use std::ptr::NonNull;
@@ -56,6 +59,9 @@ pub struct PendingRead {
     /// once the transport let go of the buffer.
     pub expired: bool,
 }
+
+/// Generations wrap at 31 bits (tokens never have bit 63 set).
+const GENERATION_MASK: u32 = 0x7fff_ffff;
 
 /// The table slot a token names (below the table's capacity for every token it handed out):
 /// transports that keep per-read state index it by this.
@@ -119,7 +125,7 @@ impl RouteTable {
     pub fn remove(&mut self, token: u64) -> Option<PendingRead> {
         let slot = self.slot_of(token)?;
         let read = self.slots[slot].take()?;
-        self.generations[slot] = self.generations[slot].wrapping_add(1);
+        self.generations[slot] = self.generations[slot].wrapping_add(1) & GENERATION_MASK;
         self.free.push(slot as u32);
         Some(read)
     }

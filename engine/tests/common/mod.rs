@@ -131,25 +131,28 @@ impl Reader {
     }
 
     /// Runs `reads` (each with its buffer at `(offset, length)` of the area), DEPTH at a time;
-    /// returns the results in order.
+    /// returns the results in order. Tokens are made as the engine's read table makes them
+    /// (`generation << 32 | slot`, a slot below DEPTH): here the generation is the read's index.
     pub fn run(&mut self, reads: &[NeedleRead]) -> Vec<ReadResult> {
         let mut results: Vec<Option<ReadResult>> = vec![None; reads.len()];
+        let mut free_slots: Vec<u64> = (0..DEPTH as u64).rev().collect();
         let mut next = 0;
-        let mut outstanding = 0;
         let start = Instant::now();
-        while next < reads.len() || outstanding > 0 {
+        while next < reads.len() || free_slots.len() < DEPTH {
             assert!(start.elapsed() < READ_DEADLINE * 3, "reads did not finish");
-            while next < reads.len() && self.reads.has_room() && outstanding < DEPTH {
-                match self.start(next as u64, &reads[next]) {
-                    Ok(()) => outstanding += 1,
-                    Err(error) => results[next] = Some(Err(error)),
+            while next < reads.len() && self.reads.has_room() {
+                let Some(slot) = free_slots.pop() else { break };
+                let token = (next as u64) << 32 | slot;
+                if let Err(error) = self.start(token, &reads[next]) {
+                    results[next] = Some(Err(error));
+                    free_slots.push(slot);
                 }
                 next += 1;
             }
             self.reads.progress();
             while let Some((token, result)) = self.reads.poll_completion() {
-                results[token as usize] = Some(result);
-                outstanding -= 1;
+                results[(token >> 32) as usize] = Some(result);
+                free_slots.push(token & u64::from(u32::MAX));
             }
         }
         results.into_iter().map(Option::unwrap).collect()

@@ -11,8 +11,8 @@ use super::slots::SlotState;
 use super::transfer::{post_gets, Transfer};
 use super::RemoteReads;
 
-/// Token bit marking an index pull's gets (the low bits are the peer's index); slot tokens
-/// never have it (their sequence numbers use 31 bits).
+/// Token bit marking an index pull's gets (the low bits are the peer's index); read tokens
+/// never have it (the read table's generations use 31 bits).
 pub(super) const JOB_TOKEN_BIT: u64 = 1 << 63;
 
 /// Pulling one chunk of a volume's `.idx` into the peer's staging buffer.

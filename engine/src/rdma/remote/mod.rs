@@ -66,6 +66,7 @@ use super::catalogue::AM_CATALOGUE;
 use super::staging::RawBuffer;
 use super::{features, ucx_overrides};
 use crate::read::check::CheckCopy;
+use crate::read::routes::slot_of_token;
 
 /// How often `progress` scans the table for reads stuck on a hung peer.
 const TIMEOUT_SCAN_INTERVAL: Duration = Duration::from_millis(10);
@@ -91,8 +92,10 @@ pub struct RemoteReads {
     config: RemoteConfig,
     // Field order is drop order: the slots pin rkeys, the peers own endpoints, the areas and
     // the scratch own registrations; UCX itself goes last.
+    /// By the slot of each read's token.
     slots: Box<[Slot]>,
-    free_slots: Vec<u32>,
+    /// Slots not `Free`.
+    slots_in_use: usize,
     done: VecDeque<u32>,
     peers: Vec<Peer>,
     areas: HashMap<u64, Area>,
@@ -142,7 +145,7 @@ impl RemoteReads {
         let max_in_flight = config.max_in_flight;
         let mut reads = RemoteReads {
             slots: (0..max_in_flight).map(|_| Slot::new(now)).collect(),
-            free_slots: (0..max_in_flight as u32).rev().collect(),
+            slots_in_use: 0,
             done: VecDeque::with_capacity(max_in_flight),
             peers,
             areas: HashMap::new(),
@@ -261,20 +264,22 @@ impl RemoteReads {
         self.route(volume_id).is_some()
     }
 
-    /// Whether a read can start now (the table has a free slot).
+    /// Whether a read can start now (some slot is free; the read's own token names which).
     pub fn has_room(&self) -> bool {
-        !self.free_slots.is_empty()
+        self.slots_in_use < self.slots.len()
     }
 
     /// Reads started whose completion has not been popped.
     pub fn in_flight(&self) -> usize {
-        self.slots.len() - self.free_slots.len()
+        self.slots_in_use
     }
 
     /// Starts a read into `buffer`, the start of the validated range `read` names inside area
-    /// `region_id`. `Ok`: exactly one completion with `token` will come from
-    /// [`RemoteReads::poll_completion`]. `Err`: nothing was started (unknown area or volume,
-    /// table full: check [`RemoteReads::has_room`] first).
+    /// `region_id`. `token` is the read table's (`generation << 32 | slot`, the generation
+    /// below 2^31; [`crate::read::routes::slot_of_token`] names its slot here). `Ok`: exactly
+    /// one completion with `token` will come from [`RemoteReads::poll_completion`]. `Err`:
+    /// nothing was started (unknown area or volume, or the token's slot is busy or past the
+    /// table).
     /// `at` names the exporter to read from (a volume the master located); `None` picks the
     /// first peer that is up and announced the volume.
     pub fn start_read(
@@ -298,7 +303,11 @@ impl RemoteReads {
             None => self.route(read.volume_id),
         };
         let peer = peer.ok_or((ErrorCode::NO_SUCH_VOLUME, 0))?;
-        let index = self.free_slots.pop().ok_or((ErrorCode::IO_ERROR, 0))? as usize;
+        let index = slot_of_token(token);
+        if token & JOB_TOKEN_BIT != 0 || self.slots.get(index).is_none_or(|slot| slot.state != SlotState::Free) {
+            return Err((ErrorCode::IO_ERROR, 0));
+        }
+        self.slots_in_use += 1;
         if let Some(area) = self.areas.get_mut(&region_id) {
             area.reads_in_flight += 1;
         }
@@ -311,9 +320,10 @@ impl RemoteReads {
     /// once; one whose gets are in flight completes with `CANCELED` when they have landed (the
     /// buffer stays the engine's until then). `false` when no such read is in flight.
     pub fn cancel(&mut self, token: u64) -> bool {
-        let Some(index) = self.slots.iter().position(|slot| slot.token == token && slot.is_active()) else {
+        let index = slot_of_token(token);
+        if !self.slots.get(index).is_some_and(|slot| slot.token == token && slot.is_active()) {
             return false;
-        };
+        }
         match self.slots[index].state {
             SlotState::Transfer => self.slots[index].canceled = true,
             _ => self.finish(index, Err((ErrorCode::CANCELED, 0))),
@@ -328,7 +338,7 @@ impl RemoteReads {
         let slot = &mut self.slots[index];
         let completion = (slot.token, slot.result);
         slot.free();
-        self.free_slots.push(index as u32);
+        self.slots_in_use -= 1;
         Some(completion)
     }
 
@@ -388,9 +398,9 @@ impl RemoteReads {
             if completion.token & JOB_TOKEN_BIT != 0 {
                 self.on_job_get_done((completion.token & !JOB_TOKEN_BIT) as usize, ok);
             } else {
-                let (index, sequence) = Slot::split_token(completion.token);
+                let index = slot_of_token(completion.token);
                 if index < self.slots.len() {
-                    self.on_slot_get_done(index, sequence, ok);
+                    self.on_slot_get_done(index, completion.token, ok);
                 }
             }
         }

@@ -2,9 +2,11 @@
 //! index, then gets posted into the client's buffer (or the slot's scratch). What happens once a
 //! phase's gets have landed is in [`super::landed`].
 //!
-//! A slot is `Free` in `free_slots`, or holds one started read until its completion is popped.
-//! Its get tokens carry a 31-bit sequence number, bumped when the slot is freed, so a late
-//! completion can never be taken for a later read's.
+//! Slots are indexed by the slot of the read table's token (`crate::read::routes`): the engine
+//! has one token scheme, `generation << 32 | slot`. A slot is `Free`, or holds one started read
+//! until its completion is popped. Its gets carry the read's token, whose generation changes
+//! with every read of the table slot, so a late completion can never be taken for a later
+//! read's.
 
 use std::ptr::NonNull;
 use std::rc::Rc;
@@ -30,8 +32,6 @@ pub(super) struct ScratchGet {
     pub(super) length_bytes: u64,
     pub(super) scratch_offset: usize,
 }
-/// Slot sequence numbers use 31 bits, so slot tokens never have the index job bit.
-const SEQUENCE_MASK: u32 = 0x7fff_ffff;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum SlotState {
@@ -49,8 +49,6 @@ pub(super) enum SlotState {
 /// One read in flight.
 #[derive(Debug)]
 pub(super) struct Slot {
-    /// Bumped when the slot is freed; part of the get tokens (31 bits).
-    sequence: u32,
     pub(super) state: SlotState,
     pub(super) token: u64,
     pub(super) region_id: u64,
@@ -81,7 +79,6 @@ pub(super) struct Slot {
 impl Slot {
     pub(super) fn new(now: Instant) -> Slot {
         Slot {
-            sequence: 0,
             state: SlotState::Free,
             token: 0,
             region_id: 0,
@@ -122,10 +119,9 @@ impl Slot {
         self.state = SlotState::WaitIndex;
     }
 
-    /// Frees a `Done` slot; later completions carrying its old tokens are ignored.
+    /// Frees a `Done` slot; later completions carrying its token are ignored.
     pub(super) fn free(&mut self) {
         self.state = SlotState::Free;
-        self.sequence = self.sequence.wrapping_add(1) & SEQUENCE_MASK;
     }
 
     /// Whether every get of the current phase was posted (or done in place).
@@ -136,15 +132,6 @@ impl Slot {
     /// Whether a read is started and not finished: it can be canceled or time out.
     pub(super) fn is_active(&self) -> bool {
         !matches!(self.state, SlotState::Free | SlotState::Done)
-    }
-
-    pub(super) fn get_token(&self, index: usize) -> u64 {
-        (u64::from(self.sequence) << 32) | index as u64
-    }
-
-    /// The slot index and sequence number a get token carries.
-    pub(super) fn split_token(token: u64) -> (usize, u32) {
-        ((token & 0xffff_ffff) as usize, (token >> 32) as u32)
     }
 }
 
@@ -247,7 +234,7 @@ impl RemoteReads {
     pub(super) fn post_slot(&mut self, index: usize) {
         let RemoteReads { slots, peers, areas, scratch_region, scratch, .. } = self;
         let slot = &mut slots[index];
-        let token = slot.get_token(index);
+        let token = slot.token;
         let (Some(files), Some(endpoint)) = (slot.files.as_ref(), peers[slot.peer].endpoint.as_ref()) else {
             slot.get_failed.get_or_insert(ErrorCode::PEER_UNAVAILABLE);
             return self.transfer_done(index);
@@ -285,9 +272,9 @@ impl RemoteReads {
         }
     }
 
-    pub(super) fn on_slot_get_done(&mut self, index: usize, sequence: u32, ok: bool) {
+    pub(super) fn on_slot_get_done(&mut self, index: usize, token: u64, ok: bool) {
         let slot = &mut self.slots[index];
-        if slot.sequence != sequence || slot.state != SlotState::Transfer || slot.gets_pending == 0 {
+        if slot.token != token || slot.state != SlotState::Transfer || slot.gets_pending == 0 {
             tracing::error!(index, "completion for a slot with no get in flight");
             return;
         }
