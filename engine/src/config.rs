@@ -131,6 +131,12 @@ pub struct Config {
     #[arg(long, default_value_t = 64)]
     pub rdma_reads_per_queue_pair: usize,
 
+    /// Read role: the longest single RDMA get, in KiB (0: no limit). A longer read is fetched
+    /// in several gets in flight at once, which moves large needles faster over UCX's tcp
+    /// transport (see docs/benchmarks.md).
+    #[arg(long, default_value_t = 0)]
+    pub rdma_get_max_kib: u64,
+
     /// Most clients attached at once.
     #[arg(long, default_value_t = 16)]
     pub max_clients: u32,

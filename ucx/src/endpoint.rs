@@ -211,6 +211,24 @@ impl Endpoint {
         self.close_inner(mode, timeout)
     }
 
+    /// Starts closing the endpoint without waiting: the returned [`ClosingEndpoint`] finishes
+    /// as the worker progresses (a forced close completes the endpoint's in-flight operations
+    /// with errors then). For owners that must not block, such as a poll loop.
+    pub fn start_close(mut self, mode: CloseMode) -> ClosingEndpoint {
+        self.closed = true;
+        self.worker.endpoints.borrow_mut().remove(&(self.handle as usize));
+        let force = mode == CloseMode::Force || self.is_failed();
+        // SAFETY: all-zero bytes are a valid ucp_request_param_t; op_attr_mask names fields.
+        let mut params: sys::ucp_request_param_t = unsafe { mem::zeroed() };
+        params.op_attr_mask = sys::UCP_OP_ATTR_FIELD_FLAGS;
+        params.flags = if force { sys::UCP_EP_CLOSE_FLAG_FORCE } else { 0 };
+        // SAFETY: the endpoint is live and closed exactly once (`closed` guards it).
+        let request = unsafe { sys::ucp_ep_close_nbx(self.handle, &params) };
+        let id = self.state.id;
+        let state = mem::replace(&mut self.state, Box::new(EndpointState { id, failure: Cell::new(None) }));
+        ClosingEndpoint { request, state: Some(state), _worker: Rc::clone(&self.worker) }
+    }
+
     fn close_inner(&mut self, mode: CloseMode, timeout: Duration) -> Result<()> {
         if self.closed {
             return Ok(());
@@ -274,6 +292,58 @@ unsafe extern "C" fn on_endpoint_error(arg: *mut c_void, _endpoint: sys::ucp_ep_
     let status = Status(status);
     state.failure.set(Some(status));
     tracing::warn!(endpoint = state.id.0, %status, "UCX endpoint failed");
+}
+
+/// An endpoint being closed ([`Endpoint::start_close`]). Dropped before it finished, its
+/// request is released to complete on its own and the error callback's argument is leaked (UCX
+/// may still call it): a few bytes, on a path that is already broken.
+pub struct ClosingEndpoint {
+    request: sys::ucs_status_ptr_t,
+    state: Option<Box<EndpointState>>,
+    /// Keeps the worker alive while the request is.
+    _worker: Rc<WorkerInner>,
+}
+
+impl ClosingEndpoint {
+    /// `Some` once the close finished (after worker progress), with its outcome.
+    pub fn poll(&mut self) -> Option<Result<()>> {
+        if self.request.is_null() {
+            return Some(Ok(()));
+        }
+        let status = if sys::UCS_PTR_IS_PTR(self.request) {
+            // SAFETY: a live request (freed only below, then set to null).
+            let status = Status(unsafe { sys::ucp_request_check_status(self.request) });
+            if status == Status::IN_PROGRESS {
+                return None;
+            }
+            // SAFETY: freed once; the request is complete.
+            unsafe { sys::ucp_request_free(self.request) };
+            status
+        } else {
+            Status(sys::UCS_PTR_STATUS(self.request))
+        };
+        self.request = std::ptr::null_mut();
+        self.state = None;
+        Some(if status.is_ok() { Ok(()) } else { Err(Error::Ucx { call: "ucp_ep_close_nbx", status }) })
+    }
+}
+
+impl Drop for ClosingEndpoint {
+    fn drop(&mut self) {
+        if self.poll().is_none() {
+            // SAFETY: freed once; UCX releases an unfinished request when it completes.
+            unsafe { sys::ucp_request_free(self.request) };
+            if let Some(state) = self.state.take() {
+                Box::leak(state);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for ClosingEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClosingEndpoint").field("done", &self.request.is_null()).finish()
+    }
 }
 
 /// Waits for a request from an `_nbx` call without a callback, progressing the worker, for at

@@ -28,7 +28,7 @@ mod worker;
 pub use am::AmMessage;
 pub use completion::Completion;
 pub use context::{Context, Features};
-pub use endpoint::{CloseMode, Endpoint, EndpointId, ErrorMode, GetStarted, DROP_CLOSE_TIMEOUT};
+pub use endpoint::{CloseMode, ClosingEndpoint, Endpoint, EndpointId, ErrorMode, GetStarted, DROP_CLOSE_TIMEOUT};
 pub use error::{Error, Result, Status};
 pub use listener::{ConnRequest, Listener};
 pub use memory::{MemoryRegion, RemoteKey, RKEY_MAX_BYTES};

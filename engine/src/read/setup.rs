@@ -78,6 +78,10 @@ impl ReadSetup {
             max_in_flight: table_capacity,
             read_key,
             max_peers: (config.peer.len() + master_peers).min(PEERS_MAX),
+            get_max_bytes: match config.rdma_get_max_kib {
+                0 => u64::MAX,
+                kib => kib << 10,
+            },
             ..RemoteConfig::new(config.peer.clone())
         });
         let http_wanted = !config.no_http_fallback && (config.master.is_some() || config.volume_server.is_some());

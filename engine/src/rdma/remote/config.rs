@@ -9,6 +9,8 @@ pub const MAX_IN_FLIGHT_MIN: usize = 64;
 pub const MAX_IN_FLIGHT_MAX: usize = 1 << 20;
 /// Most exporters one engine reads from.
 pub const PEERS_MAX: usize = 256;
+/// Longest single get by default (see `docs/benchmarks.md`, "UCX over tcp: large reads").
+pub const DEFAULT_GET_MAX_BYTES: u64 = u64::MAX;
 /// Smallest and largest index staging buffer per peer.
 const INDEX_CHUNK_MIN_BYTES: usize = 4096;
 const INDEX_CHUNK_MAX_BYTES: usize = 64 << 20;
@@ -36,6 +38,9 @@ pub struct RemoteConfig {
     pub index_chunk_bytes: usize,
     /// SeaweedFS's read key: every catalogue request carries a token signed with it.
     pub read_key: Option<crate::rdma::token::ReadKey>,
+    /// Longest single get: longer reads are fetched in several gets at once (at most
+    /// `GETS_PER_TRANSFER_MAX` in flight per read).
+    pub get_max_bytes: u64,
 }
 
 impl RemoteConfig {
@@ -51,6 +56,7 @@ impl RemoteConfig {
             reconnect_backoff_max: Duration::from_secs(2),
             index_chunk_bytes: 1 << 20,
             read_key: None,
+            get_max_bytes: DEFAULT_GET_MAX_BYTES,
         }
     }
 

@@ -14,6 +14,24 @@ use super::RemoteReads;
 pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl RemoteReads {
+    /// Finishes the closes [`RemoteReads::fail_peer`] started; one still running after
+    /// [`CLOSE_TIMEOUT`] is given up (UCX finishes it on its own).
+    pub(super) fn reap_closing(&mut self) {
+        let now = self.now;
+        self.closing.retain_mut(|(closing, since)| match closing.poll() {
+            Some(Err(error)) => {
+                tracing::debug!(%error, "forced close of a failed endpoint");
+                false
+            }
+            Some(Ok(())) => false,
+            None if now.duration_since(*since) > CLOSE_TIMEOUT => {
+                tracing::warn!("forced close of a failed endpoint still running after {CLOSE_TIMEOUT:?}; left to UCX");
+                false
+            }
+            None => true,
+        });
+    }
+
     /// Reconnects peers whose backoff ran out and fails those whose endpoint failed or whose
     /// catalogue request went unanswered for `connect_timeout`.
     pub(super) fn check_peers(&mut self) {
@@ -81,10 +99,9 @@ impl RemoteReads {
         peer.request = None;
         peer.request_again = false;
         if let Some(endpoint) = peer.endpoint.take() {
-            // Completes the endpoint's in-flight gets (CANCELED) into the completion queue.
-            if let Err(error) = endpoint.close_with(CloseMode::Force, CLOSE_TIMEOUT) {
-                tracing::debug!(%error, "forced close of a failed endpoint");
-            }
+            // Not waited for here (the poller must not block): as the worker progresses, the
+            // close completes the endpoint's in-flight gets with errors, which fail their reads.
+            self.closing.push((endpoint.start_close(CloseMode::Force), now));
         }
         self.drain_completions();
         let peer = &mut self.peers[peer_index];

@@ -59,12 +59,20 @@ impl RemoteReads {
     }
 
     fn post_job(&mut self, peer_index: usize) {
+        let get_max_bytes = self.config.get_max_bytes;
         let peer = &mut self.peers[peer_index];
         let (Some(job), Some(endpoint)) = (peer.job.as_mut(), peer.endpoint.as_ref()) else { return };
         let token = JOB_TOKEN_BIT | peer_index as u64;
         let staging = &peer.staging_region;
-        if post_gets(endpoint, &job.files.idx, &mut job.transfer, &mut job.gets_pending, token, |_, _| Some(staging))
-            .is_err()
+        if post_gets(
+            endpoint,
+            &job.files.idx,
+            &mut job.transfer,
+            &mut job.gets_pending,
+            (token, get_max_bytes),
+            |_, _| Some(staging),
+        )
+        .is_err()
         {
             job.failed = true;
         }

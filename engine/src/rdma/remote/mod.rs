@@ -51,7 +51,7 @@ use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
 use shm_layout::entry::{ErrorCode, NeedleRead};
-use ucx::{CloseMode, Context, Endpoint, MemoryRegion, RemoteKey, Worker, WorkerConfig};
+use ucx::{CloseMode, ClosingEndpoint, Context, Endpoint, MemoryRegion, RemoteKey, Worker, WorkerConfig};
 
 pub use self::config::{RemoteConfig, RemoteError, MAX_IN_FLIGHT_MAX, MAX_IN_FLIGHT_MIN, PEERS_MAX};
 pub use self::transfer::GETS_PER_TRANSFER_MAX;
@@ -98,6 +98,8 @@ pub struct RemoteReads {
     slots_in_use: usize,
     done: VecDeque<u32>,
     peers: Vec<Peer>,
+    /// Endpoints of failed peers being closed (forced), with when it began.
+    closing: Vec<(ClosingEndpoint, Instant)>,
     areas: HashMap<u64, Area>,
     scratch_region: MemoryRegion,
     scratch: RawBuffer,
@@ -148,6 +150,7 @@ impl RemoteReads {
             slots_in_use: 0,
             done: VecDeque::with_capacity(max_in_flight),
             peers,
+            closing: Vec::new(),
             areas: HashMap::new(),
             scratch_region,
             scratch,
@@ -356,6 +359,7 @@ impl RemoteReads {
         while let Some(message) = self.worker.pop_am_message() {
             self.on_message(message);
         }
+        self.reap_closing();
         self.check_peers();
         if self.now.duration_since(self.last_timeout_scan) >= TIMEOUT_SCAN_INTERVAL {
             self.last_timeout_scan = self.now;
@@ -433,6 +437,12 @@ impl Drop for RemoteReads {
             if let Some(endpoint) = peer.endpoint.take() {
                 let _ = endpoint.close_with(CloseMode::Force, CLOSE_TIMEOUT);
             }
+        }
+        // Closes started by fail_peer: bounded by CLOSE_TIMEOUT from when each began.
+        while !self.closing.is_empty() {
+            self.worker.progress();
+            self.now = Instant::now();
+            self.reap_closing();
         }
         self.drain_completions();
     }

@@ -232,7 +232,8 @@ impl RemoteReads {
     /// Posts the slot's remaining gets (bounded per round); finishes the phase when nothing is
     /// left in flight.
     pub(super) fn post_slot(&mut self, index: usize) {
-        let RemoteReads { slots, peers, areas, scratch_region, scratch, .. } = self;
+        let RemoteReads { slots, peers, areas, scratch_region, scratch, config, .. } = self;
+        let get_max_bytes = config.get_max_bytes;
         let slot = &mut slots[index];
         let token = slot.token;
         let (Some(files), Some(endpoint)) = (slot.files.as_ref(), peers[slot.peer].endpoint.as_ref()) else {
@@ -244,7 +245,9 @@ impl RemoteReads {
             let destination = scratch.at(index * SCRATCH_SLOT_BYTES + get.scratch_offset);
             let mut small = Transfer::new(get.remote_offset, get.length_bytes, destination);
             let local = |_: *mut u8, _: u64| Some(&*scratch_region);
-            if let Err(code) = post_gets(endpoint, &files.dat, &mut small, &mut slot.gets_pending, token, local) {
+            if let Err(code) =
+                post_gets(endpoint, &files.dat, &mut small, &mut slot.gets_pending, (token, u64::MAX), local)
+            {
                 slot.get_failed.get_or_insert(code);
             }
             // Out of gets for this round (a piece boundary): the rest goes in the next one.
@@ -262,8 +265,14 @@ impl RemoteReads {
                 Some(area) if area.contains(pointer, length) => area.region_for(pointer, length),
                 _ => Some(&*scratch_region),
             };
-            if let Err(code) = post_gets(endpoint, &files.dat, &mut slot.transfer, &mut slot.gets_pending, token, local)
-            {
+            if let Err(code) = post_gets(
+                endpoint,
+                &files.dat,
+                &mut slot.transfer,
+                &mut slot.gets_pending,
+                (token, get_max_bytes),
+                local,
+            ) {
                 slot.get_failed.get_or_insert(code);
             }
         }

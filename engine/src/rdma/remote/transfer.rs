@@ -33,15 +33,17 @@ impl Transfer {
     }
 }
 
-/// Posts gets for the rest of `transfer` from `file`, each inside one registered piece, while
-/// fewer than [`GETS_PER_TRANSFER_MAX`] are pending. Gets that UCX finished in place count as
-/// done. `local` names the registration holding a destination range, if known.
+/// Posts gets for the rest of `transfer` from `file`, each inside one registered piece and at
+/// most `get_max_bytes` long (a large read is fetched in several gets at once: over UCX's tcp
+/// transport one get is one stream), while fewer than [`GETS_PER_TRANSFER_MAX`] are pending.
+/// Gets that UCX finished in place count as done. `local` names the registration holding a
+/// destination range, if known.
 pub(super) fn post_gets<'a>(
     endpoint: &Endpoint,
     file: &RemoteFile,
     transfer: &mut Transfer,
     gets_pending: &mut u32,
-    token: u64,
+    (token, get_max_bytes): (u64, u64),
     local: impl Fn(*mut u8, u64) -> Option<&'a MemoryRegion>,
 ) -> Result<(), ErrorCode> {
     // Bounded: each pass posts at least one byte or returns.
@@ -52,7 +54,7 @@ pub(super) fn post_gets<'a>(
             return Err(ErrorCode::CORRUPT_NEEDLE);
         }
         let piece = file.piece_at(offset).ok_or(ErrorCode::CORRUPT_NEEDLE)?;
-        let length = (end - offset).min(piece.file_offset + piece.length_bytes - offset);
+        let length = (end - offset).min(piece.file_offset + piece.length_bytes - offset).min(get_max_bytes.max(1));
         let destination = transfer.destination.wrapping_add(transfer.posted_bytes as usize);
         let remote_address = piece.address + (offset - piece.file_offset);
         // SAFETY: the destination lies in memory that stays valid until the get completes: a
