@@ -44,7 +44,10 @@ impl RemoteReads {
             match peer.state {
                 PeerState::Down { retry_at } if self.now >= retry_at => self.connect_peer(index),
                 PeerState::Down { .. } => {}
-                PeerState::Connecting { .. } | PeerState::Up if failed || request_late => self.fail_peer(index),
+                PeerState::Connecting { .. } | PeerState::Up if failed || request_late => {
+                    let why = if failed { "its UCX endpoint failed" } else { "a catalogue request went unanswered" };
+                    self.fail_peer(index, why)
+                }
                 _ => {}
             }
         }
@@ -60,8 +63,7 @@ impl RemoteReads {
             .find(|slot| slot.state == SlotState::Transfer && self.now.duration_since(slot.posted_at) > read_timeout)
             .map(|slot| slot.peer);
         if let Some(peer_index) = hung {
-            tracing::warn!(peer = %self.peers[peer_index].address, "gets stalled past the read timeout; failing the peer");
-            self.fail_peer(peer_index);
+            self.fail_peer(peer_index, "its gets stalled past the read timeout");
         }
     }
 
@@ -87,12 +89,12 @@ impl RemoteReads {
 
     /// Takes a peer down: its in-flight gets complete with errors (forced close), every read
     /// waiting on it fails with `PEER_UNAVAILABLE`, and a reconnect is scheduled.
-    fn fail_peer(&mut self, peer_index: usize) {
+    fn fail_peer(&mut self, peer_index: usize, why: &str) {
         let now = self.now;
         let backoff_max = self.config.reconnect_backoff_max;
         let peer = &mut self.peers[peer_index];
         if matches!(peer.state, PeerState::Up) {
-            tracing::warn!(peer = %peer.address, "exporter lost; reads of its volumes fail until it is back");
+            tracing::warn!(peer = %peer.address, why, "exporter lost; reads of its volumes fail until it is back");
         }
         peer.state = PeerState::Down { retry_at: now + peer.backoff };
         peer.backoff = (peer.backoff * 2).min(backoff_max);
