@@ -18,6 +18,7 @@ mod scan;
 
 use super::check::{self, CHECK_HEADER_PREFIX_SIZE_BYTES};
 use super::ReadDone;
+use crate::metrics::{IndexRefresh, METRICS};
 use shm_layout::entry::{ByteRange, ErrorCode, NeedleRead};
 use std::collections::HashMap;
 use std::fs::File;
@@ -118,8 +119,10 @@ impl LocalVolumes {
         let Some(served) = self.volumes.get_mut(&volume_id) else { return };
         served.refreshed_at = Instant::now();
         if !served.volume.is_replaced() {
-            if let Err(error) = served.volume.refresh_index() {
-                tracing::warn!(volume_id, %error, "cannot refresh the index");
+            match served.volume.refresh_index() {
+                Ok(applied) if applied.entry_count > 0 => METRICS.count_index_refresh(IndexRefresh::Appended),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(volume_id, %error, "cannot refresh the index"),
             }
             return;
         }
@@ -129,6 +132,7 @@ impl LocalVolumes {
                 let live_needles = reopened.index().live_count();
                 tracing::info!(volume_id, file = %dat_path.display(), live_needles, "local volume replaced (compacted or copied); reading the new files");
                 served.volume = reopened;
+                METRICS.count_index_refresh(IndexRefresh::Replaced);
             }
             Err(Refusal::Later) => {}
             Err(Refusal::Now(reason)) => {

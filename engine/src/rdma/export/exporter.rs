@@ -44,6 +44,9 @@ pub(super) struct Exporter {
     refused_tokens: u64,
     /// Volumes seen and not exported, so each is said once.
     pub(super) refusals: Refusals,
+    /// Bumped whenever [`Exporter::catalogue_fingerprint`] changes; sent with every catalogue.
+    catalogue_generation: u64,
+    catalogue_fingerprint: u64,
 }
 
 impl Exporter {
@@ -70,6 +73,8 @@ impl Exporter {
             refused_peers: 0,
             refused_tokens: 0,
             refusals: Refusals::default(),
+            catalogue_generation: 0,
+            catalogue_fingerprint: 0,
         };
         exporter.scan();
         tracing::info!(volumes = exporter.volumes.len(), "export role ready");
@@ -210,6 +215,7 @@ impl Exporter {
                 }
             }
         }
+        self.note_catalogue_changes();
         let wanted = |id: &u32| request.volumes.as_ref().is_none_or(|ids| ids.contains(id));
         let volumes = self
             .volumes
@@ -228,6 +234,7 @@ impl Exporter {
             protocol_version: PROTOCOL_VERSION,
             request_id: request.request_id,
             exporter_id: self.exporter_id,
+            generation: self.catalogue_generation,
             complete,
             volumes,
         };
@@ -241,6 +248,32 @@ impl Exporter {
                 tracing::debug!(%error, "cannot send a catalogue");
             }
         }
+    }
+}
+
+impl Exporter {
+    /// Bumps the catalogue generation when what a catalogue lists changed since the last look,
+    /// and publishes it to the metrics. Called after every scan and before every answer.
+    pub(super) fn note_catalogue_changes(&mut self) {
+        let fingerprint = self.catalogue_fingerprint();
+        if fingerprint != self.catalogue_fingerprint || self.catalogue_generation == 0 {
+            self.catalogue_fingerprint = fingerprint;
+            self.catalogue_generation += 1;
+            crate::metrics::METRICS.set_export_catalogue_generation(self.catalogue_generation);
+        }
+    }
+
+    /// FNV-1a of every exported volume's id, generation, version and file lengths.
+    fn catalogue_fingerprint(&self) -> u64 {
+        let mut hasher = Fnv1a::default();
+        for (&id, volume) in &self.volumes {
+            hasher.write_u32(id);
+            hasher.write_u64(volume.generation);
+            hasher.write_u8(volume.version);
+            hasher.write_u64(volume.dat.length_bytes);
+            hasher.write_u64(volume.idx.length_bytes);
+        }
+        hasher.finish()
     }
 }
 

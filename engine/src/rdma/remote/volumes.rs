@@ -87,6 +87,7 @@ impl RemoteReads {
             }
             _ => Some(Vec::new()),
         };
+        peer.catalogue_generation = catalogue.generation;
         if matches!(peer.state, PeerState::Connecting { .. }) {
             tracing::info!(peer = %peer.address, volumes = catalogue.volumes.len(), "exporter connected");
             peer.state = PeerState::Up;
