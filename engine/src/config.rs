@@ -107,6 +107,12 @@ pub struct Config {
     #[arg(long)]
     pub security_toml: Option<PathBuf>,
 
+    /// Testing only: the read role signs its tokens as if this many seconds ago (a reader
+    /// host whose clock is behind), so an exporter's refusal of expired tokens can be shown.
+    #[arg(long, hide = true, default_value_t = 0)]
+    #[serde(skip_serializing_if = "is_zero")]
+    pub read_token_backdate_secs: u64,
+
     /// Read role: RDMA reads each queue pair can have in flight at once; the
     /// engine sizes its table for every queue pair of every client at once.
     #[arg(long, default_value_t = 64)]
@@ -222,6 +228,10 @@ impl Config {
     pub fn max_buffer_size_bytes(&self) -> u64 {
         self.max_buffer_mib << 20
     }
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 /// `HOST:PORT`: a non-empty host without a scheme or path, and a port.

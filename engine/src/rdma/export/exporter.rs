@@ -21,6 +21,9 @@ use crate::read::local::Refusals;
 const CLOSE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Least time between two directory scans that whole-catalogue requests cause.
 const REQUEST_SCAN_INTERVAL: Duration = Duration::from_millis(100);
+/// Reasons a token is refused ([`crate::rdma::token::TokenError`] variants).
+const TOKEN_REFUSALS: usize = 4;
+const _: () = assert!(crate::rdma::token::TokenError::Expired as usize + 1 == TOKEN_REFUSALS, "Expired is the last");
 /// Largest catalogue answer (about 200 bytes per piece).
 const CATALOGUE_PAYLOAD_MAX_BYTES: usize = 64 << 20;
 
@@ -40,8 +43,8 @@ pub(super) struct Exporter {
     pub(super) last_scan: Instant,
     /// Connection requests refused by `allowed_peers` (logged at powers of two).
     refused_peers: u64,
-    /// Catalogue requests refused for their token (logged at powers of two).
-    refused_tokens: u64,
+    /// Catalogue requests refused for their token, by why (each logged at powers of two).
+    refused_tokens: [u64; TOKEN_REFUSALS],
     /// Volumes seen and not exported, so each is said once.
     pub(super) refusals: Refusals,
     /// Bumped whenever [`Exporter::catalogue_fingerprint`] changes; sent with every catalogue.
@@ -71,7 +74,7 @@ impl Exporter {
             exporter_id: exporter_id(),
             last_scan: Instant::now(),
             refused_peers: 0,
-            refused_tokens: 0,
+            refused_tokens: [0; TOKEN_REFUSALS],
             refusals: Refusals::default(),
             catalogue_generation: 0,
             catalogue_fingerprint: 0,
@@ -166,14 +169,15 @@ impl Exporter {
 
     /// Whether a catalogue request's token lets its reader in (always, without a read key).
     /// A refused reader is disconnected before any catalogue or rkey leaves; the refusal is
-    /// logged at powers of two (a peer can trigger it at will), naming the peer.
+    /// logged at powers of two of each reason (a peer can trigger it at will), naming the peer.
     fn token_admits(&mut self, endpoint_id: EndpointId, token: Option<&str>) -> bool {
         let Some(key) = &self.config.read_key else { return true };
         let Err(error) = key.verify(token, std::time::SystemTime::now()) else { return true };
-        self.refused_tokens += 1;
+        let refused = &mut self.refused_tokens[error as usize];
+        *refused += 1;
         let peer = self.peer_addresses.remove(&endpoint_id).unwrap_or_else(|| "an unknown address".into());
-        if self.refused_tokens.is_power_of_two() {
-            tracing::warn!(%peer, %error, refused = self.refused_tokens, "refusing a reader without a valid read token");
+        if refused.is_power_of_two() {
+            tracing::warn!(%peer, %error, refused = *refused, "refusing a reader without a valid read token");
         }
         if let Some(endpoint) = self.endpoints.remove(&endpoint_id) {
             let _ = endpoint.close_with(CloseMode::Force, CLOSE_TIMEOUT);

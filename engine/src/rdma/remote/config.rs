@@ -36,6 +36,8 @@ pub struct RemoteConfig {
     pub index_chunk_bytes: usize,
     /// SeaweedFS's read key: every catalogue request carries a token signed with it.
     pub read_key: Option<crate::rdma::token::ReadKey>,
+    /// Tokens are signed as if this long ago (testing: a reader whose clock is behind).
+    pub token_backdate: Duration,
 }
 
 impl RemoteConfig {
@@ -51,6 +53,7 @@ impl RemoteConfig {
             reconnect_backoff_max: Duration::from_secs(2),
             index_chunk_bytes: 1 << 20,
             read_key: None,
+            token_backdate: Duration::ZERO,
         }
     }
 
