@@ -31,16 +31,9 @@ pub enum LogFormat {
 #[command(name = "rdma-engine", version)]
 #[serde(rename_all = "kebab-case")]
 pub struct Config {
-    /// Read the settings from this TOML file first, keyed by flag name
-    /// (deploy/rdma-engine.toml lists every key); flags given here replace its values.
-    #[arg(long)]
+    #[command(flatten)]
     #[serde(skip)]
-    pub config: Option<PathBuf>,
-
-    /// Validate the configuration, print it as TOML, and exit.
-    #[arg(long)]
-    #[serde(skip)]
-    pub check_config: bool,
+    pub file: crate::config_file::ConfigFileArgs,
 
     /// Path of the Unix control socket clients attach through (created mode 0600).
     #[arg(long)]
