@@ -299,14 +299,15 @@ impl EngineMetrics {
             fallbacks.get_or_create(&labels("reason", reason)).inc_by(self.fallbacks[index].load(Ordering::Relaxed));
         }
         registry.register("fallbacks", "Reads sent to the volume server's HTTP, by why", fallbacks);
-        for (source, name) in SOURCES {
-            let snapshot = HistogramSnapshot::of(&self.latency[source as usize]);
-            registry.sub_registry_with_label(("source".into(), name.into())).register(
-                "read_latency_seconds",
-                "Time from taking a read off the ring to its completion, by source",
-                snapshot,
-            );
-        }
+        let latency = SOURCES
+            .iter()
+            .map(|&(source, name)| (vec![("source", name)], HistogramSnapshot::of(&self.latency[source as usize])))
+            .collect();
+        registry.register(
+            "read_latency_seconds",
+            "Time from taking a read off the ring to its completion, by source",
+            HistogramFamily(latency),
+        );
         let gauge = |value: &AtomicU64| {
             let gauge = Gauge::<i64>::default();
             gauge.set(value.load(Ordering::Relaxed) as i64);
@@ -414,6 +415,28 @@ impl HistogramSnapshot {
             count: cumulative,
             buckets,
         }
+    }
+}
+
+/// Histograms of one name with their labels: one `# TYPE` line for all of them (a
+/// sub-registry per label would repeat it, which strict parsers refuse).
+#[derive(Debug)]
+struct HistogramFamily(Vec<(Vec<(&'static str, &'static str)>, HistogramSnapshot)>);
+
+impl TypedMetric for HistogramFamily {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for HistogramFamily {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, histogram) in &self.0 {
+            histogram.encode(encoder.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
     }
 }
 

@@ -237,6 +237,10 @@ fn counters_match_what_the_clients_did() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(text.contains("# TYPE seaweedfs_rdma_read_latency_seconds histogram"), "{text}");
+    // One `# TYPE` line per name: strict parsers refuse a second.
+    let types: Vec<&str> = text.lines().filter(|line| line.starts_with("# TYPE ")).collect();
+    let distinct: std::collections::HashSet<&&str> = types.iter().collect();
+    assert_eq!(distinct.len(), types.len(), "a metric's TYPE line repeats:\n{text}");
     // By volume: published by the poller about once a second.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while sample(&scrape(&address), "seaweedfs_rdma_volume_reads_total{volume=\"1\"}") != loop_reads {
