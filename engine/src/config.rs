@@ -41,16 +41,9 @@ pub enum LogFormat {
 #[command(name = "rdma-engine", version)]
 #[serde(rename_all = "kebab-case")]
 pub struct Config {
-    /// Read the settings from this TOML file first, keyed by flag name
-    /// (deploy/rdma-engine.toml lists every key); flags given here replace its values.
-    #[arg(long)]
+    #[command(flatten)]
     #[serde(skip)]
-    pub config: Option<PathBuf>,
-
-    /// Validate the configuration, print it as TOML, and exit.
-    #[arg(long)]
-    #[serde(skip)]
-    pub check_config: bool,
+    pub file: crate::config_file::ConfigFileArgs,
 
     /// Path of the Unix control socket clients attach through (created mode 0600).
     #[arg(long)]
@@ -125,6 +118,12 @@ pub struct Config {
     /// ones). Give it to both roles.
     #[arg(long)]
     pub security_toml: Option<PathBuf>,
+
+    /// Testing only: the read role signs its tokens as if this many seconds ago (a reader
+    /// host whose clock is behind), so an exporter's refusal of expired tokens can be shown.
+    #[arg(long, hide = true, default_value_t = 0)]
+    #[serde(skip_serializing_if = "is_zero")]
+    pub read_token_backdate_secs: u64,
 
     /// Read role: RDMA reads each queue pair can have in flight at once; the
     /// engine sizes its table for every queue pair of every client at once.
@@ -247,6 +246,10 @@ impl Config {
     pub fn max_buffer_size_bytes(&self) -> u64 {
         self.max_buffer_mib << 20
     }
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 /// `HOST:PORT`: a non-empty host without a scheme or path, and a port.

@@ -80,6 +80,7 @@ impl ControlServer {
         metrics.attached_clients.store(self.regions.len() as u64, Relaxed);
         let hugepages = self.regions.values().filter(|memory| memory.hugepages).count();
         metrics.hugepage_regions.store(hugepages as u64, Relaxed);
+        metrics.set_regions(self.regions.values().cloned());
     }
 
     /// Drops the regions the poller handed back: unmaps them and closes the memfds.

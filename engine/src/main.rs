@@ -9,7 +9,7 @@ fn main() {
         }
     };
     let config = rdma_engine::config::Config::parse_from(args);
-    if config.check_config {
+    if config.file.check_config {
         match config.validate() {
             Ok(()) => {
                 print!("{}", rdma_engine::config_file::effective_toml(&config));

@@ -8,11 +8,18 @@
 //! `seaweedfs_rdma_reads_total{source="local|rdma|http"}` (every read the engine completed,
 //! by the path that served it) and `seaweedfs_rdma_errors_total{code="…"}` (every error
 //! completion, by its name in the code table).
+//!
+//! Three things are not counters of one thread, and are published off the data path instead:
+//! reads in flight per queue pair are read at scrape time from the regions' shared stats blocks
+//! (the control thread lists the attached regions here when one attaches or is reclaimed, so a
+//! client's series go with its region); reads by volume and the catalogue generation seen per
+//! exporter are snapshots the poller publishes about once a second, skipping a second when a
+//! scrape holds the snapshot.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
@@ -24,6 +31,7 @@ use prometheus_client::registry::Registry;
 use shm_layout::entry::{cqe_flags, Cqe, ErrorCode};
 
 use crate::read::FallbackReason;
+use crate::region::RegionMemory;
 
 /// Read sources, by their `cqe_flags::SOURCE_*` value.
 const SOURCES: [(u32, &str); 3] =
@@ -34,6 +42,19 @@ const ERROR_SLOTS: usize = 64;
 const LATENCY_BUCKETS: usize = 25;
 /// Fallback reasons, in [`fallback_index`] order.
 const FALLBACK_REASONS: [&str; 4] = ["no_exporter", "peer_unavailable", "check_failed", "other"];
+/// Index refresh reasons, in [`IndexRefresh`] order.
+const INDEX_REFRESH_REASONS: [&str; 3] = ["opened", "appended", "replaced"];
+
+/// Why a local volume's index was loaded or replayed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IndexRefresh {
+    /// A volume found in a directory was opened and its whole `.idx` loaded.
+    Opened = 0,
+    /// Entries appended to a served volume's `.idx` were applied.
+    Appended = 1,
+    /// A volume's files were replaced (vacuum, copy) and the new pair loaded.
+    Replaced = 2,
+}
 
 /// One latency histogram, written by the poller.
 #[derive(Debug)]
@@ -79,9 +100,19 @@ pub struct EngineMetrics {
     pub hugepage_regions: AtomicU64,
     peers_up: AtomicU64,
     peers_down: AtomicU64,
+    /// Local index loads by [`IndexRefresh`] (poller).
+    index_refreshes: [AtomicU64; INDEX_REFRESH_REASONS.len()],
+    /// The export role's catalogue generation (its thread): bumped whenever what a catalogue
+    /// would list changes (a volume added, grown, replaced or withdrawn).
+    export_catalogue_generation: AtomicU64,
     /// Reads and data bytes by volume, as the poller last published them (about once a
     /// second, off the data path: the poller counts in a map of its own).
     by_volume: Mutex<Vec<(u32, u64, u64)>>,
+    /// The catalogue generation each exporter last announced (poller, about once a second).
+    peer_generations: Mutex<Vec<(String, u64)>>,
+    /// The attached regions (control thread, on attach and reclaim): their stats blocks hold
+    /// each queue pair's reads in flight. Only the control thread drops these `Arc`s.
+    regions: Mutex<Vec<Arc<RegionMemory>>>,
 }
 
 /// The engine's metrics (one engine per process).
@@ -98,8 +129,21 @@ pub static METRICS: EngineMetrics = EngineMetrics {
     hugepage_regions: AtomicU64::new(0),
     peers_up: AtomicU64::new(0),
     peers_down: AtomicU64::new(0),
+    index_refreshes: [const { AtomicU64::new(0) }; INDEX_REFRESH_REASONS.len()],
+    export_catalogue_generation: AtomicU64::new(0),
     by_volume: Mutex::new(Vec::new()),
+    peer_generations: Mutex::new(Vec::new()),
+    regions: Mutex::new(Vec::new()),
 };
+
+/// Replaces a published snapshot; skipped (until the next second) while a scrape reads it, so
+/// the poller never waits for the metrics thread.
+fn publish<T>(snapshot: &Mutex<Vec<T>>, rows: impl Iterator<Item = T>) {
+    if let Ok(mut held) = snapshot.try_lock() {
+        held.clear();
+        held.extend(rows);
+    }
+}
 
 /// Adds `count` to a counter only one thread writes: a relaxed load and store, no locked
 /// instruction on the data path.
@@ -181,10 +225,48 @@ impl EngineMetrics {
 
     /// Reads and bytes by volume (poller, about once a second).
     pub fn publish_by_volume(&self, counts: impl Iterator<Item = (u32, u64, u64)>) {
-        if let Ok(mut by_volume) = self.by_volume.lock() {
-            by_volume.clear();
-            by_volume.extend(counts);
+        publish(&self.by_volume, counts);
+    }
+
+    /// The catalogue generation each exporter last announced, by its address (poller, about
+    /// once a second).
+    pub fn publish_peer_generations(&self, generations: impl Iterator<Item = (String, u64)>) {
+        publish(&self.peer_generations, generations);
+    }
+
+    /// A local volume's index was loaded or replayed (poller).
+    pub fn count_index_refresh(&self, reason: IndexRefresh) {
+        bump(&self.index_refreshes[reason as usize], 1);
+    }
+
+    /// The export role's catalogue generation now (its thread).
+    pub fn set_export_catalogue_generation(&self, generation: u64) {
+        self.export_catalogue_generation.store(generation, Ordering::Relaxed);
+    }
+
+    /// The regions attached now (control thread, whenever the set changes). The list it
+    /// replaces is dropped here, on the caller's thread, after the lock is released.
+    pub fn set_regions(&self, regions: impl Iterator<Item = Arc<RegionMemory>>) {
+        let fresh: Vec<Arc<RegionMemory>> = regions.collect();
+        let replaced = match self.regions.lock() {
+            Ok(mut held) => std::mem::replace(&mut *held, fresh),
+            Err(_) => fresh,
+        };
+        drop(replaced);
+    }
+
+    /// (client pid, region id, queue pair, reads in flight) of every attached queue pair, from
+    /// the stats blocks (the poller stores `in_flight` there with every batch).
+    fn queue_pairs_in_flight(&self) -> Vec<(u32, u64, u32, u64)> {
+        let Ok(regions) = self.regions.lock() else { return Vec::new() };
+        let mut rows = Vec::new();
+        for memory in regions.iter() {
+            for queue_pair in 0..memory.geometry.queue_pair_count {
+                let in_flight = memory.view.stats(queue_pair).in_flight.load(Ordering::Relaxed);
+                rows.push((memory.identity.client_pid, memory.identity.region_id, queue_pair, in_flight));
+            }
         }
+        rows
     }
 
     pub fn lookups(&self) -> u64 {
@@ -217,14 +299,15 @@ impl EngineMetrics {
             fallbacks.get_or_create(&labels("reason", reason)).inc_by(self.fallbacks[index].load(Ordering::Relaxed));
         }
         registry.register("fallbacks", "Reads sent to the volume server's HTTP, by why", fallbacks);
-        for (source, name) in SOURCES {
-            let snapshot = HistogramSnapshot::of(&self.latency[source as usize]);
-            registry.sub_registry_with_label(("source".into(), name.into())).register(
-                "read_latency_seconds",
-                "Time from taking a read off the ring to its completion, by source",
-                snapshot,
-            );
-        }
+        let latency = SOURCES
+            .iter()
+            .map(|&(source, name)| (vec![("source", name)], HistogramSnapshot::of(&self.latency[source as usize])))
+            .collect();
+        registry.register(
+            "read_latency_seconds",
+            "Time from taking a read off the ring to its completion, by source",
+            HistogramFamily(latency),
+        );
         let gauge = |value: &AtomicU64| {
             let gauge = Gauge::<i64>::default();
             gauge.set(value.load(Ordering::Relaxed) as i64);
@@ -249,10 +332,62 @@ impl EngineMetrics {
         let lookups = Counter::<u64>::default();
         lookups.inc_by(self.lookups());
         registry.register("master_lookups", "Volume lookups the master answered", lookups);
+        self.encode_state(&mut registry);
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
         text
+    }
+}
+
+impl EngineMetrics {
+    /// Index refreshes, catalogue generations and reads in flight per queue pair.
+    fn encode_state(&self, registry: &mut Registry) {
+        let labels = |pairs: &[(&str, String)]| -> Vec<(String, String)> {
+            pairs.iter().map(|(name, value)| (name.to_string(), value.clone())).collect()
+        };
+        let refreshes = Family::<Vec<(String, String)>, Counter>::default();
+        for (index, reason) in INDEX_REFRESH_REASONS.iter().enumerate() {
+            let count = self.index_refreshes[index].load(Ordering::Relaxed);
+            refreshes.get_or_create(&labels(&[("reason", reason.to_string())])).inc_by(count);
+        }
+        registry.register(
+            "index_refreshes",
+            "Local volume indexes loaded (opened), replayed (appended entries) or reloaded (replaced files)",
+            refreshes,
+        );
+        let generation = Gauge::<i64>::default();
+        generation.set(self.export_catalogue_generation.load(Ordering::Relaxed) as i64);
+        registry.register(
+            "export_catalogue_generation",
+            "Export role: bumped whenever its catalogue changes (a volume added, grown, replaced or withdrawn)",
+            generation,
+        );
+        let peer_generations = Family::<Vec<(String, String)>, Gauge>::default();
+        if let Ok(generations) = self.peer_generations.lock() {
+            for (peer, generation) in generations.iter() {
+                peer_generations.get_or_create(&labels(&[("peer", peer.clone())])).set(*generation as i64);
+            }
+        }
+        registry.register(
+            "peer_catalogue_generation",
+            "Read role: the catalogue generation each exporter last announced",
+            peer_generations,
+        );
+        let in_flight = Family::<Vec<(String, String)>, Gauge>::default();
+        for (client_pid, region_id, queue_pair, count) in self.queue_pairs_in_flight() {
+            let key = labels(&[
+                ("client_pid", client_pid.to_string()),
+                ("region", region_id.to_string()),
+                ("queue_pair", queue_pair.to_string()),
+            ]);
+            in_flight.get_or_create(&key).set(count as i64);
+        }
+        registry.register(
+            "queue_pair_reads_in_flight",
+            "Reads taken from a queue pair's SQ and not completed yet, by client and queue pair",
+            in_flight,
+        );
     }
 }
 
@@ -280,6 +415,28 @@ impl HistogramSnapshot {
             count: cumulative,
             buckets,
         }
+    }
+}
+
+/// Histograms of one name with their labels: one `# TYPE` line for all of them (a
+/// sub-registry per label would repeat it, which strict parsers refuse).
+#[derive(Debug)]
+struct HistogramFamily(Vec<(Vec<(&'static str, &'static str)>, HistogramSnapshot)>);
+
+impl TypedMetric for HistogramFamily {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for HistogramFamily {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, histogram) in &self.0 {
+            histogram.encode(encoder.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
     }
 }
 

@@ -2,6 +2,7 @@
 //! process, attach raw (below the client library, to write hostile entries),
 //! find fixtures.
 
+pub mod config_files;
 pub mod seaweedfs;
 
 use rdma_ipc::control::{self, AttachRequest, Request, Response};

@@ -100,39 +100,10 @@ fn sigterm_drains_stops_and_wakes_waiters() {
 /// values; a bad key is refused with its name.
 #[test]
 fn the_example_configuration_has_every_key_and_loads() {
-    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rdma-engine.toml");
-    let text = std::fs::read_to_string(&example).unwrap();
-    let engine = integration_tests::workspace_binary("rdma-engine");
-    let help = std::process::Command::new(&engine).arg("--help").output().unwrap();
-    let help = String::from_utf8_lossy(&help.stdout).to_string();
-    let flags: Vec<&str> = help
-        .split_whitespace()
-        .filter_map(|word| word.strip_prefix("--"))
-        .map(|flag| flag.trim_end_matches(|c: char| !c.is_ascii_alphanumeric() && c != '-'))
-        .filter(|flag| !["config", "check-config", "help", "version"].contains(flag) && !flag.is_empty())
-        .collect();
-    assert!(flags.len() > 20, "could not read the flags from --help:\n{help}");
-    for flag in flags {
-        let listed = text.lines().any(|line| {
-            let line = line.trim_start_matches('#').trim_start();
-            line.starts_with(&format!("{flag} ="))
-        });
-        assert!(listed, "deploy/rdma-engine.toml does not list `{flag}`");
-    }
-    let check = |extra: &[&str]| {
-        let output = std::process::Command::new(&engine)
-            .arg("--config")
-            .arg(&example)
-            .args(extra)
-            .arg("--check-config")
-            .output()
-            .unwrap();
-        (
-            output.status.code(),
-            String::from_utf8_lossy(&output.stdout).to_string(),
-            String::from_utf8_lossy(&output.stderr).to_string(),
-        )
-    };
+    use integration_tests::config_files;
+    assert!(config_files::assert_example_lists_every_flag("rdma-engine", "rdma-engine.toml") > 20);
+    let example = config_files::example("rdma-engine.toml");
+    let check = |extra: &[&str]| config_files::check_config("rdma-engine", &example, extra);
     let (status, printed, errors) = check(&[]);
     assert_eq!(status, Some(0), "{errors}");
     assert!(
@@ -147,10 +118,9 @@ fn the_example_configuration_has_every_key_and_loads() {
     assert!(errors.contains("max-clients"), "{errors}");
     let bad = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(bad.path(), "socket = \"/tmp/x.sock\"\nmax-client = 4\n").unwrap();
-    let output =
-        std::process::Command::new(&engine).arg("--config").arg(bad.path()).arg("--check-config").output().unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("`max-client` is not a setting"));
+    let (status, _, errors) = config_files::check_config("rdma-engine", bad.path(), &[]);
+    assert_eq!(status, Some(2));
+    assert!(errors.contains("`max-client` is not a setting of rdma-engine"), "{errors}");
 }
 
 /// The start-up report: one log line per topic.

@@ -388,21 +388,28 @@ fn readers_must_present_a_token_signed_with_the_read_key() {
     };
     let (right, wrong) = (write_key("right.toml", "the-read-key"), write_key("wrong.toml", "another-key"));
     let (exporter, listen) = exporter(volumes.path(), &["--security-toml", &right], TCP);
-    let reader = |key: Option<&str>| {
+    let reader = |key: Option<&str>, extra: &[&str]| {
         let mut args = vec!["--peer".to_string(), listen.clone()];
         if let Some(key) = key {
             args.extend(["--security-toml".to_string(), key.to_string()]);
         }
+        args.extend(extra.iter().map(|arg| arg.to_string()));
         Engine::start_with(tempfile::tempdir().unwrap(), options(args, TCP))
     };
-    let trusted = reader(Some(&right));
+    let trusted = reader(Some(&right), &[]);
     let (client, mut queue_pair) = attach(&trusted);
     let completion = read_one(&client, &mut queue_pair, 4, 31, 0xc0 + 21);
     assert!(completion.result().is_ok(), "{:?}\n{}", completion.result(), exporter.log_text());
     assert_eq!(completion.source(), ReadSource::Rdma);
 
-    for (key, why) in [(Some(wrong.as_str()), "signature does not match"), (None, "no token")] {
-        let stranger = reader(key);
+    // The right key on a reader whose clock is an hour behind: its tokens expired long ago.
+    let an_hour_behind: &[&str] = &["--read-token-backdate-secs", "3600"];
+    for (key, extra, why) in [
+        (Some(wrong.as_str()), &[][..], "signature does not match"),
+        (None, &[][..], "no token"),
+        (Some(right.as_str()), an_hour_behind, "the token has expired"),
+    ] {
+        let stranger = reader(key, extra);
         let (client, mut queue_pair) = attach(&stranger);
         let completion = read_one(&client, &mut queue_pair, 4, 31, 0xc0 + 21);
         assert!(completion.result().is_err(), "a reader with {key:?} read the volume");
@@ -411,11 +418,11 @@ fn readers_must_present_a_token_signed_with_the_read_key() {
             "no refusal for {key:?}:\n{}",
             exporter.log_text()
         );
+        let log = exporter.log_text();
+        let named = log.lines().any(|line| {
+            line.contains(why) && line.contains("refusing a reader without a valid read token peer=127.0.0.1")
+        });
+        assert!(named, "the refusal for {key:?} does not name the peer:\n{log}");
         assert!(stranger.log_text().contains("not reachable") || !stranger.log_text().contains("exporter connected"));
     }
-    assert!(
-        exporter.log_text().contains("refusing a reader without a valid read token peer=127.0.0.1"),
-        "{}",
-        exporter.log_text()
-    );
 }

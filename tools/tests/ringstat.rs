@@ -97,3 +97,136 @@ fn unreachable_engine_is_exit_code_3() {
     assert!(output.stdout.is_empty());
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot connect"));
 }
+
+/// `ringstat --json --watch` against a client doing NOPs and failing reads: one JSON line per
+/// frame, whose rates are exactly the counter deltas over the frame interval, by queue pair
+/// and summed by region; with no load the rates drop to zero. The text form shows them too.
+#[test]
+fn watch_shows_rates_per_second_beside_the_ring_state() {
+    use std::io::{BufRead, BufReader};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let engine = start_engine(None);
+    let options =
+        AttachOptions { queue_pairs: 1, sq_entries: 16, buffer_size_bytes: 64 << 10, client_name: "rates".into() };
+    let client = Arc::new(Client::attach(&engine.socket, &options).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (load_client, load_stop) = (client.clone(), stop.clone());
+    let load = std::thread::spawn(move || {
+        let mut queue_pair = load_client.take_queue_pair(0).unwrap();
+        while !load_stop.load(Ordering::Relaxed) {
+            // Four NOPs and four reads of a volume no one serves (NO_SUCH_VOLUME) per batch.
+            for tag in 0..4u64 {
+                queue_pair.prepare(Operation::Nop, tag).unwrap();
+                let read = Operation::ReadNeedle {
+                    volume_id: 77,
+                    needle_id: 1,
+                    cookie: 1,
+                    buffer: load_client.allocate(4096).unwrap(),
+                };
+                queue_pair.prepare(read, 100 + tag).unwrap();
+            }
+            queue_pair.submit().unwrap();
+            queue_pair.wait(8, Duration::from_secs(5)).unwrap();
+            while queue_pair.reap_one().unwrap().is_some() {}
+        }
+    });
+
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_ringstat"))
+        .arg("--socket")
+        .arg(&engine.socket)
+        .args(["--json", "--watch", "--interval-ms", "100"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let pid = std::process::id();
+    let mut next_frame = || -> serde_json::Value {
+        let line = lines.next().expect("a frame").expect("a line");
+        serde_json::from_str(&line).unwrap_or_else(|error| panic!("not JSON ({error}): {line}"))
+    };
+    let region_of = |frame: &serde_json::Value| -> serde_json::Value {
+        frame["regions"].as_array().unwrap().iter().find(|region| region["client_pid"] == pid).unwrap().clone()
+    };
+    let mut previous = next_frame();
+    assert!(previous["rates"].is_null(), "the first frame has no rates: {previous}");
+    let mut saw_both = false;
+    for _ in 0..5 {
+        let frame = next_frame();
+        let (before, now) = (region_of(&previous), region_of(&frame));
+        let region_id = now["region_id"].as_u64().unwrap();
+        let seconds = (frame["taken_at_ns"].as_u64().unwrap() - previous["taken_at_ns"].as_u64().unwrap()) as f64 / 1e9;
+        let delta = |name: &str| {
+            let stat = |region: &serde_json::Value| region["queue_pairs"][0]["stats"][name].as_u64().unwrap();
+            (stat(&now) - stat(&before)) as f64
+        };
+        let rates = &frame["rates"];
+        assert!((rates["interval_seconds"].as_f64().unwrap() - seconds).abs() < 1e-9, "{rates}");
+        let queue_pair = rates["queue_pairs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|rates| rates["region_id"] == region_id && rates["queue_pair"] == 0)
+            .expect("queue pair 0 has rates");
+        let region = rates["regions"].as_array().unwrap().iter().find(|rates| rates["region_id"] == region_id).unwrap();
+        let expected = [
+            ("sqes_per_sec", delta("sqes_taken") / seconds),
+            ("reads_per_sec", (delta("cqes_posted") - delta("errors")) / seconds),
+            ("errors_per_sec", delta("errors") / seconds),
+            ("bytes_per_sec", delta("bytes_read") / seconds),
+        ];
+        for (name, value) in expected {
+            let shown = queue_pair[name].as_f64().unwrap();
+            assert!((shown - value).abs() <= 1e-6 * value.max(1.0), "{name}: {shown} shown, {value} from the counters");
+            assert_eq!(region[name], queue_pair[name], "one queue pair: the region's sum is its rate");
+        }
+        saw_both |=
+            queue_pair["reads_per_sec"].as_f64().unwrap() > 0.0 && queue_pair["errors_per_sec"].as_f64().unwrap() > 0.0;
+        previous = frame;
+    }
+    assert!(saw_both, "no frame saw both reads and errors under load");
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    let mut idle = false;
+    for _ in 0..50 {
+        let frame = next_frame();
+        let region_id = region_of(&frame)["region_id"].as_u64().unwrap();
+        let rates =
+            frame["rates"]["regions"].as_array().unwrap().iter().find(|rates| rates["region_id"] == region_id).cloned();
+        if rates.is_some_and(|rates| rates["sqes_per_sec"] == 0.0 && rates["errors_per_sec"] == 0.0) {
+            idle = true;
+            break;
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert!(idle, "the rates never dropped to zero without load");
+
+    // The text form: rates per region and queue pair from the second frame on.
+    let mut text_watch = Command::new(env!("CARGO_BIN_EXE_ringstat"))
+        .arg("--socket")
+        .arg(&engine.socket)
+        .args(["--watch", "--interval-ms", "100"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut text = String::new();
+    let mut reader = BufReader::new(text_watch.stdout.take().unwrap());
+    // Bounded: a frame comes every 100 ms; the second one carries the rates.
+    for _ in 0..200 {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        text.push_str(&line);
+        if text.matches("reads/s").count() >= 2 {
+            break;
+        }
+    }
+    let _ = text_watch.kill();
+    let _ = text_watch.wait();
+    assert!(text.contains("rates over the last"), "{text}");
+    assert!(text.contains("  rate 0 SQEs/s, 0 reads/s, 0 errors/s, 0.0 MB/s"), "{text}");
+    drop(client);
+}

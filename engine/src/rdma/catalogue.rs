@@ -48,6 +48,10 @@ pub struct Catalogue {
     pub request_id: u64,
     /// Random per exporter process: a new value means every address and rkey changed.
     pub exporter_id: u64,
+    /// The exporter's catalogue generation: it moves whenever what it exports changes (a
+    /// volume added, grown, replaced or withdrawn). 0 from an exporter that does not say.
+    #[serde(default)]
+    pub generation: u64,
     /// True when this lists every volume served (the request named none).
     pub complete: bool,
     pub volumes: Vec<VolumeEntry>,
@@ -236,6 +240,7 @@ mod tests {
             protocol_version: PROTOCOL_VERSION,
             request_id: 5,
             exporter_id: 9,
+            generation: 3,
             complete: true,
             volumes: vec![volume(vec![piece(0, 4096)], 100)],
         };

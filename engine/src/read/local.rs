@@ -21,6 +21,7 @@ mod scan;
 use super::check::CheckCopy;
 use super::fetch::{NeedleFetch, Step, SCRATCH_BYTES};
 use super::ReadResult;
+use crate::metrics::{IndexRefresh, METRICS};
 use shm_layout::entry::{ErrorCode, NeedleRead};
 use std::collections::HashMap;
 use std::fs::File;
@@ -151,8 +152,10 @@ impl LocalVolumes {
         let Some(served) = self.volumes.get_mut(&volume_id) else { return };
         served.refreshed_at = Instant::now();
         if !served.volume.is_replaced() {
-            if let Err(error) = served.volume.refresh_index() {
-                tracing::warn!(volume_id, %error, "cannot refresh the index");
+            match served.volume.refresh_index() {
+                Ok(applied) if applied.entry_count > 0 => METRICS.count_index_refresh(IndexRefresh::Appended),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(volume_id, %error, "cannot refresh the index"),
             }
             return;
         }
@@ -162,6 +165,7 @@ impl LocalVolumes {
                 let live_needles = reopened.index().live_count();
                 tracing::info!(volume_id, file = %dat_path.display(), live_needles, "local volume replaced (compacted or copied); reading the new files");
                 served.volume = reopened;
+                METRICS.count_index_refresh(IndexRefresh::Replaced);
             }
             Err(Refusal::Later) => {}
             Err(Refusal::Now(reason)) => {

@@ -359,6 +359,9 @@ impl ReadService {
         if let Some(remote) = self.remote.as_ref() {
             let (up, down) = remote.peer_counts();
             METRICS.set_peers(up, down);
+            METRICS.publish_peer_generations(
+                remote.peer_generations().map(|(address, generation)| (address.to_string(), generation)),
+            );
         }
         METRICS.publish_by_volume(self.by_volume.iter().map(|(&volume_id, &(reads, bytes))| (volume_id, reads, bytes)));
         if self.last_counters_log.elapsed() >= COUNTERS_LOG_INTERVAL && ReadCounters::now() != self.logged_counters {

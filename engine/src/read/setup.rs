@@ -77,6 +77,7 @@ impl ReadSetup {
         let remote = (!config.peer.is_empty() || master_peers > 0).then(|| RemoteConfig {
             max_in_flight: table_capacity,
             read_key,
+            token_backdate: std::time::Duration::from_secs(config.read_token_backdate_secs),
             max_peers: (config.peer.len() + master_peers).min(PEERS_MAX),
             get_max_bytes: match config.rdma_get_max_kib {
                 0 => u64::MAX,

@@ -3,23 +3,25 @@
 
 use clap::Parser;
 use rdma_tools::exit_code;
-use rdma_tools::ringstat::{render_text, take_snapshot, RateTracker};
+use rdma_tools::ringstat::{render_text, take_snapshot, RateTracker, WatchFrame};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// Show each attached region of an engine: client, backing, states,
-/// heartbeat, and per queue pair the ring indices, wake-up flags and counters.
+/// heartbeat, and per queue pair the ring indices, wake-up flags and counters;
+/// with --watch, the rates per second (SQEs, reads, errors, bytes) by region and queue pair.
 #[derive(Debug, Parser)]
 #[command(name = "ringstat", version)]
 struct Args {
     /// The engine's control socket.
     #[arg(long)]
     socket: PathBuf,
-    /// Print one JSON document and exit.
-    #[arg(long, conflicts_with = "watch")]
+    /// Print one JSON document and exit; with --watch, one document per line and frame,
+    /// with the rates since the previous frame.
+    #[arg(long)]
     json: bool,
-    /// Redraw until interrupted, with rates between frames.
+    /// Redraw until interrupted, with rates per second between frames.
     #[arg(long)]
     watch: bool,
     /// Time between frames in watch mode.
@@ -27,21 +29,39 @@ struct Args {
     interval_ms: u64,
 }
 
+/// `{"error": "…"}` and a newline: a frame that could not be taken, in --json --watch.
+fn error_line(error: &dyn std::fmt::Display) -> String {
+    format!("{}\n", serde_json::json!({ "error": error.to_string() }))
+}
+
+/// Frames until interrupted: redrawn text, or one JSON line per frame.
+fn watch(args: &Args) -> ! {
+    let mut tracker = RateTracker::default();
+    loop {
+        let frame = match take_snapshot(&args.socket) {
+            Ok(snapshot) if args.json => {
+                let rates = tracker.update(&snapshot);
+                let frame = WatchFrame { snapshot: &snapshot, rates };
+                serde_json::to_string(&frame).map_or_else(|error| error_line(&error), |line| line + "\n")
+            }
+            Ok(snapshot) => format!("\x1b[2J\x1b[H{}", render_text(&snapshot, Some(&mut tracker))),
+            Err(error) if args.json => error_line(&error),
+            Err(error) => format!("\x1b[2J\x1b[Hringstat: {error}\n(retrying)\n"),
+        };
+        let mut stdout = std::io::stdout().lock();
+        if stdout.write_all(frame.as_bytes()).and_then(|()| stdout.flush()).is_err() {
+            // The reader went away (a closed pipe): nothing more to show.
+            std::process::exit(0);
+        }
+        drop(stdout);
+        std::thread::sleep(Duration::from_millis(args.interval_ms));
+    }
+}
+
 fn main() {
     let args = Args::parse();
     if args.watch {
-        let mut tracker = RateTracker::default();
-        loop {
-            match take_snapshot(&args.socket) {
-                Ok(snapshot) => {
-                    let text = render_text(&snapshot, Some(&mut tracker));
-                    print!("\x1b[2J\x1b[H{text}");
-                }
-                Err(error) => print!("\x1b[2J\x1b[Hringstat: {error}\n(retrying)\n"),
-            }
-            let _ = std::io::stdout().flush();
-            std::thread::sleep(Duration::from_millis(args.interval_ms));
-        }
+        watch(&args);
     }
     let snapshot = match take_snapshot(&args.socket) {
         Ok(snapshot) => snapshot,

@@ -8,9 +8,11 @@
 //! as garbage-capable: indices are subtracted wrapping, states and reasons
 //! outside their tables are printed as numbers, nothing panics.
 
+mod rates;
 mod render;
 
-pub use render::{render_text, RateTracker};
+pub use rates::{FrameRates, QueuePairRates, RateTracker, Rates, RegionRates, WatchFrame};
+pub use render::render_text;
 
 use nix::sys::stat::fstat;
 use rdma_ipc::control::{self, ControlError, Request, Response};

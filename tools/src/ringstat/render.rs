@@ -1,48 +1,9 @@
 //! The human-readable form of a [`Snapshot`], with per-second rates when a
 //! previous snapshot is known (watch mode).
 
+use super::rates::{FrameRates, RateTracker, Rates};
 use super::{QueuePairSnapshot, RegionSnapshot, Snapshot};
-use std::collections::HashMap;
 use std::fmt::Write;
-
-/// Remembers each queue pair's counters from the previous frame.
-#[derive(Debug, Default)]
-pub struct RateTracker {
-    previous: HashMap<(u64, u32), (u64, u64, u64)>,
-    previous_at_ns: u64,
-}
-
-/// Per-second rates of one queue pair since the previous frame.
-#[derive(Clone, Copy, Debug)]
-struct Rates {
-    sqes_per_sec: f64,
-    bytes_per_sec: f64,
-}
-
-impl RateTracker {
-    fn rates(&self, snapshot: &Snapshot, region_id: u64, qp: &QueuePairSnapshot) -> Option<Rates> {
-        let (sqes, bytes, _) = *self.previous.get(&(region_id, qp.index))?;
-        let seconds = snapshot.taken_at_ns.checked_sub(self.previous_at_ns)? as f64 / 1e9;
-        if seconds <= 0.0 {
-            return None;
-        }
-        Some(Rates {
-            sqes_per_sec: qp.stats.sqes_taken.wrapping_sub(sqes) as f64 / seconds,
-            bytes_per_sec: qp.stats.bytes_read.wrapping_sub(bytes) as f64 / seconds,
-        })
-    }
-
-    fn remember(&mut self, snapshot: &Snapshot) {
-        self.previous.clear();
-        for region in &snapshot.regions {
-            for qp in &region.queue_pairs {
-                self.previous
-                    .insert((region.region_id, qp.index), (qp.stats.sqes_taken, qp.stats.bytes_read, qp.stats.sleeps));
-            }
-        }
-        self.previous_at_ns = snapshot.taken_at_ns;
-    }
-}
 
 /// Renders `snapshot`; with a tracker, adds rates since its last frame and
 /// remembers this one.
@@ -56,17 +17,28 @@ pub fn render_text(snapshot: &Snapshot, tracker: Option<&mut RateTracker>) -> St
         snapshot.socket,
         snapshot.regions.len()
     );
-    let tracker_ref = tracker.as_deref();
-    for region in &snapshot.regions {
-        render_region(&mut out, snapshot, region, tracker_ref);
+    let rates = tracker.and_then(|tracker| tracker.update(snapshot));
+    if let Some(rates) = &rates {
+        let _ = writeln!(out, "rates over the last {:.2} s", rates.interval_seconds);
     }
-    if let Some(tracker) = tracker {
-        tracker.remember(snapshot);
+    for region in &snapshot.regions {
+        render_region(&mut out, region, rates.as_ref());
     }
     out
 }
 
-fn render_region(out: &mut String, snapshot: &Snapshot, region: &RegionSnapshot, tracker: Option<&RateTracker>) {
+/// `12 SQEs/s, 10 reads/s, 2 errors/s, 1.2 MB/s`.
+fn rate_text(rates: &Rates) -> String {
+    format!(
+        "{:.0} SQEs/s, {:.0} reads/s, {:.0} errors/s, {:.1} MB/s",
+        rates.sqes_per_sec,
+        rates.reads_per_sec,
+        rates.errors_per_sec,
+        rates.bytes_per_sec / 1e6
+    )
+}
+
+fn render_region(out: &mut String, region: &RegionSnapshot, rates: Option<&FrameRates>) {
     let process = match (&region.client_process_name, region.client_alive) {
         (Some(name), true) => format!("{name}, alive"),
         (Some(name), false) => format!("{name}, not alive"),
@@ -106,6 +78,9 @@ fn render_region(out: &mut String, snapshot: &Snapshot, region: &RegionSnapshot,
             live.engine_state, live.region_state, fence, live.heartbeat_age_ms
         );
     }
+    if let Some(region_rates) = rates.and_then(|rates| rates.region(region.region_id)) {
+        let _ = writeln!(out, "  rate {}", rate_text(region_rates));
+    }
     if !region.queue_pairs.is_empty() {
         let _ = writeln!(
             out,
@@ -128,17 +103,12 @@ fn render_region(out: &mut String, snapshot: &Snapshot, region: &RegionSnapshot,
         );
     }
     for qp in &region.queue_pairs {
-        render_queue_pair(out, snapshot, region.region_id, qp, tracker);
+        let qp_rates = rates.and_then(|rates| rates.queue_pair(region.region_id, qp.index));
+        render_queue_pair(out, qp, qp_rates);
     }
 }
 
-fn render_queue_pair(
-    out: &mut String,
-    snapshot: &Snapshot,
-    region_id: u64,
-    qp: &QueuePairSnapshot,
-    tracker: Option<&RateTracker>,
-) {
+fn render_queue_pair(out: &mut String, qp: &QueuePairSnapshot, rates: Option<&Rates>) {
     let flag = |set: bool| if set { "W" } else { "-" };
     let _ = writeln!(
         out,
@@ -159,10 +129,9 @@ fn render_queue_pair(
         qp.stats.sleeps,
         qp.stats.client_wakeups
     );
-    let rates = tracker.and_then(|tracker| tracker.rates(snapshot, region_id, qp));
     let _ = write!(out, "      bytes read {}  engine in flight {}", qp.stats.bytes_read, qp.stats.in_flight);
     if let Some(rates) = rates {
-        let _ = write!(out, "  rate {:.0} SQEs/s, {:.1} MB/s", rates.sqes_per_sec, rates.bytes_per_sec / 1e6);
+        let _ = write!(out, "  rate {}", rate_text(rates));
     }
     out.push('\n');
 }

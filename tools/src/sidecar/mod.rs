@@ -12,6 +12,7 @@
 //! `docs/sidecar.md` has the APIs and every deviation from the volume server.
 
 pub mod conditional;
+pub mod config;
 pub mod http;
 pub mod manifest;
 pub mod mime;

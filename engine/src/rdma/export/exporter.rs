@@ -21,6 +21,9 @@ use crate::read::local::Refusals;
 const CLOSE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Least time between two directory scans that whole-catalogue requests cause.
 const REQUEST_SCAN_INTERVAL: Duration = Duration::from_millis(100);
+/// Reasons a token is refused ([`crate::rdma::token::TokenError`] variants).
+const TOKEN_REFUSALS: usize = 4;
+const _: () = assert!(crate::rdma::token::TokenError::Expired as usize + 1 == TOKEN_REFUSALS, "Expired is the last");
 /// Largest catalogue answer (about 200 bytes per piece).
 const CATALOGUE_PAYLOAD_MAX_BYTES: usize = 64 << 20;
 
@@ -40,10 +43,13 @@ pub(super) struct Exporter {
     pub(super) last_scan: Instant,
     /// Connection requests refused by `allowed_peers` (logged at powers of two).
     refused_peers: u64,
-    /// Catalogue requests refused for their token (logged at powers of two).
-    refused_tokens: u64,
+    /// Catalogue requests refused for their token, by why (each logged at powers of two).
+    refused_tokens: [u64; TOKEN_REFUSALS],
     /// Volumes seen and not exported, so each is said once.
     pub(super) refusals: Refusals,
+    /// Bumped whenever [`Exporter::catalogue_fingerprint`] changes; sent with every catalogue.
+    catalogue_generation: u64,
+    catalogue_fingerprint: u64,
 }
 
 impl Exporter {
@@ -68,8 +74,10 @@ impl Exporter {
             exporter_id: exporter_id(),
             last_scan: Instant::now(),
             refused_peers: 0,
-            refused_tokens: 0,
+            refused_tokens: [0; TOKEN_REFUSALS],
             refusals: Refusals::default(),
+            catalogue_generation: 0,
+            catalogue_fingerprint: 0,
         };
         exporter.scan();
         tracing::info!(volumes = exporter.volumes.len(), "export role ready");
@@ -161,14 +169,15 @@ impl Exporter {
 
     /// Whether a catalogue request's token lets its reader in (always, without a read key).
     /// A refused reader is disconnected before any catalogue or rkey leaves; the refusal is
-    /// logged at powers of two (a peer can trigger it at will), naming the peer.
+    /// logged at powers of two of each reason (a peer can trigger it at will), naming the peer.
     fn token_admits(&mut self, endpoint_id: EndpointId, token: Option<&str>) -> bool {
         let Some(key) = &self.config.read_key else { return true };
         let Err(error) = key.verify(token, std::time::SystemTime::now()) else { return true };
-        self.refused_tokens += 1;
+        let refused = &mut self.refused_tokens[error as usize];
+        *refused += 1;
         let peer = self.peer_addresses.remove(&endpoint_id).unwrap_or_else(|| "an unknown address".into());
-        if self.refused_tokens.is_power_of_two() {
-            tracing::warn!(%peer, %error, refused = self.refused_tokens, "refusing a reader without a valid read token");
+        if refused.is_power_of_two() {
+            tracing::warn!(%peer, %error, refused = *refused, "refusing a reader without a valid read token");
         }
         if let Some(endpoint) = self.endpoints.remove(&endpoint_id) {
             let _ = endpoint.close_with(CloseMode::Force, CLOSE_TIMEOUT);
@@ -210,6 +219,7 @@ impl Exporter {
                 }
             }
         }
+        self.note_catalogue_changes();
         let wanted = |id: &u32| request.volumes.as_ref().is_none_or(|ids| ids.contains(id));
         let volumes = self
             .volumes
@@ -228,6 +238,7 @@ impl Exporter {
             protocol_version: PROTOCOL_VERSION,
             request_id: request.request_id,
             exporter_id: self.exporter_id,
+            generation: self.catalogue_generation,
             complete,
             volumes,
         };
@@ -241,6 +252,32 @@ impl Exporter {
                 tracing::debug!(%error, "cannot send a catalogue");
             }
         }
+    }
+}
+
+impl Exporter {
+    /// Bumps the catalogue generation when what a catalogue lists changed since the last look,
+    /// and publishes it to the metrics. Called after every scan and before every answer.
+    pub(super) fn note_catalogue_changes(&mut self) {
+        let fingerprint = self.catalogue_fingerprint();
+        if fingerprint != self.catalogue_fingerprint || self.catalogue_generation == 0 {
+            self.catalogue_fingerprint = fingerprint;
+            self.catalogue_generation += 1;
+            crate::metrics::METRICS.set_export_catalogue_generation(self.catalogue_generation);
+        }
+    }
+
+    /// FNV-1a of every exported volume's id, generation, version and file lengths.
+    fn catalogue_fingerprint(&self) -> u64 {
+        let mut hasher = Fnv1a::default();
+        for (&id, volume) in &self.volumes {
+            hasher.write_u32(id);
+            hasher.write_u64(volume.generation);
+            hasher.write_u8(volume.version);
+            hasher.write_u64(volume.dat.length_bytes);
+            hasher.write_u64(volume.idx.length_bytes);
+        }
+        hasher.finish()
     }
 }
 

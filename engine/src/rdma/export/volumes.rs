@@ -56,6 +56,7 @@ impl Exporter {
             }
         }
         self.refusals.retain_seen(&seen);
+        self.note_catalogue_changes();
     }
 
     /// Follows one volume: its growth, or its replacement (a vacuum renames new files over

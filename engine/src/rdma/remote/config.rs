@@ -41,6 +41,8 @@ pub struct RemoteConfig {
     /// Longest single get: longer reads are fetched in several gets at once (at most
     /// `GETS_PER_TRANSFER_MAX` in flight per read).
     pub get_max_bytes: u64,
+    /// Tokens are signed as if this long ago (testing: a reader whose clock is behind).
+    pub token_backdate: Duration,
 }
 
 impl RemoteConfig {
@@ -57,6 +59,7 @@ impl RemoteConfig {
             index_chunk_bytes: 1 << 20,
             read_key: None,
             get_max_bytes: DEFAULT_GET_MAX_BYTES,
+            token_backdate: Duration::ZERO,
         }
     }
 

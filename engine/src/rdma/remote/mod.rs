@@ -211,6 +211,11 @@ impl RemoteReads {
         (up, self.peers.len() - up)
     }
 
+    /// Each exporter's address and the catalogue generation it last announced (0: none yet).
+    pub fn peer_generations(&self) -> impl Iterator<Item = (SocketAddr, u64)> + '_ {
+        self.peers.iter().map(|peer| (peer.address, peer.catalogue_generation))
+    }
+
     /// Whether an exporter that is up announced `volume_id`.
     pub fn serves_up(&self, volume_id: u32) -> bool {
         self.peers.iter().any(|peer| peer.is_up() && peer.volumes.contains_key(&volume_id))

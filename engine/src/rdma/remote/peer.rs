@@ -121,6 +121,8 @@ pub(super) struct Peer {
     /// Volumes the next request names; `wanted_all` asks for every volume.
     pub(super) wanted: Vec<u32>,
     pub(super) wanted_all: bool,
+    /// The catalogue generation of the latest catalogue applied (0: none yet).
+    pub(super) catalogue_generation: u64,
 }
 
 impl Peer {
@@ -146,6 +148,7 @@ impl Peer {
             request_again: false,
             wanted: Vec::with_capacity(REQUEST_VOLUMES_MAX),
             wanted_all: false,
+            catalogue_generation: 0,
         }
     }
 

@@ -23,7 +23,8 @@ impl RemoteReads {
     /// Sends a catalogue request for the wanted volumes, or remembers to once the one in
     /// flight is answered (one request at a time per peer).
     pub(super) fn send_request(&mut self, peer_index: usize) {
-        let token = self.config.read_key.as_ref().map(|key| key.sign(std::time::SystemTime::now()));
+        let signed_at = std::time::SystemTime::now().checked_sub(self.config.token_backdate);
+        let token = self.config.read_key.as_ref().map(|key| key.sign(signed_at.unwrap_or(std::time::UNIX_EPOCH)));
         let peer = &mut self.peers[peer_index];
         if peer.request.is_some() {
             peer.request_again = true;
@@ -87,6 +88,7 @@ impl RemoteReads {
             }
             _ => Some(Vec::new()),
         };
+        peer.catalogue_generation = catalogue.generation;
         if matches!(peer.state, PeerState::Connecting { .. }) {
             tracing::info!(peer = %peer.address, volumes = catalogue.volumes.len(), "exporter connected");
             peer.state = PeerState::Up;

@@ -162,6 +162,7 @@ impl LocalVolumes {
                             "serving local volume"
                         );
                         self.refusals.forget(&path);
+                        crate::metrics::METRICS.count_index_refresh(crate::metrics::IndexRefresh::Opened);
                         self.volumes.insert(volume_id, Served { volume, refreshed_at: Instant::now() });
                     }
                     Err(Refusal::Later) => {}
