@@ -71,7 +71,7 @@ fn check_file(file: &FileEntry) {
 
 fn check_rkey(piece: &PieceEntry) {
     let length = piece.rkey_hex.len();
-    assert!(length % 2 == 0 && length / 2 >= 1 && length / 2 <= ucx::RKEY_MAX_BYTES, "{piece:?}");
+    assert!(length.is_multiple_of(2) && length / 2 >= 1 && length / 2 <= ucx::RKEY_MAX_BYTES, "{piece:?}");
     if let Some(bytes) = from_hex(&piece.rkey_hex) {
         assert_eq!(bytes.len(), length / 2);
         assert_eq!(to_hex(&bytes), piece.rkey_hex.to_ascii_lowercase(), "hex round trip");

@@ -19,14 +19,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 fuzz_target!(|data: &[u8]| {
     let Some((description_bytes, rest)) = data.split_first_chunk::<128>() else { return };
-    let mapping_size_bytes = if rest.is_empty() {
-        u64::MAX
-    } else {
-        let mut size = [0u8; 8];
-        let taken = rest.len().min(8);
-        size[..taken].copy_from_slice(&rest[..taken]);
-        u64::from_le_bytes(size)
-    };
+    let mapping_size_bytes = rdma_fuzz::trailing_u64_le(rest, u64::MAX);
     let description = RegionDescription::read_from_bytes(description_bytes).expect("128 bytes are one description");
     assert_eq!(description.as_bytes(), description_bytes);
 

@@ -22,14 +22,7 @@ const DEFAULT_AREA_SIZE_BYTES: u64 = 1 << 20;
 
 fuzz_target!(|data: &[u8]| {
     let Some((entry_bytes, rest)) = data.split_first_chunk::<64>() else { return };
-    let area_size_bytes = if rest.is_empty() {
-        DEFAULT_AREA_SIZE_BYTES
-    } else {
-        let mut size = [0u8; 8];
-        let taken = rest.len().min(8);
-        size[..taken].copy_from_slice(&rest[..taken]);
-        u64::from_le_bytes(size)
-    };
+    let area_size_bytes = rdma_fuzz::trailing_u64_le(rest, DEFAULT_AREA_SIZE_BYTES);
     let sqe = Sqe::read_from_bytes(entry_bytes).expect("64 bytes are one entry");
     assert_eq!(sqe.as_bytes(), entry_bytes, "an entry's bytes must read back unchanged");
 
