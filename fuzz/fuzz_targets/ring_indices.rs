@@ -108,9 +108,35 @@ impl Ring {
 
 fuzz_target!(|input: Input| {
     let entries = 2u32 << (input.size_shift % 6);
-    run_sq(entries, input.start, &input.sq_steps);
-    run_cq(entries, input.start, &input.cq_steps);
+    let mut sq_ring = Ring::new(entries, input.start);
+    let mut sq = SqSide::new(&mut sq_ring, input.start);
+    // After a refusal the engine fences the client: the ring is not touched again.
+    for step in input.sq_steps.iter().take(STEPS_MAX) {
+        if sq.step(step).is_err() {
+            break;
+        }
+    }
+    let mut cq_ring = Ring::new(entries, input.start);
+    let mut cq = CqSide::new(&mut cq_ring, input.start);
+    for step in input.cq_steps.iter().take(STEPS_MAX) {
+        if cq.step(step).is_err() {
+            break;
+        }
+    }
 });
+
+/// Checks that the ring's answer is the rule's: the same value, or the same refusal.
+fn agree<T: PartialEq + std::fmt::Debug>(
+    expected: Result<T, IndexError>,
+    found: Result<T, IndexError>,
+    honest: bool,
+) -> Result<T, IndexError> {
+    assert_eq!(found, expected, "the ring's answer is not the rule's");
+    if let Err(error) = &expected {
+        assert!(!honest, "an honest client was refused: {error}");
+    }
+    expected
+}
 
 /// The consumer rule for a tail load: `Ok(count)` or the error naming the values.
 fn expected_tail_load(tail: u32, cached_tail: u32, local_head: u32, entries: u32) -> Result<u32, IndexError> {
@@ -121,117 +147,127 @@ fn expected_tail_load(tail: u32, cached_tail: u32, local_head: u32, entries: u32
     Ok(count)
 }
 
-fn run_sq(entries: u32, start: u32, steps: &[SqStep]) {
-    let mut ring = Ring::new(entries, start);
-    let base = ring.base();
-    // SAFETY: the Ring outlives the consumer (both live to the end of this function); the
-    // slots are `entries` u64s (a power of two) and any bit pattern is a u64; the consumer is
-    // the ring's only consumer.
-    let mut consumer = unsafe {
-        Consumer::new(NonNull::from(&*ring.head), NonNull::from(&*ring.tail), SharedSlots::new(base, entries), start)
-    };
-    let (mut local_head, mut cached_tail) = (start, start);
-    let (mut client_tail, mut honest) = (start, true);
-    let mut published: VecDeque<u64> = VecDeque::new();
-    let mut written: VecDeque<u64> = VecDeque::new();
-    for step in steps.iter().take(STEPS_MAX) {
-        let result: Result<(), IndexError> = match *step {
+/// The engine's SQ consumer, the indices the rule says it holds, and the client's side.
+struct SqSide<'a> {
+    ring: &'a mut Ring,
+    consumer: Consumer<u64, SharedSlots<u64>>,
+    local_head: u32,
+    cached_tail: u32,
+    client_tail: u32,
+    /// No hostile store so far: entries must arrive as written.
+    honest: bool,
+    published: VecDeque<u64>,
+    written: VecDeque<u64>,
+}
+
+impl<'a> SqSide<'a> {
+    fn new(ring: &'a mut Ring, start: u32) -> SqSide<'a> {
+        let entries = ring.entries();
+        let base = ring.base();
+        // SAFETY: the Ring outlives the consumer (it is borrowed for the side's life); the
+        // slots are `entries` u64s (a power of two) and any bit pattern is a u64; this is the
+        // ring's only consumer.
+        let consumer = unsafe {
+            Consumer::new(
+                NonNull::from(&*ring.head),
+                NonNull::from(&*ring.tail),
+                SharedSlots::new(base, entries),
+                start,
+            )
+        };
+        SqSide {
+            ring,
+            consumer,
+            local_head: start,
+            cached_tail: start,
+            client_tail: start,
+            honest: true,
+            published: VecDeque::new(),
+            written: VecDeque::new(),
+        }
+    }
+
+    fn step(&mut self, step: &SqStep) -> Result<(), IndexError> {
+        let entries = self.ring.entries();
+        match *step {
             SqStep::ClientWrite(value) => {
                 // An honest client writes only into slots the engine released.
-                if client_tail.wrapping_sub(ring.head.load(Ordering::Acquire)) < entries {
-                    ring.client_write(client_tail, value);
-                    client_tail = client_tail.wrapping_add(1);
-                    written.push_back(value);
+                if self.client_tail.wrapping_sub(self.ring.head.load(Ordering::Acquire)) < entries {
+                    self.ring.client_write(self.client_tail, value);
+                    self.client_tail = self.client_tail.wrapping_add(1);
+                    self.written.push_back(value);
                 }
-                Ok(())
             }
             SqStep::ClientPublish => {
-                ring.tail.store(client_tail, Ordering::Release);
-                published.append(&mut written);
-                Ok(())
+                self.ring.tail.store(self.client_tail, Ordering::Release);
+                self.published.append(&mut self.written);
             }
-            SqStep::ClientStoreTail(tail) => {
-                ring.tail.store(tail, Ordering::Release);
-                honest = false;
-                Ok(())
-            }
+            SqStep::ClientStoreTail(tail) => self.store_hostile_tail(tail),
             SqStep::ClientNudgeTail(delta) => {
-                let tail = local_head.wrapping_add(entries).wrapping_add_signed(i32::from(delta));
-                ring.tail.store(tail, Ordering::Release);
-                honest = false;
-                Ok(())
+                self.store_hostile_tail(self.local_head.wrapping_add(entries).wrapping_add_signed(i32::from(delta)))
             }
-            SqStep::Pop | SqStep::Available => {
-                let expected = if cached_tail != local_head {
-                    Ok(cached_tail.wrapping_sub(local_head))
-                } else {
-                    expected_tail_load(ring.tail.load(Ordering::Relaxed), cached_tail, local_head, entries)
-                };
-                let popping = matches!(step, SqStep::Pop);
-                let found = if popping {
-                    consumer.pop().map(|entry| {
-                        let count = u32::from(entry.is_some());
-                        if let (Some(value), true) = (entry, honest) {
-                            assert_eq!(Some(value), published.pop_front(), "entries must arrive in order, unchanged");
-                        }
-                        count
-                    })
-                } else {
-                    consumer.available()
-                };
-                match expected {
-                    Ok(count) => {
-                        cached_tail = local_head.wrapping_add(count);
-                        let count_found = found.expect("a tail inside the rule was refused");
-                        if popping {
-                            assert_eq!(count_found, u32::from(count > 0), "pop with {count} available");
-                            local_head = local_head.wrapping_add(count_found);
-                        } else {
-                            assert_eq!(count_found, count);
-                        }
-                        Ok(())
-                    }
-                    Err(error) => {
-                        assert_eq!(found, Err(error));
-                        Err(error)
-                    }
-                }
+            SqStep::Pop => self.pop()?,
+            SqStep::Available => {
+                let count = agree(self.expected_available(), self.consumer.available(), self.honest)?;
+                self.cached_tail = self.local_head.wrapping_add(count);
             }
             SqStep::Release => {
-                consumer.release();
-                assert_eq!(ring.head.load(Ordering::Relaxed), local_head);
-                Ok(())
+                self.consumer.release();
+                assert_eq!(self.ring.head.load(Ordering::Relaxed), self.local_head);
             }
-            SqStep::PrepareSleep(wanted) => {
-                let tail = ring.tail.load(Ordering::Relaxed);
-                let expected = expected_tail_load(tail, cached_tail, local_head, entries);
-                let found = consumer.prepare_sleep_for(&ring.flags, NEED_WAKEUP, u32::from(wanted));
-                match expected {
-                    Ok(count) => {
-                        cached_tail = tail;
-                        let check = found.expect("a tail inside the rule was refused");
-                        if count >= u32::from(wanted).max(1) {
-                            assert_eq!(check, SleepCheck::WorkArrived);
-                            assert_eq!(ring.flags.load(Ordering::Relaxed), 0, "work arrived: the flag is cleared");
-                        } else {
-                            assert_eq!(check, SleepCheck::Sleep { expected_tail: tail });
-                            assert_eq!(ring.flags.load(Ordering::Relaxed), NEED_WAKEUP);
-                            consumer.finish_sleep(&ring.flags);
-                        }
-                        Ok(())
-                    }
-                    Err(error) => {
-                        assert_eq!(found, Err(error));
-                        Err(error)
-                    }
-                }
-            }
-        };
-        assert_eq!(consumer.local_head(), local_head);
-        if let Err(error) = result {
-            assert!(!honest, "an honest client was refused: {error}");
-            return; // The engine fences the client: the ring is not touched again.
+            SqStep::PrepareSleep(wanted) => self.prepare_sleep(u32::from(wanted))?,
         }
+        assert_eq!(self.consumer.local_head(), self.local_head);
+        Ok(())
+    }
+
+    fn store_hostile_tail(&mut self, tail: u32) {
+        self.ring.tail.store(tail, Ordering::Release);
+        self.honest = false;
+    }
+
+    /// `available()` by the rule: the cached count, else a tail load.
+    fn expected_available(&self) -> Result<u32, IndexError> {
+        if self.cached_tail != self.local_head {
+            return Ok(self.cached_tail.wrapping_sub(self.local_head));
+        }
+        let tail = self.ring.tail.load(Ordering::Relaxed);
+        expected_tail_load(tail, self.cached_tail, self.local_head, self.ring.entries())
+    }
+
+    fn pop(&mut self) -> Result<(), IndexError> {
+        let expected = self.expected_available();
+        let found = self.consumer.pop();
+        let popped = agree(expected.map(|count| count > 0), found.map(|entry| entry.is_some()), self.honest)?;
+        if let (Ok(Some(value)), true) = (found, self.honest) {
+            assert_eq!(Some(value), self.published.pop_front(), "entries must arrive in order, unchanged");
+        }
+        self.cached_tail = self.local_head.wrapping_add(expected?);
+        self.local_head = self.local_head.wrapping_add(u32::from(popped));
+        Ok(())
+    }
+
+    fn prepare_sleep(&mut self, wanted: u32) -> Result<(), IndexError> {
+        let tail = self.ring.tail.load(Ordering::Relaxed);
+        let count = expected_tail_load(tail, self.cached_tail, self.local_head, self.ring.entries());
+        let expected = count.map(|count| {
+            if count >= wanted.max(1) {
+                SleepCheck::WorkArrived
+            } else {
+                SleepCheck::Sleep { expected_tail: tail }
+            }
+        });
+        let check =
+            agree(expected, self.consumer.prepare_sleep_for(&self.ring.flags, NEED_WAKEUP, wanted), self.honest)?;
+        self.cached_tail = tail;
+        let flags = self.ring.flags.load(Ordering::Relaxed);
+        if check == SleepCheck::WorkArrived {
+            assert_eq!(flags, 0, "work arrived: the flag is cleared");
+        } else {
+            assert_eq!(flags, NEED_WAKEUP, "going to sleep: the flag is set");
+            self.consumer.finish_sleep(&self.ring.flags);
+        }
+        Ok(())
     }
 }
 
@@ -243,115 +279,118 @@ fn expected_head_load(head: u32, cached_head: u32, local_tail: u32) -> Result<u3
     Ok(head)
 }
 
-/// `free(want)` by the rule: (free slots, new cached head).
-fn expected_free(
-    want: u32,
-    head: u32,
-    cached_head: u32,
+/// The engine's CQ producer, the indices the rule says it holds, and the client's side.
+struct CqSide<'a> {
+    ring: &'a mut Ring,
+    producer: Producer<u64, SharedSlots<u64>>,
     local_tail: u32,
-    entries: u32,
-) -> Result<(u32, u32), IndexError> {
-    let free = entries - local_tail.wrapping_sub(cached_head);
-    if free >= want {
-        return Ok((free, cached_head));
-    }
-    let head = expected_head_load(head, cached_head, local_tail)?;
-    Ok((entries - local_tail.wrapping_sub(head), head))
+    cached_head: u32,
+    client_head: u32,
+    /// No hostile store so far: completions must arrive as pushed.
+    honest: bool,
+    pushed: VecDeque<u64>,
 }
 
-fn run_cq(entries: u32, start: u32, steps: &[CqStep]) {
-    let mut ring = Ring::new(entries, start);
-    let base = ring.base();
-    // SAFETY: as in run_sq; the producer is the ring's only producer.
-    let mut producer = unsafe {
-        Producer::new(NonNull::from(&*ring.tail), NonNull::from(&*ring.head), SharedSlots::new(base, entries), start)
-    };
-    let (mut local_tail, mut cached_head) = (start, start);
-    let (mut client_head, mut honest) = (start, true);
-    let mut pushed: VecDeque<u64> = VecDeque::new();
-    for step in steps.iter().take(STEPS_MAX) {
-        let result: Result<(), IndexError> = match *step {
-            CqStep::Push(value) => {
-                let head = ring.head.load(Ordering::Relaxed);
-                let expected = expected_free(1, head, cached_head, local_tail, entries);
-                let found = producer.push(value);
-                match expected {
-                    Ok((free, head)) => {
-                        cached_head = head;
-                        if free == 0 {
-                            assert_eq!(found, Err(PushError::Full));
-                        } else {
-                            assert_eq!(found, Ok(()));
-                            if honest {
-                                // The slot written was one the client had consumed and released.
-                                assert!(local_tail.wrapping_sub(client_head) < entries, "overwrote an unread entry");
-                            }
-                            local_tail = local_tail.wrapping_add(1);
-                            pushed.push_back(value);
-                        }
-                        Ok(())
-                    }
-                    Err(error) => {
-                        assert_eq!(found, Err(PushError::Index(error)));
-                        Err(error)
-                    }
-                }
-            }
+impl<'a> CqSide<'a> {
+    fn new(ring: &'a mut Ring, start: u32) -> CqSide<'a> {
+        let entries = ring.entries();
+        let base = ring.base();
+        // SAFETY: as in SqSide::new; this is the ring's only producer.
+        let producer = unsafe {
+            Producer::new(
+                NonNull::from(&*ring.tail),
+                NonNull::from(&*ring.head),
+                SharedSlots::new(base, entries),
+                start,
+            )
+        };
+        CqSide {
+            ring,
+            producer,
+            local_tail: start,
+            cached_head: start,
+            client_head: start,
+            honest: true,
+            pushed: VecDeque::new(),
+        }
+    }
+
+    fn step(&mut self, step: &CqStep) -> Result<(), IndexError> {
+        match *step {
+            CqStep::Push(value) => self.push(value)?,
             CqStep::Publish => {
-                producer.publish();
-                assert_eq!(ring.tail.load(Ordering::Relaxed), local_tail);
-                Ok(())
+                self.producer.publish();
+                assert_eq!(self.ring.tail.load(Ordering::Relaxed), self.local_tail);
             }
             CqStep::Free(want) => {
-                let head = ring.head.load(Ordering::Relaxed);
-                let want = u32::from(want) % (entries + 2);
-                let expected = expected_free(want, head, cached_head, local_tail, entries);
-                let found = producer.free(want);
-                match expected {
-                    Ok((free, head)) => {
-                        cached_head = head;
-                        assert_eq!(found, Ok(free));
-                        Ok(())
-                    }
-                    Err(error) => {
-                        assert_eq!(found, Err(error));
-                        Err(error)
-                    }
-                }
+                let want = u32::from(want) % (self.ring.entries() + 2);
+                let expected = self.expected_free(want);
+                agree(expected.map(|(free, _)| free), self.producer.free(want), self.honest)?;
+                self.cached_head = expected?.1;
             }
-            CqStep::ClientConsume(count) => {
-                let tail = ring.tail.load(Ordering::Acquire);
-                for _ in 0..count {
-                    if client_head == tail {
-                        break;
-                    }
-                    let value = ring.client_read(client_head);
-                    if honest {
-                        assert_eq!(Some(value), pushed.pop_front(), "completions must arrive in order, unchanged");
-                    }
-                    client_head = client_head.wrapping_add(1);
-                }
-                Ok(())
-            }
-            CqStep::ClientRelease => {
-                ring.head.store(client_head, Ordering::Release);
-                Ok(())
-            }
-            CqStep::ClientStoreHead(head) => {
-                ring.head.store(head, Ordering::Release);
-                honest = false;
-                Ok(())
-            }
+            CqStep::ClientConsume(count) => self.client_consume(count),
+            CqStep::ClientRelease => self.ring.head.store(self.client_head, Ordering::Release),
+            CqStep::ClientStoreHead(head) => self.store_hostile_head(head),
             CqStep::ClientNudgeHead(delta) => {
-                ring.head.store(local_tail.wrapping_add_signed(i32::from(delta)), Ordering::Release);
-                honest = false;
-                Ok(())
+                self.store_hostile_head(self.local_tail.wrapping_add_signed(i32::from(delta)))
             }
-        };
-        assert_eq!(producer.local_tail(), local_tail);
-        if let Err(error) = result {
-            assert!(!honest, "an honest client was refused: {error}");
-            return;
+        }
+        assert_eq!(self.producer.local_tail(), self.local_tail);
+        Ok(())
+    }
+
+    fn store_hostile_head(&mut self, head: u32) {
+        self.ring.head.store(head, Ordering::Release);
+        self.honest = false;
+    }
+
+    /// `free(want)` by the rule: (free slots, the cached head after it).
+    fn expected_free(&self, want: u32) -> Result<(u32, u32), IndexError> {
+        let entries = self.ring.entries();
+        let free = entries - self.local_tail.wrapping_sub(self.cached_head);
+        if free >= want {
+            return Ok((free, self.cached_head));
+        }
+        let head = self.ring.head.load(Ordering::Relaxed);
+        let head = expected_head_load(head, self.cached_head, self.local_tail)?;
+        Ok((entries - self.local_tail.wrapping_sub(head), head))
+    }
+
+    fn push(&mut self, value: u64) -> Result<(), IndexError> {
+        let expected = self.expected_free(1);
+        let found = self.producer.push(value);
+        let expected_push = expected.map_err(PushError::Index).and_then(|(free, _)| match free {
+            0 => Err(PushError::Full),
+            _ => Ok(()),
+        });
+        assert_eq!(found, expected_push, "the ring's answer is not the rule's");
+        let (free, head) =
+            expected.inspect_err(|error| assert!(!self.honest, "an honest client was refused: {error}"))?;
+        self.cached_head = head;
+        if free > 0 {
+            // The slot written was one the client had consumed (and released).
+            assert!(
+                !self.honest || self.local_tail.wrapping_sub(self.client_head) < self.ring.entries(),
+                "overwrote an unread completion"
+            );
+            self.local_tail = self.local_tail.wrapping_add(1);
+            self.pushed.push_back(value);
+        }
+        Ok(())
+    }
+
+    /// The client reads up to `count` published completions (not released yet).
+    fn client_consume(&mut self, count: u8) {
+        let tail = self.ring.tail.load(Ordering::Acquire);
+        for _ in 0..count {
+            if self.client_head == tail {
+                break;
+            }
+            let value = self.ring.client_read(self.client_head);
+            if self.honest {
+                assert_eq!(Some(value), self.pushed.pop_front(), "completions must arrive in order, unchanged");
+            }
+            self.client_head = self.client_head.wrapping_add(1);
         }
     }
 }
