@@ -59,8 +59,8 @@ echo "== Go client (client/go): layout vectors, every needle vs rdma-cat, 64 gor
 echo "== loom: the SPSC ring and NEED_WAKEUP protocol under every interleaving" >&2
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --locked -p shm-layout --test loom --release
 
-echo "== fuzz smoke: every cargo fuzz target for 15 s (decoders of SQEs, ring indices, control messages, catalogues, needles, .idx)" >&2
-deploy/fuzz.sh --seconds 15
+echo "== fuzz smoke: every cargo fuzz target for 10 s (decoders of SQEs, ring indices, control messages, catalogues, needles, .idx)" >&2
+deploy/fuzz.sh --seconds 10
 
 echo "== summary: $passed workspace tests passed, the Go mount-protocol test, the Go client tests, the loom model, and the fuzz smoke" >&2
 if [ -s "$skip_log" ]; then
