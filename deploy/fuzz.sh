@@ -58,8 +58,9 @@ for target in "${targets[@]}"; do
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
         -artifact_prefix="$artifacts/" >"$log" 2>&1; then
         tail -n 40 "$log" >&2
-        echo "== fuzz: $target FAILED; the input is in $artifacts/ (full log: $log)." >&2
-        echo "   Reproduce: cargo fuzz run ${flags[*]} $target $artifacts/<crash-file>" >&2
+        found=$(ls -t "$artifacts"/crash-* "$artifacts"/timeout-* "$artifacts"/oom-* 2>/dev/null | head -n 1 || true)
+        echo "== fuzz: $target FAILED on ${found:-an input libFuzzer did not save} (full log: $log)." >&2
+        echo "   Reproduce: cargo fuzz run ${flags[*]} $target ${found:-<input>}" >&2
         exit 1
     fi
     executions=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
