@@ -136,21 +136,9 @@ fn stored<'a>(record: &NeedleRecord<'a>) -> Stored<'a> {
     (record.name, record.mime, record.last_modified, record.ttl, record.pairs, record.is_gzipped())
 }
 
+/// What the writer stores of `parsed`; `None` when its checksum matches neither form.
 fn spec_of<'a>(parsed: &NeedleRecord<'a>) -> Option<NeedleSpec<'a>> {
-    Some(NeedleSpec {
-        cookie: parsed.header.cookie,
-        needle_id: parsed.header.needle_id,
-        data: parsed.data,
-        name: parsed.name,
-        mime: parsed.mime,
-        last_modified: parsed.last_modified,
-        ttl: parsed.ttl,
-        pairs: parsed.pairs,
-        is_gzipped: parsed.is_gzipped(),
-        is_chunk_manifest: parsed.is_chunk_manifest(),
-        append_at_ns: parsed.append_at_ns.unwrap_or(0),
-        checksum_form: parsed.checksum_form()?,
-    })
+    Some(NeedleSpec::from_record(parsed, parsed.checksum_form()?))
 }
 
 /// Encode what was parsed, parse it again: the fields the writer stores come back, and
