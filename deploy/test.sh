@@ -2,7 +2,7 @@
 # Runs every test of the project on a fresh machine: installs what is missing
 # (Debian packages, Rust, SeaweedFS's weed), then the workspace tests (unit, proptest, real
 # multi-process tests with real UCX), the Go tests (mount protocol, Go client) and the loom
-# model of the ring protocol.
+# model of the ring protocol, then a short run of every fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 deploy/install-deps.sh
@@ -59,7 +59,10 @@ echo "== Go client (client/go): layout vectors, every needle vs rdma-cat, 64 gor
 echo "== loom: the SPSC ring and NEED_WAKEUP protocol under every interleaving" >&2
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --locked -p shm-layout --test loom --release
 
-echo "== summary: $passed workspace tests passed, the Go mount-protocol test, the Go client tests, and the loom model" >&2
+echo "== fuzz smoke: every cargo fuzz target for 10 s (decoders of SQEs, ring indices, control messages, catalogues, needles, .idx)" >&2
+deploy/fuzz.sh --seconds 10
+
+echo "== summary: $passed workspace tests passed, the Go mount-protocol test, the Go client tests, the loom model, and the fuzz smoke" >&2
 if [ -s "$skip_log" ]; then
     echo "== skipped on purpose (RDMA_TESTS_ALLOW_SKIP=$RDMA_TESTS_ALLOW_SKIP):" >&2
     sed 's/^/   /' "$skip_log" >&2

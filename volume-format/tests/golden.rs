@@ -276,20 +276,7 @@ fn writer_reproduces_seaweedfs_records() {
         let records = scan_all(stem);
         for record in &records {
             let parsed = record.parse().unwrap();
-            let spec = NeedleSpec {
-                cookie: parsed.header.cookie,
-                needle_id: parsed.header.needle_id,
-                data: parsed.data,
-                name: parsed.name,
-                mime: parsed.mime,
-                last_modified: parsed.last_modified,
-                ttl: parsed.ttl,
-                pairs: parsed.pairs,
-                is_gzipped: parsed.is_gzipped(),
-                is_chunk_manifest: parsed.is_chunk_manifest(),
-                append_at_ns: parsed.append_at_ns.unwrap_or(0),
-                checksum_form: parsed.checksum_form().unwrap_or(ChecksumForm::Raw),
-            };
+            let spec = NeedleSpec::from_record(&parsed, parsed.checksum_form().unwrap_or(ChecksumForm::Raw));
             let mut encoded = encode_needle(Version::V3, &spec).unwrap();
             if parsed.data.is_empty() {
                 // Deletion records keep whatever checksum the request carried.

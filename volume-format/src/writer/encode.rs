@@ -2,7 +2,7 @@
 //! `writeNeedleV1/V2/V3` does, padding bytes included.
 
 use crate::crc::{self, ChecksumForm};
-use crate::needle::{flags, padding_bytes, NeedleHeader, MAX_LAST_MODIFIED};
+use crate::needle::{flags, padding_bytes, NeedleHeader, NeedleRecord, MAX_LAST_MODIFIED};
 use crate::ttl::Ttl;
 use crate::version::Version;
 
@@ -76,6 +76,27 @@ pub struct NeedleSpec<'a> {
     pub append_at_ns: u64,
     /// Raw (today's SeaweedFS) or legacy (before 3.09) checksum.
     pub checksum_form: ChecksumForm,
+}
+
+impl<'a> NeedleSpec<'a> {
+    /// The spec that stores what a parsed `record` holds (flag bits the writer does not
+    /// know, and fields flagged but absent, are dropped), with its checksum in `checksum_form`.
+    pub fn from_record(record: &NeedleRecord<'a>, checksum_form: ChecksumForm) -> NeedleSpec<'a> {
+        NeedleSpec {
+            cookie: record.header.cookie,
+            needle_id: record.header.needle_id,
+            data: record.data,
+            name: record.name,
+            mime: record.mime,
+            last_modified: record.last_modified,
+            ttl: record.ttl,
+            pairs: record.pairs,
+            is_gzipped: record.is_gzipped(),
+            is_chunk_manifest: record.is_chunk_manifest(),
+            append_at_ns: record.append_at_ns.unwrap_or(0),
+            checksum_form,
+        }
+    }
 }
 
 impl NeedleSpec<'_> {
