@@ -12,6 +12,8 @@
 //! - no panic;
 //! - a parsed needle never claims bytes past its input: its data, name, mime and pairs lie
 //!   inside the record's body, and the body, checksum and timestamp inside the input;
+//! - the engine's check of a landed record (parsed from its private copy) accepts exactly the
+//!   records the whole parse accepts with the ids asked for, and finds the same data;
 //! - decode never accepts what validation rejects: a whole-record check that passes means
 //!   the header-only check of a range read passes too, finds the data at the same place,
 //!   and the meta a range read fetches apart (flags, TTL, append time) is the whole parse's;
@@ -21,7 +23,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rdma_engine::read::check::{check_meta, check_range_prefix, check_whole, clamp_range};
+use rdma_engine::read::check::{check_landed_record, check_meta, check_range_prefix, clamp_range, CheckCopy, Checked};
+use shm_layout::entry::ErrorCode;
+use volume_format::needle::record_size_bytes;
 use volume_format::needle::{NeedleHeader, NeedleMeta, NeedleRecord, CHECK_HEADER_PREFIX_SIZE_BYTES};
 use volume_format::ttl::Ttl;
 use volume_format::version::{Version, CHECKSUM_SIZE_BYTES, NEEDLE_HEADER_SIZE_BYTES};
@@ -65,6 +69,22 @@ fuzz_target!(|data: &[u8]| {
         )
     };
 
+    let landed = check_whole(record, version, &asked);
+    let reference = NeedleRecord::parse(record, version)
+        .ok()
+        .filter(|parsed| parsed.check_indexed(asked.needle_id, asked.cookie, asked.index_size).is_ok());
+    match (&landed, &reference) {
+        (Some(Ok(checked)), Some(parsed)) => {
+            assert_eq!(checked.data_offset_in_record, parsed.data_offset_in_record as u64);
+            assert_eq!(checked.data_length, parsed.data.len() as u64);
+            assert_eq!(checked.gzipped, parsed.is_gzipped());
+        }
+        (Some(Ok(checked)), None) => panic!("the landed check accepted a record the whole parse refuses: {checked:?}"),
+        (Some(Err(code)), Some(parsed)) => {
+            assert_eq!((*code, check_meta(&parsed.meta())), (ErrorCode::NO_SUCH_NEEDLE, Err(ErrorCode::NO_SUCH_NEEDLE)))
+        }
+        _ => {}
+    }
     if let Ok(parsed) = NeedleRecord::parse(record, version) {
         check_bounds(&parsed, record);
         check_round_trip(&parsed, version);
@@ -102,9 +122,26 @@ fn check_bounds(parsed: &NeedleRecord<'_>, record: &[u8]) {
     }
 }
 
+/// The engine's check of `record` as it would have landed in a buffer of the record's size by
+/// the index (`None` when the input is shorter than that: the engine never checks a short
+/// record, it fetches the index's size).
+fn check_whole(record: &[u8], version: Version, asked: &Asked) -> Option<Result<Checked, ErrorCode>> {
+    let record_size = record_size_bytes(version, asked.index_size);
+    if record_size > record.len() as u64 {
+        return None;
+    }
+    let mut buffer = record[..record_size as usize].to_vec();
+    let mut copy = CheckCopy::default();
+    let base = std::ptr::NonNull::new(buffer.as_mut_ptr()).unwrap_or(std::ptr::NonNull::dangling());
+    // SAFETY: `buffer` holds the record's whole size and nothing else writes it meanwhile.
+    Some(unsafe {
+        check_landed_record(base, record_size, version, asked.needle_id, asked.cookie, asked.index_size, &mut copy)
+    })
+}
+
 /// The range path's checks agree with the whole-record check that passed for this record.
 fn check_range_path(parsed: &NeedleRecord<'_>, record: &[u8], version: Version, asked: &Asked) {
-    let whole = check_whole(record, version, asked.needle_id, asked.cookie, asked.index_size);
+    let Some(whole) = check_whole(record, version, asked) else { return };
     let prefix = &record[..record.len().min(CHECK_HEADER_PREFIX_SIZE_BYTES)];
     let span = check_range_prefix(prefix, version, asked.needle_id, asked.cookie, asked.index_size);
     // check_indexed passed, so the CRC did: the range path must agree with the whole one.
