@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 /// How often the campaign looks at the counters while it waits.
 const POLL_INTERVAL: Duration = Duration::from_millis(2);
 
+/// Iterations between two progress lines on stderr.
+const PROGRESS_EVERY: u64 = 100;
+
 /// The campaign's own options.
 #[derive(Clone, Debug, clap::Args)]
 pub struct CampaignOptions {
@@ -178,10 +181,19 @@ pub fn run(options: &CampaignOptions) -> Result<CampaignReport, ChaosError> {
         ..CampaignReport::default()
     };
     let mut rig = Rig::start(run, 0)?;
-    let mut campaign = Campaign { options, rig: &mut rig, report: &mut report, rng: SmallRng::seed_from_u64(run.seed) };
+    let mut campaign = Campaign {
+        options,
+        rig: &mut rig,
+        report: &mut report,
+        rng: SmallRng::seed_from_u64(run.seed),
+        last_fault: "none yet".into(),
+    };
     campaign.warm_up()?;
-    for _ in 0..options.iterations {
-        campaign.iteration()?;
+    for iteration in 1..=options.iterations {
+        campaign.iteration(iteration)?;
+        if iteration % PROGRESS_EVERY == 0 {
+            tracing::info!(iteration, of = options.iterations, "campaign progress");
+        }
     }
     campaign.finish();
     let slots = rig.clients.iter().map(|client| client.slot).collect::<Vec<_>>();
@@ -199,6 +211,8 @@ struct Campaign<'a> {
     rig: &'a mut Rig,
     report: &'a mut CampaignReport,
     rng: SmallRng,
+    /// The last fault injected ("iteration N: victim action"), for a report of a death.
+    last_fault: String,
 }
 
 impl Campaign<'_> {
@@ -214,7 +228,7 @@ impl Campaign<'_> {
         Ok(())
     }
 
-    fn iteration(&mut self) -> Result<(), ChaosError> {
+    fn iteration(&mut self, iteration: u64) -> Result<(), ChaosError> {
         std::thread::sleep(Duration::from_millis(self.rng.gen_range(0..=self.options.pause_ms_max)));
         let victim = match self.rng.gen_range(0..self.rig.clients.len() + 2) {
             0 => Victim::Engine(Role::Reader),
@@ -228,6 +242,11 @@ impl Campaign<'_> {
         };
         let fault = format!("{} {}", victim.kind(), if matches!(action, Action::Kill) { "kill" } else { "stop" });
         *self.report.faults.entry(fault.clone()).or_default() += 1;
+        self.last_fault = match action {
+            Action::Kill => format!("iteration {iteration}: {fault}"),
+            Action::Stop(duration) => format!("iteration {iteration}: {fault} for {} ms", duration.as_millis()),
+        };
+        tracing::debug!(fault = %self.last_fault, "injecting");
         let fault_end_ns = self.inject(victim, action)?;
         match self.wait_for_reads(victim, fault_end_ns) {
             Some(recovered_ns) => {
@@ -314,7 +333,11 @@ impl Campaign<'_> {
             if engine.killed_on_purpose {
                 continue;
             }
-            let detail = format!("{role:?} exited ({status}); its log ends:\n{}", engine.log_tail());
+            let detail = format!(
+                "{role:?} exited ({status}) after {}; its log ends:\n{}",
+                self.last_fault,
+                engine.log_tail()
+            );
             tracing::error!("{detail}");
             self.report.engine_deaths += 1;
             self.report.engine_death_details.push(detail);

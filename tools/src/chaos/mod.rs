@@ -88,7 +88,11 @@ pub struct RunOptions {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
-    /// Clients check against deliberately wrong content (tests the wrong-bytes counter).
+    /// Keep the run's directory (volume, engine logs) and print its path on stderr.
+    #[arg(long)]
+    pub keep_dir: bool,
+    /// Clients check every other needle against deliberately wrong content (tests the
+    /// wrong-bytes counter).
     #[arg(long, hide = true)]
     pub flip_expected: bool,
 }

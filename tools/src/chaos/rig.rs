@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 /// How long an engine may take to answer on its socket (or listen) after a start.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Lines of an engine's log a report of its death carries (a panic with its backtrace).
+const LOG_TAIL_LINES: usize = 60;
 /// How often readiness and exits are polled.
 const POLL_INTERVAL: Duration = Duration::from_millis(5);
 
@@ -112,7 +114,7 @@ impl EngineProcess {
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(10)..].join("\n")
+        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
     }
 }
 
@@ -189,10 +191,14 @@ impl Rig {
         if options.clients == 0 || options.clients > MAX_CLIENTS {
             return Err(ChaosError::Usage(format!("--clients must be 1 to {MAX_CLIENTS}, not {}", options.clients)));
         }
-        let dir = tempfile::Builder::new()
+        let mut dir = tempfile::Builder::new()
             .prefix("rdma-chaos-")
             .tempdir()
             .map_err(|error| ChaosError::Setup(format!("temp dir: {error}")))?;
+        if options.keep_dir {
+            dir.disable_cleanup(true);
+            eprintln!("rdma-chaos: the run's directory is {}", dir.path().display());
+        }
         let volume_dir = dir.path().join("volume");
         std::fs::create_dir_all(&volume_dir).map_err(|error| ChaosError::Setup(format!("volume dir: {error}")))?;
         known::generate(&volume_dir, options.seed)?;
