@@ -100,6 +100,8 @@ pub struct CampaignReport {
     pub hugepages_leaked: u64,
     /// Engine exits the campaign did not cause (each with its status and last log lines).
     pub engine_deaths: u64,
+    /// Of those, deaths whose last fault before them was a client's (the target is 0).
+    pub engine_deaths_after_client_faults: u64,
     pub engine_death_details: Vec<String>,
     /// Client processes that exited by themselves.
     pub client_deaths: u64,
@@ -137,6 +139,7 @@ impl CampaignReport {
             format!("{} ({} / {})", self.hugepages_leaked, self.hugepages_free_before, self.hugepages_free_after),
         );
         text += &row("engine deaths not caused by the campaign", self.engine_deaths);
+        text += &row("  of which: after a client fault", self.engine_deaths_after_client_faults);
         text += &row("client deaths not caused by the campaign", self.client_deaths);
         text += "\nfault                 count   recovery median ms   max ms\n";
         for (fault, count) in &self.faults {
@@ -187,6 +190,7 @@ pub fn run(options: &CampaignOptions) -> Result<CampaignReport, ChaosError> {
         report: &mut report,
         rng: SmallRng::seed_from_u64(run.seed),
         last_fault: "none yet".into(),
+        last_victim: None,
     };
     campaign.warm_up()?;
     for iteration in 1..=options.iterations {
@@ -213,6 +217,7 @@ struct Campaign<'a> {
     rng: SmallRng,
     /// The last fault injected ("iteration N: victim action"), for a report of a death.
     last_fault: String,
+    last_victim: Option<Victim>,
 }
 
 impl Campaign<'_> {
@@ -246,6 +251,7 @@ impl Campaign<'_> {
             Action::Kill => format!("iteration {iteration}: {fault}"),
             Action::Stop(duration) => format!("iteration {iteration}: {fault} for {} ms", duration.as_millis()),
         };
+        self.last_victim = Some(victim);
         tracing::debug!(fault = %self.last_fault, "injecting");
         let fault_end_ns = self.inject(victim, action)?;
         match self.wait_for_reads(victim, fault_end_ns) {
@@ -333,13 +339,13 @@ impl Campaign<'_> {
             if engine.killed_on_purpose {
                 continue;
             }
-            let detail = format!(
-                "{role:?} exited ({status}) after {}; its log ends:\n{}",
-                self.last_fault,
-                engine.log_tail()
-            );
+            let detail =
+                format!("{role:?} exited ({status}) after {}; its log ends:\n{}", self.last_fault, engine.log_tail());
             tracing::error!("{detail}");
             self.report.engine_deaths += 1;
+            if matches!(self.last_victim, Some(Victim::Client(_))) {
+                self.report.engine_deaths_after_client_faults += 1;
+            }
             self.report.engine_death_details.push(detail);
             if let Err(error) = engine.restart() {
                 tracing::error!(%error, "cannot restart the engine");

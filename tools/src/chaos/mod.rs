@@ -88,6 +88,10 @@ pub struct RunOptions {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// An environment variable (NAME=VALUE) for both engines beyond the UCX transport's,
+    /// e.g. a UCX setting to try (repeatable).
+    #[arg(long = "engine-env", value_parser = parse_env)]
+    pub engine_env: Vec<(String, String)>,
     /// Keep the run's directory (volume, engine logs) and print its path on stderr.
     #[arg(long)]
     pub keep_dir: bool,
@@ -95,6 +99,13 @@ pub struct RunOptions {
     /// wrong-bytes counter).
     #[arg(long, hide = true)]
     pub flip_expected: bool,
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("{text:?} is not NAME=VALUE")),
+    }
 }
 
 /// `name` in the directory of the running executable.

@@ -202,8 +202,9 @@ impl Rig {
         let volume_dir = dir.path().join("volume");
         std::fs::create_dir_all(&volume_dir).map_err(|error| ChaosError::Setup(format!("volume dir: {error}")))?;
         known::generate(&volume_dir, options.seed)?;
-        let env: Vec<(String, String)> =
+        let mut env: Vec<(String, String)> =
             options.transport.ucx_env().iter().map(|(name, value)| (name.to_string(), value.to_string())).collect();
+        env.extend(options.engine_env.iter().cloned());
         let listen = format!("127.0.0.1:{}", free_port()?);
         let socket = |name: &str| dir.path().join(format!("{name}.sock")).display().to_string();
         let export_args = vec![
