@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 /// How often the campaign looks at the counters while it waits.
 const POLL_INTERVAL: Duration = Duration::from_millis(2);
 
+/// Most draws of a fault that fits `--victims` and `--actions`.
+const DRAWS_MAX: u32 = 10_000;
 /// Iterations between two progress lines on stderr.
 const PROGRESS_EVERY: u64 = 100;
 
@@ -37,6 +39,12 @@ pub struct CampaignOptions {
     /// Longest SIGSTOP (random in 10..this), in ms. Keep it below --hang-margin-ms.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(11..=60_000))]
     pub stop_ms_max: u64,
+    /// Who may be hit (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [VictimKind::Client, VictimKind::Reader, VictimKind::Exporter])]
+    pub victims: Vec<VictimKind>,
+    /// What may be done to them (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [ActionKind::Kill, ActionKind::Stop])]
+    pub actions: Vec<ActionKind>,
     /// Longest wait for reads to succeed again after a fault, in ms.
     #[arg(long, default_value_t = 60_000)]
     pub recovery_timeout_ms: u64,
@@ -44,6 +52,31 @@ pub struct CampaignOptions {
     /// RDMA gets in flight is kept until they land or time out, 5 s).
     #[arg(long, default_value_t = 20_000)]
     pub leak_timeout_ms: u64,
+}
+
+/// A kind of victim the options name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum VictimKind {
+    Client,
+    Reader,
+    Exporter,
+}
+
+impl VictimKind {
+    fn name(self) -> &'static str {
+        match self {
+            VictimKind::Client => "client",
+            VictimKind::Reader => "reader",
+            VictimKind::Exporter => "exporter",
+        }
+    }
+}
+
+/// A kind of action the options name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ActionKind {
+    Kill,
+    Stop,
 }
 
 /// Who gets the signal.
@@ -162,6 +195,9 @@ pub fn run(options: &CampaignOptions) -> Result<CampaignReport, ChaosError> {
             options.stop_ms_max, run.hang_margin_ms
         )));
     }
+    if options.victims.is_empty() || options.actions.is_empty() {
+        return Err(ChaosError::Usage("--victims and --actions must each name at least one kind".into()));
+    }
     let reservation = match run.reserve_hugepages {
         0 => None,
         pages => Some(HugepageReservation::add(pages).map_err(ChaosError::Setup)?),
@@ -235,16 +271,7 @@ impl Campaign<'_> {
 
     fn iteration(&mut self, iteration: u64) -> Result<(), ChaosError> {
         std::thread::sleep(Duration::from_millis(self.rng.gen_range(0..=self.options.pause_ms_max)));
-        let victim = match self.rng.gen_range(0..self.rig.clients.len() + 2) {
-            0 => Victim::Engine(Role::Reader),
-            1 => Victim::Engine(Role::Exporter),
-            client => Victim::Client(client - 2),
-        };
-        let action = if self.rng.gen_bool(0.5) {
-            Action::Kill
-        } else {
-            Action::Stop(Duration::from_millis(self.rng.gen_range(10..self.options.stop_ms_max)))
-        };
+        let (victim, action) = self.draw_fault();
         let fault = format!("{} {}", victim.kind(), if matches!(action, Action::Kill) { "kill" } else { "stop" });
         *self.report.faults.entry(fault.clone()).or_default() += 1;
         self.last_fault = match action {
@@ -270,6 +297,44 @@ impl Campaign<'_> {
 
     /// Sends the fault; returns when it ended: the SIGKILL (the restart is part of the
     /// recovery, as under systemd) or the SIGCONT.
+    /// A random victim and action among those the options allow. With every kind allowed
+    /// the first draw is taken, so a seed gives the same faults whatever the filters'
+    /// defaults; with a filter, draws are repeated, at most [`DRAWS_MAX`] times (each
+    /// filter allows one kind, so a draw fits with a chance of at least 1 / (2 × (clients
+    /// + 2))); then the first allowed kinds are taken.
+    fn draw_fault(&mut self) -> (Victim, Action) {
+        for _ in 0..DRAWS_MAX {
+            let victim = match self.rng.gen_range(0..self.rig.clients.len() + 2) {
+                0 => Victim::Engine(Role::Reader),
+                1 => Victim::Engine(Role::Exporter),
+                client => Victim::Client(client - 2),
+            };
+            let action = if self.rng.gen_bool(0.5) {
+                Action::Kill
+            } else {
+                Action::Stop(Duration::from_millis(self.rng.gen_range(10..self.options.stop_ms_max)))
+            };
+            let victim_allowed = self.options.victims.iter().any(|kind| kind.name() == victim.kind());
+            let action_allowed = self.options.actions.iter().any(|kind| match kind {
+                ActionKind::Kill => matches!(action, Action::Kill),
+                ActionKind::Stop => matches!(action, Action::Stop(_)),
+            });
+            if victim_allowed && action_allowed {
+                return (victim, action);
+            }
+        }
+        let victim = match self.options.victims[0] {
+            VictimKind::Client => Victim::Client(0),
+            VictimKind::Reader => Victim::Engine(Role::Reader),
+            VictimKind::Exporter => Victim::Engine(Role::Exporter),
+        };
+        let action = match self.options.actions[0] {
+            ActionKind::Kill => Action::Kill,
+            ActionKind::Stop => Action::Stop(Duration::from_millis(self.options.stop_ms_max / 2)),
+        };
+        (victim, action)
+    }
+
     fn inject(&mut self, victim: Victim, action: Action) -> Result<u64, ChaosError> {
         let signal_ns = monotonic_ns();
         let pid = match victim {
