@@ -92,6 +92,9 @@ pub struct RunOptions {
     /// e.g. a UCX setting to try (repeatable).
     #[arg(long = "engine-env", value_parser = parse_env)]
     pub engine_env: Vec<(String, String)>,
+    /// One more argument for the reading engine (repeatable), e.g. `--reader-arg=--hugepages=off`.
+    #[arg(long = "reader-arg", allow_hyphen_values = true)]
+    pub reader_args: Vec<String>,
     /// Keep the run's directory (volume, engine logs) and print its path on stderr.
     #[arg(long)]
     pub keep_dir: bool,

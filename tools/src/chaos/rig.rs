@@ -224,13 +224,14 @@ impl Rig {
             Ready::Listening(listen.clone()),
         )?;
         let reader_socket = PathBuf::from(socket("reader"));
-        let reader_args = vec![
+        let mut reader_args = vec![
             "--socket".into(),
             reader_socket.display().to_string(),
             "--peer".into(),
             listen,
             "--no-http-fallback".into(),
         ];
+        reader_args.extend(options.reader_args.iter().cloned());
         let reader = EngineProcess::start(
             Role::Reader,
             &options.engine,
