@@ -158,6 +158,18 @@ impl Session<'_> {
                 Ok(_) => {}
                 Err(ClientError::TimedOut { .. }) if monotonic_ns() >= hang_at_ns => {
                     ClientSlot::add(&self.slot.hangs, 1);
+                    let (tag, read) = pending.iter().min_by_key(|(_, read)| read.hang_at_ns).expect("a read pending");
+                    let file_id = self.known.needles[read.needle_index].file_id;
+                    // One line per hang (the attachment ends with it), for the run's log.
+                    eprintln!(
+                        "rdma-chaos client {}: read {tag} of {file_id} had no completion {} ms after its deadline \
+                         (CLOCK_MONOTONIC {} ns, {} reads in flight, queue pair says {})",
+                        self.args.slot,
+                        self.args.hang_margin_ms,
+                        monotonic_ns(),
+                        pending.len(),
+                        queue_pair.in_flight()
+                    );
                     return SessionEnd::Failed(format!("a read had no completion by its bound ({wait:?} waited)"));
                 }
                 Err(ClientError::TimedOut { .. }) => continue,
