@@ -120,7 +120,8 @@ pub struct CampaignReport {
     /// Successful reads whose bytes differed from the known content.
     pub wrong_reads: u64,
     /// Reads with no completion by deadline + margin, plus faults after which reads did
-    /// not succeed again within the recovery timeout.
+    /// not succeed again within the recovery timeout (the reader is then restarted, as a
+    /// watchdog would).
     pub hangs: u64,
     pub recovery_timeouts: u64,
     /// Checks (after each fault, bounded) where the reader held more region memfds than
@@ -290,7 +291,11 @@ impl Campaign<'_> {
             }
             None => {
                 self.report.recovery_timeouts += 1;
-                tracing::warn!(%fault, "reads did not succeed again within the recovery timeout");
+                tracing::warn!(%fault, "reads did not succeed again within the recovery timeout; restarting the reader");
+                // As a supervisor's watchdog would, so one stuck state is counted once and
+                // the campaign goes on.
+                self.rig.reader.kill();
+                self.rig.reader.restart()?;
             }
         }
         self.check_leaks();
