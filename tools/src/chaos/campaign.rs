@@ -134,6 +134,9 @@ pub struct CampaignReport {
     pub hugepages_free_before: u64,
     pub hugepages_free_after: u64,
     pub hugepages_leaked: u64,
+    /// Huge pages of regions the reader still had mapped 20 s after every client was
+    /// killed, in KiB (its own `smaps`, so UCX's pools and other processes do not count).
+    pub reader_hugetlb_kib_at_end: u64,
     /// Engine exits the campaign did not cause (each with its status and last log lines).
     pub engine_deaths: u64,
     /// Of those, deaths whose last fault before them was a client's (the target is 0).
@@ -153,7 +156,7 @@ impl CampaignReport {
             && self.hangs == 0
             && self.leak_checks_failed == 0
             && self.memfds_left_at_end == 0
-            && self.hugepages_leaked == 0
+            && self.reader_hugetlb_kib_at_end == 0
             && self.engine_deaths == 0
             && self.client_deaths == 0
     }
@@ -174,6 +177,7 @@ impl CampaignReport {
             "huge pages leaked (free before / after; judged only with --reserve-hugepages)",
             format!("{} ({} / {})", self.hugepages_leaked, self.hugepages_free_before, self.hugepages_free_after),
         );
+        text += &row("region huge pages the reader kept mapped (KiB)", self.reader_hugetlb_kib_at_end);
         text += &row("engine deaths not caused by the campaign", self.engine_deaths);
         text += &row("  of which: after a client fault", self.engine_deaths_after_client_faults);
         text += &row("client deaths not caused by the campaign", self.client_deaths);
@@ -453,7 +457,9 @@ impl Campaign<'_> {
         loop {
             let memfds = procfs::region_memfds(self.rig.reader.pid()) as u64;
             let free = procfs::hugepages_free();
-            if (memfds == 0 && (free >= before || !judged)) || Instant::now() >= deadline {
+            let hugetlb_kib = procfs::region_hugetlb_kib(self.rig.reader.pid());
+            if (memfds == 0 && hugetlb_kib == 0 && (free >= before || !judged)) || Instant::now() >= deadline {
+                self.report.reader_hugetlb_kib_at_end = hugetlb_kib;
                 self.report.memfds_left_at_end = memfds;
                 self.report.hugepages_free_after = free;
                 self.report.hugepages_leaked = if judged { before.saturating_sub(free) } else { 0 };

@@ -51,6 +51,25 @@ fn field_kib(text: &str, field: &str) -> u64 {
     text.lines().find_map(|line| line.strip_prefix(field)?.split_whitespace().next()?.parse().ok()).unwrap_or(0)
 }
 
+/// Huge pages of region memfds process `pid` has mapped, in KiB (`Shared_Hugetlb` +
+/// `Private_Hugetlb` of its `rdma-region` mappings in `/proc/PID/smaps`): attributable to
+/// regions, unlike `HugePages_Free`, which UCX's own huge page pools and other processes
+/// move too.
+pub fn region_hugetlb_kib(pid: u32) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut in_region = false;
+    let mut total_kib = 0;
+    for line in smaps.lines() {
+        // A mapping's header line starts with its address range ("7f..-7f.. rw-s ...").
+        if line.split_whitespace().next().is_some_and(|first| first.contains('-') && !first.ends_with(':')) {
+            in_region = line.contains(REGION_MEMFD_NAME);
+        } else if in_region {
+            total_kib += field_kib(line, "Shared_Hugetlb:") + field_kib(line, "Private_Hugetlb:");
+        }
+    }
+    total_kib
+}
+
 /// `HugePages_Free` (machine-wide).
 pub fn hugepages_free() -> u64 {
     field_kib(&std::fs::read_to_string("/proc/meminfo").unwrap_or_default(), "HugePages_Free:")
