@@ -42,7 +42,6 @@ fn ten_faults_serve_no_wrong_byte_hang_nothing_and_leak_nothing() {
         "/recovery_timeouts",
         "/leak_checks_failed",
         "/memfds_left_at_end",
-        "/hugepages_leaked",
         "/reader_hugetlb_kib_at_end",
         "/engine_deaths",
         "/client_deaths",
