@@ -6,6 +6,7 @@
 //! - [`cat`]: `rdma-cat`, one needle to stdout, like `curl` for the engine;
 //! - [`sidecar`]: `rdma-sidecar`, the volume server's read API and the
 //!   `weed mount` sidecar protocol over HTTP, on a pool of queue pairs;
+//! - [`chaos`]: `rdma-chaos`, a fault campaign and a soak against real engines;
 //! - `volgen` (logic in `volume_format::generate`).
 //!
 //! Shared pieces: [`needle_read`] (a needle's content as the volume server
@@ -16,6 +17,7 @@
 pub mod affinity;
 pub mod bench;
 pub mod cat;
+pub mod chaos;
 pub mod histogram;
 pub mod machine;
 pub mod needle_read;

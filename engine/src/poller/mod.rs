@@ -202,9 +202,10 @@ impl Poller {
         self.regions.iter_mut().filter(|region| region.serving()).map(|region| region.serve(executor)).sum()
     }
 
-    /// Posts the completions of requests that finished asynchronously.
+    /// Posts the completions of requests that finished asynchronously, and drives the
+    /// transports while they need it with no read pending (an exporter connecting).
     fn complete_pending(&mut self) -> u32 {
-        if self.executor.pending() == 0 {
+        if self.executor.pending() == 0 && !self.executor.needs_polling() {
             return 0;
         }
         let regions = &mut self.regions;

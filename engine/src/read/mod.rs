@@ -195,7 +195,8 @@ impl ReadService {
     /// Whether the poller must keep polling: RDMA gets in flight or exporters connecting need
     /// UCX progress. (HTTP and lookup threads ring the doorbell instead.)
     pub fn needs_polling(&self) -> bool {
-        self.waiting_peers > 0 || self.remote.as_ref().is_some_and(|remote| remote.in_flight() > 0)
+        self.waiting_peers > 0
+            || self.remote.as_ref().is_some_and(|remote| remote.in_flight() > 0 || remote.connecting())
     }
 
     /// Whether another thread queued something the poller must pick up (checked after the

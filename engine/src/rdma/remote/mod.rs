@@ -195,6 +195,14 @@ impl RemoteReads {
         Ok(())
     }
 
+    /// Whether a connection to an exporter is being set up. Its UCX handshake needs progress
+    /// as often as gets do: driven only by the once-a-second housekeeping it outlasts
+    /// `connect_timeout` and starts over, for ever (a reader started before its exporter
+    /// never connected while no read was parked on the peer).
+    pub fn connecting(&self) -> bool {
+        self.peers.iter().any(|peer| matches!(peer.state, PeerState::Connecting { .. }))
+    }
+
     /// Where the connection to exporter `address` stands, if it is known.
     pub fn peer_status(&self, address: SocketAddr) -> Option<PeerStatus> {
         let peer = self.peers.iter().find(|peer| peer.address == address)?;
