@@ -5,9 +5,10 @@
 //! × 1, 8 and 32 NOPs in flight, plus the wake-from-sleep round trip: one
 //! NOP submitted after the client slept `gap` (2 ms by default, far longer
 //! than the engine's idle spin of 50 µs), so the engine is asleep on its SQ
-//! futex and the submit has to wake it. The client spins for the completion
-//! in every configuration, so the figures are ring and engine costs, not the
-//! client's own sleeps.
+//! futex and the submit has to wake it. The client waits with the library's
+//! `wait` (which spins while spinning pays: on a quiet host, always), except
+//! after the wake-up submission, where it spins, so the figures are ring and
+//! engine costs, not the client's own sleeps.
 
 mod engine_loop;
 
