@@ -347,7 +347,7 @@ impl QueuePair {
             let ready = self.ready()?;
             if ready >= count {
                 if spinning {
-                    self.spin.won(Some(&spin));
+                    self.spin.won(Some(&spin), monotonic_ns());
                 }
                 return Ok(ready);
             }

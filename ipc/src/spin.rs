@@ -10,15 +10,19 @@
 //!
 //! | what the wait saw | window |
 //! |---|---|
-//! | the work came while spinning | doubles (at least [`WINDOW_MIN_NS`]) |
+//! | the work came while spinning | doubles, and at least twice the time the work took |
 //! | descheduled while spinning (a gap over [`DESCHEDULED_GAP_NS`] between two looks at the clock) | quarters |
 //! | slept, and the work came soon after (within the ceiling) although the peer moved while we spun: it only needed longer | doubles |
 //! | slept, and the work came soon after, and the peer did not move while we spun: it moved because we stopped | halves |
 //! | slept long (the peer was idle): spinning bought nothing | halves |
 //!
-//! A window below [`WINDOW_MIN_NS`] is 0: the waiter then sleeps at its first
-//! look at the clock (after a few dozen polls, which is how a winning spin is
-//! noticed again and the window grows back). A ceiling of 0 never spins.
+//! The window never falls below [`WINDOW_MIN_NS`] (nor above the ceiling), so
+//! a peer that answers at once is still caught and the window grows back. Two
+//! waiters that both sleep sooner than the other wakes would keep each other
+//! there (each sees the other move only after it slept): so every
+//! [`PROBE_EVERY`] lost waits one spins at least [`PROBE_WINDOW_NS`], and a
+//! probe that wins sets the window from the time it took. A ceiling of 0
+//! never spins.
 
 use std::time::Duration;
 
@@ -27,21 +31,32 @@ use std::time::Duration;
 /// dozen polls, well under a microsecond apart when the thread runs.
 pub const DESCHEDULED_GAP_NS: u64 = 20_000;
 
-/// The smallest window that is not 0: about two round trips between two
-/// running processes, so a peer that runs answers within it.
+/// The smallest window (unless the ceiling is smaller): about two round
+/// trips between two running processes, so a peer that runs answers within it.
 pub const WINDOW_MIN_NS: u64 = 2_000;
+
+/// Every this many lost waits, the next one is a probe.
+pub const PROBE_EVERY: u32 = 32;
+
+/// A probe spins at least this long (unless the ceiling is smaller): longer
+/// than a sleeping peer takes to wake on a quiet host.
+pub const PROBE_WINDOW_NS: u64 = 50_000;
 
 /// One waiter's spin window, carried from one wait to the next.
 #[derive(Clone, Copy, Debug)]
 pub struct SpinPolicy {
     ceiling_ns: u64,
     window_ns: u64,
+    /// Waits lost since the last probe (at most [`PROBE_EVERY`]).
+    losses: u32,
 }
 
 /// One wait in progress, from its first look at the clock.
 #[derive(Clone, Copy, Debug)]
 pub struct Spin {
     start_ns: u64,
+    /// How long this wait may spin: the window, or more for a probe.
+    limit_ns: u64,
     last_look_ns: u64,
     /// The peer's progress mark at the last look (any value that changes when
     /// the peer does something the waiter can see).
@@ -68,7 +83,7 @@ impl SpinPolicy {
     /// A policy that starts at, and never spins longer than, `ceiling`.
     pub fn new(ceiling: Duration) -> SpinPolicy {
         let ceiling_ns = ceiling.as_nanos().min(u64::MAX as u128) as u64;
-        SpinPolicy { ceiling_ns, window_ns: ceiling_ns }
+        SpinPolicy { ceiling_ns, window_ns: ceiling_ns, losses: 0 }
     }
 
     /// The current spin window, in ns.
@@ -77,8 +92,13 @@ impl SpinPolicy {
     }
 
     /// Starts a wait at its first look at the clock.
-    pub fn begin(&self, now_ns: u64, peer_mark: u32) -> Spin {
-        Spin { start_ns: now_ns, last_look_ns: now_ns, peer_mark, peer_moved: false, descheduled: false }
+    pub fn begin(&mut self, now_ns: u64, peer_mark: u32) -> Spin {
+        let mut limit_ns = self.window_ns;
+        if self.losses >= PROBE_EVERY {
+            self.losses = 0;
+            limit_ns = limit_ns.max(PROBE_WINDOW_NS.min(self.ceiling_ns));
+        }
+        Spin { start_ns: now_ns, limit_ns, last_look_ns: now_ns, peer_mark, peer_moved: false, descheduled: false }
     }
 
     /// One look at the clock during a wait: whether to go on spinning
@@ -92,21 +112,25 @@ impl SpinPolicy {
             spin.peer_moved = true;
             spin.peer_mark = peer_mark;
         }
-        !spin.descheduled && now_ns.saturating_sub(spin.start_ns) < self.window_ns
+        !spin.descheduled && now_ns.saturating_sub(spin.start_ns) < spin.limit_ns
     }
 
-    /// The work came while spinning (`spin`: the wait's, if it had looked at
-    /// the clock yet).
-    pub fn won(&mut self, spin: Option<&Spin>) {
-        if spin.is_some_and(|spin| spin.descheduled) {
-            self.quarter();
-        } else {
-            self.double();
+    /// The work came while spinning, at `now_ns` (`spin`: the wait's, if it
+    /// had looked at the clock yet).
+    pub fn won(&mut self, spin: Option<&Spin>, now_ns: u64) {
+        match spin {
+            Some(spin) if spin.descheduled => self.quarter(),
+            Some(spin) => {
+                let took_ns = now_ns.saturating_sub(spin.start_ns);
+                self.set(self.window_ns.saturating_mul(2).max(took_ns.saturating_mul(2)));
+            }
+            None => self.double(),
         }
     }
 
     /// The wait slept for `slept_ns` (0: it found work as it set up the sleep).
     pub fn slept(&mut self, spin: &Spin, slept_ns: u64) {
+        self.losses = (self.losses + 1).min(PROBE_EVERY);
         if spin.descheduled {
             self.quarter();
         } else if slept_ns < self.ceiling_ns && spin.peer_moved {
@@ -117,19 +141,19 @@ impl SpinPolicy {
     }
 
     fn double(&mut self) {
-        self.window_ns = self.window_ns.saturating_mul(2).max(WINDOW_MIN_NS).min(self.ceiling_ns);
+        self.set(self.window_ns.saturating_mul(2));
     }
 
     fn halve(&mut self) {
-        self.set_below(self.window_ns / 2);
+        self.set(self.window_ns / 2);
     }
 
     fn quarter(&mut self) {
-        self.set_below(self.window_ns / 4);
+        self.set(self.window_ns / 4);
     }
 
-    fn set_below(&mut self, window_ns: u64) {
-        self.window_ns = if window_ns < WINDOW_MIN_NS { 0 } else { window_ns };
+    fn set(&mut self, window_ns: u64) {
+        self.window_ns = window_ns.max(WINDOW_MIN_NS).min(self.ceiling_ns);
     }
 }
 
@@ -141,10 +165,15 @@ mod tests {
 
     /// A wait that spins on from `start_ns`, looking every `step_ns`, until
     /// the policy says sleep; returns the wait and the time it stopped.
-    fn spin_until_sleep(policy: &SpinPolicy, start_ns: u64, step_ns: u64, marks: impl Fn(u64) -> u32) -> (Spin, u64) {
+    fn spin_until_sleep(
+        policy: &mut SpinPolicy,
+        start_ns: u64,
+        step_ns: u64,
+        marks: impl Fn(u64) -> u32,
+    ) -> (Spin, u64) {
         let mut spin = policy.begin(start_ns, marks(start_ns));
         let mut now_ns = start_ns;
-        // Bounded: the window is at most the ceiling.
+        // Bounded: a spin is at most the ceiling.
         loop {
             now_ns += step_ns;
             if !policy.keep_spinning(&mut spin, now_ns, marks(now_ns)) {
@@ -157,29 +186,62 @@ mod tests {
     fn starts_at_the_ceiling_and_a_zero_ceiling_never_spins() {
         assert_eq!(SpinPolicy::new(CEILING).window_ns(), 50_000);
         let mut never = SpinPolicy::new(Duration::ZERO);
-        let mut spin = never.begin(0, 0);
-        assert!(!never.keep_spinning(&mut spin, 0, 0));
-        never.won(Some(&spin));
+        for _ in 0..2 * PROBE_EVERY {
+            let mut spin = never.begin(0, 0);
+            assert!(!never.keep_spinning(&mut spin, 0, 0));
+            never.slept(&spin, 1_000);
+        }
+        never.won(None, 0);
         assert_eq!(never.window_ns(), 0);
     }
 
     #[test]
-    fn a_peer_that_only_moves_once_we_sleep_drives_the_window_to_zero_and_wins_grow_it_back() {
+    fn a_peer_that_only_moves_once_we_sleep_drives_the_window_to_the_minimum_and_wins_grow_it_back() {
         let mut policy = SpinPolicy::new(CEILING);
         for _ in 0..16 {
-            let (spin, _) = spin_until_sleep(&policy, 1_000, 500, |_| 7);
+            let (spin, _) = spin_until_sleep(&mut policy, 1_000, 500, |_| 7);
             policy.slept(&spin, 3_000);
         }
-        assert_eq!(policy.window_ns(), 0);
-        let (spin, stopped_ns) = spin_until_sleep(&policy, 1_000, 500, |_| 7);
-        assert_eq!(stopped_ns, 1_500, "a zero window sleeps at the first look");
+        assert_eq!(policy.window_ns(), WINDOW_MIN_NS);
+        let (spin, stopped_ns) = spin_until_sleep(&mut policy, 1_000, 500, |_| 7);
+        assert_eq!(stopped_ns, 1_000 + WINDOW_MIN_NS);
         policy.slept(&spin, 3_000);
         let mut windows = Vec::new();
-        for _ in 0..6 {
-            policy.won(None);
+        for _ in 0..5 {
+            policy.won(None, 0);
             windows.push(policy.window_ns());
         }
-        assert_eq!(windows, [2_000, 4_000, 8_000, 16_000, 32_000, 50_000]);
+        assert_eq!(windows, [4_000, 8_000, 16_000, 32_000, 50_000]);
+    }
+
+    #[test]
+    fn a_win_sets_the_window_to_twice_the_time_the_work_took() {
+        let mut policy = SpinPolicy::new(CEILING);
+        for _ in 0..8 {
+            policy.halve();
+        }
+        assert_eq!(policy.window_ns(), WINDOW_MIN_NS);
+        let spin = policy.begin(0, 0);
+        // A spin this long only happens in a probe; the arithmetic is what is tested.
+        policy.won(Some(&spin), 9_000);
+        assert_eq!(policy.window_ns(), 18_000);
+    }
+
+    #[test]
+    fn every_so_many_lost_waits_one_probes_the_probe_window() {
+        let mut policy = SpinPolicy::new(Duration::from_micros(200));
+        let mut stops = Vec::new();
+        for _ in 0..PROBE_EVERY + 2 {
+            let (spin, stopped_ns) = spin_until_sleep(&mut policy, 0, 500, |_| 7);
+            policy.slept(&spin, 3_000);
+            stops.push(stopped_ns);
+        }
+        assert_eq!(policy.window_ns(), WINDOW_MIN_NS);
+        let probes: Vec<usize> =
+            stops.iter().enumerate().filter(|(_, &stop)| stop >= PROBE_WINDOW_NS).map(|(index, _)| index).collect();
+        // The first waits spin the (shrinking) window down from 200 µs; then one probe.
+        assert_eq!(probes, [0, 1, 2, PROBE_EVERY as usize]);
+        assert_eq!(stops[PROBE_EVERY as usize], PROBE_WINDOW_NS);
     }
 
     #[test]
@@ -188,7 +250,7 @@ mod tests {
         let mut spin = policy.begin(0, 0);
         assert!(policy.keep_spinning(&mut spin, 500, 0));
         assert!(!policy.keep_spinning(&mut spin, 500 + DESCHEDULED_GAP_NS + 1, 0), "a gap ends the spin");
-        policy.won(Some(&spin));
+        policy.won(Some(&spin), 30_000);
         assert_eq!(policy.window_ns(), 12_500);
         let mut spin = policy.begin(0, 0);
         let mut now_ns = 0;
@@ -208,10 +270,10 @@ mod tests {
         policy.halve();
         policy.halve();
         assert_eq!(policy.window_ns(), 12_500);
-        let (spin, _) = spin_until_sleep(&policy, 0, 500, |now_ns| (now_ns > 4_000) as u32);
+        let (spin, _) = spin_until_sleep(&mut policy, 0, 500, |now_ns| (now_ns > 4_000) as u32);
         policy.slept(&spin, 5_000);
         assert_eq!(policy.window_ns(), 25_000);
-        let (mut spin, _) = spin_until_sleep(&policy, 0, 500, |_| 0);
+        let (mut spin, _) = spin_until_sleep(&mut policy, 0, 500, |_| 0);
         spin.peer_busy();
         policy.slept(&spin, 5_000);
         assert_eq!(policy.window_ns(), 50_000, "a peer busy with our work counts as moving");
@@ -220,7 +282,7 @@ mod tests {
     #[test]
     fn a_long_sleep_halves_the_window() {
         let mut policy = SpinPolicy::new(CEILING);
-        let (spin, stopped_ns) = spin_until_sleep(&policy, 0, 500, |now_ns| now_ns as u32);
+        let (spin, stopped_ns) = spin_until_sleep(&mut policy, 0, 500, |now_ns| now_ns as u32);
         assert_eq!(stopped_ns, 50_000);
         policy.slept(&spin, 2_000_000);
         assert_eq!(policy.window_ns(), 25_000);

@@ -142,7 +142,8 @@ impl Poller {
                 // that run on threads of their own ring the doorbell.
                 if served > 0 && idle_passes > 0 {
                     // The work came while spinning: spinning paid.
-                    self.spin.won(spin.as_ref());
+                    let now_ns = if spin.is_some() { rdma_ipc::clock::monotonic_ns() } else { 0 };
+                    self.spin.won(spin.as_ref(), now_ns);
                 }
                 (idle_passes, spin) = (0, None);
                 if passes.is_multiple_of(PASSES_PER_HOUSEKEEPING) {
