@@ -366,7 +366,7 @@ func (q *QueuePair) Wait(ctx context.Context, count uint32) (uint32, error) {
 		}
 		if ready >= count {
 			if spinning {
-				q.spin.won(&s)
+				q.spin.won(&s, time.Since(base))
 			}
 			return ready, nil
 		}

@@ -6,7 +6,8 @@ import "time"
 // (rdma_ipc::spin in the Rust workspace): Wait spins only while spinning
 // pays, deciding from what its last waits cost. The window moves after each
 // wait:
-//   - the completions came while spinning: it doubles (at least windowMin);
+//   - the completions came while spinning: it doubles, and is at least twice
+//     the time they took;
 //   - the goroutine was descheduled while spinning (two looks at the clock
 //     more than descheduledGap apart): it quarters;
 //   - Wait slept and the completions came soon after (within the ceiling)
@@ -14,15 +15,20 @@ import "time"
 //   - Wait slept and the engine did not move while we spun (it ran only once
 //     we stopped: we held its CPU), or slept long (the engine was idle): it halves.
 //
-// A window below windowMin is 0: Wait sleeps at its first look at the clock.
+// The window stays between windowMin and the ceiling; every probeEvery lost
+// waits one spins at least probeWindow, so that two waiters that each sleep
+// before the other wakes do not keep each other there.
 
 const (
 	// descheduledGap: a longer gap between two looks at the clock of a
 	// spinning waiter means it was not running.
 	descheduledGap = 20 * time.Microsecond
-	// windowMin: the smallest window that is not 0, about two round trips
-	// between two running processes.
+	// windowMin: the smallest window, about two round trips between two
+	// running processes.
 	windowMin = 2 * time.Microsecond
+	// probeEvery lost waits, the next one spins at least probeWindow.
+	probeEvery  = 32
+	probeWindow = 50 * time.Microsecond
 	// waitSpinMax is the longest Wait spins before it sleeps (the Rust
 	// client's WAIT_SPIN_MAX).
 	waitSpinMax = 200 * time.Microsecond
@@ -31,14 +37,16 @@ const (
 // spinPolicy is one waiter's spin window, carried from wait to wait.
 type spinPolicy struct {
 	ceiling, window time.Duration
+	// losses: waits lost since the last probe (at most probeEvery).
+	losses int
 }
 
 // spin is one wait in progress.
 type spin struct {
-	start, lastLook time.Duration
-	peerMark        uint32
-	peerMoved       bool
-	descheduled     bool
+	start, limit, lastLook time.Duration
+	peerMark               uint32
+	peerMoved              bool
+	descheduled            bool
 }
 
 func newSpinPolicy(ceiling time.Duration) spinPolicy {
@@ -46,7 +54,12 @@ func newSpinPolicy(ceiling time.Duration) spinPolicy {
 }
 
 func (p *spinPolicy) begin(now time.Duration, peerMark uint32) spin {
-	return spin{start: now, lastLook: now, peerMark: peerMark}
+	limit := p.window
+	if p.losses >= probeEvery {
+		p.losses = 0
+		limit = max(limit, min(probeWindow, p.ceiling))
+	}
+	return spin{start: now, limit: limit, lastLook: now, peerMark: peerMark}
 }
 
 // keepSpinning is one look at the clock: whether to go on spinning.
@@ -59,37 +72,31 @@ func (p *spinPolicy) keepSpinning(s *spin, now time.Duration, peerMark uint32) b
 		s.peerMoved = true
 		s.peerMark = peerMark
 	}
-	return !s.descheduled && now-s.start < p.window
+	return !s.descheduled && now-s.start < s.limit
 }
 
-// won: the completions came while spinning.
-func (p *spinPolicy) won(s *spin) {
+// won: the completions came while spinning, at now.
+func (p *spinPolicy) won(s *spin, now time.Duration) {
 	if s.descheduled {
-		p.setBelow(p.window / 4)
+		p.set(p.window / 4)
 	} else {
-		p.double()
+		p.set(max(p.window*2, (now-s.start)*2))
 	}
 }
 
 // slept: the wait slept for slept (0: the completions were there before it could).
 func (p *spinPolicy) slept(s *spin, slept time.Duration) {
+	p.losses = min(p.losses+1, probeEvery)
 	switch {
 	case s.descheduled:
-		p.setBelow(p.window / 4)
+		p.set(p.window / 4)
 	case slept < p.ceiling && s.peerMoved:
-		p.double()
+		p.set(p.window * 2)
 	default:
-		p.setBelow(p.window / 2)
+		p.set(p.window / 2)
 	}
 }
 
-func (p *spinPolicy) double() {
-	p.window = min(max(p.window*2, windowMin), p.ceiling)
-}
-
-func (p *spinPolicy) setBelow(window time.Duration) {
-	if window < windowMin {
-		window = 0
-	}
-	p.window = window
+func (p *spinPolicy) set(window time.Duration) {
+	p.window = min(max(window, windowMin), p.ceiling)
 }

@@ -25,16 +25,16 @@ func TestSpinWindowShrinksWhenThePeerMovesOnlyAfterWeSleepAndWinsGrowItBack(t *t
 		s, _ := spinUntilSleep(&p, time.Microsecond, 500*time.Nanosecond, still)
 		p.slept(&s, 3*time.Microsecond)
 	}
-	if p.window != 0 {
-		t.Fatalf("window %v after 16 waits the peer answered only once we slept, want 0", p.window)
+	if p.window != windowMin {
+		t.Fatalf("window %v after 16 waits the peer answered only once we slept, want %v", p.window, windowMin)
 	}
 	var windows []time.Duration
-	for range 6 {
+	for range 5 {
 		s := p.begin(0, 0)
-		p.won(&s)
+		p.won(&s, 500*time.Nanosecond)
 		windows = append(windows, p.window)
 	}
-	want := []time.Duration{2, 4, 8, 16, 32, 50}
+	want := []time.Duration{4, 8, 16, 32, 50}
 	for i := range want {
 		if windows[i] != want[i]*time.Microsecond {
 			t.Fatalf("windows after wins %v, want %v µs", windows, want)
@@ -48,7 +48,7 @@ func TestSpinWindowQuartersWhenDescheduledAndGrowsForAPeerThatMoved(t *testing.T
 	if p.keepSpinning(&s, descheduledGap+time.Nanosecond, 0) {
 		t.Fatal("a gap over descheduledGap must end the spin")
 	}
-	p.won(&s)
+	p.won(&s, 30*time.Microsecond)
 	if p.window != 12500*time.Nanosecond {
 		t.Fatalf("window %v after a descheduled spin, want 12.5µs", p.window)
 	}
@@ -62,5 +62,27 @@ func TestSpinWindowQuartersWhenDescheduledAndGrowsForAPeerThatMoved(t *testing.T
 	p.slept(&s, 2*time.Millisecond)
 	if p.window != 12500*time.Nanosecond {
 		t.Fatalf("window %v after a long sleep, want 12.5µs", p.window)
+	}
+}
+
+func TestSpinProbesEverySoManyLostWaits(t *testing.T) {
+	p := newSpinPolicy(200 * time.Microsecond)
+	still := func(time.Duration) uint32 { return 7 }
+	var probes []int
+	for i := range probeEvery + 2 {
+		s, stopped := spinUntilSleep(&p, 0, 500*time.Nanosecond, still)
+		p.slept(&s, 3*time.Microsecond)
+		if stopped >= probeWindow {
+			probes = append(probes, i)
+		}
+	}
+	// The first waits spin the shrinking window down from 200 µs; then one probe.
+	if len(probes) != 4 || probes[3] != probeEvery {
+		t.Fatalf("waits that spun ≥ %v: %v, want [0 1 2 %d]", probeWindow, probes, probeEvery)
+	}
+	s := p.begin(0, 0)
+	p.won(&s, 9*time.Microsecond)
+	if p.window != 18*time.Microsecond {
+		t.Fatalf("window %v after a win that took 9µs, want 18µs", p.window)
 	}
 }
