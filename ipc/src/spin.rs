@@ -23,6 +23,13 @@
 //! [`PROBE_EVERY`] lost waits one spins at least [`PROBE_WINDOW_NS`], and a
 //! probe that wins sets the window from the time it took. A ceiling of 0
 //! never spins.
+//!
+//! A spinner on a crowded CPU also loses in a way no single wait shows: the
+//! scheduler favours threads that sleep, so one that spins is queued behind
+//! the others whenever it has work. So every [`CPU_PERIOD_NS`] the policy
+//! compares the thread's CPU time with the time it wanted a CPU (wall time
+//! less its sleeps); below [`CPU_SHARE_MIN_PERCENT`], the next period spins
+//! at most [`WINDOW_MIN_NS`] (no probes), as if spinning were off.
 
 use std::time::Duration;
 
@@ -42,13 +49,28 @@ pub const PROBE_EVERY: u32 = 32;
 /// than a sleeping peer takes to wake on a quiet host.
 pub const PROBE_WINDOW_NS: u64 = 50_000;
 
-/// One waiter's spin window, carried from one wait to the next.
+/// How often a waiter compares its CPU time with the time it wanted a CPU.
+pub const CPU_PERIOD_NS: u64 = 10_000_000;
+
+/// Below this share of the time it wanted a CPU, a waiter counts its CPU as
+/// contended for the next period.
+pub const CPU_SHARE_MIN_PERCENT: u64 = 80;
+
+/// One waiter's spin window, carried from one wait to the next. Belongs to
+/// one thread (it reads that thread's CPU time).
 #[derive(Clone, Copy, Debug)]
 pub struct SpinPolicy {
     ceiling_ns: u64,
     window_ns: u64,
     /// Waits lost since the last probe (at most [`PROBE_EVERY`]).
     losses: u32,
+    /// The CPU period in progress: its start (wall and thread CPU time) and
+    /// the time slept in it.
+    period_start_ns: u64,
+    period_cpu_start_ns: u64,
+    period_slept_ns: u64,
+    /// The last period's verdict: the thread got too little of the CPU it wanted.
+    contended: bool,
 }
 
 /// One wait in progress, from its first look at the clock.
@@ -83,7 +105,15 @@ impl SpinPolicy {
     /// A policy that starts at, and never spins longer than, `ceiling`.
     pub fn new(ceiling: Duration) -> SpinPolicy {
         let ceiling_ns = ceiling.as_nanos().min(u64::MAX as u128) as u64;
-        SpinPolicy { ceiling_ns, window_ns: ceiling_ns, losses: 0 }
+        SpinPolicy {
+            ceiling_ns,
+            window_ns: ceiling_ns,
+            losses: 0,
+            period_start_ns: 0,
+            period_cpu_start_ns: 0,
+            period_slept_ns: 0,
+            contended: false,
+        }
     }
 
     /// The current spin window, in ns.
@@ -91,10 +121,20 @@ impl SpinPolicy {
         self.window_ns
     }
 
+    /// Whether the last CPU period found the CPU contended.
+    pub fn contended(&self) -> bool {
+        self.contended
+    }
+
     /// Starts a wait at its first look at the clock.
     pub fn begin(&mut self, now_ns: u64, peer_mark: u32) -> Spin {
+        if now_ns.saturating_sub(self.period_start_ns) >= CPU_PERIOD_NS {
+            self.end_cpu_period(now_ns, crate::clock::thread_cpu_ns());
+        }
         let mut limit_ns = self.window_ns;
-        if self.losses >= PROBE_EVERY {
+        if self.contended {
+            limit_ns = limit_ns.min(WINDOW_MIN_NS);
+        } else if self.losses >= PROBE_EVERY {
             self.losses = 0;
             limit_ns = limit_ns.max(PROBE_WINDOW_NS.min(self.ceiling_ns));
         }
@@ -128,8 +168,21 @@ impl SpinPolicy {
         }
     }
 
+    /// Closes the CPU period at `now_ns`, the thread having used `cpu_ns` of
+    /// CPU time so far, and starts the next.
+    fn end_cpu_period(&mut self, now_ns: u64, cpu_ns: u64) {
+        let wanted_ns = now_ns.saturating_sub(self.period_start_ns).saturating_sub(self.period_slept_ns);
+        let used_ns = cpu_ns.saturating_sub(self.period_cpu_start_ns);
+        // The first period starts at 0, not when the thread did: it only counts once started.
+        if self.period_start_ns != 0 {
+            self.contended = used_ns.saturating_mul(100) < wanted_ns.saturating_mul(CPU_SHARE_MIN_PERCENT);
+        }
+        (self.period_start_ns, self.period_cpu_start_ns, self.period_slept_ns) = (now_ns, cpu_ns, 0);
+    }
+
     /// The wait slept for `slept_ns` (0: it found work as it set up the sleep).
     pub fn slept(&mut self, spin: &Spin, slept_ns: u64) {
+        self.period_slept_ns = self.period_slept_ns.saturating_add(slept_ns);
         self.losses = (self.losses + 1).min(PROBE_EVERY);
         if spin.descheduled {
             self.quarter();
@@ -277,6 +330,24 @@ mod tests {
         spin.peer_busy();
         policy.slept(&spin, 5_000);
         assert_eq!(policy.window_ns(), 50_000, "a peer busy with our work counts as moving");
+    }
+
+    #[test]
+    fn a_thread_that_got_too_little_of_the_cpu_it_wanted_spins_at_most_the_minimum() {
+        let mut policy = SpinPolicy::new(CEILING);
+        policy.end_cpu_period(1_000, 0);
+        let spin = policy.begin(1_000, 0);
+        policy.slept(&spin, 4_000_000);
+        // 10 ms of wall time, 4 ms asleep: it wanted 6 ms of CPU and got 3.
+        policy.end_cpu_period(10_001_000, 3_000_000);
+        assert!(policy.contended());
+        let (_, stopped_ns) = spin_until_sleep(&mut policy, 20_000_000, 500, |now_ns| now_ns as u32);
+        assert_eq!(stopped_ns, 20_000_000 + WINDOW_MIN_NS);
+        assert_eq!(policy.window_ns(), 25_000, "the window itself is kept for when the CPU frees up");
+        // The next period: 5.5 of 6 ms.
+        policy.slept(&spin, 4_000_000);
+        policy.end_cpu_period(20_001_000, 8_500_000);
+        assert!(!policy.contended());
     }
 
     #[test]
