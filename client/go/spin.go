@@ -18,6 +18,10 @@ import "time"
 // The window stays between windowMin and the ceiling; every probeEvery lost
 // waits one spins at least probeWindow, so that two waiters that each sleep
 // before the other wakes do not keep each other there.
+//
+// The Rust policy's CPU-share rule (spin at most windowMin while the thread
+// got under 80 % of the CPU it wanted) is left out: a goroutine is not bound
+// to one OS thread, so the thread's CPU time says nothing about it.
 
 const (
 	// descheduledGap: a longer gap between two looks at the clock of a
