@@ -35,8 +35,6 @@ import (
 // ring module docs).
 
 const (
-	// waitSpin is how long Wait spins on the CQ before it sleeps on the futex.
-	waitSpin = 20 * time.Microsecond
 	// waitSlice is the longest single futex sleep: the engine's liveness is
 	// checked between slices, so a dead engine is noticed within this bound
 	// (the Rust client's WAIT_SLICE).
@@ -120,6 +118,9 @@ type QueuePair struct {
 	slots       []inFlight
 	generations []uint32
 	freeSlots   []uint32
+
+	// spin is how long Wait spins before it sleeps, carried from wait to wait (spin.go).
+	spin spinPolicy
 }
 
 func newQueuePair(c *Client, index uint32) *QueuePair {
@@ -133,6 +134,7 @@ func newQueuePair(c *Client, index uint32) *QueuePair {
 		sq:        c.mem[g.SQOffset(index) : g.SQOffset(index)+uint64(g.SQEntries)*SqeSizeBytes],
 		cq:        c.mem[g.CQOffset(index) : g.CQOffset(index)+uint64(g.CQEntries())*CqeSizeBytes],
 		sqEntries: g.SQEntries, cqEntries: g.CQEntries(),
+		spin: newSpinPolicy(waitSpinMax),
 	}
 	q.localTail = atomic.LoadUint32(q.sqTail)
 	q.cachedHead = q.localTail
@@ -341,9 +343,10 @@ func (q *QueuePair) Reap() (completion Completion, ok bool, err error) {
 
 // Wait blocks until at least count completions are ready to reap, ctx is
 // done (its error is returned; the requests stay in flight) or the engine is
-// gone (ErrEngineGone). It spins briefly, then sleeps on the CQ tail futex
-// with NEED_WAKEUP set, in slices of at most 50 ms, checking between slices
-// that the engine is alive.
+// gone (ErrEngineGone). It spins while spinning pays (spin.go: the window
+// adapts to the last waits and ends early on a busy CPU), then sleeps on the
+// CQ tail futex with NEED_WAKEUP set, in slices of at most 50 ms, checking
+// between slices that the engine is alive.
 func (q *QueuePair) Wait(ctx context.Context, count uint32) (uint32, error) {
 	if q.client == nil {
 		return 0, errReleased
@@ -352,7 +355,9 @@ func (q *QueuePair) Wait(ctx context.Context, count uint32) (uint32, error) {
 		return 0, err
 	}
 	defer q.client.leave()
-	start := time.Now()
+	base := time.Now()
+	s := q.spin.begin(0, q.engineProgress())
+	spinning := true
 	polls := uint32(0)
 	for {
 		ready, err := q.cqAvailable()
@@ -360,6 +365,9 @@ func (q *QueuePair) Wait(ctx context.Context, count uint32) (uint32, error) {
 			return ready, err
 		}
 		if ready >= count {
+			if spinning {
+				q.spin.won(&s, time.Since(base))
+			}
 			return ready, nil
 		}
 		polls++
@@ -369,9 +377,14 @@ func (q *QueuePair) Wait(ctx context.Context, count uint32) (uint32, error) {
 		if err := ctx.Err(); err != nil {
 			return ready, err
 		}
-		waited := time.Since(start)
-		if waited < waitSpin {
-			continue
+		if spinning {
+			if atomic.LoadUint32(q.sqHead) == q.localTail {
+				// The engine holds every request: it works for us.
+				s.peerMoved = true
+			}
+			if q.spin.keepSpinning(&s, time.Since(base), q.engineProgress()) {
+				continue
+			}
 		}
 		if err := q.client.checkAlive(); err != nil {
 			return ready, err
@@ -380,25 +393,40 @@ func (q *QueuePair) Wait(ctx context.Context, count uint32) (uint32, error) {
 		if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < slice {
 			slice = max(time.Until(deadline), 0)
 		}
-		if err := q.sleepOnce(slice, count); err != nil {
+		slept, err := q.sleepOnce(slice, count)
+		if err != nil {
 			return ready, err
+		}
+		if spinning {
+			// The first sleep tells the policy how the spin went.
+			q.spin.slept(&s, slept)
+			spinning = false
 		}
 	}
 }
 
+// engineProgress is a mark that changes when the engine takes requests or
+// posts completions.
+func (q *QueuePair) engineProgress() uint32 {
+	return atomic.LoadUint32(q.sqHead) + atomic.LoadUint32(q.cqTail)
+}
+
 // sleepOnce sleeps at most slice until the CQ holds wanted completions or the
-// engine posts.
-func (q *QueuePair) sleepOnce(slice time.Duration, wanted uint32) error {
+// engine posts; it returns how long it slept (0 if they were there before it could).
+func (q *QueuePair) sleepOnce(slice time.Duration, wanted uint32) (time.Duration, error) {
 	// Sequentially consistent store then load: the full fence of the
 	// NEED_WAKEUP protocol (see the top of this file).
 	atomic.StoreUint32(q.cqFlags, NeedWakeup)
 	available, err := q.cqLoadTail()
+	slept := time.Duration(0)
 	if err == nil && available < max(wanted, 1) {
 		timeout := unix.NsecToTimespec(int64(slice))
+		start := time.Now()
 		futex(q.cqTail, futexWait, q.localHead+available, &timeout)
+		slept = time.Since(start)
 	}
 	atomic.StoreUint32(q.cqFlags, 0)
-	return err
+	return slept, err
 }
 
 // futex calls FUTEX_WAIT or FUTEX_WAKE on a word of the shared region (the

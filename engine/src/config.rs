@@ -156,7 +156,8 @@ pub struct Config {
     #[arg(long, value_enum, default_value_t = HugepagePolicy::Auto)]
     pub hugepages: HugepagePolicy,
 
-    /// How long the poller spins on empty rings before it sleeps, in microseconds.
+    /// The longest the poller spins on empty rings before it sleeps, in microseconds (it spins
+    /// less while its last idle spells say spinning does not pay; 0: never spin).
     #[arg(long, default_value_t = 50)]
     pub idle_spin_us: u64,
 

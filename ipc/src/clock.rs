@@ -12,3 +12,12 @@ pub fn monotonic_ns() -> u64 {
         Err(_) => 0,
     }
 }
+
+/// Nanoseconds of CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`;
+/// a system call, unlike `monotonic_ns`: for once-in-a-while comparisons).
+pub fn thread_cpu_ns() -> u64 {
+    match clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID) {
+        Ok(now) => now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64,
+        Err(_) => 0,
+    }
+}

@@ -4,8 +4,8 @@
 mod common;
 
 use common::{free_port, run_with_timeout, start_engine, start_engine_with, Scratch};
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -14,7 +14,7 @@ fn nop_json_has_the_top_level_figures() {
     let engine = start_engine(None);
     let output = run_with_timeout(
         Command::new(env!("CARGO_BIN_EXE_rdma-bench"))
-            .args(["nop", "--json", "--duration-ms", "400", "--rounds", "1", "--socket"])
+            .args(["nop", "--json", "--duration-ms", "400", "--rounds", "1", "--contend", "1", "--socket"])
             .arg(&engine.socket),
         TIMEOUT,
     );
@@ -27,7 +27,13 @@ fn nop_json_has_the_top_level_figures() {
         ["qp1_depth1", "qp1_depth8", "qp1_depth32", "qp2_depth1", "qp2_depth8", "qp2_depth32", "wake_from_sleep"]
     {
         assert!(report["engine"][config]["ops_per_sec"].is_number(), "{config}");
+        if config != "wake_from_sleep" {
+            let figure = &report["engine"][config];
+            assert!(figure["contended_ops_per_sec"].as_f64().unwrap() > 0.0, "{config}: {figure}");
+            assert!(figure["contended_ratio"].as_f64().unwrap() > 0.0, "{config}: {figure}");
+        }
     }
+    assert_eq!(report["contenders"], 1);
     for floor in ["bounce", "futex", "ring_depth1", "ring_depth8", "ring_depth32"] {
         assert!(report["floors"][floor]["ops_per_sec"].is_number(), "{floor}");
     }
@@ -57,7 +63,7 @@ fn read_local_json_covers_every_size_and_depth() {
             // Slices of about 100 ms: long enough for depth-32 1 MiB reads to complete even
             // when the other test of this binary loads both CPUs (25 ms slices saw none).
             .args(["read", "--transport", "local", "--json", "--duration-ms", "1200", "--rounds", "1"])
-            .arg("--socket")
+            .args(["--contend", "1", "--socket"])
             .arg(&engine.socket)
             .arg("--volume-dir")
             .arg(&volumes.path),
@@ -75,7 +81,10 @@ fn read_local_json_covers_every_size_and_depth() {
         assert!(entry["p50_ns"].is_number());
         assert!(entry["floor_p50_ns"].is_number());
         assert!(entry["reads_ratio"].is_number());
+        assert!(entry["contended_reads_per_sec"].as_f64().unwrap() > 0.0, "{entry}");
+        assert!(entry["contended_ratio"].as_f64().unwrap() > 0.0, "{entry}");
     }
+    assert_eq!(report["contenders"], 1);
     let verified = report["verified"].as_array().unwrap();
     assert_eq!(verified.len(), 3);
     assert!(verified.iter().all(|v| v["source"] == "local"));
@@ -160,4 +169,50 @@ fn read_without_needles_of_the_sizes_explains() {
     );
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("volgen --dir"));
+}
+
+/// The busy-loop contenders `--contend` started for the bench with process id `bench`.
+fn contenders_of(bench: u32) -> Vec<u32> {
+    let wanted = format!("__busy-loop\0--parent\0{bench}\0");
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|pid| {
+                    std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(&wanted))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Polls `condition` every 10 ms until it holds or `TIMEOUT` passes.
+fn eventually(condition: impl Fn() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < TIMEOUT {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+#[test]
+fn contenders_end_with_the_bench_even_when_it_is_killed() {
+    let engine = start_engine(None);
+    // The contended part lasts about 0.8 s of the run: time to see the contenders.
+    let mut bench = Command::new(env!("CARGO_BIN_EXE_rdma-bench"))
+        .args(["nop", "--json", "--duration-ms", "2000", "--rounds", "1", "--contend", "2", "--socket"])
+        .arg(&engine.socket)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start rdma-bench");
+    let bench_pid = bench.id();
+    assert!(eventually(|| contenders_of(bench_pid).len() == 2), "two contenders while the contended run lasts");
+    // SIGKILL: no destructor runs; the kernel kills the contenders (PR_SET_PDEATHSIG).
+    bench.kill().expect("kill the bench");
+    let _ = bench.wait();
+    assert!(eventually(|| contenders_of(bench_pid).is_empty()), "contenders outlived the killed bench");
 }

@@ -1,6 +1,8 @@
 //! The data path: one thread that serves every attached region's queue
 //! pairs, spins briefly when idle, then sleeps on all SQ tails at once
-//! (`futex_waitv`) with `NEED_WAKEUP` set.
+//! (`futex_waitv`) with `NEED_WAKEUP` set. How long it spins is adapted to
+//! what the last idle spells cost (`rdma_ipc::spin`): on a busy host the
+//! poller sleeps sooner, so the clients it waits for get the CPU.
 //!
 //! The control thread hands regions over through a bounded command queue and
 //! rings a private doorbell futex; the poller hands detached regions back the
@@ -14,6 +16,7 @@ use crate::execute::{Executor, Route};
 use crate::region::RegionMemory;
 use crossbeam_queue::ArrayQueue;
 use rdma_ipc::futex::{self, WaitWord};
+use rdma_ipc::spin::{Spin, SpinPolicy};
 use served::ServedRegion;
 use shm_layout::header::{engine_state, fence_reason};
 use shm_layout::queue_pair::sq_flags;
@@ -25,7 +28,9 @@ use std::time::Duration;
 /// Passes between two heartbeat/clock checks while busy.
 const PASSES_PER_HOUSEKEEPING: u32 = 256;
 
-/// Idle passes between two clock reads while spinning.
+/// Idle passes between two clock reads while spinning, with one queue pair
+/// served; with more, fewer (one pass looks at every queue pair), so that the
+/// looks stay well under `rdma_ipc::spin::DESCHEDULED_GAP_NS` apart.
 const IDLE_PASSES_PER_CLOCK_READ: u32 = 32;
 
 /// How often the read transports refresh their indexes.
@@ -84,7 +89,10 @@ pub struct Poller {
     executor: Executor,
     regions: Vec<ServedRegion>,
     wait_words: Vec<WaitWord>,
-    idle_spin: Duration,
+    /// How long an idle spell spins before the poller sleeps (at most `--idle-spin-us`).
+    spin: SpinPolicy,
+    /// [`IDLE_PASSES_PER_CLOCK_READ`] over the queue pairs served (at least 1).
+    passes_per_clock_read: u32,
     heartbeat: Duration,
     max_regions: usize,
     last_read_housekeeping_ns: u64,
@@ -103,7 +111,8 @@ impl Poller {
             executor,
             regions: Vec::with_capacity(max_regions),
             wait_words: Vec::with_capacity(futex::WAITV_MAX),
-            idle_spin,
+            spin: SpinPolicy::new(idle_spin),
+            passes_per_clock_read: IDLE_PASSES_PER_CLOCK_READ,
             heartbeat,
             max_regions,
             last_read_housekeeping_ns: 0,
@@ -113,7 +122,10 @@ impl Poller {
     /// Runs until shutdown is requested, then drains.
     pub fn run(mut self) {
         let mut last_housekeeping_ns = rdma_ipc::clock::monotonic_ns();
-        let mut idle_since_ns: Option<u64> = None;
+        // The idle spell in progress: `idle_passes` empty passes so far, and
+        // the spin from its first look at the clock.
+        let mut idle_passes = 0u32;
+        let mut spin: Option<Spin> = None;
         let mut passes = 0u32;
         loop {
             self.apply_commands();
@@ -128,35 +140,52 @@ impl Poller {
                 // Work done, or reads in flight whose completions need
                 // progress (RDMA): stay awake. Completions of the transports
                 // that run on threads of their own ring the doorbell.
-                idle_since_ns = None;
+                if served > 0 && idle_passes > 0 {
+                    // The work came while spinning: spinning paid.
+                    let now_ns = if spin.is_some() { rdma_ipc::clock::monotonic_ns() } else { 0 };
+                    self.spin.won(spin.as_ref(), now_ns);
+                }
+                (idle_passes, spin) = (0, None);
                 if passes.is_multiple_of(PASSES_PER_HOUSEKEEPING) {
                     last_housekeeping_ns = self.housekeeping();
                 }
                 continue;
             }
+            idle_passes = idle_passes.saturating_add(1);
             // Look at the clock only every few idle passes: a clock read
             // costs as much as a pass and would delay noticing new work.
-            if !passes.is_multiple_of(IDLE_PASSES_PER_CLOCK_READ) {
+            if !passes.is_multiple_of(self.passes_per_clock_read) {
                 std::hint::spin_loop();
                 continue;
             }
             let now_ns = rdma_ipc::clock::monotonic_ns();
-            let idle_start = *idle_since_ns.get_or_insert(now_ns);
+            let progress = self.client_progress();
+            let current = spin.get_or_insert_with(|| self.spin.begin(now_ns, progress));
+            let keep_spinning = self.spin.keep_spinning(current, now_ns, progress);
             if now_ns.saturating_sub(last_housekeeping_ns) >= self.heartbeat.as_nanos() as u64 / 2 {
                 last_housekeeping_ns = self.housekeeping();
+                current.resume(last_housekeeping_ns);
             }
-            if now_ns - idle_start < self.idle_spin.as_nanos() as u64 {
+            if keep_spinning {
                 std::hint::spin_loop();
                 continue;
             }
-            self.sleep();
-            idle_since_ns = None;
+            let slept_ns = self.sleep();
+            self.spin.slept(current, slept_ns);
+            (idle_passes, spin) = (0, None);
             last_housekeeping_ns = self.housekeeping();
         }
     }
 
+    /// The clients' progress marks, summed (see [`ServedRegion::client_progress`]).
+    fn client_progress(&self) -> u32 {
+        self.regions.iter().fold(0u32, |mark, region| mark.wrapping_add(region.client_progress()))
+    }
+
     fn apply_commands(&mut self) {
+        let mut changed = false;
         while let Some(command) = self.link.commands.pop() {
+            changed = true;
             match command {
                 Command::Attach(memory) if self.regions.len() < self.max_regions => {
                     self.executor.attach_region(memory.identity.region_id, &memory.view);
@@ -172,6 +201,10 @@ impl Poller {
                     }
                 }
             }
+        }
+        if changed {
+            let queue_pairs: usize = self.regions.iter().map(|region| region.queue_pairs.len()).sum();
+            self.passes_per_clock_read = (IDLE_PASSES_PER_CLOCK_READ / queue_pairs.max(1) as u32).max(1);
         }
     }
 
@@ -234,8 +267,9 @@ impl Poller {
     }
 
     /// Sets NEED_WAKEUP on every served SQ, re-checks, and sleeps on all SQ
-    /// tails and the doorbell for at most one heartbeat interval.
-    fn sleep(&mut self) {
+    /// tails and the doorbell for at most one heartbeat interval. Returns how
+    /// long it slept (0 if work arrived before it could).
+    fn sleep(&mut self) -> u64 {
         self.wait_words.clear();
         let doorbell = self.link.doorbell.load(Ordering::SeqCst);
         self.wait_words.push(WaitWord::private(&self.link.doorbell, doorbell));
@@ -261,10 +295,13 @@ impl Poller {
                 }
             }
         }
+        let mut slept_ns = 0;
         if !work_arrived && !self.link.shutdown.load(Ordering::Acquire) {
+            let start_ns = rdma_ipc::clock::monotonic_ns();
             // SAFETY: every word is in a mapping held by self.regions (not
             // changed during the call) or in self.link, both alive here.
             unsafe { futex::wait_any(&self.wait_words, self.heartbeat) };
+            slept_ns = rdma_ipc::clock::monotonic_ns().saturating_sub(start_ns);
         }
         for region in self.regions.iter_mut() {
             let view = region.memory.view;
@@ -273,6 +310,7 @@ impl Poller {
             }
             region.publish_counters();
         }
+        slept_ns
     }
 
     /// SIGTERM: waits (bounded) for requests in flight, completes everything

@@ -97,6 +97,12 @@ impl ServedRegion {
         !self.fenced && !self.detaching
     }
 
+    /// A mark that changes when the client reaps completions (the sum of its
+    /// CQ heads): how a spinning poller sees that the client runs.
+    pub(super) fn client_progress(&self) -> u32 {
+        self.queue_pairs.iter().fold(0u32, |mark, queue_pair| mark.wrapping_add(queue_pair.cq.consumer_head_hint()))
+    }
+
     pub(super) fn pending(&self) -> u32 {
         self.queue_pairs.iter().map(|queue_pair| queue_pair.pending).sum()
     }

@@ -235,6 +235,13 @@ impl<T: Copy, S: Slots<T>> Producer<T, S> {
     pub fn tail_word(&self) -> &AtomicU32 {
         self.tail()
     }
+
+    /// The consumer's head as it last stored it (Relaxed, unchecked): a hint
+    /// of its progress for a spinning waiter, never a licence to write a slot
+    /// (that is [`Producer::free`]'s, with Acquire and a range check).
+    pub fn consumer_head_hint(&self) -> u32 {
+        self.head().load(Ordering::Relaxed)
+    }
 }
 
 /// The consuming side of a ring.

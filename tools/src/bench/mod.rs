@@ -16,11 +16,13 @@
 //! - [`pipeline`]: the timing loops all of them share.
 //! - [`compare`]: every read path against SeaweedFS's own HTTP GET, with a
 //!   real `weed` (`rdma-bench compare`).
+//! - [`contend`]: the busy-loop processes of `--contend N`.
 //! - [`read`]: needle reads against `pread` (`--transport local`) or against
 //!   a bare `ucp_get_nbx` loop from the same exporter (`--transport ucx`).
 
 pub mod bare_client;
 pub mod compare;
+pub mod contend;
 pub mod floor;
 pub mod needles;
 pub mod nop;

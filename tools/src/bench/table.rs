@@ -47,7 +47,7 @@ fn row(out: &mut String, label: &str, summary: Option<&Summary>, floor: &str, ra
 
 pub fn render_nop(report: &NopReport) -> String {
     let mut out = String::new();
-    let engine = |name: &str| report.engine.get(name);
+    let engine = |name: &str| report.engine.get(name).map(|figure| &figure.quiet);
     let floor = |name: &str| report.floors.get(name);
     let _ = writeln!(
         out,
@@ -117,6 +117,20 @@ pub fn render_nop(report: &NopReport) -> String {
         report.ops_per_sec_config,
         rate(report.floor_ops_per_sec)
     );
+    if report.contenders > 0 {
+        let _ = writeln!(out, "beside {} busy-loop process(es), after the quiet run:", report.contenders);
+        let _ = writeln!(out, "{:<22} {:>9} {:>9} {:>9}   ratio to quiet", "configuration", "ops/s", "quiet", "p50 ns");
+        for (name, figure) in report.engine.iter().filter(|(_, figure)| figure.contended_ops_per_sec.is_some()) {
+            let _ = writeln!(
+                out,
+                "{name:<22} {:>9} {:>9} {:>9}   {}",
+                rate(figure.contended_ops_per_sec.unwrap_or(0.0)),
+                rate(figure.quiet.ops_per_sec),
+                nanos(figure.contended_p50_ns),
+                ratio(figure.contended_ratio)
+            );
+        }
+    }
     targets(&mut out, &report.targets);
     let _ = writeln!(
         out,
@@ -193,6 +207,7 @@ pub fn render_read(report: &ReadReport) -> String {
             ratio(entry.p50_ratio_vs_checked),
         );
     }
+    contended(&mut out, report.contenders, report.results.iter().map(|entry| &entry.comparison));
     let _ = writeln!(out, "{}\n{}", report.floor_method, report.conditions.summary_line(&report.schedule));
     if let Some(warning) = &report.conditions.interference_warning {
         let _ = writeln!(out, "WARNING: {warning}");
@@ -214,6 +229,26 @@ fn comparison_cells(entry: &EngineVsFloor) -> [String; 9] {
         nanos(entry.floor_p50_ns),
         nanos(entry.floor_p99_ns),
     ]
+}
+
+/// The contended run's rows (nothing if it did not run).
+fn contended<'a>(out: &mut String, contenders: u32, entries: impl Iterator<Item = &'a EngineVsFloor>) {
+    if contenders == 0 {
+        return;
+    }
+    let _ = writeln!(out, "beside {contenders} busy-loop process(es), after the quiet run:");
+    let _ = writeln!(out, "{:<11} {:>8} {:>8} {:>8} {:>9}", "size depth", "reads/s", "quiet", "p50 ns", "to quiet");
+    for entry in entries {
+        let _ = writeln!(
+            out,
+            "{:<11} {:>8} {:>8} {:>8} {:>9}",
+            format!("{} d{}", entry.size_label, entry.depth),
+            entry.contended_reads_per_sec.map_or("-".into(), rate),
+            rate(entry.reads_per_sec),
+            nanos(entry.contended_p50_ns),
+            ratio(entry.contended_ratio),
+        );
+    }
 }
 
 fn signed_nanos(value: Option<f64>) -> String {
@@ -258,6 +293,7 @@ pub fn render_read_ucx(report: &UcxReadReport) -> String {
             signed_nanos(entry.p50_delta_ns),
         );
     }
+    contended(&mut out, report.contenders, report.results.iter().map(|entry| &entry.comparison));
     targets(&mut out, &report.targets);
     let tls = report.ucx_environment.bench.get("UCX_TLS").map_or("(UCX default)", String::as_str);
     let _ = writeln!(

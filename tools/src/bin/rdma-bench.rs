@@ -2,6 +2,7 @@
 //! Logic in `rdma_tools::bench`.
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use rdma_tools::bench::contend::{busy_loop_main, BUSY_LOOP_SUBCOMMAND, CONTENDERS_MAX};
 use rdma_tools::bench::floor::{helper_main, HELPER_SUBCOMMAND};
 use rdma_tools::bench::{compare, nop, read, BenchError};
 use rdma_tools::exit_code;
@@ -42,6 +43,10 @@ enum Command {
         /// Sleep before each wake-from-sleep submission, in µs.
         #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=1_000_000))]
         gap_us: u64,
+        /// After the quiet run, run the engine's figures again beside this
+        /// many busy-loop processes (started and stopped by the bench).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=CONTENDERS_MAX as i64))]
+        contend: u32,
     },
     /// Needle reads (4 KiB, 64 KiB, 1 MiB × depth 1 and 32) beside pread
     /// (local) or a bare ucp_get loop from the same exporter (ucx).
@@ -72,6 +77,10 @@ enum Command {
         /// Alternating rounds.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
         rounds: u32,
+        /// After the quiet run, run the engine's figures again beside this
+        /// many busy-loop processes (started and stopped by the bench).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=CONTENDERS_MAX as i64))]
+        contend: u32,
     },
     /// Every read path against SeaweedFS's own HTTP GET, in one run: starts a real master,
     /// volume server, exporter, reading engines and rdma-sidecar in a temporary directory,
@@ -104,6 +113,12 @@ enum Command {
         #[arg(long)]
         cpu: Option<usize>,
     },
+    /// Internal: one busy-loop process of `--contend`.
+    #[command(name = BUSY_LOOP_SUBCOMMAND, hide = true)]
+    BusyLoop {
+        #[arg(long)]
+        parent: u32,
+    },
 }
 
 fn fail(error: BenchError) -> ! {
@@ -123,8 +138,8 @@ fn print_json<T: serde::Serialize>(value: &T) {
 
 fn main() {
     match Args::parse().command {
-        Command::Nop { socket, json, duration_ms, rounds, gap_us } => {
-            let options = nop::NopOptions { socket, duration_ms, rounds, gap_us };
+        Command::Nop { socket, json, duration_ms, rounds, gap_us, contend } => {
+            let options = nop::NopOptions { socket, duration_ms, rounds, gap_us, contend };
             let report = nop::run(&options).unwrap_or_else(|error| fail(error));
             if json {
                 print_json(&report);
@@ -132,8 +147,8 @@ fn main() {
                 print!("{}", rdma_tools::bench::render_nop(&report));
             }
         }
-        Command::Read { socket, transport, peer, volume_dir, json, duration_ms, rounds } => {
-            let options = read::ReadOptions { socket, volume_dir, duration_ms, rounds };
+        Command::Read { socket, transport, peer, volume_dir, json, duration_ms, rounds, contend } => {
+            let options = read::ReadOptions { socket, volume_dir, duration_ms, rounds, contend };
             match (transport, peer) {
                 (TransportArg::Local, Some(_)) => Args::command()
                     .error(clap::error::ErrorKind::ArgumentConflict, "--peer applies to --transport ucx only")
@@ -191,6 +206,11 @@ fn main() {
                 eprintln!("rdma-bench floor helper: {message}");
                 std::process::exit(exit_code::OTHER);
             }
+        }
+        Command::BusyLoop { parent } => {
+            let Err(message) = busy_loop_main(parent);
+            eprintln!("rdma-bench contender: {message}");
+            std::process::exit(exit_code::OTHER);
         }
     }
 }

@@ -7,9 +7,7 @@ use crate::timing::TickClock;
 use rdma_client::{ClientError, Operation, QueuePair};
 use std::time::{Duration, Instant};
 
-/// Without progress for this long, a busy loop falls back to a bounded wait.
-const STALL: Duration = Duration::from_millis(1);
-/// The bounded wait after a stall; past it the engine counts as gone.
+/// The bound on one wait for a completion; past it the engine counts as gone.
 const STALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Errors seen in completions (a NOP should never fail).
@@ -45,8 +43,6 @@ pub(super) fn engine_slice(
     let mut errors = CompletionErrors::default();
     let mut pipeline =
         Pipeline::new(clock, Duration::from_millis(schedule.warmup_ms), Duration::from_millis(schedule.slice_ms));
-    let mut idle_spins = 0u32;
-    let mut stalled_since: Option<Instant> = None;
     while !pipeline.finished() {
         let wanted = depth.saturating_sub(pipeline.in_flight);
         if wanted > 0 {
@@ -64,22 +60,12 @@ pub(super) fn engine_slice(
         }
         if reaped > 0 {
             pipeline.completed(reaped);
-            idle_spins = 0;
-            stalled_since = None;
             continue;
         }
-        std::hint::spin_loop();
+        // Nothing yet: wait as a client does (the library spins while
+        // spinning pays, then sleeps).
+        queue_pair.wait(1, STALL_TIMEOUT).map_err(BenchError::Engine)?;
         pipeline.idle();
-        idle_spins = idle_spins.wrapping_add(1);
-        // Look at the wall clock only after thousands of empty polls, so
-        // the common path pays nothing for the bound.
-        if idle_spins.is_multiple_of(4096) {
-            let since = *stalled_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= STALL {
-                queue_pair.wait(1, STALL_TIMEOUT).map_err(BenchError::Engine)?;
-                stalled_since = None;
-            }
-        }
     }
     drain(queue_pair, &mut errors)?;
     Ok((pipeline.into_result(), errors))

@@ -5,13 +5,15 @@
 //! × 1, 8 and 32 NOPs in flight, plus the wake-from-sleep round trip: one
 //! NOP submitted after the client slept `gap` (2 ms by default, far longer
 //! than the engine's idle spin of 50 µs), so the engine is asleep on its SQ
-//! futex and the submit has to wake it. The client spins for the completion
-//! in every configuration, so the figures are ring and engine costs, not the
-//! client's own sleeps.
+//! futex and the submit has to wake it. The client waits with the library's
+//! `wait` (which spins while spinning pays: on a quiet host, always), except
+//! after the wake-up submission, where it spins, so the figures are ring and
+//! engine costs, not the client's own sleeps.
 
 mod engine_loop;
 
 use super::bare_client::BareClient;
+use super::contend::Contenders;
 use super::floor::FloorHelper;
 use super::pipeline::measure_round_trips;
 use super::ring_floor::ring_slice;
@@ -42,6 +44,8 @@ pub struct NopOptions {
     pub rounds: u32,
     /// Sleep before each wake-from-sleep submission.
     pub gap_us: u64,
+    /// Busy-loop processes beside the contended run (0: no contended run).
+    pub contend: u32,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -91,7 +95,7 @@ pub struct NopReport {
     pub ratios: Ratios,
     pub targets: Vec<Target>,
     /// Engine configurations: `qp1_depth1` … `qp2_depth32`, `wake_from_sleep`.
-    pub engine: BTreeMap<String, Summary>,
+    pub engine: BTreeMap<String, EngineFigure>,
     /// Floors: `bounce`, `ring_depth1/8/32`, `futex`.
     pub floors: BTreeMap<String, Summary>,
     /// The engine driven by a client without the library (bare ring ends):
@@ -103,12 +107,32 @@ pub struct NopReport {
     pub wake_submissions: u64,
     pub schedule: Schedule,
     pub gap_us: u64,
+    /// Busy-loop processes beside the contended run (0: none ran).
+    pub contenders: u32,
     pub placement: Placement,
     pub ticks_per_ns: f64,
     #[serde(flatten)]
     pub conditions: RunConditions,
     pub load_average_after: [f64; 3],
 }
+
+/// One engine configuration: its quiet figures and, with `--contend N`, its
+/// rate beside N busy loops (median over rounds; not for `wake_from_sleep`,
+/// whose client sleeps on purpose) and that rate over the quiet one.
+#[derive(Clone, Debug, Serialize)]
+pub struct EngineFigure {
+    #[serde(flatten)]
+    pub quiet: Summary,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contended_ops_per_sec: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contended_p50_ns: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contended_ratio: Option<f64>,
+}
+
+/// Series of the contended run are named `contended_<configuration>`.
+const CONTENDED_PREFIX: &str = "contended_";
 
 /// Everything the rounds need.
 struct Bench<'a> {
@@ -125,6 +149,8 @@ struct Bench<'a> {
     errors: CompletionErrors,
     engine_sleeps: u64,
     wake_submissions: u64,
+    /// Prepended to the engine series' names ([`CONTENDED_PREFIX`] in the contended run).
+    engine_prefix: &'static str,
 }
 
 impl Bench<'_> {
@@ -144,7 +170,7 @@ impl Bench<'_> {
         let (clock, schedule) = (self.clock, self.schedule);
         let (slice, errors) = engine_slice(&mut self.queue_pairs[0], &clock, depth, &schedule)?;
         self.errors.absorb(errors);
-        self.record(&format!("qp1_depth{depth}"), slice);
+        self.record(&format!("{}qp1_depth{depth}", self.engine_prefix), slice);
         Ok(())
     }
 
@@ -169,7 +195,7 @@ impl Bench<'_> {
         merged.merge_parallel(&other);
         self.errors.absorb(errors_one);
         self.errors.absorb(errors_two);
-        self.record(&format!("qp2_depth{depth}"), merged);
+        self.record(&format!("{}qp2_depth{depth}", self.engine_prefix), merged);
         Ok(())
     }
 
@@ -231,6 +257,29 @@ impl Bench<'_> {
         self.record("futex", futex);
         self.wake_from_sleep()
     }
+
+    /// The contended run: `count` busy loops beside the engine configurations
+    /// (no floors), `schedule.rounds` rounds. Nothing if `count` is 0.
+    fn contended_rounds(&mut self, count: u32, interference: &mut Interference) -> Result<(), BenchError> {
+        if count == 0 {
+            return Ok(());
+        }
+        let contenders = Contenders::start(count)?;
+        for pid in contenders.pids() {
+            interference.add_pid(pid);
+        }
+        self.engine_prefix = CONTENDED_PREFIX;
+        for _ in 0..self.schedule.rounds {
+            for depth in DEPTHS {
+                self.one_queue_pair(depth)?;
+            }
+            for depth in DEPTHS {
+                self.two_queue_pairs(depth)?;
+            }
+        }
+        self.engine_prefix = "";
+        Ok(())
+    }
 }
 
 fn placement(engine_pid: u32) -> Placement {
@@ -281,7 +330,7 @@ pub fn run(options: &NopOptions) -> Result<NopReport, BenchError> {
     ];
     let helper = FloorHelper::spawn(placement.responder_cpu)?;
     let bare = BareClient::attach(&options.socket, 128)?;
-    let interference = Interference::start(&[snapshot.engine_pid, helper.pid()]);
+    let mut interference = Interference::start(&[snapshot.engine_pid, helper.pid()]);
     let mut bench = Bench {
         clock,
         schedule,
@@ -296,10 +345,12 @@ pub fn run(options: &NopOptions) -> Result<NopReport, BenchError> {
         errors: CompletionErrors::default(),
         engine_sleeps: 0,
         wake_submissions: 0,
+        engine_prefix: "",
     };
     for _ in 0..schedule.rounds {
         bench.round()?;
     }
+    bench.contended_rounds(options.contend, &mut interference)?;
     if bench.errors.count > 0 {
         return Err(BenchError::Completions {
             count: bench.errors.count,
@@ -307,10 +358,10 @@ pub fn run(options: &NopOptions) -> Result<NopReport, BenchError> {
         });
     }
     let conditions = RunConditions::new(bench.clock.source(), machine, interference.finish(), wall_start.elapsed());
-    Ok(report(&bench, conditions))
+    Ok(report(&bench, options.contend, conditions))
 }
 
-fn report(bench: &Bench, conditions: RunConditions) -> NopReport {
+fn report(bench: &Bench, contenders: u32, conditions: RunConditions) -> NopReport {
     let clock = &bench.clock;
     let empty = Series::default();
     let series = |name: &str| bench.series.get(name).unwrap_or(&empty);
@@ -326,7 +377,24 @@ fn report(bench: &Bench, conditions: RunConditions) -> NopReport {
     engine_names.push("wake_from_sleep".into());
     let mut floor_names: Vec<String> = vec!["bounce".into(), "futex".into()];
     floor_names.extend(DEPTHS.iter().map(|depth| format!("ring_depth{depth}")));
-    let engine = summaries(&engine_names);
+    let engine: BTreeMap<String, EngineFigure> = summaries(&engine_names)
+        .into_iter()
+        .map(|(name, quiet)| {
+            let contended = series(&format!("{CONTENDED_PREFIX}{name}"));
+            let figure = if contended.slices.is_empty() {
+                EngineFigure { quiet, contended_ops_per_sec: None, contended_p50_ns: None, contended_ratio: None }
+            } else {
+                let summary = contended.summary(clock, false);
+                EngineFigure {
+                    contended_ratio: (quiet.ops_per_sec > 0.0).then(|| summary.ops_per_sec / quiet.ops_per_sec),
+                    contended_ops_per_sec: Some(summary.ops_per_sec),
+                    contended_p50_ns: summary.p50_ns,
+                    quiet,
+                }
+            };
+            (name, figure)
+        })
+        .collect();
     let floors = summaries(&floor_names);
     let bare_names: Vec<String> = DEPTHS.iter().map(|depth| format!("bare_depth{depth}")).collect();
     let bare_client = summaries(&bare_names)
@@ -336,7 +404,7 @@ fn report(bench: &Bench, conditions: RunConditions) -> NopReport {
     let (best_name, best_ops) = engine
         .iter()
         .filter(|(name, _)| !name.ends_with("depth1") && name.as_str() != "wake_from_sleep")
-        .map(|(name, summary)| (name.clone(), summary.ops_per_sec))
+        .map(|(name, figure)| (name.clone(), figure.quiet.ops_per_sec))
         .max_by(|a, b| a.1.total_cmp(&b.1))
         .unwrap_or_default();
     let best_depth = best_name.rsplit("depth").next().unwrap_or("32").to_string();
@@ -383,10 +451,10 @@ fn report(bench: &Bench, conditions: RunConditions) -> NopReport {
         command: command_line(),
         ops_per_sec: best_ops,
         ops_per_sec_config: best_name,
-        p50_ns: engine.get("qp1_depth1").and_then(|s| s.p50_ns),
+        p50_ns: engine.get("qp1_depth1").and_then(|figure| figure.quiet.p50_ns),
         floor_p50_ns: floors.get("bounce").and_then(|s| s.p50_ns),
         floor_ops_per_sec: floor_ops,
-        wake_p50_ns: engine.get("wake_from_sleep").and_then(|s| s.p50_ns),
+        wake_p50_ns: engine.get("wake_from_sleep").and_then(|figure| figure.quiet.p50_ns),
         floor_wake_p50_ns: floors.get("futex").and_then(|s| s.p50_ns),
         ratios,
         targets,
@@ -397,6 +465,7 @@ fn report(bench: &Bench, conditions: RunConditions) -> NopReport {
         wake_submissions: bench.wake_submissions,
         schedule: bench.schedule,
         gap_us: bench.gap.as_micros() as u64,
+        contenders,
         placement: bench.placement.clone(),
         ticks_per_ns: clock.ticks_per_ns(),
         conditions,

@@ -11,10 +11,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-/// Empty polls between two bounded waits in a slice: a read takes µs to ms,
-/// so after this many the client sleeps on the queue pair instead.
-const IDLE_SPINS_BEFORE_WAIT: u32 = 65_536;
-
 /// One read per size, compared with the file.
 #[derive(Clone, Debug, Serialize)]
 pub struct Verified {
@@ -151,7 +147,6 @@ impl EngineReads {
         let mut pipeline =
             Pipeline::new(clock, Duration::from_millis(schedule.warmup_ms), Duration::from_millis(schedule.slice_ms));
         let mut next = 0usize;
-        let mut idle_spins = 0u32;
         while !pipeline.finished() {
             let wanted = depth.saturating_sub(pipeline.in_flight);
             if wanted > 0 {
@@ -181,15 +176,13 @@ impl EngineReads {
             }
             if reaped > 0 {
                 pipeline.completed_bytes(reaped, bytes);
-                idle_spins = 0;
                 continue;
             }
-            std::hint::spin_loop();
+            // Nothing yet: wait as a client does (the library spins while
+            // spinning pays, then sleeps), so a busy host is measured as a
+            // client would see it.
+            self.queue_pair.wait(1, READ_TIMEOUT).map_err(BenchError::Engine)?;
             pipeline.idle();
-            idle_spins = idle_spins.wrapping_add(1);
-            if idle_spins.is_multiple_of(IDLE_SPINS_BEFORE_WAIT) {
-                self.queue_pair.wait(1, READ_TIMEOUT).map_err(BenchError::Engine)?;
-            }
         }
         // Bounded: every wait is bounded and each read completes once.
         while self.queue_pair.in_flight() > 0 {

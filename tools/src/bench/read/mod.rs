@@ -18,6 +18,7 @@ pub mod ucx;
 use self::engine::EngineReads;
 pub use self::engine::Verified;
 use self::pread::{floor_slice, floor_threads, FloorWork};
+use super::contend::Contenders;
 use super::needles::{find_needles, NeedleRef};
 use super::{command_line, BenchError, RunConditions, Schedule, Series, SliceResult, Summary};
 use crate::affinity;
@@ -57,6 +58,8 @@ pub struct ReadOptions {
     pub volume_dir: PathBuf,
     pub duration_ms: u64,
     pub rounds: u32,
+    /// Busy-loop processes beside the contended run (0: no contended run).
+    pub contend: u32,
 }
 
 /// One size and depth: the engine's figures beside its floor's, and their
@@ -81,6 +84,14 @@ pub struct EngineVsFloor {
     pub p50_ratio: Option<f64>,
     pub engine: Summary,
     pub floor: Summary,
+    /// With `--contend N`: the engine's reads/s beside N busy loops (median
+    /// over rounds), its p50, and that rate over the quiet `reads_per_sec`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contended_reads_per_sec: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contended_p50_ns: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contended_ratio: Option<f64>,
 }
 
 impl EngineVsFloor {
@@ -110,8 +121,51 @@ impl EngineVsFloor {
             p50_ratio: engine.p50_ratio(floor, clock),
             engine: engine_summary,
             floor: floor_summary,
+            contended_reads_per_sec: None,
+            contended_p50_ns: None,
+            contended_ratio: None,
         }
     }
+
+    /// Adds the contended run's figures (none if it did not run).
+    pub fn with_contended(mut self, contended: &Series, clock: &TickClock) -> EngineVsFloor {
+        if contended.slices.is_empty() {
+            return self;
+        }
+        let summary = contended.summary(clock, true);
+        self.contended_reads_per_sec = Some(summary.ops_per_sec);
+        self.contended_p50_ns = summary.p50_ns;
+        self.contended_ratio = (self.reads_per_sec > 0.0).then(|| summary.ops_per_sec / self.reads_per_sec);
+        self
+    }
+}
+
+/// The contended run: starts `count` busy loops, reads every size and depth
+/// through the engine for `schedule.rounds` rounds (series `contended`),
+/// stops the loops. Nothing if `count` is 0.
+fn contended_rounds(
+    engine: &mut EngineReads,
+    needles: &BTreeMap<u64, Vec<NeedleRef>>,
+    (clock, schedule): (&TickClock, &Schedule),
+    count: u32,
+    series: &mut SeriesMap,
+    interference: &mut Interference,
+) -> Result<(), BenchError> {
+    if count == 0 {
+        return Ok(());
+    }
+    let contenders = Contenders::start(count)?;
+    for pid in contenders.pids() {
+        interference.add_pid(pid);
+    }
+    for _ in 0..schedule.rounds {
+        for (size, _) in SIZES {
+            for depth in DEPTHS {
+                series.record("contended", size, depth, engine.slice(clock, schedule, size, &needles[&size], depth)?);
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -140,6 +194,8 @@ pub struct ReadReport {
     pub needles_per_size: usize,
     pub schedule: Schedule,
     pub poller_cpu: Option<usize>,
+    /// Busy-loop processes beside the contended run (0: none ran).
+    pub contenders: u32,
     #[serde(flatten)]
     pub conditions: RunConditions,
 }
@@ -193,7 +249,7 @@ pub fn run(options: &ReadOptions) -> Result<ReadReport, BenchError> {
     if let Some((_, requester)) = poller_cpu.and_then(|cpu| affinity::cpu_pair(Some(cpu))) {
         let _ = affinity::pin_current_thread(requester);
     }
-    let interference = Interference::start(&[snapshot.engine_pid]);
+    let mut interference = Interference::start(&[snapshot.engine_pid]);
     let measurement_count = (SIZES.len() * DEPTHS.len() * 3) as u32;
     let clock = TickClock::calibrate();
     let schedule = Schedule::new(options.duration_ms, options.rounds, measurement_count);
@@ -213,6 +269,7 @@ pub fn run(options: &ReadOptions) -> Result<ReadReport, BenchError> {
             }
         }
     }
+    contended_rounds(&mut engine, &needles, (&clock, &schedule), options.contend, &mut series, &mut interference)?;
     engine.check_errors()?;
     let results = local_results(&series, &clock, all_cpus.len());
     let conditions = RunConditions::new(clock.source(), machine, interference.finish(), wall_start.elapsed());
@@ -233,6 +290,7 @@ pub fn run(options: &ReadOptions) -> Result<ReadReport, BenchError> {
         needles_per_size: NEEDLES_PER_SIZE,
         schedule,
         poller_cpu,
+        contenders: options.contend,
         conditions,
     })
 }
@@ -246,7 +304,8 @@ fn local_results(series: &SeriesMap, clock: &TickClock, cpu_count: usize) -> Vec
             let checked = series.get("checked", size, depth);
             let checked_summary = checked.summary(clock, true);
             out.push(ReadResult {
-                comparison: EngineVsFloor::new((size, label), depth, engine, floor, clock),
+                comparison: EngineVsFloor::new((size, label), depth, engine, floor, clock)
+                    .with_contended(series.get("contended", size, depth), clock),
                 floor_threads: floor_threads(depth, cpu_count),
                 checked_floor_reads_per_sec: checked_summary.ops_per_sec,
                 checked_floor_p50_ns: checked_summary.p50_ns,

@@ -15,7 +15,7 @@
 
 use super::engine::EngineReads;
 use super::get_floor::GetFloor;
-use super::EngineVsFloor;
+use super::{contended_rounds, EngineVsFloor};
 use super::{needles_of_every_size, NeedleRef, ReadOptions, SeriesMap, Transport, Verified};
 use super::{DEPTHS, DEPTH_MAX, NEEDLES_PER_SIZE, SIZES};
 use crate::affinity;
@@ -80,6 +80,8 @@ pub struct UcxReadReport {
     pub exporter_pid: Option<u32>,
     pub poller_cpu: Option<usize>,
     pub ucx_environment: UcxEnvironment,
+    /// Busy-loop processes beside the contended run (0: none ran).
+    pub contenders: u32,
     #[serde(flatten)]
     pub conditions: RunConditions,
 }
@@ -134,7 +136,7 @@ pub fn run(options: &UcxReadOptions) -> Result<UcxReadReport, BenchError> {
     let ucx_environment = ucx_environment(reader_pid, exporter_pid);
     let mut own_pids = vec![reader_pid];
     own_pids.extend(exporter_pid);
-    let interference = Interference::start(&own_pids);
+    let mut interference = Interference::start(&own_pids);
     let clock = TickClock::calibrate();
     let schedule = Schedule::new(read.duration_ms, read.rounds, (SIZES.len() * DEPTHS.len() * 2) as u32);
     let verified = verify_all(&mut engine, &needles)?;
@@ -149,6 +151,7 @@ pub fn run(options: &UcxReadOptions) -> Result<UcxReadReport, BenchError> {
             }
         }
     }
+    contended_rounds(&mut engine, &needles, (&clock, &schedule), read.contend, &mut series, &mut interference)?;
     engine.check_errors()?;
     let results = ucx_results(&series, &clock);
     let targets = targets(&results);
@@ -174,6 +177,7 @@ pub fn run(options: &UcxReadOptions) -> Result<UcxReadReport, BenchError> {
         exporter_pid,
         poller_cpu,
         ucx_environment,
+        contenders: read.contend,
         conditions,
     })
 }
@@ -185,7 +189,8 @@ fn ucx_results(series: &SeriesMap, clock: &TickClock) -> Vec<UcxReadResult> {
             let engine = series.get("engine", size, depth);
             let floor = series.get("floor", size, depth);
             out.push(UcxReadResult {
-                comparison: EngineVsFloor::new((size, label), depth, engine, floor, clock),
+                comparison: EngineVsFloor::new((size, label), depth, engine, floor, clock)
+                    .with_contended(series.get("contended", size, depth), clock),
                 p50_delta_ns: engine.p50_difference_ns(floor, clock),
             });
         }
