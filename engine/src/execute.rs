@@ -98,6 +98,13 @@ impl Executor {
         self.reads.as_ref().is_none_or(|reads| reads.has_room(pending))
     }
 
+    /// A poller pass begins: per-pass budgets start again.
+    pub fn begin_pass(&mut self) {
+        if let Some(reads) = self.reads.as_mut() {
+            reads.begin_pass();
+        }
+    }
+
     /// Requests in flight in the transports.
     pub fn pending(&self) -> usize {
         self.reads.as_ref().map_or(0, |reads| reads.pending())

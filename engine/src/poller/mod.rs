@@ -231,6 +231,7 @@ impl Poller {
     }
 
     fn serve_all(&mut self) -> u32 {
+        self.executor.begin_pass();
         let executor = &mut self.executor;
         self.regions.iter_mut().filter(|region| region.serving()).map(|region| region.serve(executor)).sum()
     }

@@ -35,6 +35,14 @@ use volume_format::volume::{LocalVolume, Location};
 pub use self::reads::Started;
 pub(crate) use self::scan::{stamp_of, Refusal, Refusals};
 
+/// Largest read served at once from the page cache on the poller (see
+/// [`LocalVolumes::try_inline`]); larger reads go through the I/O backend, whose kernel
+/// workers copy them while the poller serves other clients.
+pub const INLINE_BYTES_MAX: u64 = 4 << 20;
+/// Bytes a poller pass reads inline at most (the read that crosses it is the last): the rest
+/// of the pass's reads go to the I/O backend, so one client's large reads do not hold up the
+/// others' small ones.
+pub const INLINE_BYTES_PER_PASS: u64 = 1 << 20;
 /// Least time between two directory scans caused by reads of unknown volumes
 /// (a client can ask for any volume id, as often as it likes).
 const MISS_SCAN_INTERVAL: Duration = Duration::from_millis(100);
@@ -66,6 +74,10 @@ pub struct LocalVolumes {
     reads: Option<reads::LocalReads>,
     /// Scratch list of backend answers (kept to not allocate per pass).
     answers: Vec<(u64, i64)>,
+    /// `RWF_NOWAIT` reads work on these files (cleared the first time they do not).
+    nowait_works: bool,
+    /// What this poller pass may still read inline.
+    inline_budget_bytes: u64,
 }
 
 impl LocalVolumes {
@@ -86,6 +98,8 @@ impl LocalVolumes {
             copy: CheckCopy::default(),
             reads: None,
             answers: Vec::new(),
+            nowait_works: true,
+            inline_budget_bytes: INLINE_BYTES_PER_PASS,
         };
         volumes.scan();
         Ok(volumes)
@@ -176,28 +190,74 @@ impl LocalVolumes {
     }
 
     /// Reads and checks one needle into `buffer` (the validated range the
-    /// SQE named: `read.buffer_length` bytes). A check that fails on a volume
-    /// whose files were replaced meanwhile is retried once on the new files.
+    /// SQE named: `read.buffer_length` bytes) with blocking `pread`s: what serves when no I/O
+    /// backend was started. A check that fails on a volume whose files were replaced meanwhile
+    /// is retried once on the new files.
     pub fn read(&mut self, read: &NeedleRead, buffer: NonNull<u8>) -> ReadResult {
-        let result = self.read_once(read, buffer);
-        let stale = matches!(
-            result,
-            Err((
-                ErrorCode::COOKIE_MISMATCH | ErrorCode::CRC_MISMATCH | ErrorCode::CORRUPT_NEEDLE | ErrorCode::IO_ERROR,
-                _
-            ))
-        );
-        if stale && self.volumes.get(&read.volume_id).is_some_and(|served| served.volume.is_replaced()) {
-            self.refresh(read.volume_id);
-            return self.read_once(read, buffer);
-        }
-        result
+        self.read_now(read, buffer, Wait::Block).unwrap_or(Err((ErrorCode::IO_ERROR, 0)))
     }
 
-    fn read_once(&mut self, read: &NeedleRead, buffer: NonNull<u8>) -> ReadResult {
-        let location = self.locate_fresh(read)?;
-        let volume = &self.volumes.get(&read.volume_id).ok_or((ErrorCode::NO_SUCH_VOLUME, 0))?.volume;
-        read_located(volume, read, &location, buffer, &mut self.copy)
+    /// A poller pass begins: its inline budget is whole again.
+    pub fn begin_pass(&mut self) {
+        self.inline_budget_bytes = INLINE_BYTES_PER_PASS;
+    }
+
+    /// Serves a read at once when it is small ([`INLINE_BYTES_MAX`]), the pass's budget
+    /// ([`INLINE_BYTES_PER_PASS`]) is not spent, and its pages are cached
+    /// (`preadv2` with `RWF_NOWAIT`: one system call on the poller, which never waits for the
+    /// disk). `None`: it goes through [`LocalVolumes::start`] instead.
+    pub fn try_inline(&mut self, read: &NeedleRead, buffer: NonNull<u8>) -> Option<ReadResult> {
+        if self.reads.is_none() {
+            return Some(self.read(read, buffer));
+        }
+        if !self.nowait_works || self.inline_budget_bytes == 0 {
+            return None;
+        }
+        let location = match self.locate_fresh(read) {
+            Ok(location) => location,
+            Err(error) => return Some(Err(error)),
+        };
+        let inline_bytes = read.range.map_or(location.record_size_bytes, |range| range.length);
+        if inline_bytes > INLINE_BYTES_MAX {
+            return None;
+        }
+        self.inline_budget_bytes = self.inline_budget_bytes.saturating_sub(inline_bytes);
+        let served = self.volumes.get(&read.volume_id)?;
+        let first = read_located(&served.volume, read, &location, buffer, &mut self.copy, Wait::NotForTheDisk);
+        let outcome = match first {
+            Ok(result) if is_stale(&result) && served.volume.is_replaced() => {
+                self.refresh(read.volume_id);
+                self.read_once(read, buffer, Wait::NotForTheDisk)
+            }
+            other => other,
+        };
+        match outcome {
+            Ok(result) => Some(result),
+            Err(WouldBlock::Disk) => None,
+            Err(WouldBlock::Unsupported) => {
+                self.nowait_works = false;
+                tracing::info!("the volume file system cannot read without waiting (RWF_NOWAIT); every local read goes through the I/O backend");
+                None
+            }
+        }
+    }
+
+    fn read_now(&mut self, read: &NeedleRead, buffer: NonNull<u8>, wait: Wait) -> Result<ReadResult, WouldBlock> {
+        let result = self.read_once(read, buffer, wait)?;
+        if is_stale(&result) && self.volumes.get(&read.volume_id).is_some_and(|served| served.volume.is_replaced()) {
+            self.refresh(read.volume_id);
+            return self.read_once(read, buffer, wait);
+        }
+        Ok(result)
+    }
+
+    fn read_once(&mut self, read: &NeedleRead, buffer: NonNull<u8>, wait: Wait) -> Result<ReadResult, WouldBlock> {
+        let location = match self.locate_fresh(read) {
+            Ok(location) => location,
+            Err(error) => return Ok(Err(error)),
+        };
+        let Some(served) = self.volumes.get(&read.volume_id) else { return Ok(Err((ErrorCode::NO_SUCH_VOLUME, 0))) };
+        read_located(&served.volume, read, &location, buffer, &mut self.copy, wait)
     }
 
     /// Where the needle is, by an index at most [`INDEX_MAX_AGE`] old (refreshed first when
@@ -235,31 +295,67 @@ impl LocalVolumes {
     }
 }
 
+/// Whether a failed read may have read a volume that was replaced meanwhile (the check failed,
+/// or the file ended early).
+fn is_stale(result: &ReadResult) -> bool {
+    matches!(
+        result,
+        Err((
+            ErrorCode::COOKIE_MISMATCH | ErrorCode::CRC_MISMATCH | ErrorCode::CORRUPT_NEEDLE | ErrorCode::IO_ERROR,
+            _
+        ))
+    )
+}
+
+/// Whether a `pread` may wait for the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wait {
+    Block,
+    /// `RWF_NOWAIT`: only what the page cache holds.
+    NotForTheDisk,
+}
+
+/// A read that would have had to wait for the disk (or cannot be asked not to).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WouldBlock {
+    Disk,
+    Unsupported,
+}
+
+/// What one piece's `pread`s gave.
+enum Fetched {
+    Done,
+    Failed(ErrorCode),
+    Blocked(WouldBlock),
+}
+
 /// `pread` of exactly `length` bytes at `offset` into `destination`.
-fn pread_exact(file: &File, destination: NonNull<u8>, length: u64, offset: u64) -> Result<(), (ErrorCode, u64)> {
+fn pread_exact(file: &File, destination: NonNull<u8>, length: u64, offset: u64, wait: Wait) -> Fetched {
+    let flags = if wait == Wait::NotForTheDisk { libc::RWF_NOWAIT } else { 0 };
     let mut done = 0u64;
     // Bounded: each pass reads at least one byte or returns.
     while done < length {
-        // SAFETY: destination..destination+length lies in the buffer range
-        // the SQE named, which Sqe::validate proved is inside the mapped
-        // buffer area (or in a buffer of ours of at least `length` bytes);
-        // the kernel writes at most `length - done` bytes there.
-        let result = unsafe {
-            libc::pread(
-                file.as_raw_fd(),
-                destination.as_ptr().add(done as usize).cast(),
-                (length - done) as usize,
-                (offset + done) as libc::off_t,
-            )
+        let iov = libc::iovec {
+            // SAFETY: destination..destination+length lies in the buffer range the SQE named,
+            // which Sqe::validate proved is inside the mapped buffer area (or in a buffer of ours
+            // of at least `length` bytes); the kernel writes at most `length - done` bytes there.
+            iov_base: unsafe { destination.as_ptr().add(done as usize).cast() },
+            iov_len: (length - done) as usize,
         };
+        // SAFETY: one iovec, described above.
+        let result = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, (offset + done) as libc::off_t, flags) };
         match result {
-            0 => return Err((ErrorCode::IO_ERROR, 0)),
+            0 => return Fetched::Failed(ErrorCode::IO_ERROR),
             count if count > 0 => done += count as u64,
-            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
-            _ => return Err((ErrorCode::IO_ERROR, 0)),
+            _ => match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EINTR) => {}
+                Some(libc::EAGAIN) if flags != 0 => return Fetched::Blocked(WouldBlock::Disk),
+                Some(libc::EOPNOTSUPP) if flags != 0 => return Fetched::Blocked(WouldBlock::Unsupported),
+                _ => return Fetched::Failed(ErrorCode::IO_ERROR),
+            },
         }
     }
-    Ok(())
+    Fetched::Done
 }
 
 /// Reads and checks one needle with `pread`s, phase by phase ([`NeedleFetch`]).
@@ -269,20 +365,26 @@ fn read_located(
     location: &Location,
     buffer: NonNull<u8>,
     copy: &mut CheckCopy,
-) -> ReadResult {
+    wait: Wait,
+) -> Result<ReadResult, WouldBlock> {
     let (mut fetch, mut step) = NeedleFetch::begin(read, volume.version(), location.offset_bytes, location.size);
     let mut scratch = [0u8; SCRATCH_BYTES];
     // Bounded: a read has at most two phases, each of at most three pieces.
     loop {
         match step {
-            Step::Done(result) => return result,
-            Step::CheckFailed(code) => return Err((code, 0)),
+            Step::Done(result) => return Ok(result),
+            Step::CheckFailed(code) => return Ok(Err((code, 0))),
             Step::Fetch(pieces) => {
                 for piece in pieces.iter().flatten() {
                     let scratch_base = NonNull::from(&mut scratch).cast();
-                    let destination =
-                        piece.destination(buffer, read.buffer_length, scratch_base).ok_or((ErrorCode::IO_ERROR, 0))?;
-                    pread_exact(volume.dat_file(), destination, piece.length_bytes, piece.file_offset)?;
+                    let Some(destination) = piece.destination(buffer, read.buffer_length, scratch_base) else {
+                        return Ok(Err((ErrorCode::IO_ERROR, 0)));
+                    };
+                    match pread_exact(volume.dat_file(), destination, piece.length_bytes, piece.file_offset, wait) {
+                        Fetched::Done => {}
+                        Fetched::Failed(code) => return Ok(Err((code, 0))),
+                        Fetched::Blocked(why) => return Err(why),
+                    }
                 }
                 // SAFETY: `buffer` is the read's validated range and every piece has landed.
                 step = unsafe { fetch.landed(buffer, &scratch, copy) };

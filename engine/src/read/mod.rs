@@ -22,6 +22,7 @@ pub mod routes;
 mod routing;
 mod setup;
 
+use counters::falls_back;
 pub use counters::{FallbackReason, ReadCounters};
 use routing::Routed;
 pub use setup::{ReadSetup, ReadSetupError};
@@ -131,12 +132,30 @@ impl ReadService {
             let cqe = Cqe::error(user_data, ErrorCode::BAD_BUFFER);
             return Executed::Done(cqe, Outcome { invalid: true, bytes_read: 0 });
         };
+        let mut local = self.local.serves(read.volume_id);
+        let mut failed_locally = None;
+        if local {
+            let started = Instant::now();
+            match self.local.try_inline(read, buffer) {
+                Some(Err((code, _))) if falls_back(code) && self.can_fall_back() => {
+                    (local, failed_locally) = (false, Some(code));
+                }
+                Some(result) => {
+                    METRICS.record_latency(cqe_flags::SOURCE_LOCAL, started.elapsed().as_nanos() as u64);
+                    if let Ok(done) = &result {
+                        self.count_volume(read.volume_id, done.data_length);
+                    }
+                    let (cqe, outcome) = completion(user_data, read.buffer_offset, cqe_flags::SOURCE_LOCAL, result);
+                    return Executed::Done(cqe, outcome);
+                }
+                None => {}
+            }
+        }
         let now = Instant::now();
         let deadline = match deadline_ns {
             0 => now + DEFAULT_READ_DEADLINE,
             _ => now + Duration::from_nanos(deadline_ns.saturating_sub(rdma_ipc::clock::monotonic_ns())),
         };
-        let local = self.local.serves(read.volume_id);
         let pending = PendingRead {
             route,
             user_data,
@@ -145,7 +164,7 @@ impl ReadService {
             started: now,
             deadline,
             stage: if local { Stage::Local } else { Stage::Locating },
-            rdma_failure: None,
+            rdma_failure: failed_locally,
             canceled: false,
             expired: false,
         };
@@ -185,6 +204,11 @@ impl ReadService {
                 Executed::Done(cqe, outcome)
             }
         }
+    }
+
+    /// A poller pass begins (the local transport's inline byte budget starts again).
+    pub fn begin_pass(&mut self) {
+        self.local.begin_pass();
     }
 
     /// Reads in flight (in a transport or parked).

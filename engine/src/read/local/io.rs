@@ -29,9 +29,6 @@ use io_uring::{opcode, squeue, types, IoUring};
 pub use crate::config::LocalIoKind;
 use crate::read::http::Waker;
 
-/// Bytes submitted per pass that may complete inside the poller's `io_uring_enter`; the rest
-/// go to the kernel's workers.
-const INLINE_BYTES_PER_PASS: u64 = 1 << 20;
 /// Submission queue entries of the ring (a full queue is submitted and refilled; what still
 /// does not fit waits in the backlog).
 const RING_ENTRIES: u32 = 256;
@@ -123,7 +120,6 @@ impl LocalIo {
 pub struct UringIo {
     ring: IoUring,
     backlog: VecDeque<squeue::Entry>,
-    inline_budget: u64,
     queued: u32,
     _waiter: EventWaiter,
 }
@@ -149,7 +145,7 @@ impl UringIo {
         let eventfd = unsafe { OwnedFd::from_raw_fd(raw) };
         ring.submitter().register_eventfd_async(eventfd.as_raw_fd())?;
         let waiter = EventWaiter::spawn(eventfd, wake)?;
-        Ok(UringIo { ring, backlog: VecDeque::new(), inline_budget: INLINE_BYTES_PER_PASS, queued: 0, _waiter: waiter })
+        Ok(UringIo { ring, backlog: VecDeque::new(), queued: 0, _waiter: waiter })
     }
 
     fn push(&mut self, operation: Operation) {
@@ -158,12 +154,9 @@ impl UringIo {
                 .offset(operation.file_offset)
                 .build()
                 .user_data(operation.user_data);
-        let length = u64::from(operation.length_bytes);
-        if length > self.inline_budget {
-            entry = entry.flags(squeue::Flags::ASYNC);
-        } else {
-            self.inline_budget -= length;
-        }
+        // What reaches the ring was not served inline: it waits for the disk, or is large, or
+        // past the pass's inline budget. The kernel's workers do it; the poller goes on.
+        entry = entry.flags(squeue::Flags::ASYNC);
         self.backlog.push_back(entry);
     }
 
@@ -199,7 +192,6 @@ impl UringIo {
                 break;
             }
         }
-        self.inline_budget = INLINE_BYTES_PER_PASS;
     }
 
     fn reap(&mut self, sink: &mut dyn FnMut(u64, i64)) {
