@@ -207,13 +207,23 @@ impl SeaweedFs {
 
     /// Assigns a file id through the master (`/dir/assign`), with query
     /// parameters such as `ttl=1m`. Returns the fid and the volume server url.
+    /// The first assign of a new collection can meet "no writable volumes ... volume growth in
+    /// progress" while the master grows its volumes: that is retried (bounded).
     pub fn assign(&self, query: &str) -> (String, String) {
         let url = format!("http://{}/dir/assign?{query}", self.master_address());
-        let reply = self.get_url(&url, &[]).expect("assign");
-        let json: serde_json::Value = serde_json::from_slice(&reply.body).expect("assign answer is JSON");
-        let fid = json["fid"].as_str().unwrap_or_else(|| panic!("assign failed: {json}")).to_string();
-        let server = json["url"].as_str().expect("assign url").to_string();
-        (fid, server)
+        let deadline = std::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            let reply = self.get_url(&url, &[]).expect("assign");
+            let json: serde_json::Value = serde_json::from_slice(&reply.body).expect("assign answer is JSON");
+            if let (Some(fid), Some(server)) = (json["fid"].as_str(), json["url"].as_str()) {
+                return (fid.to_string(), server.to_string());
+            }
+            let growing = json["error"].as_str().is_some_and(|error| error.contains("no writable volumes"));
+            if !growing || std::time::Instant::now() >= deadline {
+                panic!("assign failed: {json}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 
     /// Uploads `bytes` as a file named `name` (with `mime`, if any) through
