@@ -102,6 +102,7 @@ fn start_exporter(
         offset_width: width,
         read_key,
         allowed_peers: (!config.allow_peer.is_empty()).then(|| config.allow_peer.clone()),
+        idle_spin: std::time::Duration::from_micros(config.idle_spin_us),
         ..rdma::export::ExportConfig::new(config.export_dir.clone(), listen)
     };
     let handle = rdma::export::spawn(export_config, shutdown.clone())?;

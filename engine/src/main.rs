@@ -27,6 +27,7 @@ fn main() {
         // thread exists.
         std::env::set_var("UCX_TCP_CM_REUSEADDR", "y");
     }
+    rdma_engine::rdma::set_ucx_environment_defaults();
     rdma_engine::logging::init(config.log_format);
     if let Err(error) = rdma_engine::run(config) {
         tracing::error!("{error}");

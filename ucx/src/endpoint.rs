@@ -215,6 +215,12 @@ impl Endpoint {
     /// as the worker progresses (a forced close completes the endpoint's in-flight operations
     /// with errors then). For owners that must not block, such as a poll loop.
     pub fn start_close(mut self, mode: CloseMode) -> ClosingEndpoint {
+        let request = self.begin_close(mode);
+        ClosingEndpoint { request, state: Some(self.take_state()), _worker: Rc::clone(&self.worker) }
+    }
+
+    /// `ucp_ep_close_nbx` (once: the endpoint is marked closed), forced when asked or failed.
+    fn begin_close(&mut self, mode: CloseMode) -> sys::ucs_status_ptr_t {
         self.closed = true;
         self.worker.endpoints.borrow_mut().remove(&(self.handle as usize));
         let force = mode == CloseMode::Force || self.is_failed();
@@ -223,34 +229,28 @@ impl Endpoint {
         params.op_attr_mask = sys::UCP_OP_ATTR_FIELD_FLAGS;
         params.flags = if force { sys::UCP_EP_CLOSE_FLAG_FORCE } else { 0 };
         // SAFETY: the endpoint is live and closed exactly once (`closed` guards it).
-        let request = unsafe { sys::ucp_ep_close_nbx(self.handle, &params) };
+        unsafe { sys::ucp_ep_close_nbx(self.handle, &params) }
+    }
+
+    /// The error callback's argument, for a close that may outlive this value (a fresh one is
+    /// left in its place for the drop).
+    fn take_state(&mut self) -> Box<EndpointState> {
         let id = self.state.id;
-        let state = mem::replace(&mut self.state, Box::new(EndpointState { id, failure: Cell::new(None) }));
-        ClosingEndpoint { request, state: Some(state), _worker: Rc::clone(&self.worker) }
+        mem::replace(&mut self.state, Box::new(EndpointState { id, failure: Cell::new(None) }))
     }
 
     fn close_inner(&mut self, mode: CloseMode, timeout: Duration) -> Result<()> {
         if self.closed {
             return Ok(());
         }
-        self.closed = true;
-        self.worker.endpoints.borrow_mut().remove(&(self.handle as usize));
-        let force = mode == CloseMode::Force || self.is_failed();
-        // SAFETY: all-zero bytes are a valid ucp_request_param_t; op_attr_mask names fields.
-        let mut params: sys::ucp_request_param_t = unsafe { mem::zeroed() };
-        params.op_attr_mask = sys::UCP_OP_ATTR_FIELD_FLAGS;
-        params.flags = if force { sys::UCP_EP_CLOSE_FLAG_FORCE } else { 0 };
-        // SAFETY: the endpoint is live and closed exactly once (`closed` guards it).
-        let request = unsafe { sys::ucp_ep_close_nbx(self.handle, &params) };
+        let request = self.begin_close(mode);
         match wait_request(&self.worker, request, timeout) {
             Some(status) if status.is_ok() => Ok(()),
             Some(status) => Err(Error::Ucx { call: "ucp_ep_close_nbx", status }),
             None => {
                 // UCX still owns the endpoint and may call the error callback later: keep its
                 // argument alive forever (a few bytes, on a path that is already broken).
-                let id = self.state.id;
-                let state = mem::replace(&mut self.state, Box::new(EndpointState { id, failure: Cell::new(None) }));
-                Box::leak(state);
+                Box::leak(self.take_state());
                 tracing::warn!(endpoint = self.state.id.0, "endpoint close timed out");
                 Err(Error::Timeout { what: "ucp_ep_close_nbx", timeout_ms: millis(timeout) })
             }

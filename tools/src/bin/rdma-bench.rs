@@ -137,6 +137,8 @@ fn print_json<T: serde::Serialize>(value: &T) {
 }
 
 fn main() {
+    // The floor's UCX context gets the engine's defaults too, so the ratio compares like with like.
+    rdma_engine::rdma::set_ucx_environment_defaults();
     match Args::parse().command {
         Command::Nop { socket, json, duration_ms, rounds, gap_us, contend } => {
             let options = nop::NopOptions { socket, duration_ms, rounds, gap_us, contend };

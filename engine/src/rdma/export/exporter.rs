@@ -16,6 +16,7 @@ use crate::rdma::catalogue::{
 use crate::rdma::mapping::Retired;
 use crate::rdma::{features, ucx_overrides};
 use crate::read::local::Refusals;
+use rdma_ipc::spin::SpinPolicy;
 
 /// How long closing the endpoints may take at exit.
 const CLOSE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -86,8 +87,9 @@ impl Exporter {
     }
 
     pub(super) fn run(&mut self, stop: &AtomicBool, shutdown: &AtomicBool) -> Result<(), ExportError> {
+        let mut spin = SpinPolicy::new(self.config.idle_spin);
         while !stop.load(Ordering::Acquire) && !shutdown.load(Ordering::Relaxed) {
-            self.worker.wait(WAIT_TIMEOUT)?;
+            self.spin_then_wait(&mut spin)?;
             self.accept_connections();
             while let Some(message) = self.worker.pop_am_message() {
                 self.answer(message);
@@ -102,6 +104,24 @@ impl Exporter {
         for (_, endpoint) in self.endpoints.drain() {
             let _ = endpoint.close_with(CloseMode::Flush, CLOSE_TIMEOUT);
         }
+        Ok(())
+    }
+
+    /// Progresses UCX while spinning pays (a reader's next get comes within the window), then
+    /// sleeps on the worker's event fd.
+    fn spin_then_wait(&mut self, policy: &mut SpinPolicy) -> Result<(), ExportError> {
+        let now_ns = rdma_ipc::clock::monotonic_ns;
+        let mut spin = policy.begin(now_ns(), 0);
+        // Bounded by the spin window (at most --idle-spin-us).
+        while policy.keep_spinning(&mut spin, now_ns(), 0) {
+            if self.worker.progress() > 0 {
+                policy.won(Some(&spin), now_ns());
+                return Ok(());
+            }
+        }
+        let slept_from = now_ns();
+        self.worker.wait(WAIT_TIMEOUT)?;
+        policy.slept(&spin, now_ns().saturating_sub(slept_from));
         Ok(())
     }
 

@@ -69,6 +69,9 @@ pub struct ExportConfig {
     /// SeaweedFS's read key: only a catalogue request carrying a token signed with it is
     /// answered (`None`: every request is).
     pub read_key: Option<crate::rdma::token::ReadKey>,
+    /// Longest the worker spins on UCX progress before it sleeps on its event fd (adaptive:
+    /// `rdma_ipc::spin`; zero never spins). Software gets are served only while it runs.
+    pub idle_spin: Duration,
 }
 
 impl ExportConfig {
@@ -85,6 +88,7 @@ impl ExportConfig {
             ucx: Vec::new(),
             allowed_peers: None,
             read_key: None,
+            idle_spin: Duration::ZERO,
         }
     }
 
