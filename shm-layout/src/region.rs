@@ -16,7 +16,17 @@ use crate::PAGE_SIZE_BYTES;
 use core::ptr::NonNull;
 
 /// A mapped region: base pointer plus the geometry that describes it.
-#[derive(Debug, Clone, Copy)]
+///
+/// Neither `Copy` nor `Clone`: a view lives beside the mapping it describes, in the value that
+/// owns both, and whatever it hands out borrows it, so nothing taken from it can outlive the
+/// mapping. A copy cannot be made:
+///
+/// ```compile_fail
+/// fn copied(view: &shm_layout::region::RegionView) -> shm_layout::region::RegionView {
+///     *view
+/// }
+/// ```
+#[derive(Debug)]
 pub struct RegionView {
     base: NonNull<u8>,
     geometry: Geometry,

@@ -279,7 +279,9 @@ impl Poller {
         // returns at once; if before, what was queued is visible here.
         let mut work_arrived = self.executor.has_ready() || !self.link.commands.is_empty();
         for region in self.regions.iter_mut().filter(|region| region.serving()) {
-            let view = region.memory.view;
+            // The mapping stays held while the view is borrowed (the region is changed below).
+            let memory = Arc::clone(&region.memory);
+            let view = &memory.view;
             for index in 0..region.queue_pairs.len() {
                 let flags = &view.queue_control(index as u32).sq_flags;
                 match region.queue_pairs[index].sq.prepare_sleep(flags, sq_flags::NEED_WAKEUP) {
@@ -305,7 +307,7 @@ impl Poller {
             slept_ns = rdma_ipc::clock::monotonic_ns().saturating_sub(start_ns);
         }
         for region in self.regions.iter_mut() {
-            let view = region.memory.view;
+            let view = &region.memory.view;
             for queue_pair in region.queue_pairs.iter_mut() {
                 queue_pair.sq.finish_sleep(&view.queue_control(queue_pair.index).sq_flags);
             }
@@ -328,9 +330,9 @@ impl Poller {
         }
         let mut completed = 0u64;
         for region in self.regions.iter_mut().filter(|region| !region.fenced) {
-            let view = region.memory.view;
+            let view = &region.memory.view;
             for queue_pair in region.queue_pairs.iter_mut() {
-                completed += queue_pair.drain_with_shutdown(&view, deadline_ns);
+                completed += queue_pair.drain_with_shutdown(view, deadline_ns);
             }
         }
         for region in &self.regions {
