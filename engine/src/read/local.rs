@@ -194,7 +194,7 @@ impl LocalVolumes {
     /// backend was started. A check that fails on a volume whose files were replaced meanwhile
     /// is retried once on the new files.
     pub fn read(&mut self, read: &NeedleRead, buffer: NonNull<u8>) -> ReadResult {
-        self.read_now(read, buffer, Wait::Block).unwrap_or(Err((ErrorCode::IO_ERROR, 0)))
+        self.read_now(read, buffer, Wait::Block, None).unwrap_or(Err((ErrorCode::IO_ERROR, 0)))
     }
 
     /// A poller pass begins: its inline budget is whole again.
@@ -222,16 +222,7 @@ impl LocalVolumes {
             return None;
         }
         self.inline_budget_bytes = self.inline_budget_bytes.saturating_sub(inline_bytes);
-        let served = self.volumes.get(&read.volume_id)?;
-        let first = read_located(&served.volume, read, &location, buffer, &mut self.copy, Wait::NotForTheDisk);
-        let outcome = match first {
-            Ok(result) if is_stale(&result) && served.volume.is_replaced() => {
-                self.refresh(read.volume_id);
-                self.read_once(read, buffer, Wait::NotForTheDisk)
-            }
-            other => other,
-        };
-        match outcome {
+        match self.read_now(read, buffer, Wait::NotForTheDisk, Some(location)) {
             Ok(result) => Some(result),
             Err(WouldBlock::Disk) => None,
             Err(WouldBlock::Unsupported) => {
@@ -242,17 +233,31 @@ impl LocalVolumes {
         }
     }
 
-    fn read_now(&mut self, read: &NeedleRead, buffer: NonNull<u8>, wait: Wait) -> Result<ReadResult, WouldBlock> {
-        let result = self.read_once(read, buffer, wait)?;
+    /// Reads (at `located`, when the caller looked the needle up already) and checks; a check
+    /// that fails on a volume replaced meanwhile is retried once on the new files.
+    fn read_now(
+        &mut self,
+        read: &NeedleRead,
+        buffer: NonNull<u8>,
+        wait: Wait,
+        located: Option<Location>,
+    ) -> Result<ReadResult, WouldBlock> {
+        let result = self.read_once(read, buffer, wait, located)?;
         if is_stale(&result) && self.volumes.get(&read.volume_id).is_some_and(|served| served.volume.is_replaced()) {
             self.refresh(read.volume_id);
-            return self.read_once(read, buffer, wait);
+            return self.read_once(read, buffer, wait, None);
         }
         Ok(result)
     }
 
-    fn read_once(&mut self, read: &NeedleRead, buffer: NonNull<u8>, wait: Wait) -> Result<ReadResult, WouldBlock> {
-        let location = match self.locate_fresh(read) {
+    fn read_once(
+        &mut self,
+        read: &NeedleRead,
+        buffer: NonNull<u8>,
+        wait: Wait,
+        located: Option<Location>,
+    ) -> Result<ReadResult, WouldBlock> {
+        let location = match located.map_or_else(|| self.locate_fresh(read), Ok) {
             Ok(location) => location,
             Err(error) => return Ok(Err(error)),
         };

@@ -132,16 +132,16 @@ impl ReadService {
             let cqe = Cqe::error(user_data, ErrorCode::BAD_BUFFER);
             return Executed::Done(cqe, Outcome { invalid: true, bytes_read: 0 });
         };
+        let now = Instant::now();
         let mut local = self.local.serves(read.volume_id);
         let mut failed_locally = None;
         if local {
-            let started = Instant::now();
             match self.local.try_inline(read, buffer) {
                 Some(Err((code, _))) if falls_back(code) && self.can_fall_back() => {
                     (local, failed_locally) = (false, Some(code));
                 }
                 Some(result) => {
-                    METRICS.record_latency(cqe_flags::SOURCE_LOCAL, started.elapsed().as_nanos() as u64);
+                    METRICS.record_latency(cqe_flags::SOURCE_LOCAL, now.elapsed().as_nanos() as u64);
                     if let Ok(done) = &result {
                         self.count_volume(read.volume_id, done.data_length);
                     }
@@ -151,7 +151,6 @@ impl ReadService {
                 None => {}
             }
         }
-        let now = Instant::now();
         let deadline = match deadline_ns {
             0 => now + DEFAULT_READ_DEADLINE,
             _ => now + Duration::from_nanos(deadline_ns.saturating_sub(rdma_ipc::clock::monotonic_ns())),
