@@ -53,8 +53,10 @@ volume_port=$(free_port)
 mkdir -p "$work/master" "$work/volume" "$work/files"
 "$weed" master -ip=127.0.0.1 -ip.bind=127.0.0.1 -port="$master_port" -mdir="$work/master" >"$work/master.log" 2>&1 &
 pids+=($!)
+# -minFreeSpace: an absolute floor; the default (1 % of the disk) refuses every
+# volume on a large shared disk that happens to be 99 % full.
 "$weed" volume -ip=127.0.0.1 -ip.bind=127.0.0.1 -port="$volume_port" -dir="$work/volume" \
-    -master="127.0.0.1:$master_port" -max=8 >"$work/volume.log" 2>&1 &
+    -master="127.0.0.1:$master_port" -max=8 -minFreeSpace=256MiB >"$work/volume.log" 2>&1 &
 pids+=($!)
 master=127.0.0.1:$master_port
 volume=127.0.0.1:$volume_port

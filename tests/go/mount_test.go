@@ -172,7 +172,10 @@ func setup(t *testing.T) (string, string, []file) {
 	volumePort := freePort(t, true)
 	volumeServer := fmt.Sprintf("127.0.0.1:%d", volumePort)
 	start(t, dir, "volume", weed, "volume", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-		fmt.Sprintf("-port=%d", volumePort), "-dir="+volumeDir, "-master="+master, "-max=8")
+		fmt.Sprintf("-port=%d", volumePort), "-dir="+volumeDir, "-master="+master, "-max=8",
+		// An absolute floor: the default (1 % of the disk) refuses every volume
+		// on a large shared disk that is 99 % full (seen on a CI machine).
+		"-minFreeSpace=64MiB")
 	waitFor(t, "SeaweedFS", masterLog, func() bool {
 		response, err := http.Get("http://" + master + "/dir/assign")
 		if err != nil {

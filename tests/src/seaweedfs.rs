@@ -17,6 +17,12 @@ use std::time::{Duration, Instant};
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Timeout of one HTTP request of the harness.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// The volume server's `-minFreeSpace`. Its default is 1 % of the disk: below
+/// that it reports no free volume slots and every assign fails with "no free
+/// volumes left". The test machines share a large disk whose free space comes
+/// and goes with other tenants (seen below 1 % on a CI machine), while the
+/// tests write a few MiB, so the tests ask for an absolute floor instead.
+pub const WEED_MIN_FREE_SPACE: &str = "64MiB";
 
 /// The `weed` binary, or `None` when `RDMA_TESTS_ALLOW_SKIP` names `weed` (said
 /// on stderr). Panics when it is needed and cannot be had.
@@ -59,6 +65,18 @@ fn free_weed_port() -> u16 {
         }
     }
     panic!("no free port pair (port, port + 10000) on 127.0.0.1");
+}
+
+/// How much the file system under `path` has free, for failure messages: the
+/// volume server stops taking volumes below [`WEED_MIN_FREE_SPACE`].
+fn disk_free_report(path: &Path) -> String {
+    match nix::sys::statvfs::statvfs(path) {
+        Ok(stats) => {
+            let free = stats.blocks_available() as u64 * stats.fragment_size() as u64;
+            format!("{} MiB free under {}, the volume server needs {WEED_MIN_FREE_SPACE}", free >> 20, path.display())
+        }
+        Err(error) => format!("free space under {} unknown: {error}", path.display()),
+    }
 }
 
 /// How to start the volume server.
@@ -142,6 +160,7 @@ impl SeaweedFs {
             format!("-dir={}", volume_dir.display()),
             format!("-master=127.0.0.1:{master_port}"),
             format!("-max={}", options.max_volumes),
+            format!("-minFreeSpace={WEED_MIN_FREE_SPACE}"),
         ];
         if options.leveldb_index {
             volume_args.push("-index=leveldb".into());
@@ -202,7 +221,11 @@ impl SeaweedFs {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        panic!("SeaweedFS did not accept an assign within {READY_TIMEOUT:?}\n{}", self.logs());
+        panic!(
+            "SeaweedFS did not accept an assign within {READY_TIMEOUT:?} ({})\n{}",
+            disk_free_report(&self.volume_dir()),
+            self.logs()
+        );
     }
 
     /// Assigns a file id through the master (`/dir/assign`), with query

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 /// How long a process may take to be ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// The volume server's `-minFreeSpace`: an absolute floor, not its default of 1 % of the disk.
+const VOLUME_MIN_FREE_SPACE: &str = "256MiB";
 /// UCX over shared memory, with error handling so a dead peer is noticed (as in the tests).
 pub const UCX_SHARED_MEMORY: &[(&str, &str)] = &[("UCX_TLS", "sm,tcp"), ("UCX_MM_ERROR_HANDLING", "y")];
 pub const UCX_TCP: &[(&str, &str)] = &[("UCX_TLS", "tcp")];
@@ -149,6 +151,9 @@ impl Cluster {
             format!("-dir={}", volume_dir.display()),
             format!("-master=127.0.0.1:{master_port}"),
             "-max=8".into(),
+            // The default is 1 % of the disk, below which no volume is created;
+            // a shared disk can be that full while still holding the bench's files.
+            format!("-minFreeSpace={VOLUME_MIN_FREE_SPACE}"),
         ];
         let mut volume = Service::spawn("weed-volume", weed, &volume_args, &[], dir.path())?;
         let master_address = format!("127.0.0.1:{master_port}");
