@@ -140,6 +140,10 @@ func attachOn(fd int, opts Options) (*Client, error) {
 		unix.Munmap(mem)
 		return nil, fmt.Errorf("rdma: the region the engine handed over is not usable: %w", err)
 	}
+	if err := confirmMapped(fd, answer.Attached.RegionID); err != nil {
+		unix.Munmap(mem)
+		return nil, err
+	}
 	c := &Client{
 		fd: fd, mem: mem, description: description, geometry: geometry,
 		allocator: newAllocator(geometry.BufferSizeBytes),

@@ -55,6 +55,34 @@ type response struct {
 		Reason string `json:"reason"`
 	} `json:"Refused"`
 	Regions *regionsReply `json:"Regions"`
+	Serving *struct {
+		RegionID uint64 `json:"region_id"`
+	} `json:"Serving"`
+}
+
+type mappedRequest struct {
+	RegionID uint64 `json:"region_id"`
+}
+
+// confirmMapped is the second round trip of an attach: it tells the engine the region is
+// mapped, and waits while the engine seals it (no new writable mappings, no hole punching)
+// and starts serving it.
+func confirmMapped(fd int, regionID uint64) error {
+	if err := sendMessage(fd, map[string]mappedRequest{"Mapped": {RegionID: regionID}}); err != nil {
+		return err
+	}
+	answer, fds, err := receiveResponse(fd)
+	if err != nil {
+		return err
+	}
+	closeAll(fds)
+	switch {
+	case answer.Refused != nil:
+		return fmt.Errorf("rdma: the engine refused to serve the region: %s", answer.Refused.Reason)
+	case answer.Serving == nil || answer.Serving.RegionID != regionID:
+		return errors.New("rdma: the engine answered the mapping with a message that does not fit it")
+	}
+	return nil
 }
 
 // connect opens a close-on-exec SEQPACKET connection to the engine, with

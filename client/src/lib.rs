@@ -96,7 +96,7 @@ impl Client {
         let reply = match response {
             Response::Attached(reply) => reply,
             Response::Refused { reason } => return Err(ClientError::Refused(reason)),
-            Response::Regions { .. } => return Err(ClientError::UnexpectedResponse),
+            Response::Regions { .. } | Response::Serving { .. } => return Err(ClientError::UnexpectedResponse),
         };
         if fds.len() != 1 {
             return Err(ClientError::Control(control::ControlError::FdCount { found: fds.len(), expected: 1 }));
@@ -106,6 +106,7 @@ impl Client {
         // stored in Shared next to the view, dropped after every use of it.
         let (view, description) = unsafe { RegionView::open(mapping.base(), mapping.size_bytes()) }
             .map_err(|error| ClientError::BadRegion(error.to_string()))?;
+        control::confirm_mapped(&socket, reply.region_id)?;
         let allocator = BufferAllocator::new(description.buffer_size_bytes);
         let shared = Shared {
             view,

@@ -45,6 +45,13 @@ pub struct Config {
     #[serde(skip)]
     pub file: crate::config_file::ConfigFileArgs,
 
+    /// Run the engine as a child of a small supervisor that restarts it when it dies of a
+    /// signal (UCX aborts the process on some peer failures, e.g. a reader killed mid-read
+    /// over tcp), within 100 ms and backing off to 10 s while it keeps dying. A clean exit or
+    /// a start-up error ends both; SIGTERM/SIGINT/SIGHUP are passed on.
+    #[arg(long)]
+    pub supervise: bool,
+
     /// Path of the Unix control socket clients attach through (created mode 0600).
     #[arg(long)]
     pub socket: PathBuf,

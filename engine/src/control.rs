@@ -1,6 +1,7 @@
 //! The control thread: accepts clients on the Unix socket, checks their
-//! credentials, creates regions on attach, lists them for `ringstat`, and
-//! reclaims a region when its connection ends (EOF, however the client died).
+//! credentials, creates regions on attach, seals each one when its client has
+//! mapped it and only then hands it to the poller, lists them for `ringstat`,
+//! and reclaims a region when its connection ends (EOF, however the client died).
 
 use crate::config::Config;
 use crate::poller::{Command, PollerLink};
@@ -13,16 +14,35 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// How often the control thread looks at the shutdown flag and the
 /// released-region queue while no socket is active.
 const POLL_INTERVAL_MS: u16 = 20;
+/// How long a client may take between `Attached` and `Mapped` (mapping the region).
+const MAPPING_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 struct Connection {
     fd: OwnedFd,
     pid: u32,
-    region_id: Option<u64>,
+    region: ConnectionRegion,
+}
+
+/// Where a connection's region is.
+#[derive(Debug)]
+enum ConnectionRegion {
+    None,
+    /// Handed over, not yet mapped by the client: neither served nor listed, and never
+    /// touched by the engine, until the client's `Mapped` lets the engine seal it.
+    AwaitingMapping {
+        memory: Arc<RegionMemory>,
+        deadline: Instant,
+    },
+    /// Sealed and given to the poller.
+    Serving {
+        region_id: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -60,6 +80,7 @@ impl ControlServer {
     pub fn run(&mut self, shutdown: &AtomicBool) {
         while !shutdown.load(Ordering::Acquire) {
             self.reclaim_released();
+            self.drop_unmapped_regions(Instant::now());
             let ready = self.wait_for_sockets();
             for (index, flags) in ready.into_iter().rev() {
                 if index == 0 {
@@ -91,6 +112,21 @@ impl ControlServer {
             self.publish_region_gauges();
             drop(memory);
             tracing::info!(region_id, "region reclaimed");
+        }
+    }
+
+    /// Closes the connections whose client did not confirm its mapping in time.
+    fn drop_unmapped_regions(&mut self, now: Instant) {
+        for index in (0..self.connections.len()).rev() {
+            if let ConnectionRegion::AwaitingMapping { deadline, .. } = self.connections[index].region {
+                if now >= deadline {
+                    tracing::warn!(
+                        pid = self.connections[index].pid,
+                        "a client did not confirm its mapping within {MAPPING_TIMEOUT:?} of its attach (a client library older than the engine?); dropping its connection"
+                    );
+                    self.close_connection(index, "did not confirm its mapping");
+                }
+            }
         }
     }
 
@@ -133,7 +169,7 @@ impl ControlServer {
             let _ = control::send_without_blocking(&fd, &Response::Refused { reason }, &[]);
             return;
         }
-        self.connections.push(Connection { fd, pid: credentials.pid() as u32, region_id: None });
+        self.connections.push(Connection { fd, pid: credentials.pid() as u32, region: ConnectionRegion::None });
     }
 
     fn handle_message(&mut self, index: usize) {
@@ -148,6 +184,7 @@ impl ControlServer {
         };
         let sent = match request {
             Request::Attach(attach) => self.attach(index, &attach),
+            Request::Mapped { region_id } => return self.serve_mapped(index, region_id),
             Request::ListRegions => self.list_regions(index),
         };
         match sent {
@@ -179,14 +216,20 @@ impl ControlServer {
                 request.layout_version
             ));
         }
-        if self.connections[index].region_id.is_some() {
+        if !matches!(self.connections[index].region, ConnectionRegion::None) {
             return Err("this connection already has a region; open another connection for another one".into());
         }
         if self.link.shutdown.load(Ordering::Acquire) {
             return Err("the engine is shutting down".into());
         }
-        if self.regions.len() >= config.max_clients as usize {
-            return Err(format!("the engine already serves {} clients, its limit (--max-clients)", self.regions.len()));
+        let awaiting_mapping = self
+            .connections
+            .iter()
+            .filter(|connection| matches!(connection.region, ConnectionRegion::AwaitingMapping { .. }))
+            .count();
+        let clients = self.regions.len() + awaiting_mapping;
+        if clients >= config.max_clients as usize {
+            return Err(format!("the engine already serves {clients} clients, its limit (--max-clients)"));
         }
         if request.queue_pairs == 0 || request.queue_pairs > config.max_queue_pairs {
             return Err(format!(
@@ -239,21 +282,49 @@ impl ControlServer {
             &Response::Attached(reply),
             &[memory.memfd.as_raw_fd()],
         )?;
+        self.connections[index].region =
+            ConnectionRegion::AwaitingMapping { memory, deadline: Instant::now() + MAPPING_TIMEOUT };
+        Ok(())
+    }
+
+    /// The second half of an attach: the client has mapped its region. Seals it, checks it,
+    /// and gives it to the poller; a client whose region cannot be served is refused and
+    /// its connection closed.
+    fn serve_mapped(&mut self, index: usize, region_id: u64) {
+        let region = std::mem::replace(&mut self.connections[index].region, ConnectionRegion::None);
+        let memory = match region {
+            ConnectionRegion::AwaitingMapping { memory, .. } if memory.identity.region_id == region_id => memory,
+            other => {
+                self.connections[index].region = other;
+                let _ = self.refuse(index, format!("region {region_id} does not await its mapping on this connection"));
+                return self.close_connection(index, "confirmed a mapping it was not given");
+            }
+        };
+        if let Err(reason) = memory.seal_for_serving() {
+            let _ = self.refuse(index, reason);
+            self.connections[index].region = ConnectionRegion::AwaitingMapping { memory, deadline: Instant::now() };
+            return self.close_connection(index, "was refused at sealing");
+        }
+        if let Err(error) =
+            control::send_without_blocking(&self.connections[index].fd, &Response::Serving { region_id }, &[])
+        {
+            tracing::warn!(%error, pid = self.connections[index].pid, "cannot answer a client's mapping; dropping it");
+            return self.close_connection(index, "could not be answered");
+        }
         tracing::info!(
-            region_id = memory.identity.region_id,
+            region_id,
             client_pid = memory.identity.client_pid,
             client = %memory.identity.client_name,
-            queue_pairs = geometry.queue_pair_count,
-            sq_entries = geometry.sq_entries,
+            queue_pairs = memory.geometry.queue_pair_count,
+            sq_entries = memory.geometry.sq_entries,
             region_size_bytes = memory.size_bytes(),
             hugepages = memory.hugepages,
             "client attached"
         );
-        self.connections[index].region_id = Some(memory.identity.region_id);
-        self.regions.insert(memory.identity.region_id, memory.clone());
+        self.connections[index].region = ConnectionRegion::Serving { region_id };
+        self.regions.insert(region_id, memory.clone());
         self.publish_region_gauges();
         self.link.send(Command::Attach(memory));
-        Ok(())
     }
 
     fn list_regions(&self, index: usize) -> Result<(), ControlError> {
@@ -287,9 +358,20 @@ impl ControlServer {
 
     fn close_connection(&mut self, index: usize, why: &str) {
         let connection = self.connections.swap_remove(index);
-        if let Some(region_id) = connection.region_id {
-            tracing::info!(region_id, client_pid = connection.pid, "client {why}; detaching its region");
-            self.link.send(Command::Detach { region_id });
+        match connection.region {
+            ConnectionRegion::None => {}
+            ConnectionRegion::AwaitingMapping { memory, .. } => {
+                // Never given to the poller: dropping it unmaps it and closes the memfd.
+                tracing::info!(
+                    region_id = memory.identity.region_id,
+                    client_pid = connection.pid,
+                    "client {why} before its region was served; region dropped"
+                );
+            }
+            ConnectionRegion::Serving { region_id } => {
+                tracing::info!(region_id, client_pid = connection.pid, "client {why}; detaching its region");
+                self.link.send(Command::Detach { region_id });
+            }
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod rdma;
 pub mod read;
 pub mod region;
 pub mod startup;
+pub mod supervise;
 
 use config::{Config, ConfigError};
 use poller::{Poller, PollerLink};

@@ -21,6 +21,11 @@ fn main() {
             }
         }
     }
+    if config.supervise && !rdma_engine::supervise::is_supervised_child() {
+        // The child parses the same command line (and config file) again.
+        rdma_engine::logging::init(config.log_format);
+        std::process::exit(rdma_engine::supervise::run(std::env::args_os().collect()));
+    }
     if config.listen.is_some() && std::env::var_os("UCX_TCP_CM_REUSEADDR").is_none() {
         // An exporter restarted on the same port must be able to bind it at
         // once; UCX 1.13 reads this only from the environment. Set before any

@@ -102,13 +102,18 @@ fn fallocate_retrying(memfd: &OwnedFd, size_bytes: u64) -> Result<(), nix::Error
 
 /// Seals the region's size before its fd leaves the engine: a client that truncates (or
 /// grows) it would otherwise make the engine's next access to the region fault (SIGBUS),
-/// taking every other client down. `F_SEAL_SEAL` keeps the seals from being lifted.
+/// taking every other client down. The seals cannot be lifted; `F_SEAL_SEAL` is added when
+/// the client has mapped the region ([`RegionMemory::seal_for_serving`]), with the seal that
+/// needs the client's mapping to exist first.
 fn seal_size(memfd: &OwnedFd) -> Result<(), RegionError> {
-    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    add_seals(memfd, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW).map_err(RegionError::Seal)
+}
+
+fn add_seals(memfd: &OwnedFd, seals: libc::c_int) -> Result<(), std::io::Error> {
     // SAFETY: fcntl on a descriptor we own; F_ADD_SEALS takes an int and touches no memory.
     let result = unsafe { libc::fcntl(memfd.as_raw_fd(), libc::F_ADD_SEALS, seals) };
     if result < 0 {
-        return Err(RegionError::Seal(std::io::Error::last_os_error()));
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }
@@ -163,5 +168,52 @@ impl RegionMemory {
 
     pub fn size_bytes(&self) -> u64 {
         self.mapping.size_bytes()
+    }
+
+    /// Seals the region once the client has mapped it, before the engine serves it, and
+    /// checks that the client freed none of its pages while it could.
+    ///
+    /// `F_SEAL_FUTURE_WRITE` refuses new writable mappings and, for shmem and hugetlbfs
+    /// alike, hole punching (`fallocate(PUNCH_HOLE)`, `madvise(MADV_REMOVE)`), while the
+    /// mappings already made keep working. A punched huge page is gone from every mapping
+    /// and its reservation with it: the engine's next touch of it would allocate a new one,
+    /// and with the pool empty that is SIGBUS. Before the seal the client had a writable fd,
+    /// so the engine looks (`mincore`) at every page of its own pre-faulted mapping: a hole
+    /// means the client is refused. Normal pages need no look: a punched shmem page comes
+    /// back as a zero page, which the engine reads as any other bad input.
+    /// Errors are one sentence for the client's refusal.
+    pub fn seal_for_serving(&self) -> Result<(), String> {
+        add_seals(&self.memfd, libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_SEAL).map_err(|error| {
+            format!("the region could not be sealed for serving ({error}); a client must not seal its region itself")
+        })?;
+        if self.hugepages {
+            let missing =
+                self.pages_not_resident().map_err(|error| format!("cannot check the region's pages: {error}"))?;
+            if missing > 0 {
+                return Err(format!(
+                    "{missing} pages of the region were freed (hole punched) before it was sealed; the engine does not serve it"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// How many base pages of the engine's mapping are not resident.
+    fn pages_not_resident(&self) -> Result<usize, std::io::Error> {
+        let pages = self.mapping.size_bytes().div_ceil(PAGE_SIZE_BYTES) as usize;
+        let mut resident = vec![0u8; pages];
+        // SAFETY: the mapping is ours, page-aligned and `size_bytes` long; `resident` holds
+        // one byte per page of it, as mincore writes.
+        let result = unsafe {
+            libc::mincore(
+                self.mapping.base().as_ptr().cast(),
+                self.mapping.size_bytes() as usize,
+                resident.as_mut_ptr(),
+            )
+        };
+        if result < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(resident.iter().filter(|&&page| page & 1 == 0).count())
     }
 }

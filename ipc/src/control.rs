@@ -5,6 +5,13 @@
 //! The connection stays open for the life of an attachment: EOF is how the
 //! engine learns a client died (however it died), and how a client learns the
 //! engine did.
+//!
+//! Attaching takes two round trips: `Attach` is answered by `Attached` with the
+//! region's memfd; the client maps it and says `Mapped`, and the engine seals the
+//! region against new writable mappings and hole punching, checks that none was
+//! punched, and answers `Serving` (or `Refused`, and closes). Only then does the
+//! engine serve the region: before the seal, the client's writable fd could free
+//! the region's pages under the engine, which for huge pages means SIGBUS.
 
 use nix::sys::socket::{
     accept4, bind, connect, getsockopt, listen, recvmsg, sendmsg, socket, sockopt, AddressFamily, Backlog,
@@ -25,6 +32,8 @@ pub const MAX_FDS_PER_MESSAGE: usize = 64;
 pub enum Request {
     /// Create a region for this connection and hand over its memfd.
     Attach(AttachRequest),
+    /// The client has mapped the region of its `Attached` answer: seal it and serve it.
+    Mapped { region_id: u64 },
     /// List attached regions, with read-only-mappable fds (for `ringstat`).
     ListRegions,
 }
@@ -49,6 +58,8 @@ pub enum Response {
     Refused { reason: String },
     /// One fd per summary, in the same order.
     Regions { engine_pid: u32, engine_generation: u64, regions: Vec<RegionSummary> },
+    /// The region is sealed and served: the answer to `Mapped`.
+    Serving { region_id: u64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +94,10 @@ pub enum ControlError {
     BadMessage { size_bytes: usize, reason: String },
     #[error("control message carried {found} file descriptors, expected {expected}")]
     FdCount { found: usize, expected: usize },
+    #[error("the engine refused: {0}")]
+    Refused(String),
+    #[error("the engine answered {got} where {expected} was due")]
+    UnexpectedResponse { expected: &'static str, got: String },
 }
 
 fn seqpacket_socket() -> Result<OwnedFd, ControlError> {
@@ -156,6 +171,17 @@ fn send_with_flags<T: Serialize>(
     sendmsg::<()>(connection.as_raw_fd(), &iov, control, flags, None)
         .map_err(|source| ControlError::Io { operation: "send", source })?;
     Ok(())
+}
+
+/// The client's half of the second round trip of an attach: says the region is mapped and
+/// waits for the engine to seal and serve it.
+pub fn confirm_mapped(connection: &OwnedFd, region_id: u64) -> Result<(), ControlError> {
+    send(connection, &Request::Mapped { region_id }, &[])?;
+    match receive::<Response>(connection)?.0 {
+        Response::Serving { region_id: served } if served == region_id => Ok(()),
+        Response::Refused { reason } => Err(ControlError::Refused(reason)),
+        other => Err(ControlError::UnexpectedResponse { expected: "Serving", got: format!("{other:?}") }),
+    }
 }
 
 /// Receives one message and the fds that came with it.

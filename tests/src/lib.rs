@@ -3,6 +3,7 @@
 //! find fixtures.
 
 pub mod config_files;
+pub mod hostile;
 pub mod seaweedfs;
 
 use rdma_ipc::control::{self, AttachRequest, Request, Response};
@@ -274,6 +275,7 @@ pub fn raw_attach(socket_path: &Path, request: AttachRequest) -> Result<RawAttac
     // SAFETY: the mapping lives in the returned RawAttachment beside the view.
     let (view, description) =
         unsafe { RegionView::open(mapping.base(), mapping.size_bytes()) }.map_err(|e| e.to_string())?;
+    control::confirm_mapped(&socket, reply.region_id).map_err(|e| e.to_string())?;
     Ok(RawAttachment { socket, mapping, view, description })
 }
 

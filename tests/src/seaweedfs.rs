@@ -72,7 +72,7 @@ fn free_weed_port() -> u16 {
 fn disk_free_report(path: &Path) -> String {
     match nix::sys::statvfs::statvfs(path) {
         Ok(stats) => {
-            let free = stats.blocks_available() as u64 * stats.fragment_size() as u64;
+            let free = stats.blocks_available() * stats.fragment_size();
             format!("{} MiB free under {}, the volume server needs {WEED_MIN_FREE_SPACE}", free >> 20, path.display())
         }
         Err(error) => format!("free space under {} unknown: {error}", path.display()),

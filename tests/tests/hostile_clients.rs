@@ -1,20 +1,12 @@
 //! Clients that attack the region they were given, or the regions of others: the engine and
 //! the other clients go on.
 
+use integration_tests::hostile::attach_unconfirmed;
 use integration_tests::{attach_request, Engine};
 use rdma_client::{AttachOptions, Client};
 use rdma_ipc::control::{self, Request, Response};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
-
-/// Attaches below the client library and keeps the region's memfd.
-fn attach_keeping_the_fd(engine: &Engine) -> (OwnedFd, OwnedFd, u64) {
-    let socket = control::connect_to(&engine.socket).unwrap();
-    control::send(&socket, &Request::Attach(attach_request(1, 64, 1 << 20)), &[]).unwrap();
-    let (response, mut fds) = control::receive::<Response>(&socket).unwrap();
-    let Response::Attached(reply) = response else { panic!("refused: {response:?}") };
-    (socket, fds.remove(0), reply.region_size_bytes)
-}
 
 /// A client that truncates its region's memfd used to kill the engine with SIGBUS on its
 /// next access (exit status 135). The size is sealed now: the truncate fails, and the engine
@@ -22,14 +14,17 @@ fn attach_keeping_the_fd(engine: &Engine) -> (OwnedFd, OwnedFd, u64) {
 #[test]
 fn a_client_cannot_resize_its_region_under_the_engine() {
     let engine = Engine::start(&[]);
-    let (_socket, memfd, size) = attach_keeping_the_fd(&engine);
+    let attached = attach_unconfirmed(&engine.socket, attach_request(1, 64, 1 << 20));
+    let (memfd, size) = (&attached.memfd, attached.size_bytes);
     for new_size in [0, 4096, size as i64 * 2] {
-        let error = nix::unistd::ftruncate(&memfd, new_size).expect_err("the region's size is sealed");
+        let error = nix::unistd::ftruncate(memfd, new_size).expect_err("the region's size is sealed");
         assert_eq!(error, nix::errno::Errno::EPERM, "truncate to {new_size}");
     }
+    control::confirm_mapped(&attached.socket, attached.region_id).unwrap();
     // SAFETY: F_GET_SEALS on a descriptor we own.
     let seals = unsafe { libc::fcntl(memfd.as_raw_fd(), libc::F_GET_SEALS) };
-    assert_eq!(seals & libc::F_SEAL_SEAL, libc::F_SEAL_SEAL, "seals can be lifted: {seals:#x}");
+    let wanted = libc::F_SEAL_SEAL | libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+    assert_eq!(seals & wanted, wanted, "seals missing or liftable once served: {seals:#x}");
     let other = Client::attach(&engine.socket, &AttachOptions::default()).unwrap();
     let mut queue_pair = other.take_queue_pair(0).unwrap();
     for _ in 0..3 {
@@ -110,4 +105,63 @@ fn a_client_that_does_not_read_its_replies_is_dropped() {
     result.unwrap();
     assert!(sent > 0);
     drop(hog);
+}
+
+/// Once a region is served, its client can neither punch holes in it (through its fd or its
+/// mapping) nor map it writable again: the pages the engine uses stay the engine's.
+/// (The hugetlb case, where a hole means SIGBUS for the engine, is in `hugepages.rs`.)
+#[test]
+fn a_served_region_cannot_lose_its_pages() {
+    use nix::fcntl::{fallocate, FallocateFlags};
+    let engine = Engine::start(&[]);
+    let attached = attach_unconfirmed(&engine.socket, attach_request(1, 64, 1 << 20));
+    control::confirm_mapped(&attached.socket, attached.region_id).unwrap();
+    let punch = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    let tail = attached.size_bytes as i64 - 4096;
+    assert_eq!(fallocate(attached.memfd.as_raw_fd(), punch, tail, 4096), Err(nix::errno::Errno::EPERM));
+    // SAFETY: the last page of the client's own mapping; MADV_REMOVE must fail.
+    let removed = unsafe {
+        nix::sys::mman::madvise(
+            std::ptr::NonNull::new(attached.mapping.base().as_ptr().add(tail as usize).cast()).unwrap(),
+            4096,
+            nix::sys::mman::MmapAdvise::MADV_REMOVE,
+        )
+    };
+    assert_eq!(removed, Err(nix::errno::Errno::EPERM));
+    let again = rdma_ipc::mapping::Mapping::new(
+        &attached.memfd,
+        attached.size_bytes,
+        rdma_ipc::mapping::Access::ReadWrite,
+        false,
+    );
+    assert!(again.is_err(), "a second writable mapping was allowed");
+    let other = Client::attach(&engine.socket, &AttachOptions::default()).unwrap();
+    other.take_queue_pair(0).unwrap().ping(Duration::from_secs(5)).unwrap();
+    assert_eq!(engine.region_count(), 2);
+}
+
+/// A client that takes its region and never says it mapped it is dropped, and its region
+/// with it; it is never served nor listed meanwhile, and others attach as usual.
+#[test]
+fn a_client_that_never_confirms_its_mapping_is_dropped() {
+    let engine = Engine::start(&[]);
+    let silent = attach_unconfirmed(&engine.socket, attach_request(1, 64, 1 << 20));
+    let other = Client::attach(&engine.socket, &AttachOptions::default()).unwrap();
+    assert_eq!(engine.region_count(), 1, "an unconfirmed region is listed");
+    assert!(engine.wait_for_log("did not confirm its mapping", Duration::from_secs(20)), "{}", engine.log_text());
+    assert!(matches!(control::receive::<Response>(&silent.socket), Err(control::ControlError::Closed)));
+    other.take_queue_pair(0).unwrap().ping(Duration::from_secs(5)).unwrap();
+}
+
+/// A confirmation for a region this connection was not given is refused, and the connection
+/// closed; the region it named (another client's) is untouched.
+#[test]
+fn a_confirmation_for_another_region_is_refused() {
+    let engine = Engine::start(&[]);
+    let victim = Client::attach(&engine.socket, &AttachOptions::default()).unwrap();
+    let connection = control::connect_to(&engine.socket).unwrap();
+    let error = control::confirm_mapped(&connection, victim.description().region_id).unwrap_err();
+    assert!(error.to_string().contains("does not await its mapping"), "{error}");
+    victim.take_queue_pair(0).unwrap().ping(Duration::from_secs(5)).unwrap();
+    assert_eq!(engine.region_count(), 1);
 }

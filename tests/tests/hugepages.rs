@@ -6,6 +6,7 @@
 use integration_tests::Engine;
 use rdma_client::{AttachOptions, Client};
 use shm_layout::header::backing;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
@@ -95,4 +96,48 @@ fn hugetlb_regions_are_prefaulted_reclaimed_and_fall_back_loudly() {
         "huge pages leaked: {} free, {free_reserved} before",
         meminfo("HugePages_Free:")
     );
+    hole_punching_cannot_take_huge_pages_from_under_the_engine(&engine);
+}
+
+/// A client holds a writable fd of its hugetlb region. Punching a hole in it frees huge pages
+/// under the engine, whose next touch of them faults in new ones, or dies of SIGBUS when the
+/// pool is empty. Before the seal the engine refuses a region with holes, untouched; after
+/// it, punching is refused by the kernel. Other clients are served throughout.
+fn hole_punching_cannot_take_huge_pages_from_under_the_engine(engine: &Engine) {
+    use integration_tests::{attach_request, hostile::attach_unconfirmed};
+    use nix::fcntl::{fallocate, FallocateFlags};
+    let punch = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    let huge = 2 * 1024 * 1024;
+    let bystander = Client::attach(&engine.socket, &AttachOptions::default()).unwrap();
+    let mut queue_pair = bystander.take_queue_pair(0).unwrap();
+
+    // Before the seal: a hole in the data area, then the confirmation.
+    let early = attach_unconfirmed(&engine.socket, attach_request(1, 64, 8 << 20));
+    assert!(early.hugepages, "the region is not hugetlb");
+    fallocate(early.memfd.as_raw_fd(), punch, early.size_bytes as i64 - huge, huge)
+        .expect("punching is possible before the seal");
+    let refusal = rdma_ipc::control::confirm_mapped(&early.socket, early.region_id).unwrap_err();
+    assert!(refusal.to_string().contains("hole punched"), "{refusal}");
+    assert!(engine.wait_for_log("refused at sealing", Duration::from_secs(5)), "{}", engine.log_text());
+    queue_pair.ping(Duration::from_secs(5)).unwrap();
+
+    // After the seal: the kernel refuses the punch, through the fd and through the mapping.
+    let sealed = attach_unconfirmed(&engine.socket, attach_request(1, 64, 8 << 20));
+    rdma_ipc::control::confirm_mapped(&sealed.socket, sealed.region_id).unwrap();
+    let error = fallocate(sealed.memfd.as_raw_fd(), punch, sealed.size_bytes as i64 - huge, huge).unwrap_err();
+    assert_eq!(error, nix::errno::Errno::EPERM);
+    // SAFETY: the range is the tail huge page of the client's own mapping; MADV_REMOVE must fail.
+    let removed = unsafe {
+        nix::sys::mman::madvise(
+            std::ptr::NonNull::new(
+                sealed.mapping.base().as_ptr().add(sealed.size_bytes as usize - huge as usize).cast(),
+            )
+            .unwrap(),
+            huge as usize,
+            nix::sys::mman::MmapAdvise::MADV_REMOVE,
+        )
+    };
+    assert_eq!(removed, Err(nix::errno::Errno::EPERM));
+    queue_pair.ping(Duration::from_secs(5)).unwrap();
+    assert!(engine.wait_for_region_count(2, Duration::from_secs(5)), "{}", engine.log_text());
 }

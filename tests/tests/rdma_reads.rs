@@ -426,3 +426,73 @@ fn readers_must_present_a_token_signed_with_the_read_key() {
         assert!(stranger.log_text().contains("not reachable") || !stranger.log_text().contains("exporter connected"));
     }
 }
+
+/// The engine processes a supervisor (`--supervise`, pid `parent`) runs: read from
+/// `/proc/PID/task/PID/children`.
+fn supervised_children(parent: nix::unistd::Pid) -> Vec<i32> {
+    let path = format!("/proc/{parent}/task/{parent}/children");
+    std::fs::read_to_string(path).unwrap_or_default().split_whitespace().filter_map(|pid| pid.parse().ok()).collect()
+}
+
+fn wait_for_new_child(parent: nix::unistd::Pid, not: Option<i32>) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(&child) = supervised_children(parent).iter().find(|&&child| Some(child) != not) {
+            return child;
+        }
+        assert!(Instant::now() < deadline, "the supervisor started no new engine");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// UCX aborts an exporter on some peer failures (over tcp, a reader killed while its gets
+/// are in flight: `ucs_fatal` in `ucp_get_req_handler`). Under `--supervise` the exporter
+/// comes back at once: an abort of the engine process (SIGABRT, as UCX's) is restarted, the
+/// reader reconnects and reads over RDMA again; SIGTERM stops both processes cleanly, and
+/// killing the supervisor leaves no engine behind.
+#[test]
+fn a_supervised_exporter_that_aborts_is_restarted_and_readers_reconnect() {
+    use nix::sys::signal::{kill, Signal};
+    let volumes = volume_dir();
+    let (mut exporter, listen) = exporter(volumes.path(), &["--supervise"], TCP);
+    let reader = Engine::start_with(tempfile::tempdir().unwrap(), options(vec!["--peer".into(), listen], TCP));
+    let (client, mut queue_pair) = attach(&reader);
+    let (volume_id, needle_id, cookie) = (4, 49, 0xc0 + 39);
+    let read_over_rdma = |queue_pair: &mut QueuePair| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let completion = read_one(&client, queue_pair, volume_id, needle_id, cookie);
+            if completion.result().is_ok() && completion.source() == ReadSource::Rdma {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no RDMA read within 30 s: {:?}", completion.result());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    read_over_rdma(&mut queue_pair);
+    let parent = exporter.pid();
+    let first = wait_for_new_child(parent, None);
+    kill(nix::unistd::Pid::from_raw(first), Signal::SIGABRT).unwrap();
+    assert!(exporter.wait_for_log("died of a signal", Duration::from_secs(10)), "{}", exporter.log_text());
+    let second = wait_for_new_child(parent, Some(first));
+    read_over_rdma(&mut queue_pair);
+
+    kill(parent, Signal::SIGTERM).unwrap();
+    let status = exporter.child.wait().unwrap();
+    assert!(status.success(), "supervisor exit after SIGTERM: {status}");
+    assert!(!Path::new(&format!("/proc/{second}")).exists(), "the engine outlived its supervisor's stop");
+
+    exporter.restart();
+    let parent = exporter.pid();
+    let child = wait_for_new_child(parent, None);
+    kill(parent, Signal::SIGKILL).unwrap();
+    let _ = exporter.child.wait();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // A zombie until init reaps it: gone means no /proc entry or state Z.
+    while Path::new(&format!("/proc/{child}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default().contains(") Z ")
+    {
+        assert!(Instant::now() < deadline, "the engine outlived its killed supervisor");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

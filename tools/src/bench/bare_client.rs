@@ -58,7 +58,9 @@ impl BareClient {
         let reply = match response {
             Response::Attached(reply) => reply,
             Response::Refused { reason } => return Err(BenchError::Attach(ClientError::Refused(reason))),
-            Response::Regions { .. } => return Err(BenchError::Attach(ClientError::UnexpectedResponse)),
+            Response::Regions { .. } | Response::Serving { .. } => {
+                return Err(BenchError::Attach(ClientError::UnexpectedResponse))
+            }
         };
         if fds.len() != 1 {
             return Err(attach_error(ControlError::FdCount { found: fds.len(), expected: 1 }));
@@ -70,6 +72,7 @@ impl BareClient {
         // before it.
         let (view, _) = unsafe { RegionView::open(mapping.base(), mapping.size_bytes()) }
             .map_err(|error| BenchError::Attach(ClientError::BadRegion(error.to_string())))?;
+        control::confirm_mapped(&socket, reply.region_id).map_err(attach_error)?;
         // SAFETY: this process attached the region itself and nothing else
         // here drives queue pair 0; the rings live in the struct that owns
         // the mapping, declared before it (dropped first).

@@ -95,6 +95,11 @@ pub struct RunOptions {
     /// One more argument for the reading engine (repeatable), e.g. `--reader-arg=--hugepages=off`.
     #[arg(long = "reader-arg", allow_hyphen_values = true)]
     pub reader_args: Vec<String>,
+    /// One more argument for the exporting engine (repeatable), e.g. `--exporter-arg=--supervise`
+    /// (then an exporter fault hits the supervisor: a kill takes its engine with it, a stop
+    /// stops the supervisor only).
+    #[arg(long = "exporter-arg", allow_hyphen_values = true)]
+    pub exporter_args: Vec<String>,
     /// Keep the run's directory (volume, engine logs) and print its path on stderr.
     #[arg(long)]
     pub keep_dir: bool,

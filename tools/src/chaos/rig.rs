@@ -207,7 +207,7 @@ impl Rig {
         env.extend(options.engine_env.iter().cloned());
         let listen = format!("127.0.0.1:{}", free_port()?);
         let socket = |name: &str| dir.path().join(format!("{name}.sock")).display().to_string();
-        let export_args = vec![
+        let mut export_args: Vec<String> = vec![
             "--socket".into(),
             socket("exporter"),
             "--export-dir".into(),
@@ -215,6 +215,7 @@ impl Rig {
             "--listen".into(),
             listen.clone(),
         ];
+        export_args.extend(options.exporter_args.iter().cloned());
         let exporter = EngineProcess::start(
             Role::Exporter,
             &options.engine,

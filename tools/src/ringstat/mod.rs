@@ -130,7 +130,7 @@ pub fn take_snapshot(socket: &Path) -> Result<Snapshot, RingstatError> {
     let (engine_pid, engine_generation, summaries) = match response {
         Response::Regions { engine_pid, engine_generation, regions } => (engine_pid, engine_generation, regions),
         Response::Refused { reason } => return Err(RingstatError::Refused(reason)),
-        Response::Attached(_) => return Err(RingstatError::UnexpectedResponse),
+        Response::Attached(_) | Response::Serving { .. } => return Err(RingstatError::UnexpectedResponse),
     };
     if fds.len() != summaries.len() {
         return Err(RingstatError::FdCount { fds: fds.len(), regions: summaries.len() });
