@@ -47,8 +47,8 @@ pub struct Config {
 
     /// Run the engine as a child of a small supervisor that restarts it when it dies of a
     /// signal (UCX aborts the process on some peer failures, e.g. a reader killed mid-read
-    /// over tcp), within 100 ms and backing off to 10 s while it keeps dying. A clean exit or
-    /// a start-up error ends both; SIGTERM/SIGINT/SIGHUP are passed on.
+    /// over tcp), within 100 ms; a crash loop (deaths within 1 s of their start) backs off to
+    /// 10 s. A clean exit or a start-up error ends both; SIGTERM/SIGINT/SIGHUP are passed on.
     #[arg(long)]
     pub supervise: bool,
 

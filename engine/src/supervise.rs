@@ -11,10 +11,12 @@
 //!
 //! The parent holds no engine state: it blocks SIGTERM/SIGINT/SIGHUP/SIGCHLD, starts the same
 //! binary with the same arguments (and [`SUPERVISED_CHILD_ENV`] set), passes those signals on,
-//! and after a death by signal restarts it after 100 ms, doubling for every other death in
-//! the last minute up to 10 s. A clean exit, or an exit with a code (a start-up error, which
-//! a restart would only repeat), ends the parent with the same code. The child dies with its
-//! parent (`PR_SET_PDEATHSIG`), so killing the parent never leaves an engine behind.
+//! and after a death by signal restarts it after 100 ms. Only a crash loop backs off: each
+//! death within [`QUICK_DEATH`] of its start doubles the delay (up to 10 s); a death after a
+//! longer life (a peer's failure hitting a serving exporter) restarts at 100 ms again. A clean
+//! exit, or an exit with a code (a start-up error, which a restart would only repeat), ends the
+//! parent with the same code. The child dies with its parent (`PR_SET_PDEATHSIG`), so killing
+//! the parent never leaves an engine behind.
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -28,10 +30,11 @@ use nix::unistd::Pid;
 /// Set in the child's environment: the child runs the engine itself.
 pub const SUPERVISED_CHILD_ENV: &str = "RDMA_ENGINE_SUPERVISED_CHILD";
 
-/// First restart delay; doubled for each other death in [`DEATH_WINDOW`].
+/// First restart delay; doubled for each death in a row that came within [`QUICK_DEATH`].
 const FIRST_RESTART_DELAY: Duration = Duration::from_millis(100);
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(10);
-const DEATH_WINDOW: Duration = Duration::from_secs(60);
+/// A death this soon after a start counts as a crash loop (the engine starts in ~10 ms).
+const QUICK_DEATH: Duration = Duration::from_secs(1);
 /// How often the parent looks at its child while no signal comes (bounds every wait).
 const SIGNAL_WAIT_SLICE: Duration = Duration::from_millis(200);
 
@@ -48,12 +51,15 @@ fn forwarded_signals() -> SigSet {
     set
 }
 
-/// The restart delay after a death at `now`, given the earlier deaths (pruned to the window).
-fn restart_delay(deaths: &mut Vec<Instant>, now: Instant) -> Duration {
-    deaths.retain(|death| now.duration_since(*death) < DEATH_WINDOW);
-    deaths.push(now);
-    let doublings = (deaths.len() - 1).min(16) as u32;
-    FIRST_RESTART_DELAY.saturating_mul(1 << doublings).min(MAX_RESTART_DELAY)
+/// The restart delay after a death that came `lived` after its start; `quick_deaths` counts
+/// the crash loop so far (deaths in a row within [`QUICK_DEATH`]).
+fn restart_delay(quick_deaths: &mut u32, lived: Duration) -> Duration {
+    if lived >= QUICK_DEATH {
+        *quick_deaths = 0;
+        return FIRST_RESTART_DELAY;
+    }
+    *quick_deaths = (*quick_deaths + 1).min(16);
+    FIRST_RESTART_DELAY.saturating_mul(1 << *quick_deaths).min(MAX_RESTART_DELAY)
 }
 
 /// Waits up to `timeout` for one of the blocked signals; `None` on timeout.
@@ -105,7 +111,7 @@ pub fn run(args: Vec<OsString>) -> i32 {
         tracing::error!(%error, "the supervisor cannot block signals");
         return 1;
     }
-    let mut deaths: Vec<Instant> = Vec::new();
+    let mut quick_deaths = 0u32;
     let mut restarts = 0u64;
     let mut stopping: Option<Signal> = None;
     loop {
@@ -116,6 +122,7 @@ pub fn run(args: Vec<OsString>) -> i32 {
                 return 1;
             }
         };
+        let started = Instant::now();
         tracing::info!(pid = child.as_raw(), restarts, "supervisor: engine started");
         let death = loop {
             if let Some(signal) = wait_for_stop_signal(&signals, SIGNAL_WAIT_SLICE) {
@@ -136,13 +143,14 @@ pub fn run(args: Vec<OsString>) -> i32 {
             tracing::info!(%asked, died_of = %death, "supervisor: engine stopped");
             return 128 + death as i32;
         }
-        let delay = restart_delay(&mut deaths, Instant::now());
+        let lived = started.elapsed();
+        let delay = restart_delay(&mut quick_deaths, lived);
         restarts += 1;
         tracing::warn!(
             pid = child.as_raw(),
             signal = %death,
+            lived_ms = lived.as_millis() as u64,
             restart_in_ms = delay.as_millis() as u64,
-            deaths_in_the_last_minute = deaths.len(),
             "supervisor: the engine died of a signal (UCX aborts the process on some peer failures; see docs/robustness.md); restarting it"
         );
         // Bounded: the delay, in slices, while a stop request still ends everything.
@@ -161,13 +169,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn restart_delays_double_while_the_engine_keeps_dying_and_reset_after_a_quiet_minute() {
-        let start = Instant::now();
-        let mut deaths = Vec::new();
+    fn only_a_crash_loop_backs_off() {
+        let mut quick = 0;
+        let serving = Duration::from_secs(30);
+        assert_eq!(restart_delay(&mut quick, serving), FIRST_RESTART_DELAY);
         let delays: Vec<u128> =
-            (0..10).map(|second| restart_delay(&mut deaths, start + Duration::from_secs(second)).as_millis()).collect();
-        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000, 10_000]);
-        let later = start + Duration::from_secs(10) + DEATH_WINDOW;
-        assert_eq!(restart_delay(&mut deaths, later), FIRST_RESTART_DELAY);
+            (0..9).map(|_| restart_delay(&mut quick, Duration::from_millis(20)).as_millis()).collect();
+        assert_eq!(delays, [200, 400, 800, 1600, 3200, 6400, 10_000, 10_000, 10_000]);
+        assert_eq!(restart_delay(&mut quick, serving), FIRST_RESTART_DELAY);
+        assert_eq!(restart_delay(&mut quick, Duration::from_millis(20)).as_millis(), 200);
     }
 }
