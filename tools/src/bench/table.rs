@@ -1,10 +1,12 @@
-//! Tables for people: one row per figure, its floor and the ratio beside it.
+//! Tables for people: one row per figure, its floor and the ratio beside it. Laid out by
+//! `comfy-table` (no borders; numbers right-aligned).
 
 use super::nop::NopReport;
 use super::read::ucx::UcxReadReport;
 use super::read::{EngineVsFloor, ReadReport};
 use super::Summary;
 use super::Target;
+use comfy_table::{presets, CellAlignment, Table};
 use std::fmt::Write;
 
 fn rate(value: f64) -> String {
@@ -30,33 +32,51 @@ fn ratio(value: Option<f64>) -> String {
     value.map_or("-".into(), |r| format!("{r:.2}×"))
 }
 
-fn row(out: &mut String, label: &str, summary: Option<&Summary>, floor: &str, ratio_text: String) {
+/// A table with `header`, laid out without borders.
+fn new_table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table.load_preset(presets::NOTHING).set_header(header.iter().copied());
+    table
+}
+
+/// Writes `table` to `out` with the columns in `numbers` right-aligned.
+fn write_table(out: &mut String, mut table: Table, numbers: std::ops::Range<usize>) {
+    for (index, column) in table.column_iter_mut().enumerate() {
+        if numbers.contains(&index) {
+            column.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    let _ = writeln!(out, "{table}");
+}
+
+/// The columns of the NOP table a summary fills: rate and latencies.
+const NOP_HEADER: [&str; 7] =
+    ["configuration", "ops/s", "p50 ns", "p99 ns", "p99.9 ns", "floor (same rounds)", "ratio"];
+
+fn row(table: &mut Table, label: &str, summary: Option<&Summary>, floor: &str, ratio_text: String) {
     let Some(summary) = summary else {
-        let _ = writeln!(out, "{label:<22} (not measured)");
+        table.add_row([label, "(not measured)"]);
         return;
     };
-    let _ = writeln!(
-        out,
-        "{label:<22} {:>9} {:>9} {:>9} {:>9}   {floor:<26} {ratio_text}",
+    table.add_row([
+        label.to_string(),
         rate(summary.ops_per_sec),
         nanos(summary.p50_ns),
         nanos(summary.p99_ns),
         nanos(summary.p999_ns),
-    );
+        floor.to_string(),
+        ratio_text,
+    ]);
 }
 
 pub fn render_nop(report: &NopReport) -> String {
     let mut out = String::new();
     let engine = |name: &str| report.engine.get(name).map(|figure| &figure.quiet);
     let floor = |name: &str| report.floors.get(name);
-    let _ = writeln!(
-        out,
-        "{:<22} {:>9} {:>9} {:>9} {:>9}   {:<26} ratio",
-        "configuration", "ops/s", "p50 ns", "p99 ns", "p99.9 ns", "floor (same rounds)"
-    );
+    let mut table = new_table(&NOP_HEADER);
     let bounce_p50 = floor("bounce").and_then(|s| s.p50_ns);
     row(
-        &mut out,
+        &mut table,
         "engine 1qp depth 1",
         engine("qp1_depth1"),
         &format!("bounce p50 {}", nanos(bounce_p50)),
@@ -67,7 +87,7 @@ pub fn render_nop(report: &NopReport) -> String {
         let ring = floor(&format!("ring_{key}")).map_or(0.0, |s| s.ops_per_sec);
         let target = if depth == 32 { " (≥ 0.5× target)" } else { "" };
         row(
-            &mut out,
+            &mut table,
             &format!("engine 1qp depth {depth}"),
             engine(&format!("qp1_{key}")),
             &format!("ring {} ops/s", rate(ring)),
@@ -76,7 +96,7 @@ pub fn render_nop(report: &NopReport) -> String {
     }
     for depth in [1u32, 8, 32] {
         row(
-            &mut out,
+            &mut table,
             &format!("engine 2qp depth {depth}"),
             engine(&format!("qp2_depth{depth}")),
             "(two client threads)",
@@ -84,32 +104,37 @@ pub fn render_nop(report: &NopReport) -> String {
         );
     }
     row(
-        &mut out,
+        &mut table,
         "engine wake from sleep",
         engine("wake_from_sleep"),
         &format!("futex p50 {}", nanos(floor("futex").and_then(|s| s.p50_ns))),
         format!("{} (≤ 1.5× target)", ratio(report.ratios.wake_p50_vs_futex_p50)),
     );
+    write_table(&mut out, table, 1..5);
     let _ = writeln!(out, "diagnostic: the same engine driven by a client without the library (bare ring ends):");
+    let mut table = new_table(&NOP_HEADER);
     for depth in [1u32, 8, 32] {
         let key = format!("depth{depth}");
         let library = report.ratios.library_vs_bare_client_by_depth.get(&key).copied().flatten();
         let engine_cost = report.ratios.bare_client_vs_ring_by_depth.get(&key).copied().flatten();
         row(
-            &mut out,
+            &mut table,
             &format!("bare client depth {depth}"),
             report.bare_client.get(&key),
             &format!("library/bare {}", ratio(library)),
             format!("bare/ring {}", ratio(engine_cost)),
         );
     }
+    write_table(&mut out, table, 1..5);
     let _ = writeln!(out, "floors:");
-    row(&mut out, "bounce (2 processes)", floor("bounce"), "", String::new());
+    let mut table = new_table(&NOP_HEADER);
+    row(&mut table, "bounce (2 processes)", floor("bounce"), "", String::new());
     for depth in [1u32, 8, 32] {
         let name = format!("ring_depth{depth}");
-        row(&mut out, &format!("ring depth {depth} (threads)"), floor(&name), "", String::new());
+        row(&mut table, &format!("ring depth {depth} (threads)"), floor(&name), "", String::new());
     }
-    row(&mut out, "futex wake (2 procs)", floor("futex"), "", String::new());
+    row(&mut table, "futex wake (2 procs)", floor("futex"), "", String::new());
+    write_table(&mut out, table, 1..5);
     let _ = writeln!(
         out,
         "\nbest batched: {} ops/s ({}), bare ring at that depth {} ops/s",
@@ -119,17 +144,17 @@ pub fn render_nop(report: &NopReport) -> String {
     );
     if report.contenders > 0 {
         let _ = writeln!(out, "beside {} busy-loop process(es), after the quiet run:", report.contenders);
-        let _ = writeln!(out, "{:<22} {:>9} {:>9} {:>9}   ratio to quiet", "configuration", "ops/s", "quiet", "p50 ns");
+        let mut table = new_table(&["configuration", "ops/s", "quiet", "p50 ns", "ratio to quiet"]);
         for (name, figure) in report.engine.iter().filter(|(_, figure)| figure.contended_ops_per_sec.is_some()) {
-            let _ = writeln!(
-                out,
-                "{name:<22} {:>9} {:>9} {:>9}   {}",
+            table.add_row([
+                name.clone(),
                 rate(figure.contended_ops_per_sec.unwrap_or(0.0)),
                 rate(figure.quiet.ops_per_sec),
                 nanos(figure.contended_p50_ns),
-                ratio(figure.contended_ratio)
-            );
+                ratio(figure.contended_ratio),
+            ]);
         }
+        write_table(&mut out, table, 1..5);
     }
     targets(&mut out, &report.targets);
     let _ = writeln!(
@@ -167,9 +192,7 @@ fn gigabytes(value: Option<f64>) -> String {
 
 pub fn render_read(report: &ReadReport) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<11} {:>8} {:>6} {:>8} {:>8} | {:>8} {:>6} {:>8} {:>6} {:>6} | {:>8} {:>8} {:>6} {:>6}",
+    let mut table = new_table(&[
         "size depth",
         "reads/s",
         "GB/s",
@@ -183,14 +206,12 @@ pub fn render_read(report: &ReadReport) -> String {
         "+crc/s",
         "p50 ns",
         "ops×",
-        "p50×"
-    );
+        "p50×",
+    ]);
     for entry in &report.results {
         let [label, reads, bytes, p50, p99, floor_reads, floor_bytes, floor_p50, _] =
             comparison_cells(&entry.comparison);
-        let _ = writeln!(
-            out,
-            "{:<11} {:>8} {:>6} {:>8} {:>8} | {:>8} {:>6} {:>8} {:>6} {:>6} | {:>8} {:>8} {:>6} {:>6}",
+        table.add_row([
             label,
             reads,
             bytes,
@@ -205,8 +226,9 @@ pub fn render_read(report: &ReadReport) -> String {
             nanos(entry.checked_floor_p50_ns),
             ratio(entry.reads_ratio_vs_checked),
             ratio(entry.p50_ratio_vs_checked),
-        );
+        ]);
     }
+    write_table(&mut out, table, 1..14);
     contended(&mut out, report.contenders, report.results.iter().map(|entry| &entry.comparison));
     let _ = writeln!(out, "{}\n{}", report.floor_method, report.conditions.summary_line(&report.schedule));
     if let Some(warning) = &report.conditions.interference_warning {
@@ -237,18 +259,17 @@ fn contended<'a>(out: &mut String, contenders: u32, entries: impl Iterator<Item 
         return;
     }
     let _ = writeln!(out, "beside {contenders} busy-loop process(es), after the quiet run:");
-    let _ = writeln!(out, "{:<11} {:>8} {:>8} {:>8} {:>9}", "size depth", "reads/s", "quiet", "p50 ns", "to quiet");
+    let mut table = new_table(&["size depth", "reads/s", "quiet", "p50 ns", "to quiet"]);
     for entry in entries {
-        let _ = writeln!(
-            out,
-            "{:<11} {:>8} {:>8} {:>8} {:>9}",
+        table.add_row([
             format!("{} d{}", entry.size_label, entry.depth),
             entry.contended_reads_per_sec.map_or("-".into(), rate),
             rate(entry.reads_per_sec),
             nanos(entry.contended_p50_ns),
             ratio(entry.contended_ratio),
-        );
+        ]);
     }
+    write_table(out, table, 1..5);
 }
 
 fn signed_nanos(value: Option<f64>) -> String {
@@ -257,9 +278,7 @@ fn signed_nanos(value: Option<f64>) -> String {
 
 pub fn render_read_ucx(report: &UcxReadReport) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<11} {:>8} {:>6} {:>8} {:>8} | {:>8} {:>6} {:>8} {:>8} | {:>6} {:>6} {:>7}",
+    let mut table = new_table(&[
         "size depth",
         "reads/s",
         "GB/s",
@@ -271,14 +290,12 @@ pub fn render_read_ucx(report: &UcxReadReport) -> String {
         "p99 ns",
         "bytes×",
         "p50×",
-        "Δp50 ns"
-    );
+        "Δp50 ns",
+    ]);
     for entry in &report.results {
         let [label, reads, bytes, p50, p99, floor_reads, floor_bytes, floor_p50, floor_p99] =
             comparison_cells(&entry.comparison);
-        let _ = writeln!(
-            out,
-            "{:<11} {:>8} {:>6} {:>8} {:>8} | {:>8} {:>6} {:>8} {:>8} | {:>6} {:>6} {:>7}",
+        table.add_row([
             label,
             reads,
             bytes,
@@ -291,8 +308,9 @@ pub fn render_read_ucx(report: &UcxReadReport) -> String {
             ratio(entry.comparison.bytes_ratio),
             ratio(entry.comparison.p50_ratio),
             signed_nanos(entry.p50_delta_ns),
-        );
+        ]);
     }
+    write_table(&mut out, table, 1..12);
     contended(&mut out, report.contenders, report.results.iter().map(|entry| &entry.comparison));
     targets(&mut out, &report.targets);
     let tls = report.ucx_environment.bench.get("UCX_TLS").map_or("(UCX default)", String::as_str);
