@@ -496,3 +496,31 @@ fn a_supervised_exporter_that_aborts_is_restarted_and_readers_reconnect() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A same-host exporter that takes connections and never answers them (here: restarted, then
+/// SIGSTOPped; in the fault campaign: a UCX shared-memory receive queue left stuck by a killed
+/// sender, see docs/robustness.md) makes the reader renew its UCX worker after two unanswered
+/// handshakes, and the reader reads over RDMA through the new worker once the exporter answers.
+#[test]
+fn a_reader_renews_its_worker_when_a_same_host_exporter_never_answers() {
+    let volumes = volume_dir();
+    let (mut exporter, reader, _) = exporter_and_reader(volumes.path(), SHARED_MEMORY);
+    let (client, mut queue_pair) = attach(&reader);
+    let (volume_id, needle_id, cookie) = (4, 49, 0xc0 + 39);
+    assert!(read_one(&client, &mut queue_pair, volume_id, needle_id, cookie).result().is_ok());
+    exporter.restart();
+    integration_tests::stop_process(exporter.pid().as_raw() as u32);
+    let renewed = reader.wait_for_log("renewing the UCX worker", Duration::from_secs(30));
+    nix::sys::signal::kill(exporter.pid(), nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert!(renewed, "{}", reader.log_text());
+    assert!(reader.log_text().contains("a new connection to the exporter did not complete"), "{}", reader.log_text());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let completion = read_one(&client, &mut queue_pair, volume_id, needle_id, cookie);
+        if completion.result().is_ok() && completion.source() == ReadSource::Rdma {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no RDMA read after the renewal: {:?}", completion.result());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

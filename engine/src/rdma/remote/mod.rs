@@ -105,6 +105,14 @@ pub struct RemoteReads {
     scratch: RawBuffer,
     /// Where landed records are copied to be checked.
     check_copy: CheckCopy,
+    /// Workers replaced by [`RemoteReads::renew_worker`], progressed and drained until their
+    /// last get has completed.
+    retiring: Vec<(Worker, Instant)>,
+    /// When the worker was last renewed (at most once per [`WORKER_RENEWAL_INTERVAL`]).
+    last_renewal: Option<Instant>,
+    /// Set when a handshake failure calls for a fresh worker; acted on in `check_peers`.
+    renewal_wanted: bool,
+    worker_config: WorkerConfig,
     worker: Worker,
     context: Context,
     /// Read once per `progress` and per `start_read`; read start times use it.
@@ -134,8 +142,7 @@ impl RemoteReads {
             am_queue_capacity: (config.max_peers * 4).max(16),
             am_payload_max_bytes: 64 << 20,
         };
-        let worker = Worker::new(&context, worker_config)?;
-        worker.set_am_handler(AM_CATALOGUE)?;
+        let worker = new_worker(&context, &worker_config)?;
         let scratch = RawBuffer::new(config.max_in_flight * SCRATCH_SLOT_BYTES);
         // SAFETY: the scratch outlives its registration (field order in RemoteReads).
         let scratch_region = unsafe { MemoryRegion::register(&context, scratch.base(), scratch.len()) }?;
@@ -155,6 +162,10 @@ impl RemoteReads {
             scratch_region,
             scratch,
             check_copy: CheckCopy::default(),
+            retiring: Vec::new(),
+            last_renewal: None,
+            renewal_wanted: false,
+            worker_config,
             worker,
             context,
             now,
@@ -372,6 +383,7 @@ impl RemoteReads {
         while let Some(message) = self.worker.pop_am_message() {
             self.on_message(message);
         }
+        self.progress_retiring();
         self.reap_closing();
         self.check_peers();
         if self.now.duration_since(self.last_timeout_scan) >= TIMEOUT_SCAN_INTERVAL {
@@ -407,10 +419,15 @@ impl RemoteReads {
         self.peers.iter().position(|peer| peer.is_up() && has(peer)).or_else(|| self.peers.iter().position(has))
     }
 
-    /// Hands every finished get to its read or index pull.
+    /// Hands every finished get to its read or index pull, from the worker and from those
+    /// retiring.
     fn drain_completions(&mut self) {
-        // Bounded: the queue holds at most the worker's in-flight bound.
-        while let Some(completion) = self.worker.pop_completion() {
+        // Bounded: each queue holds at most its worker's in-flight bound.
+        while let Some(completion) = self
+            .worker
+            .pop_completion()
+            .or_else(|| self.retiring.iter().find_map(|(worker, _)| worker.pop_completion()))
+        {
             let ok = completion.status.is_ok();
             if completion.token & JOB_TOKEN_BIT != 0 {
                 self.on_job_get_done((completion.token & !JOB_TOKEN_BIT) as usize, ok);
@@ -434,6 +451,13 @@ pub enum PeerStatus {
     Down,
 }
 
+/// A worker with the catalogue handler set.
+fn new_worker(context: &Context, config: &WorkerConfig) -> Result<Worker, ucx::Error> {
+    let worker = Worker::new(context, *config)?;
+    worker.set_am_handler(AM_CATALOGUE)?;
+    Ok(worker)
+}
+
 /// A peer with its registered index staging buffer, not connected yet.
 fn new_peer(context: &Context, config: &RemoteConfig, address: SocketAddr, now: Instant) -> Result<Peer, RemoteError> {
     let staging = RawBuffer::new(config.index_chunk_bytes);
@@ -454,6 +478,9 @@ impl Drop for RemoteReads {
         // Closes started by fail_peer: bounded by CLOSE_TIMEOUT from when each began.
         while !self.closing.is_empty() {
             self.worker.progress();
+            for (worker, _) in &self.retiring {
+                worker.progress();
+            }
             self.now = Instant::now();
             self.reap_closing();
         }

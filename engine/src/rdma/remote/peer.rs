@@ -123,6 +123,8 @@ pub(super) struct Peer {
     pub(super) wanted_all: bool,
     /// The catalogue generation of the latest catalogue applied (0: none yet).
     pub(super) catalogue_generation: u64,
+    /// Connections in a row whose catalogue request went unanswered (0 once connected).
+    pub(super) unanswered_handshakes: u32,
 }
 
 impl Peer {
@@ -149,6 +151,7 @@ impl Peer {
             wanted: Vec::with_capacity(REQUEST_VOLUMES_MAX),
             wanted_all: false,
             catalogue_generation: 0,
+            unanswered_handshakes: 0,
         }
     }
 

@@ -93,6 +93,7 @@ impl RemoteReads {
             tracing::info!(peer = %peer.address, volumes = catalogue.volumes.len(), "exporter connected");
             peer.state = PeerState::Up;
             peer.backoff = backoff_min;
+            peer.unanswered_handshakes = 0;
         }
         for entry in &catalogue.volumes {
             if let Err(error) = entry.validate() {
