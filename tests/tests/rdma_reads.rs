@@ -427,6 +427,20 @@ fn readers_must_present_a_token_signed_with_the_read_key() {
     }
 }
 
+/// Reads `(volume_id, needle_id, cookie)` until a read succeeds over RDMA (bounded: 30 s), as
+/// the reader reconnects to its exporter.
+fn read_over_rdma_again(client: &Client, queue_pair: &mut QueuePair, (volume_id, needle_id, cookie): (u32, u64, u32)) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let completion = read_one(client, queue_pair, volume_id, needle_id, cookie);
+        if completion.result().is_ok() && completion.source() == ReadSource::Rdma {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no RDMA read within 30 s: {:?}", completion.result());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The engine processes a supervisor (`--supervise`, pid `parent`) runs: read from
 /// `/proc/PID/task/PID/children`.
 fn supervised_children(parent: nix::unistd::Pid) -> Vec<i32> {
@@ -457,25 +471,14 @@ fn a_supervised_exporter_that_aborts_is_restarted_and_readers_reconnect() {
     let (mut exporter, listen) = exporter(volumes.path(), &["--supervise"], TCP);
     let reader = Engine::start_with(tempfile::tempdir().unwrap(), options(vec!["--peer".into(), listen], TCP));
     let (client, mut queue_pair) = attach(&reader);
-    let (volume_id, needle_id, cookie) = (4, 49, 0xc0 + 39);
-    let read_over_rdma = |queue_pair: &mut QueuePair| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let completion = read_one(&client, queue_pair, volume_id, needle_id, cookie);
-            if completion.result().is_ok() && completion.source() == ReadSource::Rdma {
-                return;
-            }
-            assert!(Instant::now() < deadline, "no RDMA read within 30 s: {:?}", completion.result());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
-    read_over_rdma(&mut queue_pair);
+    let needle = (4, 49, 0xc0 + 39);
+    read_over_rdma_again(&client, &mut queue_pair, needle);
     let parent = exporter.pid();
     let first = wait_for_new_child(parent, None);
     kill(nix::unistd::Pid::from_raw(first), Signal::SIGABRT).unwrap();
     assert!(exporter.wait_for_log("died of a signal", Duration::from_secs(10)), "{}", exporter.log_text());
     let second = wait_for_new_child(parent, Some(first));
-    read_over_rdma(&mut queue_pair);
+    read_over_rdma_again(&client, &mut queue_pair, needle);
 
     kill(parent, Signal::SIGTERM).unwrap();
     let status = exporter.child.wait().unwrap();
@@ -514,13 +517,5 @@ fn a_reader_renews_its_worker_when_a_same_host_exporter_never_answers() {
     nix::sys::signal::kill(exporter.pid(), nix::sys::signal::Signal::SIGCONT).unwrap();
     assert!(renewed, "{}", reader.log_text());
     assert!(reader.log_text().contains("a new connection to the exporter did not complete"), "{}", reader.log_text());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let completion = read_one(&client, &mut queue_pair, volume_id, needle_id, cookie);
-        if completion.result().is_ok() && completion.source() == ReadSource::Rdma {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no RDMA read after the renewal: {:?}", completion.result());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    read_over_rdma_again(&client, &mut queue_pair, (volume_id, needle_id, cookie));
 }
