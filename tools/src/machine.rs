@@ -183,3 +183,114 @@ pub fn ucx_environment_of(pid: u32) -> Option<std::collections::BTreeMap<String,
             .collect(),
     )
 }
+
+/// Most threads of one process [`TaskTimes::of`] looks at.
+const TASKS_MAX: usize = 4096;
+
+/// What the threads of one process did so far, from `/proc/<pid>/task/*/`
+/// (`schedstat`: time on a CPU and time runnable but waiting for one, in ns;
+/// `status`: context switches). Threads that ended are not counted, except
+/// in this process's CPU time and switches (`getrusage`: the bench's floor
+/// threads end with each slice).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskTimes {
+    pub cpu_ns: u64,
+    /// Runnable, waiting for a CPU (the run queue).
+    pub waiting_for_cpu_ns: u64,
+    /// Voluntary context switches: the thread slept (a futex, poll, a blocking call).
+    pub sleeps: u64,
+    /// Involuntary context switches: the scheduler took the CPU away.
+    pub preemptions: u64,
+}
+
+impl TaskTimes {
+    /// The sums over the threads of `pid`; zeros if it cannot be read.
+    pub fn of(pid: u32) -> TaskTimes {
+        let mut times = TaskTimes::default();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return times };
+        for task in tasks.flatten().take(TASKS_MAX) {
+            let path = task.path();
+            let schedstat = std::fs::read_to_string(path.join("schedstat")).unwrap_or_default();
+            let mut fields = schedstat.split_whitespace().map(|field| field.parse::<u64>().unwrap_or(0));
+            times.cpu_ns += fields.next().unwrap_or(0);
+            times.waiting_for_cpu_ns += fields.next().unwrap_or(0);
+            let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+            for line in status.lines() {
+                let count = |prefix: &str| line.strip_prefix(prefix).and_then(|rest| rest.trim().parse::<u64>().ok());
+                if let Some(count) = count("voluntary_ctxt_switches:") {
+                    times.sleeps += count;
+                } else if let Some(count) = count("nonvoluntary_ctxt_switches:") {
+                    times.preemptions += count;
+                }
+            }
+        }
+        if pid == std::process::id() {
+            if let Ok(usage) = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF) {
+                let ns =
+                    |time: nix::sys::time::TimeVal| time.tv_sec() as u64 * 1_000_000_000 + time.tv_usec() as u64 * 1000;
+                times.cpu_ns = ns(usage.user_time()) + ns(usage.system_time());
+                times.sleeps = usage.voluntary_context_switches() as u64;
+                times.preemptions = usage.involuntary_context_switches() as u64;
+            }
+        }
+        times
+    }
+
+    /// What happened between `earlier` and `self` (a thread that ended in
+    /// between can make a field go back: it counts as 0).
+    pub fn since(&self, earlier: &TaskTimes) -> TaskTimes {
+        TaskTimes {
+            cpu_ns: self.cpu_ns.saturating_sub(earlier.cpu_ns),
+            waiting_for_cpu_ns: self.waiting_for_cpu_ns.saturating_sub(earlier.waiting_for_cpu_ns),
+            sleeps: self.sleeps.saturating_sub(earlier.sleeps),
+            preemptions: self.preemptions.saturating_sub(earlier.preemptions),
+        }
+    }
+
+    fn add(&mut self, other: &TaskTimes) {
+        self.cpu_ns += other.cpu_ns;
+        self.waiting_for_cpu_ns += other.waiting_for_cpu_ns;
+        self.sleeps += other.sleeps;
+        self.preemptions += other.preemptions;
+    }
+}
+
+/// The processes of a benchmark whose [`TaskTimes`] are taken around each
+/// measurement, by role (`bench`, `engine`, `reader`, `exporter`).
+#[derive(Clone, Debug)]
+pub struct Watched {
+    processes: Vec<(&'static str, u32)>,
+}
+
+/// What each watched process did during some measurements, summed, with
+/// the wall time they took.
+#[derive(Clone, Debug, Default)]
+pub struct WatchedSpan {
+    pub wall_ns: u64,
+    pub by_process: Vec<(&'static str, TaskTimes)>,
+}
+
+impl Watched {
+    /// This process as `bench`, then `others` (role, pid).
+    pub fn new(others: &[(&'static str, u32)]) -> Watched {
+        let mut processes = vec![("bench", std::process::id())];
+        processes.extend_from_slice(others);
+        Watched { processes }
+    }
+
+    /// Runs `measure` and adds what the watched processes did during it to `span`.
+    pub fn during<T>(&self, span: &mut WatchedSpan, measure: impl FnOnce() -> T) -> T {
+        let before: Vec<TaskTimes> = self.processes.iter().map(|&(_, pid)| TaskTimes::of(pid)).collect();
+        let start = std::time::Instant::now();
+        let result = measure();
+        span.wall_ns += start.elapsed().as_nanos() as u64;
+        for (&(role, pid), before) in self.processes.iter().zip(&before) {
+            let delta = TaskTimes::of(pid).since(before);
+            match span.by_process.iter_mut().find(|(name, _)| *name == role) {
+                Some((_, times)) => times.add(&delta),
+                None => span.by_process.push((role, delta)),
+            }
+        }
+        result
+    }
+}

@@ -83,11 +83,50 @@ fn read_local_json_covers_every_size_and_depth() {
         assert!(entry["reads_ratio"].is_number());
         assert!(entry["contended_reads_per_sec"].as_f64().unwrap() > 0.0, "{entry}");
         assert!(entry["contended_ratio"].as_f64().unwrap() > 0.0, "{entry}");
+        // Both processes worked while the engine read; the bench alone ran the floor.
+        assert_costs(&entry["engine_costs"], &["bench", "engine"], &["bench", "engine"]);
+        assert_costs(&entry["floor_costs"], &["bench", "engine"], &["bench"]);
     }
     assert_eq!(report["contenders"], 1);
     let verified = report["verified"].as_array().unwrap();
     assert_eq!(verified.len(), 3);
     assert!(verified.iter().all(|v| v["source"] == "local"));
+}
+
+/// `costs` names exactly the processes `named`, and those of `busy` used CPU time.
+fn assert_costs(costs: &serde_json::Value, named: &[&str], busy: &[&str]) {
+    let costs = costs.as_array().unwrap_or_else(|| panic!("costs: {costs}"));
+    let processes: Vec<&str> = costs.iter().map(|cost| cost["process"].as_str().unwrap()).collect();
+    assert_eq!(processes, named, "{costs:?}");
+    for cost in costs.iter().filter(|cost| busy.contains(&cost["process"].as_str().unwrap())) {
+        assert!(cost["cpu_ns_per_read"].as_f64().unwrap() > 0.0, "{cost}");
+        assert!(cost["cpu_percent"].as_f64().unwrap() > 0.0, "{cost}");
+        assert!(cost["sleeps_per_read"].as_f64().unwrap() >= 0.0, "{cost}");
+    }
+}
+
+#[test]
+fn read_measures_only_the_sizes_and_depths_asked_for() {
+    let volumes = Scratch::new("bench-read-narrow");
+    volgen(&volumes.path, 6, 4, "4096");
+    let engine = start_engine(Some(&volumes.path));
+    let bench = || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rdma-bench"));
+        command.args(["read", "--transport", "local", "--json", "--duration-ms", "300", "--rounds", "1", "--socket"]);
+        command.arg(&engine.socket).arg("--volume-dir").arg(&volumes.path);
+        command
+    };
+    // Only 4 KiB needles exist: the other sizes are not looked for.
+    let output = run_with_timeout(bench().args(["--sizes", "4KiB", "--depths", "32"]), TIMEOUT);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert_eq!((results[0]["size_bytes"].as_u64(), results[0]["depth"].as_u64()), (Some(4096), Some(32)));
+    assert_eq!(report["verified"].as_array().unwrap().len(), 1);
+    let output = run_with_timeout(bench().args(["--sizes", "3KiB"]), TIMEOUT);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("size \"3KiB\" is not measured"));
 }
 
 /// UCX over TCP for the exporter, the reader and the bench alike.
@@ -128,6 +167,9 @@ fn read_ucx_json_has_engine_and_floor_for_every_size_and_depth() {
         for key in ["p50_ns", "floor_p50_ns", "reads_ratio", "bytes_ratio", "p50_ratio", "p50_delta_ns"] {
             assert!(entry[key].is_number(), "{key} in {entry}");
         }
+        assert_costs(&entry["engine_costs"], &["bench", "reader", "exporter"], &["bench", "reader"]);
+        // The floor's gets over tcp are answered by the exporter's worker.
+        assert_costs(&entry["floor_costs"], &["bench", "reader", "exporter"], &["bench", "exporter"]);
     }
     assert_eq!(report["targets"].as_array().unwrap().len(), 5);
     let verified = report["verified"].as_array().unwrap();

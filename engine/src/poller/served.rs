@@ -16,6 +16,11 @@ use std::time::Duration;
 /// Most SQEs taken from one queue pair before moving to the next: bounds the
 /// time one busy client can hold the poller.
 const MAX_BATCH: u32 = 64;
+/// Completions done at once are published (and the SQ released) every this many within a
+/// batch, not only at its end: at depth 32 a client that saw nothing until the batch ended
+/// went to sleep, and waking it cost the poller more than the reads (a `futex_wake` of a
+/// sleeper on an idle vCPU took ~25 µs on the development VM).
+const PUBLISH_EVERY: u32 = 8;
 
 /// The engine's running totals for one queue pair, stored (not added) into
 /// the shared stats block once per batch.
@@ -192,6 +197,7 @@ impl ServedQueuePair {
         let count = available.min(room).min(MAX_BATCH);
         let route = Route { region_id, queue_pair: self.index };
         let mut clock = BatchClock::default();
+        let mut unpublished = 0u32;
         for _ in 0..count {
             if !executor.has_room(self.pending) {
                 break;
@@ -207,9 +213,16 @@ impl ServedQueuePair {
                     // Cannot fail: `room` unreserved slots were proven above.
                     if self.cq.push(cqe).is_ok() {
                         self.counters.count(&cqe, &outcome);
+                        unpublished += 1;
                     }
                 }
                 Executed::Pending => self.pending += 1,
+            }
+            if unpublished == PUBLISH_EVERY {
+                // The client reaps and refills while the rest of the batch is served.
+                self.sq.release();
+                self.publish_completions(view);
+                unpublished = 0;
             }
         }
         self.sq.release();
@@ -217,15 +230,19 @@ impl ServedQueuePair {
         Served::Entries(count)
     }
 
-    /// Publishes the CQ and wakes the client if it sleeps on it.
+    /// Publishes the CQ, wakes the client if it sleeps on it, and publishes the counters.
     fn publish(&mut self, view: &RegionView) {
+        self.publish_completions(view);
+        self.publish_counters(view);
+    }
+
+    fn publish_completions(&mut self, view: &RegionView) {
         self.cq.publish();
         let control = view.queue_control(self.index);
         if self.cq.consumer_needs_wakeup(&control.cq_flags, cq_flags::NEED_WAKEUP) {
             futex::wake(&control.cq_tail, u32::MAX);
             self.counters.client_wakeups += 1;
         }
-        self.publish_counters(view);
     }
 
     fn publish_counters(&self, view: &RegionView) {

@@ -230,6 +230,7 @@ pub fn render_read(report: &ReadReport) -> String {
     }
     write_table(&mut out, table, 1..14);
     contended(&mut out, report.contenders, report.results.iter().map(|entry| &entry.comparison));
+    process_costs(&mut out, report.results.iter().map(|entry| &entry.comparison));
     let _ = writeln!(out, "{}\n{}", report.floor_method, report.conditions.summary_line(&report.schedule));
     if let Some(warning) = &report.conditions.interference_warning {
         let _ = writeln!(out, "WARNING: {warning}");
@@ -272,6 +273,35 @@ fn contended<'a>(out: &mut String, contenders: u32, entries: impl Iterator<Item 
     write_table(out, table, 1..5);
 }
 
+/// Where the time went: each watched process's CPU share, time waiting for
+/// a CPU, and sleeps and CPU time per read, while the engine read and while
+/// the floor ran.
+fn process_costs<'a>(out: &mut String, entries: impl Iterator<Item = &'a EngineVsFloor>) {
+    let mut table =
+        new_table(&["size depth", "run", "process", "CPU %", "waits for CPU %", "CPU ns/read", "sleeps/read"]);
+    let mut rows = 0;
+    for entry in entries {
+        for (run, costs) in [("engine", &entry.engine_costs), ("floor", &entry.floor_costs)] {
+            for cost in costs {
+                rows += 1;
+                table.add_row([
+                    format!("{} d{}", entry.size_label, entry.depth),
+                    run.to_string(),
+                    cost.process.to_string(),
+                    format!("{:.0}", cost.cpu_percent),
+                    format!("{:.0}", cost.waiting_for_cpu_percent),
+                    format!("{:.0}", cost.cpu_ns_per_read),
+                    format!("{:.2}", cost.sleeps_per_read),
+                ]);
+            }
+        }
+    }
+    if rows > 0 {
+        let _ = writeln!(out, "where the time went (per process, over each run's slices):");
+        write_table(out, table, 3..7);
+    }
+}
+
 fn signed_nanos(value: Option<f64>) -> String {
     value.map_or("-".into(), |ns| format!("{ns:+.0}"))
 }
@@ -312,6 +342,7 @@ pub fn render_read_ucx(report: &UcxReadReport) -> String {
     }
     write_table(&mut out, table, 1..12);
     contended(&mut out, report.contenders, report.results.iter().map(|entry| &entry.comparison));
+    process_costs(&mut out, report.results.iter().map(|entry| &entry.comparison));
     targets(&mut out, &report.targets);
     let tls = report.ucx_environment.bench.get("UCX_TLS").map_or("(UCX default)", String::as_str);
     let _ = writeln!(

@@ -81,6 +81,12 @@ enum Command {
         /// many busy-loop processes (started and stopped by the bench).
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=CONTENDERS_MAX as i64))]
         contend: u32,
+        /// Measure only these sizes (4KiB, 64KiB, 1MiB; comma-separated; default all).
+        #[arg(long, value_delimiter = ',')]
+        sizes: Vec<String>,
+        /// Measure only these queue depths (1, 32; comma-separated; default both).
+        #[arg(long, value_delimiter = ',')]
+        depths: Vec<u32>,
     },
     /// Every read path against SeaweedFS's own HTTP GET, in one run: starts a real master,
     /// volume server, exporter, reading engines and rdma-sidecar in a temporary directory,
@@ -149,8 +155,10 @@ fn main() {
                 print!("{}", rdma_tools::bench::render_nop(&report));
             }
         }
-        Command::Read { socket, transport, peer, volume_dir, json, duration_ms, rounds, contend } => {
-            let options = read::ReadOptions { socket, volume_dir, duration_ms, rounds, contend };
+        Command::Read { socket, transport, peer, volume_dir, json, duration_ms, rounds, contend, sizes, depths } => {
+            let cases = read::Cases::select(&sizes, &depths)
+                .unwrap_or_else(|message| Args::command().error(clap::error::ErrorKind::InvalidValue, message).exit());
+            let options = read::ReadOptions { socket, volume_dir, duration_ms, rounds, contend, cases };
             match (transport, peer) {
                 (TransportArg::Local, Some(_)) => Args::command()
                     .error(clap::error::ErrorKind::ArgumentConflict, "--peer applies to --transport ucx only")

@@ -22,7 +22,7 @@ use super::contend::Contenders;
 use super::needles::{find_needles, NeedleRef};
 use super::{command_line, BenchError, RunConditions, Schedule, Series, SliceResult, Summary};
 use crate::affinity;
-use crate::machine::{Interference, MachineFacts};
+use crate::machine::{Interference, MachineFacts, Watched, WatchedSpan};
 use crate::ringstat::take_snapshot;
 use crate::timing::TickClock;
 use serde::Serialize;
@@ -32,6 +32,55 @@ use std::time::{Duration, Instant};
 
 /// Data sizes measured, with their labels.
 pub const SIZES: [(u64, &str); 3] = [(4096, "4KiB"), (65536, "64KiB"), (1 << 20, "1MiB")];
+/// The sizes and depths one run measures: every one of [`SIZES`] × [`DEPTHS`]
+/// unless `--sizes` or `--depths` narrow it (to look at one case closely).
+#[derive(Clone, Debug)]
+pub struct Cases {
+    sizes: Vec<(u64, &'static str)>,
+    depths: Vec<u32>,
+}
+
+impl Cases {
+    /// Every size and depth.
+    pub fn all() -> Self {
+        Cases { sizes: SIZES.to_vec(), depths: DEPTHS.to_vec() }
+    }
+
+    /// The sizes named by their labels (`4KiB`, ...) and the depths given, each in the
+    /// order of [`SIZES`] and [`DEPTHS`]; an empty list means all of them.
+    pub fn select(size_labels: &[String], depths: &[u32]) -> Result<Self, String> {
+        if let Some(label) = size_labels.iter().find(|label| !SIZES.iter().any(|(_, known)| known == label)) {
+            return Err(format!("size {label:?} is not measured; the sizes are {:?}", SIZES.map(|(_, l)| l)));
+        }
+        if let Some(depth) = depths.iter().find(|depth| !DEPTHS.contains(depth)) {
+            return Err(format!("depth {depth} is not measured; the depths are {DEPTHS:?}"));
+        }
+        let all = Cases::all();
+        Ok(Cases {
+            sizes: all
+                .sizes
+                .into_iter()
+                .filter(|(_, label)| size_labels.is_empty() || size_labels.iter().any(|l| l == label))
+                .collect(),
+            depths: all.depths.into_iter().filter(|depth| depths.is_empty() || depths.contains(depth)).collect(),
+        })
+    }
+
+    /// Sizes in bytes, with their labels.
+    pub fn sizes(&self) -> impl Iterator<Item = (u64, &'static str)> + '_ {
+        self.sizes.iter().copied()
+    }
+
+    pub fn depths(&self) -> impl Iterator<Item = u32> + '_ {
+        self.depths.iter().copied()
+    }
+
+    /// How many size × depth cases there are.
+    fn count(&self) -> usize {
+        self.sizes.len() * self.depths.len()
+    }
+}
+
 /// Queue depths measured.
 pub const DEPTHS: [u32; 2] = [1, 32];
 /// The largest of [`DEPTHS`]: buffers kept per size.
@@ -60,6 +109,7 @@ pub struct ReadOptions {
     pub rounds: u32,
     /// Busy-loop processes beside the contended run (0: no contended run).
     pub contend: u32,
+    pub cases: Cases,
 }
 
 /// One size and depth: the engine's figures beside its floor's, and their
@@ -92,16 +142,56 @@ pub struct EngineVsFloor {
     pub contended_p50_ns: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub contended_ratio: Option<f64>,
+    /// What the processes did while the engine read (bench = the client,
+    /// engine or reader and exporter) and while the floor ran: where a gap
+    /// between the two goes.
+    pub engine_costs: Vec<ProcessCost>,
+    pub floor_costs: Vec<ProcessCost>,
+}
+
+/// What one process spent during a series' slices (warm-ups included), per
+/// second and per read: a process that waits for a CPU, or sleeps and is
+/// woken once per read, is where a latency gap goes.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcessCost {
+    pub process: &'static str,
+    /// CPU time over wall time, in % of one CPU.
+    pub cpu_percent: f64,
+    /// Time runnable but waiting for a CPU, in % of wall time.
+    pub waiting_for_cpu_percent: f64,
+    /// Reads (or floor operations) are counted at the series' median rate.
+    pub cpu_ns_per_read: f64,
+    pub sleeps_per_read: f64,
+    pub preemptions_per_read: f64,
+}
+
+fn process_costs(span: Option<&WatchedSpan>, reads_per_sec: f64) -> Vec<ProcessCost> {
+    let Some(span) = span.filter(|span| span.wall_ns > 0) else { return Vec::new() };
+    let wall_ns = span.wall_ns as f64;
+    let reads = (reads_per_sec * wall_ns / 1e9).max(1.0);
+    span.by_process
+        .iter()
+        .map(|(process, times)| ProcessCost {
+            process,
+            cpu_percent: times.cpu_ns as f64 * 100.0 / wall_ns,
+            waiting_for_cpu_percent: times.waiting_for_cpu_ns as f64 * 100.0 / wall_ns,
+            cpu_ns_per_read: times.cpu_ns as f64 / reads,
+            sleeps_per_read: times.sleeps as f64 / reads,
+            preemptions_per_read: times.preemptions as f64 / reads,
+        })
+        .collect()
 }
 
 impl EngineVsFloor {
-    pub fn new(
+    /// The `engine` and `floor` series of `series` at this size and depth
+    /// (and `contended`, if it ran).
+    fn new(
         (size_bytes, size_label): (u64, &'static str),
         depth: u32,
-        engine: &Series,
-        floor: &Series,
+        series: &SeriesMap,
         clock: &TickClock,
     ) -> EngineVsFloor {
+        let (engine, floor) = (series.get("engine", size_bytes, depth), series.get("floor", size_bytes, depth));
         let engine_summary = engine.summary(clock, true);
         let floor_summary = floor.summary(clock, true);
         EngineVsFloor {
@@ -119,16 +209,19 @@ impl EngineVsFloor {
             reads_ratio: engine.ops_ratio(floor, clock),
             bytes_ratio: engine.bytes_ratio(floor, clock),
             p50_ratio: engine.p50_ratio(floor, clock),
+            engine_costs: process_costs(series.span("engine", size_bytes, depth), engine_summary.ops_per_sec),
+            floor_costs: process_costs(series.span("floor", size_bytes, depth), floor_summary.ops_per_sec),
             engine: engine_summary,
             floor: floor_summary,
             contended_reads_per_sec: None,
             contended_p50_ns: None,
             contended_ratio: None,
         }
+        .with_contended(series.get("contended", size_bytes, depth), clock)
     }
 
     /// Adds the contended run's figures (none if it did not run).
-    pub fn with_contended(mut self, contended: &Series, clock: &TickClock) -> EngineVsFloor {
+    fn with_contended(mut self, contended: &Series, clock: &TickClock) -> EngineVsFloor {
         if contended.slices.is_empty() {
             return self;
         }
@@ -147,7 +240,7 @@ fn contended_rounds(
     engine: &mut EngineReads,
     needles: &BTreeMap<u64, Vec<NeedleRef>>,
     (clock, schedule): (&TickClock, &Schedule),
-    count: u32,
+    (count, cases): (u32, &Cases),
     series: &mut SeriesMap,
     interference: &mut Interference,
 ) -> Result<(), BenchError> {
@@ -159,9 +252,11 @@ fn contended_rounds(
         interference.add_pid(pid);
     }
     for _ in 0..schedule.rounds {
-        for (size, _) in SIZES {
-            for depth in DEPTHS {
-                series.record("contended", size, depth, engine.slice(clock, schedule, size, &needles[&size], depth)?);
+        for (size, _) in cases.sizes() {
+            for depth in cases.depths() {
+                series.measure("contended", size, depth, || {
+                    engine.slice(clock, schedule, size, &needles[&size], depth)
+                })?;
             }
         }
     }
@@ -209,10 +304,10 @@ fn missing_sizes_message(dir: &Path, missing: &[u64]) -> String {
     )
 }
 
-/// Up to [`NEEDLES_PER_SIZE`] needles of every size in [`SIZES`] from the
+/// Up to [`NEEDLES_PER_SIZE`] needles of every size of `cases` from the
 /// volumes of `dir`; an error naming the `volgen` command if a size is missing.
-fn needles_of_every_size(dir: &Path) -> Result<BTreeMap<u64, Vec<NeedleRef>>, BenchError> {
-    let sizes: Vec<u64> = SIZES.iter().map(|(size, _)| *size).collect();
+fn needles_of_every_size(dir: &Path, cases: &Cases) -> Result<BTreeMap<u64, Vec<NeedleRef>>, BenchError> {
+    let sizes: Vec<u64> = cases.sizes().map(|(size, _)| size).collect();
     let needles = find_needles(dir, &sizes, NEEDLES_PER_SIZE).map_err(BenchError::Volumes)?;
     let missing: Vec<u64> = needles.iter().filter(|(_, list)| list.is_empty()).map(|(size, _)| *size).collect();
     if !missing.is_empty() {
@@ -221,18 +316,41 @@ fn needles_of_every_size(dir: &Path) -> Result<BTreeMap<u64, Vec<NeedleRef>>, Be
     Ok(needles)
 }
 
-/// Series of one run, by name (`engine_4096_1`, `floor_4096_1`, ...).
-#[derive(Debug, Default)]
-struct SeriesMap(BTreeMap<String, Series>);
+/// Series of one run, by name (`engine_4096_1`, `floor_4096_1`, ...), and
+/// what the watched processes did during each.
+#[derive(Debug)]
+struct SeriesMap {
+    series: BTreeMap<String, Series>,
+    spans: BTreeMap<String, WatchedSpan>,
+    watched: Watched,
+}
 
 impl SeriesMap {
-    fn record(&mut self, kind: &str, size: u64, depth: u32, slice: SliceResult) {
-        self.0.entry(format!("{kind}_{size}_{depth}")).or_default().push(slice);
+    fn new(watched: Watched) -> SeriesMap {
+        SeriesMap { series: BTreeMap::new(), spans: BTreeMap::new(), watched }
+    }
+
+    /// Runs one slice of series `kind` and records it with what the watched processes did.
+    fn measure(
+        &mut self,
+        kind: &str,
+        size: u64,
+        depth: u32,
+        slice: impl FnOnce() -> Result<SliceResult, BenchError>,
+    ) -> Result<(), BenchError> {
+        let key = format!("{kind}_{size}_{depth}");
+        let result = self.watched.during(self.spans.entry(key.clone()).or_default(), slice)?;
+        self.series.entry(key).or_default().push(result);
+        Ok(())
     }
 
     fn get(&self, kind: &str, size: u64, depth: u32) -> &Series {
         static EMPTY: Series = Series { slices: Vec::new() };
-        self.0.get(&format!("{kind}_{size}_{depth}")).unwrap_or(&EMPTY)
+        self.series.get(&format!("{kind}_{size}_{depth}")).unwrap_or(&EMPTY)
+    }
+
+    fn span(&self, kind: &str, size: u64, depth: u32) -> Option<&WatchedSpan> {
+        self.spans.get(&format!("{kind}_{size}_{depth}"))
     }
 }
 
@@ -241,7 +359,8 @@ impl SeriesMap {
 pub fn run(options: &ReadOptions) -> Result<ReadReport, BenchError> {
     let wall_start = Instant::now();
     let machine = MachineFacts::collect();
-    let needles = needles_of_every_size(&options.volume_dir)?;
+    let cases = &options.cases;
+    let needles = needles_of_every_size(&options.volume_dir, cases)?;
     let mut engine = EngineReads::attach(&options.socket, &needles, DEPTH_MAX, "rdma-bench read")?;
     let all_cpus = affinity::allowed_cpus(0);
     let snapshot = take_snapshot(&options.socket)?;
@@ -250,28 +369,31 @@ pub fn run(options: &ReadOptions) -> Result<ReadReport, BenchError> {
         let _ = affinity::pin_current_thread(requester);
     }
     let mut interference = Interference::start(&[snapshot.engine_pid]);
-    let measurement_count = (SIZES.len() * DEPTHS.len() * 3) as u32;
+    let measurement_count = (cases.count() * 3) as u32;
     let clock = TickClock::calibrate();
     let schedule = Schedule::new(options.duration_ms, options.rounds, measurement_count);
     let verified =
-        SIZES.iter().map(|&(size, _)| engine.verify(size, &needles[&size][0])).collect::<Result<Vec<_>, _>>()?;
-    let mut series = SeriesMap::default();
+        cases.sizes().map(|(size, _)| engine.verify(size, &needles[&size][0])).collect::<Result<Vec<_>, _>>()?;
+    let mut series = SeriesMap::new(Watched::new(&[("engine", snapshot.engine_pid)]));
     for _ in 0..schedule.rounds {
-        for (size, _) in SIZES {
+        for (size, _) in cases.sizes() {
             let list = &needles[&size];
-            for depth in DEPTHS {
-                series.record("engine", size, depth, engine.slice(&clock, &schedule, size, list, depth)?);
+            for depth in cases.depths() {
+                series.measure("engine", size, depth, || engine.slice(&clock, &schedule, size, list, depth))?;
                 let threads = floor_threads(depth, all_cpus.len());
-                let floor = floor_slice(&clock, &schedule, list, depth, threads, &all_cpus, FloorWork::Pread)?;
-                series.record("floor", size, depth, floor);
-                let checked = floor_slice(&clock, &schedule, list, depth, 1, &all_cpus, FloorWork::PreadCrc)?;
-                series.record("checked", size, depth, checked);
+                series.measure("floor", size, depth, || {
+                    floor_slice(&clock, &schedule, list, depth, threads, &all_cpus, FloorWork::Pread)
+                })?;
+                series.measure("checked", size, depth, || {
+                    floor_slice(&clock, &schedule, list, depth, 1, &all_cpus, FloorWork::PreadCrc)
+                })?;
             }
         }
     }
-    contended_rounds(&mut engine, &needles, (&clock, &schedule), options.contend, &mut series, &mut interference)?;
+    let contend = (options.contend, cases);
+    contended_rounds(&mut engine, &needles, (&clock, &schedule), contend, &mut series, &mut interference)?;
     engine.check_errors()?;
-    let results = local_results(&series, &clock, all_cpus.len());
+    let results = local_results(&series, &clock, all_cpus.len(), cases);
     let conditions = RunConditions::new(clock.source(), machine, interference.finish(), wall_start.elapsed());
     Ok(ReadReport {
         tool: "rdma-bench read",
@@ -295,17 +417,15 @@ pub fn run(options: &ReadOptions) -> Result<ReadReport, BenchError> {
     })
 }
 
-fn local_results(series: &SeriesMap, clock: &TickClock, cpu_count: usize) -> Vec<ReadResult> {
+fn local_results(series: &SeriesMap, clock: &TickClock, cpu_count: usize, cases: &Cases) -> Vec<ReadResult> {
     let mut out = Vec::new();
-    for (size, label) in SIZES {
-        for depth in DEPTHS {
+    for (size, label) in cases.sizes() {
+        for depth in cases.depths() {
             let engine = series.get("engine", size, depth);
-            let floor = series.get("floor", size, depth);
             let checked = series.get("checked", size, depth);
             let checked_summary = checked.summary(clock, true);
             out.push(ReadResult {
-                comparison: EngineVsFloor::new((size, label), depth, engine, floor, clock)
-                    .with_contended(series.get("contended", size, depth), clock),
+                comparison: EngineVsFloor::new((size, label), depth, series, clock),
                 floor_threads: floor_threads(depth, cpu_count),
                 checked_floor_reads_per_sec: checked_summary.ops_per_sec,
                 checked_floor_p50_ns: checked_summary.p50_ns,

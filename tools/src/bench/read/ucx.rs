@@ -17,10 +17,10 @@ use super::engine::EngineReads;
 use super::get_floor::GetFloor;
 use super::{contended_rounds, EngineVsFloor};
 use super::{needles_of_every_size, NeedleRef, ReadOptions, SeriesMap, Transport, Verified};
-use super::{DEPTHS, DEPTH_MAX, NEEDLES_PER_SIZE, SIZES};
+use super::{Cases, DEPTH_MAX, NEEDLES_PER_SIZE};
 use crate::affinity;
 use crate::bench::{command_line, BenchError, RunConditions, Schedule, Target};
-use crate::machine::{tcp_listener_pid, ucx_environment_of, Interference, MachineFacts};
+use crate::machine::{tcp_listener_pid, ucx_environment_of, Interference, MachineFacts, Watched};
 use crate::ringstat::take_snapshot;
 use crate::timing::TickClock;
 use rdma_client::ReadSource;
@@ -88,8 +88,16 @@ pub struct UcxReadReport {
 
 fn ucx_environment(reader_pid: u32, exporter_pid: Option<u32>) -> UcxEnvironment {
     let bench: BTreeMap<String, String> = std::env::vars().filter(|(name, _)| name.starts_with("UCX_")).collect();
-    let reader = ucx_environment_of(reader_pid);
-    let exporter = exporter_pid.and_then(ucx_environment_of);
+    // `/proc/<pid>/environ` is the environment the engine started with: add the defaults it
+    // sets for itself at start, as this bench did for its own.
+    let as_run = |mut environment: BTreeMap<String, String>| {
+        for (name, value) in rdma_engine::rdma::UCX_ENVIRONMENT_DEFAULTS {
+            environment.entry(name.to_string()).or_insert_with(|| value.to_string());
+        }
+        environment
+    };
+    let reader = ucx_environment_of(reader_pid).map(as_run);
+    let exporter = exporter_pid.and_then(ucx_environment_of).map(as_run);
     let differs = |other: &Option<BTreeMap<String, String>>| other.as_ref().is_some_and(|other| *other != bench);
     let warning = (differs(&reader) || differs(&exporter)).then(|| {
         "the bench, the reader and the exporter run with different UCX_* settings: the floor may \
@@ -101,9 +109,13 @@ fn ucx_environment(reader_pid: u32, exporter_pid: Option<u32>) -> UcxEnvironment
 
 /// Verifies one read per size through the reader, which must have served
 /// it over UCX (a reader with the volumes of its own would measure `pread`).
-fn verify_all(engine: &mut EngineReads, needles: &BTreeMap<u64, Vec<NeedleRef>>) -> Result<Vec<Verified>, BenchError> {
-    let mut verified = Vec::with_capacity(SIZES.len());
-    for (size, _) in SIZES {
+fn verify_all(
+    engine: &mut EngineReads,
+    needles: &BTreeMap<u64, Vec<NeedleRef>>,
+    cases: &Cases,
+) -> Result<Vec<Verified>, BenchError> {
+    let mut verified = Vec::new();
+    for (size, _) in cases.sizes() {
         let read = engine.verify(size, &needles[&size][0])?;
         if read.source != ReadSource::Rdma.name() {
             return Err(BenchError::Verify(format!(
@@ -122,8 +134,9 @@ pub fn run(options: &UcxReadOptions) -> Result<UcxReadReport, BenchError> {
     let wall_start = Instant::now();
     let machine = MachineFacts::collect();
     let read = &options.read;
-    let needles = needles_of_every_size(&read.volume_dir)?;
-    let size_max_bytes = SIZES.iter().map(|(size, _)| *size).max().unwrap_or(0) as usize;
+    let cases = &read.cases;
+    let needles = needles_of_every_size(&read.volume_dir, cases)?;
+    let size_max_bytes = cases.sizes().map(|(size, _)| size).max().unwrap_or(0) as usize;
     let mut floor = GetFloor::connect(options.peer, size_max_bytes, DEPTH_MAX as usize)?;
     let mut engine = EngineReads::attach(&read.socket, &needles, DEPTH_MAX, "rdma-bench read --transport ucx")?;
     let snapshot = take_snapshot(&read.socket)?;
@@ -138,22 +151,25 @@ pub fn run(options: &UcxReadOptions) -> Result<UcxReadReport, BenchError> {
     own_pids.extend(exporter_pid);
     let mut interference = Interference::start(&own_pids);
     let clock = TickClock::calibrate();
-    let schedule = Schedule::new(read.duration_ms, read.rounds, (SIZES.len() * DEPTHS.len() * 2) as u32);
-    let verified = verify_all(&mut engine, &needles)?;
-    let mut series = SeriesMap::default();
+    let schedule = Schedule::new(read.duration_ms, read.rounds, (cases.count() * 2) as u32);
+    let verified = verify_all(&mut engine, &needles, cases)?;
+    let mut watched = vec![("reader", reader_pid)];
+    watched.extend(exporter_pid.map(|pid| ("exporter", pid)));
+    let mut series = SeriesMap::new(Watched::new(&watched));
     for _ in 0..schedule.rounds {
-        for (size, _) in SIZES {
+        for (size, _) in cases.sizes() {
             let list = &needles[&size];
             let volume_id = list[0].file_id.volume_id;
-            for depth in DEPTHS {
-                series.record("engine", size, depth, engine.slice(&clock, &schedule, size, list, depth)?);
-                series.record("floor", size, depth, floor.slice(&clock, &schedule, volume_id, size, depth)?);
+            for depth in cases.depths() {
+                series.measure("engine", size, depth, || engine.slice(&clock, &schedule, size, list, depth))?;
+                series.measure("floor", size, depth, || floor.slice(&clock, &schedule, volume_id, size, depth))?;
             }
         }
     }
-    contended_rounds(&mut engine, &needles, (&clock, &schedule), read.contend, &mut series, &mut interference)?;
+    let contend = (read.contend, cases);
+    contended_rounds(&mut engine, &needles, (&clock, &schedule), contend, &mut series, &mut interference)?;
     engine.check_errors()?;
-    let results = ucx_results(&series, &clock);
+    let results = ucx_results(&series, &clock, cases);
     let targets = targets(&results);
     let conditions = RunConditions::new(clock.source(), machine, interference.finish(), wall_start.elapsed());
     Ok(UcxReadReport {
@@ -182,15 +198,14 @@ pub fn run(options: &UcxReadOptions) -> Result<UcxReadReport, BenchError> {
     })
 }
 
-fn ucx_results(series: &SeriesMap, clock: &TickClock) -> Vec<UcxReadResult> {
-    let mut out = Vec::with_capacity(SIZES.len() * DEPTHS.len());
-    for (size, label) in SIZES {
-        for depth in DEPTHS {
+fn ucx_results(series: &SeriesMap, clock: &TickClock, cases: &Cases) -> Vec<UcxReadResult> {
+    let mut out = Vec::with_capacity(cases.count());
+    for (size, label) in cases.sizes() {
+        for depth in cases.depths() {
             let engine = series.get("engine", size, depth);
             let floor = series.get("floor", size, depth);
             out.push(UcxReadResult {
-                comparison: EngineVsFloor::new((size, label), depth, engine, floor, clock)
-                    .with_contended(series.get("contended", size, depth), clock),
+                comparison: EngineVsFloor::new((size, label), depth, series, clock),
                 p50_delta_ns: engine.p50_difference_ns(floor, clock),
             });
         }
