@@ -141,12 +141,18 @@ impl NeedleMeta {
     /// at least a minute and with a last-modified time, and the TTL runs from the append time
     /// (0 in version 2, so a version 2 needle with both flags has always expired).
     pub fn is_expired(&self, now_unix_ns: u64) -> bool {
-        let Some(ttl) = self.ttl.filter(|_| self.flags & flags::HAS_TTL != 0) else { return false };
+        self.expires_at_ns().is_some_and(|at| now_unix_ns >= at)
+    }
+
+    /// When the needle expires (Unix ns), if it can: most needles have no TTL, and need no
+    /// clock read to be served.
+    pub fn expires_at_ns(&self) -> Option<u64> {
+        let ttl = self.ttl.filter(|_| self.flags & flags::HAS_TTL != 0)?;
         let ttl_ns = ttl.seconds().saturating_mul(1_000_000_000);
         if ttl_ns == 0 || self.flags & flags::HAS_LAST_MODIFIED == 0 {
-            return false;
+            return None;
         }
-        now_unix_ns >= self.append_at_ns.unwrap_or(0).saturating_add(ttl_ns)
+        Some(self.append_at_ns.unwrap_or(0).saturating_add(ttl_ns))
     }
 }
 
