@@ -132,3 +132,51 @@ fn a_reader_started_before_its_exporter_reads_once_the_exporter_is_up() {
     let range = completion.data_range().unwrap_or_else(|| panic!("read failed: {:?}", completion.result()));
     assert_eq!(&client.bytes(completion.buffer.as_ref().unwrap())[range], &data[..]);
 }
+
+/// The processes `pid` started (its main thread's children), from `/proc`.
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|child| child.parse().ok())
+        .collect()
+}
+
+fn is_running(pid: u32) -> bool {
+    // A zombie is dead: only its parent's wait is missing.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next() != Some('Z')))
+        .unwrap_or(false)
+}
+
+/// A campaign killed with SIGKILL takes its engines and clients with it: they used to be left
+/// running, and the orphaned exporter's port made a later run fail.
+#[test]
+fn a_killed_campaign_leaves_no_engine_or_client_running() {
+    let mut campaign = Command::new(workspace_binary("rdma-chaos"))
+        .arg("campaign")
+        .arg("--engine")
+        .arg(workspace_binary("rdma-engine"))
+        .args(["--json", "--clients", "2", "--depth", "4", "--transport", "sm", "--iterations", "1000"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run rdma-chaos");
+    let pid = campaign.id();
+    // Two engines and two clients (bounded wait).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut children = children_of(pid);
+    while children.len() < 4 {
+        assert!(std::time::Instant::now() < deadline, "the campaign started only {children:?}");
+        std::thread::sleep(Duration::from_millis(50));
+        children = children_of(pid);
+    }
+    campaign.kill().expect("SIGKILL the campaign");
+    campaign.wait().expect("reap the campaign");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while children.iter().any(|&child| is_running(child)) {
+        assert!(std::time::Instant::now() < deadline, "still running after the campaign died: {children:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

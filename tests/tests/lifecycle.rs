@@ -107,7 +107,7 @@ fn the_example_configuration_has_every_key_and_loads() {
     let (status, printed, errors) = check(&[]);
     assert_eq!(status, Some(0), "{errors}");
     assert!(
-        printed.contains("max-clients = 16") && printed.contains("socket = \"/run/rdma-engine/rdma.sock\""),
+        printed.contains("max-clients = 16") && printed.contains("socket = \"/run/rdma-engine/engine.sock\""),
         "{printed}"
     );
     let (status, printed, _) = check(&["--max-clients", "8", "--peer", "10.0.0.9:1"]);

@@ -16,7 +16,7 @@ fn the_example_configuration_has_every_key_and_loads() {
     let file = example("rdma-sidecar.toml");
     let (status, printed, errors) = check_config(SIDECAR, &file, &[]);
     assert_eq!(status, Some(0), "{errors}");
-    for line in ["socket = \"/run/rdma-engine/rdma.sock\"", "listen = \"127.0.0.1:18080\"", "queue-pairs = 4"] {
+    for line in ["socket = \"/run/rdma-engine/engine.sock\"", "listen = \"127.0.0.1:18080\"", "queue-pairs = 4"] {
         assert!(printed.contains(line), "{line} not in:\n{printed}");
     }
     let (status, printed, errors) = check_config(SIDECAR, &file, &["--queue-pairs", "2", "--listen=127.0.0.1:1"]);

@@ -7,6 +7,7 @@ use super::client::ClientArgs;
 use super::counters::{Counters, MAX_CLIENTS};
 use super::{known, ChaosError, RunOptions};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -125,13 +126,35 @@ impl Drop for EngineProcess {
     }
 }
 
+/// The child gets SIGKILL when the campaign dies, however it dies (a killed campaign used to
+/// leave its engines running, holding their ports). The signal follows the thread that
+/// spawned the child: every engine and client is spawned by the campaign's main thread,
+/// which lives as long as the campaign.
+fn dies_with_campaign(command: &mut Command) -> &mut Command {
+    let campaign = std::process::id();
+    // SAFETY: runs in the forked child before exec and calls only async-signal-safe
+    // functions (prctl, getppid, kill, getpid), with no allocation.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The campaign may have died before the prctl: then die now.
+            if libc::getppid() as u32 != campaign {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+            Ok(())
+        })
+    }
+}
+
 fn spawn_engine(binary: &Path, args: &[String], env: &[(String, String)], log: &Path) -> Result<Child, ChaosError> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .map_err(|error| ChaosError::Setup(format!("engine log {}: {error}", log.display())))?;
-    Command::new(binary)
+    dies_with_campaign(&mut Command::new(binary))
         .args(args)
         .envs(env.iter().map(|(name, value)| (name, value)))
         .env("RUST_LOG", "info")
@@ -279,7 +302,7 @@ impl Rig {
             ^ (slot as u64) << 32
             ^ self.counters.slot(slot).attaches.load(std::sync::atomic::Ordering::Relaxed);
         let mut command = Command::new(exe);
-        command
+        dies_with_campaign(&mut command)
             .arg(super::CLIENT_SUBCOMMAND)
             .arg("--socket")
             .arg(&args.socket)
