@@ -250,6 +250,11 @@ impl Poller {
             }
             completed += 1;
         });
+        if completed > 0 {
+            for region in regions.iter_mut() {
+                region.publish_completed();
+            }
+        }
         completed
     }
 

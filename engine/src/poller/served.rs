@@ -53,6 +53,8 @@ pub(super) struct ServedQueuePair {
     /// Requests taken and not yet completed: each holds one CQ slot, so the
     /// CQ never overflows (`pending <= free CQ slots` at all times).
     pending: u32,
+    /// Completions pushed on the CQ and not published yet.
+    unpublished: u32,
     counters: Counters,
 }
 
@@ -85,7 +87,7 @@ impl ServedRegion {
                 // rings, and ServedRegion holds the Arc that keeps the
                 // mapping alive for as long as the rings exist.
                 let (sq, cq): EngineRings = unsafe { memory.view.engine_rings(index) };
-                ServedQueuePair { index, sq, cq, pending: 0, counters: Counters::default() }
+                ServedQueuePair { index, sq, cq, pending: 0, unpublished: 0, counters: Counters::default() }
             })
             .collect();
         ServedRegion { memory, queue_pairs, fenced: false, detaching: false }
@@ -156,15 +158,29 @@ impl ServedRegion {
         total
     }
 
-    /// Posts the completion of a request that was pending.
+    /// Posts the completion of a request that was pending. It is published with the next
+    /// [`ServedRegion::publish_completed`] (the poller calls it once the transports have
+    /// handed over what they finished), or at once when [`PUBLISH_EVERY`] are waiting: one
+    /// publish and one wake-up check for many completions, not one each.
     pub(super) fn complete_pending(&mut self, queue_pair: u32, cqe: Cqe, outcome: &Outcome) {
         let Some(served) = self.queue_pairs.get_mut(queue_pair as usize) else { return };
         served.pending = served.pending.saturating_sub(1);
         // Cannot fail: the slot was reserved when the request was taken.
         if served.cq.push(cqe).is_ok() {
             served.counters.count(&cqe, outcome);
+            served.unpublished += 1;
         }
-        served.publish(&self.memory.view);
+        if served.unpublished >= PUBLISH_EVERY {
+            served.publish_completions(&self.memory.view);
+        }
+    }
+
+    /// Publishes the completions pushed by [`ServedRegion::complete_pending`] and not
+    /// published yet, waking the clients that sleep on them.
+    pub(super) fn publish_completed(&mut self) {
+        for queue_pair in self.queue_pairs.iter_mut().filter(|queue_pair| queue_pair.unpublished > 0) {
+            queue_pair.publish(&self.memory.view);
+        }
     }
 
     pub(super) fn publish_counters(&self) {
@@ -198,7 +214,6 @@ impl ServedQueuePair {
         let count = available.min(room).min(MAX_BATCH);
         let route = Route { region_id, queue_pair: self.index };
         let mut clock = BatchClock::default();
-        let mut unpublished = 0u32;
         for _ in 0..count {
             if !executor.has_room(self.pending) {
                 break;
@@ -214,20 +229,24 @@ impl ServedQueuePair {
                     // Cannot fail: `room` unreserved slots were proven above.
                     if self.cq.push(cqe).is_ok() {
                         self.counters.count(&cqe, &outcome);
-                        unpublished += 1;
+                        self.unpublished += 1;
                     }
                 }
                 Executed::Pending => self.pending += 1,
             }
-            if unpublished == PUBLISH_EVERY {
+            if self.unpublished >= PUBLISH_EVERY {
                 // The client reaps and refills while the rest of the batch is served.
                 self.sq.release();
                 self.publish_completions(view);
-                unpublished = 0;
             }
         }
         self.sq.release();
-        self.publish(view);
+        if self.unpublished > 0 {
+            self.publish_completions(view);
+        }
+        // Requests that went to a transport complete later: nothing to publish, and no
+        // reason to wake a client that sleeps on its CQ (it used to be woken for nothing).
+        self.publish_counters(view);
         Served::Entries(count)
     }
 
@@ -238,6 +257,7 @@ impl ServedQueuePair {
     }
 
     fn publish_completions(&mut self, view: &RegionView) {
+        self.unpublished = 0;
         self.cq.publish();
         let control = view.queue_control(self.index);
         if self.cq.consumer_needs_wakeup(&control.cq_flags, cq_flags::NEED_WAKEUP) {
