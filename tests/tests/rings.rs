@@ -305,3 +305,60 @@ fn ping_keeps_other_completions() {
     tags.sort();
     assert_eq!(tags, vec![10, 11, 12]);
 }
+
+/// A client asleep on its CQ is woken when a completion is published, not when the engine
+/// only takes its request: a read that goes to a transport (here the HTTP fallback, to a
+/// volume server that accepts and never answers) publishes nothing when it is taken. The
+/// engine used to publish and wake at the end of every pass that took entries, so a
+/// sleeping client was woken for nothing on every read that did not complete at once.
+#[test]
+fn a_sleeping_client_is_woken_by_its_completion_not_by_the_engine_taking_the_request() {
+    let silent_server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = silent_server.local_addr().unwrap().to_string();
+    let engine = Engine::start(&["--volume-server", &address]);
+    let attachment = raw_attach(&engine.socket, attach_request(1, 16, 128 * 1024)).unwrap();
+    // SAFETY: this test is the only client-side user of queue pair 0.
+    let (mut sq, mut cq) = unsafe { attachment.view.client_rings(0) };
+    let control = attachment.view.queue_control(0);
+    let wakeups = || attachment.view.stats(0).client_wakeups.load(Ordering::Relaxed);
+    // As a client about to sleep on its CQ: NEED_WAKEUP set, the CQ seen empty.
+    control.cq_flags.store(shm_layout::queue_pair::cq_flags::NEED_WAKEUP, Ordering::SeqCst);
+    let deadline_ns = rdma_ipc::clock::monotonic_ns() + 1_500_000_000;
+    sq.push(Sqe {
+        opcode: opcode::READ_NEEDLE,
+        user_data: 77,
+        volume_id: 4242, // not a local volume: the HTTP fallback takes it
+        needle_id: 1,
+        buffer_length: 4096,
+        deadline_ns,
+        ..Sqe::default()
+    })
+    .unwrap();
+    sq.publish();
+    rdma_ipc::futex::wake(&control.sq_tail, 1);
+    let taken = Instant::now() + Duration::from_secs(5);
+    while control.sq_head.load(Ordering::Acquire) != 1 {
+        assert!(Instant::now() < taken, "the engine never took the request");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The stats are published with the pass that took it; give the engine a few more passes.
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(cq.pop().unwrap().map(|cqe| cqe.user_data), None, "the read cannot have completed");
+    assert_eq!(wakeups(), 0, "the engine woke a sleeping client although nothing was on its CQ");
+    let completed = Instant::now() + Duration::from_secs(10);
+    let cqe = loop {
+        if let Some(cqe) = cq.pop().unwrap() {
+            break cqe;
+        }
+        assert!(Instant::now() < completed, "no completion after the read's deadline");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(cqe.user_data, 77);
+    assert_eq!(cqe.error_code(), Some(ErrorCode::DEADLINE_EXCEEDED), "{cqe:?}");
+    let woken = Instant::now() + Duration::from_secs(2);
+    while wakeups() != 1 {
+        assert!(Instant::now() < woken, "the completion woke {} times, not once", wakeups());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(silent_server);
+}
