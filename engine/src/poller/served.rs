@@ -171,7 +171,7 @@ impl ServedRegion {
             served.unpublished += 1;
         }
         if served.unpublished >= PUBLISH_EVERY {
-            served.publish_completions(&self.memory.view);
+            served.publish(&self.memory.view);
         }
     }
 
