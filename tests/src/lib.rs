@@ -83,6 +83,24 @@ pub fn stop_process(pid: u32) {
     }
 }
 
+/// The processes `pid` started (its main thread's children), from `/proc`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|child| child.parse().ok())
+        .collect()
+}
+
+/// Whether process `pid` exists and has not exited: a zombie is dead, only its parent's
+/// wait is missing.
+pub fn is_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
 /// The SeaweedFS fixtures kept in the repository.
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../volume-format/tests/fixtures").join(name)

@@ -3,7 +3,7 @@
 //! notice wrong bytes when the clients are told to expect other bytes. Then what the
 //! campaign found, as regression tests.
 
-use integration_tests::{free_port, workspace_binary, Engine};
+use integration_tests::{children_of, free_port, is_running, workspace_binary, Engine};
 use rdma_client::{AttachOptions, Client};
 use std::process::Command;
 use std::time::Duration;
@@ -131,23 +131,6 @@ fn a_reader_started_before_its_exporter_reads_once_the_exporter_is_up() {
     let completion = integration_tests::read_needle(&client, &mut queue_pair, (9, 7, 0x1234), 1 << 20);
     let range = completion.data_range().unwrap_or_else(|| panic!("read failed: {:?}", completion.result()));
     assert_eq!(&client.bytes(completion.buffer.as_ref().unwrap())[range], &data[..]);
-}
-
-/// The processes `pid` started (its main thread's children), from `/proc`.
-fn children_of(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|child| child.parse().ok())
-        .collect()
-}
-
-fn is_running(pid: u32) -> bool {
-    // A zombie is dead: only its parent's wait is missing.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')))
-        .unwrap_or(false)
 }
 
 /// A campaign killed with SIGKILL takes its engines and clients with it: they used to be left

@@ -443,15 +443,11 @@ fn read_over_rdma_again(client: &Client, queue_pair: &mut QueuePair, (volume_id,
 
 /// The engine processes a supervisor (`--supervise`, pid `parent`) runs: read from
 /// `/proc/PID/task/PID/children`.
-fn supervised_children(parent: nix::unistd::Pid) -> Vec<i32> {
-    let path = format!("/proc/{parent}/task/{parent}/children");
-    std::fs::read_to_string(path).unwrap_or_default().split_whitespace().filter_map(|pid| pid.parse().ok()).collect()
-}
-
 fn wait_for_new_child(parent: nix::unistd::Pid, not: Option<i32>) -> i32 {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Some(&child) = supervised_children(parent).iter().find(|&&child| Some(child) != not) {
+        let children = integration_tests::children_of(parent.as_raw() as u32);
+        if let Some(child) = children.into_iter().map(|child| child as i32).find(|&child| Some(child) != not) {
             return child;
         }
         assert!(Instant::now() < deadline, "the supervisor started no new engine");
@@ -491,10 +487,8 @@ fn a_supervised_exporter_that_aborts_is_restarted_and_readers_reconnect() {
     kill(parent, Signal::SIGKILL).unwrap();
     let _ = exporter.child.wait();
     let deadline = Instant::now() + Duration::from_secs(10);
-    // A zombie until init reaps it: gone means no /proc entry or state Z.
-    while Path::new(&format!("/proc/{child}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default().contains(") Z ")
-    {
+    // A zombie until init reaps it: that counts as gone.
+    while integration_tests::is_running(child as u32) {
         assert!(Instant::now() < deadline, "the engine outlived its killed supervisor");
         std::thread::sleep(Duration::from_millis(20));
     }
