@@ -208,15 +208,16 @@ impl LocalVolumes {
     /// Serves a read at once when it is small ([`INLINE_BYTES_MAX`]), the pass's budget
     /// ([`INLINE_BYTES_PER_PASS`]) is not spent, and its pages are cached
     /// (`preadv2` with `RWF_NOWAIT`: one system call on the poller, which never waits for the
-    /// disk). `None`: it goes through [`LocalVolumes::start`] instead.
-    pub fn try_inline(&mut self, read: &NeedleRead, buffer: NonNull<u8>) -> Option<ReadResult> {
+    /// disk). `None`: it goes through [`LocalVolumes::start`] instead. `now` is when the
+    /// caller took the read (the index's age is judged by it: one clock read less per read).
+    pub fn try_inline(&mut self, read: &NeedleRead, buffer: NonNull<u8>, now: Instant) -> Option<ReadResult> {
         if self.reads.is_none() {
             return Some(self.read(read, buffer));
         }
         if !self.nowait_works || self.inline_budget_bytes == 0 {
             return None;
         }
-        let location = match self.locate_fresh(read) {
+        let location = match self.locate_fresh(read, now) {
             Ok(location) => location,
             Err(error) => return Some(Err(error)),
         };
@@ -260,7 +261,7 @@ impl LocalVolumes {
         wait: Wait,
         located: Option<Location>,
     ) -> Result<ReadResult, WouldBlock> {
-        let location = match located.map_or_else(|| self.locate_fresh(read), Ok) {
+        let location = match located.map_or_else(|| self.locate_fresh(read, Instant::now()), Ok) {
             Ok(location) => location,
             Err(error) => return Ok(Err(error)),
         };
@@ -269,11 +270,11 @@ impl LocalVolumes {
     }
 
     /// Where the needle is, by an index at most [`INDEX_MAX_AGE`] old (refreshed first when
-    /// older, and on a miss).
-    fn locate_fresh(&mut self, read: &NeedleRead) -> Result<Location, (ErrorCode, u64)> {
+    /// older than that at `now`, and on a miss).
+    fn locate_fresh(&mut self, read: &NeedleRead, now: Instant) -> Result<Location, (ErrorCode, u64)> {
         let served = self.volumes.get(&read.volume_id).ok_or((ErrorCode::NO_SUCH_VOLUME, 0))?;
-        // The common case: a fresh index that has the needle (one clock read, one lookup).
-        if served.refreshed_at.elapsed() < INDEX_MAX_AGE {
+        // The common case: a fresh index that has the needle (one lookup).
+        if now.saturating_duration_since(served.refreshed_at) < INDEX_MAX_AGE {
             if let Some(location) = served.volume.locate(read.needle_id) {
                 return Ok(location);
             }

@@ -136,7 +136,7 @@ impl ReadService {
         let mut local = self.local.serves(read.volume_id);
         let mut failed_locally = None;
         if local {
-            match self.local.try_inline(read, buffer) {
+            match self.local.try_inline(read, buffer, now) {
                 Some(Err((code, _))) if falls_back(code) && self.can_fall_back() => {
                     (local, failed_locally) = (false, Some(code));
                 }

@@ -78,7 +78,8 @@ fn scan_volume(idx_path: &Path, per_size: usize, found: &mut BTreeMap<u64, Vec<N
     };
     let volume = LocalVolume::open(&dat_path, idx_path, OffsetWidth::Four).map_err(|error| error.to_string())?;
     let version = volume.version();
-    let dat = Arc::new(File::open(&dat_path).map_err(|error| format!("cannot open {}: {error}", dat_path.display()))?);
+    // The engine's own open (no access-time updates), so the floor's preads cost what its do.
+    let dat = volume.shared_dat_file();
     let mut ids: Vec<u64> = volume.index().iter().map(|(id, _)| id).take(MAX_NEEDLES_EXAMINED).collect();
     ids.sort_unstable();
     for needle_id in ids {

@@ -6,9 +6,9 @@ mod scan;
 
 pub use scan::{scan, ScannedRecord, VolumeScan};
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -119,7 +119,7 @@ impl LocalVolume {
     /// [`VolumeError::BeingReplaced`]: try again later.
     pub fn open(dat_path: &Path, idx_path: &Path, width: OffsetWidth) -> Result<LocalVolume, VolumeError> {
         let idx = File::open(idx_path).map_err(|source| io_error(idx_path, source))?;
-        let dat = File::open(dat_path).map_err(|source| io_error(dat_path, source))?;
+        let dat = open_without_atime(dat_path).map_err(|source| io_error(dat_path, source))?;
         let identity = [identity_of(&dat, dat_path)?, identity_of(&idx, idx_path)?];
         let super_block = read_super_block(&dat, dat_path)?;
         // A trailing partial entry is an append in progress: left for the next refresh.
@@ -271,6 +271,16 @@ fn identity_of(file: &File, path: &Path) -> Result<(u64, u64), VolumeError> {
     Ok((metadata.dev(), metadata.ino()))
 }
 
+/// Opens a `.dat` for reading without updating its access time: every read of a file opened
+/// otherwise asks the file system whether the atime is due (about 4 % of a cached 4 KiB read's
+/// CPU in a profile of the engine). `O_NOATIME` is only allowed to the file's owner or a
+/// process with `CAP_FOWNER`; anyone else gets the plain open.
+fn open_without_atime(path: &Path) -> io::Result<File> {
+    match OpenOptions::new().read(true).custom_flags(libc::O_NOATIME).open(path) {
+        Err(error) if error.raw_os_error() == Some(libc::EPERM) => File::open(path),
+        opened => opened,
+    }
+}
 fn io_error(path: &Path, source: io::Error) -> VolumeError {
     VolumeError::Io { path: path.to_path_buf(), source }
 }

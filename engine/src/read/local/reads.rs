@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::ptr::NonNull;
 use std::sync::Arc;
+use std::time::Instant;
 
 use shm_layout::entry::{ErrorCode, NeedleRead};
 
@@ -178,7 +179,7 @@ impl LocalVolumes {
     /// Locates the needle (refreshing the index as [`LocalVolumes::read`] does) and begins its
     /// fetch.
     fn begin(&mut self, read: &NeedleRead) -> Result<(Arc<File>, NeedleFetch, Step), (ErrorCode, u64)> {
-        let location = self.locate_fresh(read)?;
+        let location = self.locate_fresh(read, Instant::now())?;
         let volume = &self.volumes.get(&read.volume_id).ok_or((ErrorCode::NO_SUCH_VOLUME, 0))?.volume;
         let (fetch, step) = NeedleFetch::begin(read, volume.version(), location.offset_bytes, location.size);
         Ok((volume.shared_dat_file(), fetch, step))
