@@ -513,3 +513,45 @@ fn a_reader_renews_its_worker_when_a_same_host_exporter_never_answers() {
     assert!(reader.log_text().contains("a new connection to the exporter did not complete"), "{}", reader.log_text());
     read_over_rdma_again(&client, &mut queue_pair, (volume_id, needle_id, cookie));
 }
+
+/// SeaweedFS truncates a `.dat` when it rolls back a failed append; until the exporter's next
+/// refresh the pages past the new end are still mapped, and UCX's software gets copy from them
+/// inside the exporter. That used to end the exporter with SIGBUS (and every read it served).
+#[test]
+fn a_dat_truncated_under_the_exporter_fails_that_read_and_nothing_else() {
+    for (transport, env) in [("tcp", TCP), ("shared memory", SHARED_MEMORY)] {
+        let volumes = volume_dir();
+        let (exporter, reader, _) = exporter_and_reader(volumes.path(), env);
+        let (client, mut queue_pair) = attach(&reader);
+        // The last and largest generated needle (39 * 7919 bytes), and an early one.
+        let (last, early) = ((4, 49, 0xc0 + 39), (4, 11, 0xc0 + 1));
+        let last_offset = open_volume(volumes.path(), 4).locate(last.1).unwrap().offset_bytes;
+        assert!(read_one(&client, &mut queue_pair, last.0, last.1, last.2).result().is_ok(), "{transport}");
+
+        // Cut the last record away: its pages past the new end are no longer the file's.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(volumes.path().join("4.dat"))
+            .unwrap()
+            .set_len(last_offset)
+            .unwrap();
+        let completion = read_one(&client, &mut queue_pair, last.0, last.1, last.2);
+        assert!(
+            matches!(completion.result(), Err(CompletionError::Engine { code: ErrorCode::CORRUPT_NEEDLE, .. })),
+            "over {transport}, a needle cut away by a truncation: {:?}; exporter log:\n{}",
+            completion.result(),
+            exporter.log_text()
+        );
+        assert!(
+            integration_tests::is_running(exporter.pid().as_raw() as u32),
+            "over {transport}, the exporter died; its log:\n{}",
+            exporter.log_text()
+        );
+        let completion = read_one(&client, &mut queue_pair, early.0, early.1, early.2);
+        let volume = open_volume(volumes.path(), 4);
+        let record = volume.read_checked(early.1, early.2).unwrap();
+        let expected = NeedleRecord::parse(&record, volume.version()).unwrap();
+        let range = completion.data_range().unwrap_or_else(|| panic!("over {transport}: {:?}", completion.result()));
+        assert_eq!(&client.bytes(completion.buffer.as_ref().unwrap())[range], expected.data, "over {transport}");
+    }
+}

@@ -27,6 +27,7 @@ use ucx::{Context, MemoryRegion};
 
 use super::catalogue::{to_hex, FileEntry, PieceEntry};
 use super::page_size_bytes;
+use super::past_eof::Guarded;
 
 /// Why a file could not be (re)mapped or registered.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,8 @@ pub enum MapError {
 pub(crate) struct Reservation {
     base: NonNull<u8>,
     length_bytes: u64,
+    /// Its entry in the SIGBUS guard's table (`past_eof`); emptied before the range is unmapped.
+    guard: Option<Guarded>,
 }
 
 impl Reservation {
@@ -66,7 +69,8 @@ impl Reservation {
             return Err(MapError::Map { path: path.to_path_buf(), source: std::io::Error::last_os_error() });
         }
         let base = NonNull::new(base.cast::<u8>()).expect("mmap returned NULL without MAP_FIXED");
-        Ok(Reservation { base, length_bytes })
+        let guard = Some(Guarded::new(base.as_ptr() as usize, length_bytes as usize));
+        Ok(Reservation { base, length_bytes, guard })
     }
 
     /// Maps file bytes `from..to` (page-aligned, inside the reservation) at `base + from`.
@@ -120,6 +124,8 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
+        // Out of the guard's table first: the address range may be reused once unmapped.
+        drop(self.guard.take());
         // SAFETY: we own this range (mapped in new); every registration of it is dropped first
         // (field order in FileMap and RetiredFile).
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.length_bytes as usize) };

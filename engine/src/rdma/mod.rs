@@ -23,6 +23,7 @@
 pub mod catalogue;
 pub mod export;
 mod mapping;
+mod past_eof;
 pub mod remote;
 pub(crate) mod staging;
 pub mod token;

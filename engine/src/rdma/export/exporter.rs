@@ -14,6 +14,7 @@ use crate::rdma::catalogue::{
     Catalogue, CatalogueRequest, VolumeEntry, AM_CATALOGUE, AM_CATALOGUE_REQUEST, PROTOCOL_VERSION, REQUEST_VOLUMES_MAX,
 };
 use crate::rdma::mapping::Retired;
+use crate::rdma::past_eof;
 use crate::rdma::{features, ucx_overrides};
 use crate::read::local::Refusals;
 use rdma_ipc::spin::SpinPolicy;
@@ -61,6 +62,8 @@ impl Exporter {
         let context = Context::with_config(features(), &ucx_overrides(&config.ucx))?;
         let worker_config = WorkerConfig { max_in_flight: 16, am_queue_capacity: 256, am_payload_max_bytes: 64 << 10 };
         let worker = Worker::new(&context, worker_config)?;
+        // After UCX's own SIGBUS handler (faults that are not past a file's end go to it).
+        past_eof::install()?;
         worker.set_am_handler(AM_CATALOGUE_REQUEST)?;
         let listener = Listener::bind(&worker, config.listen)?;
         let mut exporter = Exporter {
@@ -95,7 +98,11 @@ impl Exporter {
                 self.answer(message);
             }
             self.drop_failed_endpoints();
-            if self.last_scan.elapsed() >= self.config.rescan_interval {
+            let zeroed_pages = past_eof::take_zeroed_pages();
+            if zeroed_pages > 0 {
+                tracing::warn!(zeroed_pages, "gets touched pages past the end of an exported file that shrank; they read zeros, and the volumes are refreshed now");
+                self.scan();
+            } else if self.last_scan.elapsed() >= self.config.rescan_interval {
                 self.scan();
             }
             let grace = self.config.retire_grace;

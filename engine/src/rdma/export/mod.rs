@@ -122,6 +122,8 @@ pub enum ExportError {
     Ucx(#[from] ucx::Error),
     #[error("cannot start the exporter thread: {0}")]
     Thread(std::io::Error),
+    #[error(transparent)]
+    SigbusGuard(#[from] crate::rdma::past_eof::InstallError),
     #[error("the exporter thread did not start within {SETUP_TIMEOUT:?}")]
     SetupTimeout,
     #[error("the exporter thread failed: {0}")]

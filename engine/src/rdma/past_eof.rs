@@ -1,0 +1,240 @@
+//! Gets that touch an exported file past its end.
+//!
+//! The exporter maps each file up to its length at the last refresh (`mapping`), but
+//! SeaweedFS can shrink a `.dat` at any moment (it truncates a failed append away), and until
+//! the exporter's next refresh the pages past the new end stay mapped. UCX's software gets
+//! (tcp, shared memory) copy from them inside this process, and a touch of a file page past
+//! its end raises `SIGBUS`: it killed the exporter, and with it every read it served.
+//!
+//! The guard: every reservation is listed in a fixed table that a signal handler reads without
+//! locks. On a `SIGBUS` for a missing page (`BUS_ADRERR`) inside a listed reservation, the
+//! handler maps a zero page over the faulting page and returns, so the copy goes on with
+//! zeros. Those fail the reader's needle check; the reader then asks for the catalogue again,
+//! which refreshes the volume here (zeros over everything past the new end). Any other
+//! `SIGBUS` goes to the handler installed before (UCX's, which prints a backtrace and ends the
+//! process), or gets the default action.
+//!
+//! Ordering: a slot's `length` is stored before its `base` (Release) and the handler loads
+//! `base` (Acquire) before `length`; a slot is emptied (`base` = 0) before its range is
+//! unmapped. A reservation is dropped only after its registrations and their grace period,
+//! so no get can fault in it while its slot is emptied.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+/// Most reservations the guard can list (two per volume, plus retired ones in their grace
+/// period). One past it, a reservation is unguarded and the exporter says so.
+pub(crate) const GUARDED_RESERVATIONS_MAX: usize = 8192;
+
+struct Slot {
+    /// Start address; 0: free.
+    base: AtomicUsize,
+    length_bytes: AtomicUsize,
+}
+
+#[allow(clippy::declare_interior_mutable_const)] // only used to initialise the table
+const FREE: Slot = Slot { base: AtomicUsize::new(0), length_bytes: AtomicUsize::new(0) };
+static SLOTS: [Slot; GUARDED_RESERVATIONS_MAX] = [FREE; GUARDED_RESERVATIONS_MAX];
+/// One past the highest slot ever used: the handler looks no further.
+static SLOTS_USED: AtomicUsize = AtomicUsize::new(0);
+static PAGE_BYTES: AtomicUsize = AtomicUsize::new(0);
+/// Pages the handler replaced with zeros since the last [`take_zeroed_pages`].
+static ZEROED_PAGES: AtomicU64 = AtomicU64::new(0);
+static TABLE_FULL_SAID: AtomicBool = AtomicBool::new(false);
+/// The `SIGBUS` action before ours, to hand other faults to.
+static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
+
+/// Why the handler could not be installed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot install the SIGBUS handler for files that shrink under the exporter: {0}")]
+pub struct InstallError(std::io::Error);
+
+/// Installs the handler (once per process; later calls do nothing). Call it after UCX is
+/// initialised, so that UCX's own handler is the one faults not ours are handed to.
+pub(crate) fn install() -> Result<(), InstallError> {
+    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
+    let installed = INSTALLED.get_or_init(|| {
+        PAGE_BYTES.store(super::page_size_bytes() as usize, Ordering::Relaxed);
+        // SAFETY: sigaction structs are plain data; zeroed is a valid empty one.
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction = on_sigbus as *const () as usize;
+        action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+        // SAFETY: plain data, as above.
+        let mut previous: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: `action.sa_mask` is a valid sigset to empty.
+        unsafe { libc::sigemptyset(&mut action.sa_mask) };
+        // SAFETY: both pointers are to live sigaction structs; on_sigbus has the SA_SIGINFO
+        // signature.
+        if unsafe { libc::sigaction(libc::SIGBUS, &action, &mut previous) } != 0 {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+        let _ = PREVIOUS.set(previous);
+        Ok(())
+    });
+    installed.clone().map_err(|error| InstallError(std::io::Error::other(error)))
+}
+
+/// A reservation's place in the table; empties it when dropped (before the range is unmapped).
+#[derive(Debug)]
+pub(crate) struct Guarded {
+    slot: Option<usize>,
+}
+
+impl Guarded {
+    /// Lists `base .. base + length_bytes`. A full table leaves it unguarded, said once.
+    pub(crate) fn new(base: usize, length_bytes: usize) -> Guarded {
+        // Bounded: one pass over the table.
+        for (index, slot) in SLOTS.iter().enumerate() {
+            if slot.base.load(Ordering::Relaxed) != 0 {
+                continue;
+            }
+            slot.length_bytes.store(length_bytes, Ordering::Relaxed);
+            if slot.base.compare_exchange(0, base, Ordering::Release, Ordering::Relaxed).is_ok() {
+                SLOTS_USED.fetch_max(index + 1, Ordering::Release);
+                return Guarded { slot: Some(index) };
+            }
+        }
+        if !TABLE_FULL_SAID.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                limit = GUARDED_RESERVATIONS_MAX,
+                "more exported files than the SIGBUS guard lists: a get past the end of one that shrinks could end this process"
+            );
+        }
+        Guarded { slot: None }
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if let Some(index) = self.slot {
+            SLOTS[index].base.store(0, Ordering::Release);
+        }
+    }
+}
+
+/// Pages past a shrunk file's end that gets touched (and read as zeros) since the last call.
+pub(crate) fn take_zeroed_pages() -> u64 {
+    ZEROED_PAGES.swap(0, Ordering::Relaxed)
+}
+
+/// Whether a listed reservation holds `address` (async-signal-safe: atomics only).
+fn guarded(address: usize) -> bool {
+    let used = SLOTS_USED.load(Ordering::Acquire).min(GUARDED_RESERVATIONS_MAX);
+    SLOTS[..used].iter().any(|slot| {
+        let base = slot.base.load(Ordering::Acquire);
+        base != 0 && address >= base && address - base < slot.length_bytes.load(Ordering::Relaxed)
+    })
+}
+
+extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    let (code, address) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
+    let page_bytes = PAGE_BYTES.load(Ordering::Relaxed);
+    if code == libc::BUS_ADRERR && page_bytes > 0 && guarded(address) {
+        let page = address & !(page_bytes - 1);
+        // SAFETY: the page lies inside a listed reservation, address space this process
+        // reserved for exported files and maps only read-only; a zero page replaces a file
+        // page past the end. mmap is a plain system call here (no allocation, no lock).
+        let mapped = unsafe {
+            libc::mmap(
+                page as *mut libc::c_void,
+                page_bytes,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        if mapped != libc::MAP_FAILED {
+            ZEROED_PAGES.fetch_add(1, Ordering::Relaxed);
+            return; // the faulting copy runs again and reads zeros
+        }
+    }
+    hand_on(signal, info, context);
+}
+
+/// A fault that is not ours: to the previous handler, or the default action.
+fn hand_on(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+    let previous = PREVIOUS.get().map(|action| (action.sa_sigaction, action.sa_flags));
+    match previous {
+        Some((handler, flags)) if handler != libc::SIG_DFL && handler != libc::SIG_IGN => {
+            if flags & libc::SA_SIGINFO != 0 {
+                // SAFETY: an SA_SIGINFO handler has this signature; we pass on what we got.
+                let handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                    unsafe { std::mem::transmute(handler) };
+                handler(signal, info, context);
+            } else {
+                // SAFETY: a plain handler takes the signal number only.
+                let handler: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(handler) };
+                handler(signal);
+            }
+        }
+        _ => {
+            // The default action: reset and return; the fault happens again and ends the
+            // process as it would have without us.
+            // SAFETY: plain data; SIG_DFL with an empty mask is a valid action.
+            let mut default: libc::sigaction = unsafe { std::mem::zeroed() };
+            default.sa_sigaction = libc::SIG_DFL;
+            // SAFETY: a valid action struct; the old action is not wanted.
+            unsafe { libc::sigaction(signal, &default, std::ptr::null_mut()) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// Maps two pages of a fresh file (MAP_SHARED, read-only), then cuts the file to nothing:
+    /// both pages are past its end. Returns the file (kept open) and the mapping's address.
+    fn shrunk_mapping() -> (std::fs::File, usize, usize) {
+        let page = super::super::page_size_bytes() as usize;
+        let file = tempfile::tempfile().unwrap();
+        file.set_len(2 * page as u64).unwrap();
+        // SAFETY: a fresh mapping chosen by the kernel, of a file this test owns.
+        let base = unsafe {
+            libc::mmap(std::ptr::null_mut(), 2 * page, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0)
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        file.set_len(0).unwrap();
+        (file, base as usize, page)
+    }
+
+    #[test]
+    fn a_touch_past_the_end_of_a_guarded_file_reads_zeros() {
+        install().unwrap();
+        let (_file, base, page) = shrunk_mapping();
+        let guarded = Guarded::new(base, 2 * page);
+        take_zeroed_pages();
+        // SAFETY: inside the mapping made above; the guard turns the fault into a zero page.
+        let byte = unsafe { std::ptr::read_volatile((base + page + 17) as *const u8) };
+        assert_eq!(byte, 0);
+        assert_eq!(take_zeroed_pages(), 1, "one page was replaced");
+        drop(guarded);
+        // SAFETY: the mapping made above, no longer used.
+        unsafe { libc::munmap(base as *mut libc::c_void, 2 * page) };
+    }
+
+    #[test]
+    fn a_touch_past_the_end_of_an_unguarded_file_still_raises_sigbus() {
+        install().unwrap();
+        let (_file, base, _) = shrunk_mapping();
+        // SAFETY: the child only reads the mapping and exits; it allocates nothing.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                // SAFETY: inside the mapping; past the file's end, so this faults.
+                unsafe { std::ptr::read_volatile(base as *const u8) };
+                // SAFETY: leaving the child without running the parent's destructors.
+                unsafe { libc::_exit(0) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let status = nix::sys::wait::waitpid(child, None).unwrap();
+                assert!(
+                    matches!(status, nix::sys::wait::WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGBUS, _)),
+                    "the child should have died of SIGBUS: {status:?}"
+                );
+            }
+        }
+    }
+}
