@@ -14,9 +14,9 @@
 //! `SIGBUS` goes to the handler installed before (UCX's, which prints a backtrace and ends the
 //! process), or gets the default action.
 //!
-//! Ordering: a slot's `length` is stored before its `base` (Release) and the handler loads
-//! `base` (Acquire) before `length`; a slot is emptied (`base` = 0) before its range is
-//! unmapped. A reservation is dropped only after its registrations and their grace period,
+//! Ordering: a slot is claimed by swapping its `base` from 0 to a mark, its `length` is
+//! stored, then its `base` (Release); the handler loads `base` (Acquire) before `length`. A
+//! slot is emptied (`base` = 0) before its range is unmapped. A reservation is dropped only after its registrations and their grace period,
 //! so no get can fault in it while its slot is emptied.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -26,8 +26,11 @@ use std::sync::OnceLock;
 /// period). One past it, a reservation is unguarded and the exporter says so.
 pub(crate) const GUARDED_RESERVATIONS_MAX: usize = 8192;
 
+/// A slot's `base` while its owner fills it in.
+const FILLING: usize = usize::MAX;
+
 struct Slot {
-    /// Start address; 0: free.
+    /// Start address; 0: free; [`FILLING`]: being filled.
     base: AtomicUsize,
     length_bytes: AtomicUsize,
 }
@@ -85,14 +88,14 @@ impl Guarded {
     pub(crate) fn new(base: usize, length_bytes: usize) -> Guarded {
         // Bounded: one pass over the table.
         for (index, slot) in SLOTS.iter().enumerate() {
-            if slot.base.load(Ordering::Relaxed) != 0 {
+            // Claimed with a mark first, so no other thread fills the slot meanwhile.
+            if slot.base.compare_exchange(0, FILLING, Ordering::Acquire, Ordering::Relaxed).is_err() {
                 continue;
             }
             slot.length_bytes.store(length_bytes, Ordering::Relaxed);
-            if slot.base.compare_exchange(0, base, Ordering::Release, Ordering::Relaxed).is_ok() {
-                SLOTS_USED.fetch_max(index + 1, Ordering::Release);
-                return Guarded { slot: Some(index) };
-            }
+            slot.base.store(base, Ordering::Release);
+            SLOTS_USED.fetch_max(index + 1, Ordering::Release);
+            return Guarded { slot: Some(index) };
         }
         if !TABLE_FULL_SAID.swap(true, Ordering::Relaxed) {
             tracing::warn!(
@@ -122,7 +125,7 @@ fn guarded(address: usize) -> bool {
     let used = SLOTS_USED.load(Ordering::Acquire).min(GUARDED_RESERVATIONS_MAX);
     SLOTS[..used].iter().any(|slot| {
         let base = slot.base.load(Ordering::Acquire);
-        base != 0 && address >= base && address - base < slot.length_bytes.load(Ordering::Relaxed)
+        base != 0 && base != FILLING && address >= base && address - base < slot.length_bytes.load(Ordering::Relaxed)
     })
 }
 
