@@ -529,12 +529,10 @@ fn a_dat_truncated_under_the_exporter_fails_that_read_and_nothing_else() {
         assert!(read_one(&client, &mut queue_pair, last.0, last.1, last.2).result().is_ok(), "{transport}");
 
         // Cut the last record away: its pages past the new end are no longer the file's.
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(volumes.path().join("4.dat"))
-            .unwrap()
-            .set_len(last_offset)
-            .unwrap();
+        let dat_path = volumes.path().join("4.dat");
+        let cut = std::fs::read(&dat_path).unwrap().split_off(last_offset as usize);
+        let dat = std::fs::OpenOptions::new().write(true).open(&dat_path).unwrap();
+        dat.set_len(last_offset).unwrap();
         let completion = read_one(&client, &mut queue_pair, last.0, last.1, last.2);
         assert!(
             matches!(completion.result(), Err(CompletionError::Engine { code: ErrorCode::CORRUPT_NEEDLE, .. })),
@@ -551,6 +549,22 @@ fn a_dat_truncated_under_the_exporter_fails_that_read_and_nothing_else() {
         let volume = open_volume(volumes.path(), 4);
         let record = volume.read_checked(early.1, early.2).unwrap();
         let expected = NeedleRecord::parse(&record, volume.version()).unwrap();
+        let range = completion.data_range().unwrap_or_else(|| panic!("over {transport}: {:?}", completion.result()));
+        assert_eq!(&client.bytes(completion.buffer.as_ref().unwrap())[range], expected.data, "over {transport}");
+
+        // The record appended again where it was cut (SeaweedFS appends at the truncated end):
+        // read again, it has its bytes, not the zeros the cut pages read meanwhile.
+        std::os::unix::fs::FileExt::write_all_at(&dat, &cut, last_offset).unwrap();
+        let record = volume.read_checked(last.1, last.2).unwrap();
+        let expected = NeedleRecord::parse(&record, volume.version()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let completion = loop {
+            let completion = read_one(&client, &mut queue_pair, last.0, last.1, last.2);
+            if completion.result().is_ok() || Instant::now() >= deadline {
+                break completion;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
         let range = completion.data_range().unwrap_or_else(|| panic!("over {transport}: {:?}", completion.result()));
         assert_eq!(&client.bytes(completion.buffer.as_ref().unwrap())[range], expected.data, "over {transport}");
     }

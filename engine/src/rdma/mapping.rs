@@ -98,6 +98,11 @@ impl Reservation {
         Ok(())
     }
 
+    /// Whether a get read zeros past a shrunk end since the last call (`past_eof`).
+    fn take_zeroed(&self) -> bool {
+        self.guard.as_ref().is_some_and(Guarded::take_zeroed)
+    }
+
     /// Maps zero pages over `from..to` (page-aligned, inside the reservation).
     fn map_zeros(&self, from: u64, to: u64) {
         assert!(from <= to && to <= self.length_bytes, "range outside the reservation");
@@ -207,6 +212,13 @@ impl FileMap {
     pub(crate) fn refresh(&mut self, context: &Context, retired: &mut Vec<Retired>) -> Result<(), MapError> {
         let length_bytes =
             self.file.metadata().map_err(|source| MapError::Io { path: self.path.clone(), source })?.len();
+        if self.reservation.take_zeroed() {
+            // Gets touched pages past a shrunk end and the guard put zero pages there. The file
+            // may have grown back since (SeaweedFS appends where it truncated): map what it
+            // holds now over all of its old mapping, before the length is compared.
+            let file_bytes = round_up(length_bytes, page_size_bytes()).min(self.mapped_bytes);
+            self.reservation.map_file(&self.file, 0, file_bytes, &self.path)?;
+        }
         if length_bytes == self.length_bytes {
             return Ok(());
         }
@@ -315,4 +327,42 @@ impl FileMap {
 /// `value` rounded up to a multiple of `unit` (a power of two or any positive unit).
 pub(crate) fn round_up(value: u64, unit: u64) -> u64 {
     value.div_ceil(unit).saturating_mul(unit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    fn byte_at(map: &FileMap, offset: u64) -> u8 {
+        assert!(offset < map.reservation.length_bytes);
+        // SAFETY: inside the reservation, which is mapped (read-only) while `map` lives; a
+        // page past the file's end reads zeros through the guard.
+        unsafe { std::ptr::read_volatile(map.reservation.base.as_ptr().add(offset as usize)) }
+    }
+
+    /// SeaweedFS truncates a failed append away and appends the next needle at the same offset.
+    /// A get that touched the cut pages in between left zero pages there; the next refresh must
+    /// map the file's new bytes over them even though the length is the old one again.
+    #[test]
+    fn pages_zeroed_past_a_shrunk_end_read_the_file_again_once_it_grew_back() {
+        super::super::past_eof::install().unwrap();
+        let page = page_size_bytes();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.dat");
+        std::fs::write(&path, vec![0x11u8; 3 * page as usize]).unwrap();
+        let context = Context::new(ucx::Features::RMA | ucx::Features::AM).unwrap();
+        let settings = MapSettings { piece_size_bytes: 1 << 20, headroom_bytes: 1 << 20 };
+        let mut map = FileMap::open(&path, &context, settings).unwrap();
+        let probe = 2 * page + 5;
+        assert_eq!(byte_at(&map, probe), 0x11);
+
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(page).unwrap();
+        assert_eq!(byte_at(&map, probe), 0, "past the new end: a zero page, not SIGBUS");
+        file.write_all_at(&vec![0x22u8; 2 * page as usize], page).unwrap();
+        map.refresh(&context, &mut Vec::new()).unwrap();
+        assert_eq!(byte_at(&map, probe), 0x22, "the file's new bytes, not the zero page");
+        super::super::past_eof::take_zeroed_pages();
+    }
 }

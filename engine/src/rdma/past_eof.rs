@@ -10,7 +10,8 @@
 //! locks. On a `SIGBUS` for a missing page (`BUS_ADRERR`) inside a listed reservation, the
 //! handler maps a zero page over the faulting page and returns, so the copy goes on with
 //! zeros. Those fail the reader's needle check; the reader then asks for the catalogue again,
-//! which refreshes the volume here (zeros over everything past the new end). Any other
+//! which refreshes the volume here: the file is mapped again over its current length (it
+//! may have grown back, with new bytes where the zeros are) and zeros past its end. Any other
 //! `SIGBUS` goes to the handler installed before (UCX's, which prints a backtrace and ends the
 //! process), or gets the default action.
 //!
@@ -33,10 +34,13 @@ struct Slot {
     /// Start address; 0: free; [`FILLING`]: being filled.
     base: AtomicUsize,
     length_bytes: AtomicUsize,
+    /// The handler mapped a zero page in this reservation since its owner last looked.
+    zeroed: AtomicBool,
 }
 
 #[allow(clippy::declare_interior_mutable_const)] // only used to initialise the table
-const FREE: Slot = Slot { base: AtomicUsize::new(0), length_bytes: AtomicUsize::new(0) };
+const FREE: Slot =
+    Slot { base: AtomicUsize::new(0), length_bytes: AtomicUsize::new(0), zeroed: AtomicBool::new(false) };
 static SLOTS: [Slot; GUARDED_RESERVATIONS_MAX] = [FREE; GUARDED_RESERVATIONS_MAX];
 /// One past the highest slot ever used: the handler looks no further.
 static SLOTS_USED: AtomicUsize = AtomicUsize::new(0);
@@ -93,6 +97,7 @@ impl Guarded {
                 continue;
             }
             slot.length_bytes.store(length_bytes, Ordering::Relaxed);
+            slot.zeroed.store(false, Ordering::Relaxed);
             slot.base.store(base, Ordering::Release);
             SLOTS_USED.fetch_max(index + 1, Ordering::Release);
             return Guarded { slot: Some(index) };
@@ -104,6 +109,14 @@ impl Guarded {
             );
         }
         Guarded { slot: None }
+    }
+}
+
+impl Guarded {
+    /// Whether a get read zeros somewhere in this reservation since the last call: pages of
+    /// the file there are zero pages now, until the owner maps the file over them again.
+    pub(crate) fn take_zeroed(&self) -> bool {
+        self.slot.is_some_and(|index| SLOTS[index].zeroed.swap(false, Ordering::Relaxed))
     }
 }
 
@@ -120,10 +133,10 @@ pub(crate) fn take_zeroed_pages() -> u64 {
     ZEROED_PAGES.swap(0, Ordering::Relaxed)
 }
 
-/// Whether a listed reservation holds `address` (async-signal-safe: atomics only).
-fn guarded(address: usize) -> bool {
+/// The listed reservation that holds `address` (async-signal-safe: atomics only).
+fn guarded(address: usize) -> Option<&'static Slot> {
     let used = SLOTS_USED.load(Ordering::Acquire).min(GUARDED_RESERVATIONS_MAX);
-    SLOTS[..used].iter().any(|slot| {
+    SLOTS[..used].iter().find(|slot| {
         let base = slot.base.load(Ordering::Acquire);
         base != 0 && base != FILLING && address >= base && address - base < slot.length_bytes.load(Ordering::Relaxed)
     })
@@ -133,7 +146,8 @@ extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, context
     // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
     let (code, address) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
     let page_bytes = PAGE_BYTES.load(Ordering::Relaxed);
-    if code == libc::BUS_ADRERR && page_bytes > 0 && guarded(address) {
+    let slot = if code == libc::BUS_ADRERR && page_bytes > 0 { guarded(address) } else { None };
+    if let Some(slot) = slot {
         let page = address & !(page_bytes - 1);
         // SAFETY: the page lies inside a listed reservation, address space this process
         // reserved for exported files and maps only read-only; a zero page replaces a file
@@ -149,6 +163,7 @@ extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, context
             )
         };
         if mapped != libc::MAP_FAILED {
+            slot.zeroed.store(true, Ordering::Relaxed);
             ZEROED_PAGES.fetch_add(1, Ordering::Relaxed);
             return; // the faulting copy runs again and reads zeros
         }
@@ -214,6 +229,8 @@ mod tests {
         let byte = unsafe { std::ptr::read_volatile((base + page + 17) as *const u8) };
         assert_eq!(byte, 0);
         assert_eq!(take_zeroed_pages(), 1, "one page was replaced");
+        assert!(guarded.take_zeroed(), "the reservation knows");
+        assert!(!guarded.take_zeroed(), "once");
         drop(guarded);
         // SAFETY: the mapping made above, no longer used.
         unsafe { libc::munmap(base as *mut libc::c_void, 2 * page) };
