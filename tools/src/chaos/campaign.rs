@@ -1,7 +1,8 @@
 //! The fault campaign: for N iterations, wait a random moment, pick a random victim (a
 //! client, the reading engine or the exporter) and a random action (SIGKILL, or SIGSTOP
-//! for a random short time then SIGCONT), restart what was killed, and measure the time
-//! until reads succeed again. Then check that nothing leaked.
+//! for a random short time then SIGCONT; when asked for, a truncation of the exporter's
+//! volume for a random short time), restart what was killed, and measure the time until
+//! reads succeed again. Then check that nothing leaked.
 
 use super::counters::ClientSlot;
 use super::procfs::{self, HugepageReservation};
@@ -22,6 +23,8 @@ const POLL_INTERVAL: Duration = Duration::from_millis(2);
 
 /// Most draws of a fault that fits `--victims` and `--actions`.
 const DRAWS_MAX: u32 = 10_000;
+/// Most bytes a truncation cuts off the volume's end (a few of its last records).
+const TRUNCATE_BYTES_MAX: u64 = 1 << 20;
 /// Iterations between two progress lines on stderr.
 const PROGRESS_EVERY: u64 = 100;
 
@@ -77,6 +80,9 @@ impl VictimKind {
 pub enum ActionKind {
     Kill,
     Stop,
+    /// Cut the end of the exporter's `.dat` away for a while, then write it back (SeaweedFS
+    /// truncates a failed append): only the exporter, and only when named.
+    Truncate,
 }
 
 /// Who gets the signal.
@@ -100,6 +106,21 @@ impl Victim {
 enum Action {
     Kill,
     Stop(Duration),
+    /// Cut this many bytes off the `.dat`'s end, and write them back after the duration.
+    Truncate {
+        cut_bytes: u64,
+        held: Duration,
+    },
+}
+
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Action::Kill => "kill",
+            Action::Stop(_) => "stop",
+            Action::Truncate { .. } => "truncate",
+        }
+    }
 }
 
 /// What a campaign found. The targets are all zero except the figures and recoveries.
@@ -207,6 +228,11 @@ pub fn run(options: &CampaignOptions) -> Result<CampaignReport, ChaosError> {
     if options.victims.is_empty() || options.actions.is_empty() {
         return Err(ChaosError::Usage("--victims and --actions must each name at least one kind".into()));
     }
+    if options.actions.contains(&ActionKind::Truncate) && !options.victims.contains(&VictimKind::Exporter) {
+        return Err(ChaosError::Usage(
+            "--actions truncate cuts the exporter's volume: --victims must name exporter".into(),
+        ));
+    }
     let reservation = match run.reserve_hugepages {
         0 => None,
         pages => Some(HugepageReservation::add(pages).map_err(ChaosError::Setup)?),
@@ -281,11 +307,14 @@ impl Campaign<'_> {
     fn iteration(&mut self, iteration: u64) -> Result<(), ChaosError> {
         std::thread::sleep(Duration::from_millis(self.rng.gen_range(0..=self.options.pause_ms_max)));
         let (victim, action) = self.draw_fault();
-        let fault = format!("{} {}", victim.kind(), if matches!(action, Action::Kill) { "kill" } else { "stop" });
+        let fault = format!("{} {}", victim.kind(), action.name());
         *self.report.faults.entry(fault.clone()).or_default() += 1;
         self.last_fault = match action {
             Action::Kill => format!("iteration {iteration}: {fault}"),
             Action::Stop(duration) => format!("iteration {iteration}: {fault} for {} ms", duration.as_millis()),
+            Action::Truncate { cut_bytes, held } => {
+                format!("iteration {iteration}: {fault} of {cut_bytes} bytes for {} ms", held.as_millis())
+            }
         };
         self.last_victim = Some(victim);
         tracing::debug!(fault = %self.last_fault, "injecting");
@@ -308,14 +337,21 @@ impl Campaign<'_> {
         Ok(())
     }
 
-    /// Sends the fault; returns when it ended: the SIGKILL (the restart is part of the
-    /// recovery, as under systemd) or the SIGCONT.
     /// A random victim and action among those the options allow. With every kind allowed
     /// the first draw is taken, so a seed gives the same faults whatever the filters'
     /// defaults; with a filter, draws are repeated, at most [`DRAWS_MAX`] times (each
-    /// filter allows one kind, so a draw fits with a chance of at least 1 / (2 × (clients
-    /// + 2))); then the first allowed kinds are taken.
+    /// filter allows one kind, so a draw fits with a chance of at least
+    /// 1 / (2 × (clients + 2))); then the first allowed kinds are taken.
+    ///
+    /// A truncation is drawn first, and only when `--actions` names it (a third of the
+    /// faults, or all when it is the only action), so the other faults of a seed stay what
+    /// they were without it.
     fn draw_fault(&mut self) -> (Victim, Action) {
+        if self.options.actions.contains(&ActionKind::Truncate)
+            && (self.options.actions.len() == 1 || self.rng.gen_bool(1.0 / 3.0))
+        {
+            return (Victim::Engine(Role::Exporter), self.draw_truncation());
+        }
         for _ in 0..DRAWS_MAX {
             let victim = match self.rng.gen_range(0..self.rig.clients.len() + 2) {
                 0 => Victim::Engine(Role::Reader),
@@ -331,6 +367,7 @@ impl Campaign<'_> {
             let action_allowed = self.options.actions.iter().any(|kind| match kind {
                 ActionKind::Kill => matches!(action, Action::Kill),
                 ActionKind::Stop => matches!(action, Action::Stop(_)),
+                ActionKind::Truncate => false, // drawn above
             });
             if victim_allowed && action_allowed {
                 return (victim, action);
@@ -344,10 +381,21 @@ impl Campaign<'_> {
         let action = match self.options.actions[0] {
             ActionKind::Kill => Action::Kill,
             ActionKind::Stop => Action::Stop(Duration::from_millis(self.options.stop_ms_max / 2)),
+            ActionKind::Truncate => return (Victim::Engine(Role::Exporter), self.draw_truncation()),
         };
         (victim, action)
     }
 
+    /// Up to [`TRUNCATE_BYTES_MAX`] off the `.dat`'s end (never its super block), held for as
+    /// long as a stop.
+    fn draw_truncation(&mut self) -> Action {
+        let cut_bytes = self.rng.gen_range(1..=TRUNCATE_BYTES_MAX);
+        let held = Duration::from_millis(self.rng.gen_range(10..self.options.stop_ms_max));
+        Action::Truncate { cut_bytes, held }
+    }
+
+    /// Sends the fault; returns when it ended: the SIGKILL (the restart is part of the
+    /// recovery, as under systemd), the SIGCONT, or the bytes written back.
     fn inject(&mut self, victim: Victim, action: Action) -> Result<u64, ChaosError> {
         let signal_ns = monotonic_ns();
         let pid = match victim {
@@ -360,6 +408,10 @@ impl Campaign<'_> {
                 let engine = self.rig.engine(role);
                 engine.kill();
                 engine.restart()?;
+            }
+            (_, Action::Truncate { cut_bytes, held }) => {
+                self.rig.truncate_volume(cut_bytes, held)?;
+                return Ok(monotonic_ns());
             }
             (_, Action::Stop(duration)) => {
                 let pid = Pid::from_raw(pid as i32);

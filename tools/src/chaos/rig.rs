@@ -7,6 +7,7 @@ use super::client::ClientArgs;
 use super::counters::{Counters, MAX_CLIENTS};
 use super::{known, ChaosError, RunOptions};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -349,6 +350,24 @@ impl Rig {
             client.kill();
             self.counters.slot(client.slot).attached.store(0, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+
+    /// Cuts up to `cut_bytes` off the end of the volume's `.dat` (never into its super block),
+    /// waits `held`, and writes the same bytes back: what the exporter sees when SeaweedFS
+    /// rolls back a failed append and then appends again.
+    pub fn truncate_volume(&self, cut_bytes: u64, held: Duration) -> Result<(), ChaosError> {
+        let path = self.dir.path().join("volume").join(format!("{}.dat", known::VOLUME_ID));
+        let failed =
+            |what: &str, error: std::io::Error| ChaosError::Setup(format!("cannot {what} {}: {error}", path.display()));
+        let file =
+            std::fs::OpenOptions::new().read(true).write(true).open(&path).map_err(|error| failed("open", error))?;
+        let length = file.metadata().map_err(|error| failed("stat", error))?.len();
+        let keep = length.saturating_sub(cut_bytes).max(volume_format::superblock::SUPER_BLOCK_SIZE_BYTES as u64);
+        let mut tail = vec![0u8; (length - keep.min(length)) as usize];
+        file.read_exact_at(&mut tail, keep).map_err(|error| failed("read", error))?;
+        file.set_len(keep).map_err(|error| failed("truncate", error))?;
+        std::thread::sleep(held);
+        file.write_all_at(&tail, keep).map_err(|error| failed("restore", error))
     }
 
     pub fn engine(&mut self, role: Role) -> &mut EngineProcess {
