@@ -17,8 +17,9 @@
 //!
 //! Ordering: a slot is claimed by swapping its `base` from 0 to a mark, its `length` is
 //! stored, then its `base` (Release); the handler loads `base` (Acquire) before `length`. A
-//! slot is emptied (`base` = 0) before its range is unmapped. A reservation is dropped only after its registrations and their grace period,
-//! so no get can fault in it while its slot is emptied.
+//! slot is emptied (`base` = 0) before its range is unmapped. A reservation is dropped only
+//! after its registrations and their grace period, so no get can fault in it while its slot
+//! is emptied.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -110,9 +111,7 @@ impl Guarded {
         }
         Guarded { slot: None }
     }
-}
 
-impl Guarded {
     /// Whether a get read zeros somewhere in this reservation since the last call: pages of
     /// the file there are zero pages now, until the owner maps the file over them again.
     pub(crate) fn take_zeroed(&self) -> bool {

@@ -356,14 +356,15 @@ impl Rig {
     /// waits `held`, and writes the same bytes back: what the exporter sees when SeaweedFS
     /// rolls back a failed append and then appends again.
     pub fn truncate_volume(&self, cut_bytes: u64, held: Duration) -> Result<(), ChaosError> {
-        let path = self.dir.path().join("volume").join(format!("{}.dat", known::VOLUME_ID));
+        let path = self.client_template.volume_dir.join(format!("{}.dat", known::VOLUME_ID));
         let failed =
             |what: &str, error: std::io::Error| ChaosError::Setup(format!("cannot {what} {}: {error}", path.display()));
         let file =
             std::fs::OpenOptions::new().read(true).write(true).open(&path).map_err(|error| failed("open", error))?;
         let length = file.metadata().map_err(|error| failed("stat", error))?.len();
-        let keep = length.saturating_sub(cut_bytes).max(volume_format::superblock::SUPER_BLOCK_SIZE_BYTES as u64);
-        let mut tail = vec![0u8; (length - keep.min(length)) as usize];
+        let keep =
+            length.saturating_sub(cut_bytes).max(volume_format::superblock::SUPER_BLOCK_SIZE_BYTES as u64).min(length);
+        let mut tail = vec![0u8; (length - keep) as usize];
         file.read_exact_at(&mut tail, keep).map_err(|error| failed("read", error))?;
         file.set_len(keep).map_err(|error| failed("truncate", error))?;
         std::thread::sleep(held);
