@@ -58,7 +58,7 @@ var codeTable = []codeInfo{
 	{"IO_ERROR", "reading the volume file failed"},
 	{"CORRUPT_NEEDLE", "the needle's header does not match its index entry (id or size), or the record is malformed"},
 	{"RANGE_OUT_OF_BOUNDS", "the requested byte range is outside the needle's data"},
-	{"PEER_UNAVAILABLE", "the volume's host could not be reached over RDMA"},
+	{"PEER_UNAVAILABLE", "the volume's exporter could not be reached, or its connection failed during the read"},
 	{"NOT_SUPPORTED", "the engine was not configured with a transport that can serve this request"},
 	{"MASTER_UNAVAILABLE", "the SeaweedFS master could not be reached or did not answer the volume lookup"},
 	{"HTTP_FAILED", "the volume server's HTTP fallback failed: connection lost or an error status (in aux)"},

@@ -42,11 +42,12 @@ const (
 
 // Bits of Cqe.Flags.
 const (
-	SourceMask    uint32 = 0b11
+	SourceMask    uint32 = 0b111
 	SourceNone    uint32 = 0
 	SourceLocal   uint32 = 1
 	SourceRDMA    uint32 = 2
 	SourceHTTP    uint32 = 3
+	SourceStream  uint32 = 4
 	NeedleGzipped uint32 = 1 << 8
 )
 

@@ -97,7 +97,7 @@ func TestConstantsMatchTheVectors(t *testing.T) {
 	expectMap(t, "sq_flags", c.SQFlags, map[string]uint32{"NEED_WAKEUP": NeedWakeup})
 	expectMap(t, "cqe_flags", c.CqeFlags, map[string]uint32{
 		"SOURCE_MASK": SourceMask, "SOURCE_NONE": SourceNone, "SOURCE_LOCAL": SourceLocal,
-		"SOURCE_RDMA": SourceRDMA, "SOURCE_HTTP": SourceHTTP, "NEEDLE_GZIPPED": NeedleGzipped,
+		"SOURCE_RDMA": SourceRDMA, "SOURCE_HTTP": SourceHTTP, "SOURCE_STREAM": SourceStream, "NEEDLE_GZIPPED": NeedleGzipped,
 	})
 	expectMap(t, "engine_state", c.EngineState, map[string]uint32{"RUNNING": EngineRunning, "DRAINING": EngineDraining, "STOPPED": EngineStopped})
 	expectMap(t, "region_state", c.RegionState, map[string]uint32{"ACTIVE": RegionActive, "FENCED": RegionFenced})

@@ -65,7 +65,7 @@ func (c *Completion) Err() error {
 	return newCompletionError(c.Cqe)
 }
 
-// Source is which path served the read (SourceLocal, SourceRDMA, SourceHTTP, SourceNone).
+// Source is which path served the read (SourceLocal, SourceRDMA, SourceHTTP, SourceStream, SourceNone).
 func (c *Completion) Source() uint32 { return c.Cqe.Flags & SourceMask }
 
 // Gzipped says the needle is stored gzip-compressed; the bytes are the stored ones.

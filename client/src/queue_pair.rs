@@ -75,6 +75,8 @@ pub enum ReadSource {
     Local,
     Rdma,
     Http,
+    /// The stream transport (our protocol over TCP, from an exporter).
+    Stream,
 }
 
 impl ReadSource {
@@ -84,6 +86,7 @@ impl ReadSource {
             ReadSource::Local => "local",
             ReadSource::Rdma => "rdma",
             ReadSource::Http => "http",
+            ReadSource::Stream => "stream",
         }
     }
 }
@@ -114,6 +117,7 @@ impl Completion {
             cqe_flags::SOURCE_LOCAL => ReadSource::Local,
             cqe_flags::SOURCE_RDMA => ReadSource::Rdma,
             cqe_flags::SOURCE_HTTP => ReadSource::Http,
+            cqe_flags::SOURCE_STREAM => ReadSource::Stream,
             _ => ReadSource::None,
         }
     }

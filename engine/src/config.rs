@@ -75,23 +75,35 @@ pub struct Config {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(4..=5))]
     pub offset_bytes: u8,
 
-    /// Export role: a directory of SeaweedFS volumes to export over UCX to
-    /// reading engines. Repeatable; needs --listen.
+    /// Which remote transport both roles use: `auto` takes UCX only when a verbs (RDMA)
+    /// device is present and can register the export's file mappings, else the stream
+    /// transport (our protocol over TCP); the start-up log says which and why.
+    #[arg(long, value_enum, default_value_t = crate::transport::TransportKind::Auto)]
+    pub transport: crate::transport::TransportKind,
+
+    /// With `--transport ucx` on a host without a verbs device: accept that UCX's software
+    /// transports let any peer that connects read and write this process's memory
+    /// (docs/security.md). For trusted single-tenant setups and tests of the UCX code path.
+    #[arg(long)]
+    pub allow_ucx_software_rma: bool,
+
+    /// Export role: a directory of SeaweedFS volumes to export to reading engines.
+    /// Repeatable; needs --listen.
     #[arg(long = "export-dir", requires = "listen")]
     pub export_dir: Vec<PathBuf>,
 
-    /// Export role: the address the UCX listener binds (HOST:PORT).
+    /// Export role: the one address the exporter listens on (HOST:PORT).
     #[arg(long, requires = "export_dir")]
     pub listen: Option<std::net::SocketAddr>,
 
     /// Export role: only these reader addresses may connect (repeatable).
-    /// Without it any host that reaches --listen may connect; see
-    /// docs/ucx-bindings.md, "Security", for what a connected peer can do.
+    /// Without it (and without --security-toml) any host that reaches --listen can read every
+    /// exported volume; see docs/security.md.
     #[arg(long = "allow-peer", requires = "listen")]
     pub allow_peer: Vec<std::net::IpAddr>,
 
-    /// Read role: an exporting engine to read volumes from over RDMA
-    /// (its --listen address). Repeatable.
+    /// Read role: an exporting engine to read volumes from (its --listen address).
+    /// Repeatable.
     #[arg(long = "peer")]
     pub peer: Vec<std::net::SocketAddr>,
 
@@ -120,9 +132,9 @@ pub struct Config {
     #[arg(long, default_value_t = 8)]
     pub http_fallback_threads: usize,
 
-    /// SeaweedFS's security.toml: its `[jwt.signing.read]` key authenticates readers to
-    /// exporters (a reader signs its catalogue requests; an exporter answers only signed
-    /// ones). Give it to both roles.
+    /// SeaweedFS's security.toml: its `[jwt.signing.read]` key authenticates readers and
+    /// exporters to each other (the stream transport's challenge and response; UCX's catalogue
+    /// requests are signed with it). Give it to both roles.
     #[arg(long)]
     pub security_toml: Option<PathBuf>,
 
@@ -132,7 +144,11 @@ pub struct Config {
     #[serde(skip_serializing_if = "is_zero")]
     pub read_token_backdate_secs: u64,
 
-    /// Read role: RDMA reads each queue pair can have in flight at once; the
+    /// Read role: stream transport connections kept to each exporter.
+    #[arg(long, default_value_t = 2)]
+    pub stream_connections_per_peer: usize,
+
+    /// Read role: remote reads each queue pair can have in flight at once; the
     /// engine sizes its table for every queue pair of every client at once.
     #[arg(long, default_value_t = 64)]
     pub rdma_reads_per_queue_pair: usize,
@@ -235,6 +251,13 @@ impl Config {
             if let Some(value) = value.as_ref().filter(|value| !is_host_port(value)) {
                 return Err(ConfigError::NotHostPort { name, value: value.clone() });
             }
+        }
+        if !(1..=16).contains(&self.stream_connections_per_peer) {
+            return Err(ConfigError::OutOfRange {
+                name: "stream-connections-per-peer",
+                value: self.stream_connections_per_peer as u64,
+                limit: 16,
+            });
         }
         if !(1..=256).contains(&self.http_fallback_threads) {
             return Err(ConfigError::OutOfRange {

@@ -16,7 +16,9 @@ pub mod rdma;
 pub mod read;
 pub mod region;
 pub mod startup;
+pub mod stream;
 pub mod supervise;
+pub mod transport;
 
 use config::{Config, ConfigError};
 use poller::{Poller, PollerLink};
@@ -47,13 +49,15 @@ pub enum EngineError {
     PollerDied,
     #[error("--security-toml: {0}")]
     ReadKey(#[from] rdma::token::KeyError),
+    #[error(transparent)]
+    Transport(#[from] transport::ChoiceError),
 }
 
 impl EngineError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            EngineError::Config(_) | EngineError::ReadKey(_) => 2,
+            EngineError::Config(_) | EngineError::ReadKey(_) | EngineError::Transport(_) => 2,
             EngineError::SocketInUse(_) | EngineError::Socket { .. } | EngineError::Control(_) => 3,
             EngineError::Read(_) | EngineError::Export(_) => 4,
             EngineError::Signals(_) | EngineError::Thread(_) | EngineError::PollerDied => 5,
@@ -99,15 +103,27 @@ fn start_exporter(
     let Some(listen) = config.listen else { return Ok(None) };
     let width = if config.offset_bytes == 5 { OffsetWidth::Five } else { OffsetWidth::Four };
     let read_key = config.security_toml.as_deref().map(rdma::token::ReadKey::from_security_toml).transpose()?;
+    let allowed_peers = (!config.allow_peer.is_empty()).then(|| config.allow_peer.clone());
+    if config.transport != transport::TransportKind::Ucx {
+        let stream_config = stream::export::StreamExportConfig {
+            offset_width: width,
+            read_key,
+            allowed_peers,
+            ..stream::export::StreamExportConfig::new(config.export_dir.clone(), listen)
+        };
+        let handle = stream::export::spawn(stream_config, shutdown.clone())?;
+        tracing::info!(listen = %handle.local_addr(), transport = "stream", "export role serving");
+        return Ok(Some(handle));
+    }
     let export_config = rdma::export::ExportConfig {
         offset_width: width,
         read_key,
-        allowed_peers: (!config.allow_peer.is_empty()).then(|| config.allow_peer.clone()),
+        allowed_peers,
         idle_spin: std::time::Duration::from_micros(config.idle_spin_us),
         ..rdma::export::ExportConfig::new(config.export_dir.clone(), listen)
     };
     let handle = rdma::export::spawn(export_config, shutdown.clone())?;
-    tracing::info!(listen = %handle.local_addr(), "export role serving");
+    tracing::info!(listen = %handle.local_addr(), transport = "ucx", "export role serving");
     Ok(Some(handle))
 }
 
@@ -149,9 +165,37 @@ fn spawn_poller(
     Ok((thread, started))
 }
 
+/// Decides the remote transport (`--transport`; one log line with the reason) and, with UCX,
+/// keeps UCX to the `--listen` device. Call before any thread exists (it may set UCX's
+/// environment).
+fn choose_transport(config: &mut Config) -> Result<(), EngineError> {
+    let remote_role = config.listen.is_some() || !config.peer.is_empty() || config.export_port.is_some();
+    if !remote_role {
+        config.transport = transport::TransportKind::Stream;
+        return Ok(());
+    }
+    let devices = transport::verbs_devices(std::path::Path::new(transport::INFINIBAND_CLASS));
+    let choice = transport::choose(
+        config.transport,
+        config.allow_ucx_software_rma,
+        &devices,
+        transport::probe_read_only_registration,
+    )?;
+    config.transport = choice.kind;
+    match choice.kind {
+        transport::TransportKind::Ucx => {
+            let devices = transport::restrict_ucx_devices(config.listen);
+            tracing::info!(transport = "ucx", why = %choice.why, %devices, "start-up report: remote transport");
+        }
+        _ => tracing::info!(transport = "stream", why = %choice.why, "start-up report: remote transport"),
+    }
+    Ok(())
+}
+
 /// Runs the engine until SIGTERM or SIGINT, then drains and returns.
-pub fn run(config: Config) -> Result<(), EngineError> {
+pub fn run(mut config: Config) -> Result<(), EngineError> {
     config.validate()?;
+    choose_transport(&mut config)?;
     if !rdma_ipc::futex::waitv_supported() {
         tracing::warn!(
             "futex_waitv is not available (Linux 5.16+; this kernel answers ENOSYS): the poller sleeps on its \

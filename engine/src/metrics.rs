@@ -5,7 +5,7 @@
 //! block, written by one thread (the poller, except the client gauges the control thread
 //! keeps), with a relaxed load and store. The metrics thread reads them when scraped and
 //! encodes them with `prometheus-client`. Two names are a contract other tooling relies on:
-//! `seaweedfs_rdma_reads_total{source="local|rdma|http"}` (every read the engine completed,
+//! `seaweedfs_rdma_reads_total{source="local|rdma|http|stream"}` (every read the engine completed,
 //! by the path that served it) and `seaweedfs_rdma_errors_total{code="…"}` (every error
 //! completion, by its name in the code table).
 //!
@@ -33,9 +33,15 @@ use shm_layout::entry::{cqe_flags, Cqe, ErrorCode};
 use crate::read::FallbackReason;
 use crate::region::RegionMemory;
 
+/// Counters kept per source value (`cqe_flags::SOURCE_MASK` + 1).
+const SOURCE_SLOTS: usize = cqe_flags::SOURCE_MASK as usize + 1;
 /// Read sources, by their `cqe_flags::SOURCE_*` value.
-const SOURCES: [(u32, &str); 3] =
-    [(cqe_flags::SOURCE_LOCAL, "local"), (cqe_flags::SOURCE_RDMA, "rdma"), (cqe_flags::SOURCE_HTTP, "http")];
+const SOURCES: [(u32, &str); 4] = [
+    (cqe_flags::SOURCE_LOCAL, "local"),
+    (cqe_flags::SOURCE_RDMA, "rdma"),
+    (cqe_flags::SOURCE_HTTP, "http"),
+    (cqe_flags::SOURCE_STREAM, "stream"),
+];
 /// Room for error codes -1 ..= -ERROR_SLOTS.
 const ERROR_SLOTS: usize = 64;
 /// Latency buckets: the upper bound of bucket `i` is 2^i µs (1 µs .. ~16 s), then +Inf.
@@ -85,11 +91,11 @@ impl LatencyHistogram {
 /// Every counter of the engine.
 #[derive(Debug)]
 pub struct EngineMetrics {
-    reads: [AtomicU64; 4],
-    read_bytes: [AtomicU64; 4],
+    reads: [AtomicU64; SOURCE_SLOTS],
+    read_bytes: [AtomicU64; SOURCE_SLOTS],
     errors: [AtomicU64; ERROR_SLOTS],
     fallbacks: [AtomicU64; FALLBACK_REASONS.len()],
-    latency: [LatencyHistogram; 4],
+    latency: [LatencyHistogram; SOURCE_SLOTS],
     reads_in_flight: AtomicU64,
     lookups: AtomicU64,
     /// Written by the control thread.
@@ -117,11 +123,11 @@ pub struct EngineMetrics {
 
 /// The engine's metrics (one engine per process).
 pub static METRICS: EngineMetrics = EngineMetrics {
-    reads: [const { AtomicU64::new(0) }; 4],
-    read_bytes: [const { AtomicU64::new(0) }; 4],
+    reads: [const { AtomicU64::new(0) }; SOURCE_SLOTS],
+    read_bytes: [const { AtomicU64::new(0) }; SOURCE_SLOTS],
     errors: [const { AtomicU64::new(0) }; ERROR_SLOTS],
     fallbacks: [const { AtomicU64::new(0) }; FALLBACK_REASONS.len()],
-    latency: [const { LatencyHistogram::new() }; 4],
+    latency: [const { LatencyHistogram::new() }; SOURCE_SLOTS],
     reads_in_flight: AtomicU64::new(0),
     lookups: AtomicU64::new(0),
     attached_clients: AtomicU64::new(0),

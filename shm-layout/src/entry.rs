@@ -81,12 +81,17 @@ const _: () = assert!(core::mem::offset_of!(Cqe, data_offset) == 16);
 
 /// Bits of [`Cqe::flags`].
 pub mod cqe_flags {
-    /// Mask of the source field: which path served the read.
-    pub const SOURCE_MASK: u32 = 0b11;
+    /// Mask of the source field: which path served the read. (Two bits wide before the
+    /// stream transport; engines never set bit 2 before it, so older clients read a stream
+    /// completion's source as `SOURCE_NONE`.)
+    pub const SOURCE_MASK: u32 = 0b111;
     pub const SOURCE_NONE: u32 = 0;
     pub const SOURCE_LOCAL: u32 = 1;
+    /// UCX one-sided gets (RDMA NICs, or UCX's software transports when allowed).
     pub const SOURCE_RDMA: u32 = 2;
     pub const SOURCE_HTTP: u32 = 3;
+    /// The stream transport (our protocol over TCP, from an exporter).
+    pub const SOURCE_STREAM: u32 = 4;
     /// The needle is stored gzip-compressed; the bytes handed over are the
     /// stored (compressed) bytes.
     pub const NEEDLE_GZIPPED: u32 = 1 << 8;
@@ -145,7 +150,7 @@ error_codes! {
     IO_ERROR = -15, "reading the volume file failed";
     CORRUPT_NEEDLE = -16, "the needle's header does not match its index entry (id or size), or the record is malformed";
     RANGE_OUT_OF_BOUNDS = -17, "the requested byte range is outside the needle's data";
-    PEER_UNAVAILABLE = -18, "the volume's host could not be reached over RDMA";
+    PEER_UNAVAILABLE = -18, "the volume's exporter could not be reached, or its connection failed during the read";
     NOT_SUPPORTED = -19, "the engine was not configured with a transport that can serve this request";
     MASTER_UNAVAILABLE = -20, "the SeaweedFS master could not be reached or did not answer the volume lookup";
     HTTP_FAILED = -21, "the volume server's HTTP fallback failed: connection lost or an error status (in aux)";

@@ -81,7 +81,7 @@ fn constants() -> Value {
         "opcode": {"NOP": opcode::NOP, "READ_NEEDLE": opcode::READ_NEEDLE, "READ_RANGE": opcode::READ_RANGE, "CANCEL": opcode::CANCEL},
         "cqe_flags": {
             "SOURCE_MASK": cqe_flags::SOURCE_MASK, "SOURCE_NONE": cqe_flags::SOURCE_NONE,
-            "SOURCE_LOCAL": cqe_flags::SOURCE_LOCAL, "SOURCE_RDMA": cqe_flags::SOURCE_RDMA,
+            "SOURCE_LOCAL": cqe_flags::SOURCE_LOCAL, "SOURCE_RDMA": cqe_flags::SOURCE_RDMA, "SOURCE_STREAM": cqe_flags::SOURCE_STREAM,
             "SOURCE_HTTP": cqe_flags::SOURCE_HTTP, "NEEDLE_GZIPPED": cqe_flags::NEEDLE_GZIPPED,
         },
         "sq_flags": {"NEED_WAKEUP": sq_flags::NEED_WAKEUP},

@@ -83,6 +83,11 @@ impl ReadKey {
         ReadKey(key.to_vec())
     }
 
+    /// The key's bytes (the stream transport's handshake proofs are keyed by them).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     fn mac(&self) -> Hmac<Sha256> {
         // HMAC takes keys of any length.
         Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC accepts any key length")

@@ -32,6 +32,7 @@ pub enum FallbackReason {
 pub struct ReadCounters {
     pub local: u64,
     pub rdma: u64,
+    pub stream: u64,
     pub http: u64,
     pub fallback_no_exporter: u64,
     pub fallback_peer_unavailable: u64,
@@ -45,6 +46,7 @@ impl ReadCounters {
         ReadCounters {
             local: metrics.reads(cqe_flags::SOURCE_LOCAL),
             rdma: metrics.reads(cqe_flags::SOURCE_RDMA),
+            stream: metrics.reads(cqe_flags::SOURCE_STREAM),
             http: metrics.reads(cqe_flags::SOURCE_HTTP),
             fallback_no_exporter: metrics.fallbacks("no_exporter"),
             fallback_peer_unavailable: metrics.fallbacks("peer_unavailable"),

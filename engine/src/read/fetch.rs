@@ -149,6 +149,18 @@ impl NeedleFetch {
         }
     }
 
+    /// Every piece of the last [`Step::Fetch`] has landed, and the check reads none of them in
+    /// a client's buffer: the phases of a range read. `None` for a whole read, whose check
+    /// reads the record where it landed (use [`NeedleFetch::landed`]). The stream transport's
+    /// exporter runs the range phases with this on its own scratch.
+    pub fn landed_in_scratch(&mut self, scratch: &[u8; SCRATCH_BYTES]) -> Option<Step> {
+        match self.phase {
+            Phase::Whole { .. } => None,
+            Phase::RangePrefix => Some(self.prefix_landed(scratch)),
+            Phase::RangeData { length_bytes, span } => Some(self.range_landed(length_bytes, &span, scratch)),
+        }
+    }
+
     /// The record prefix is in the scratch: check the header, clamp the range (as HTTP does),
     /// then fetch the range into the buffer and the meta after the data into the scratch.
     fn prefix_landed(&mut self, scratch: &[u8; SCRATCH_BYTES]) -> Step {

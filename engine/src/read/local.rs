@@ -28,8 +28,10 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::ptr::NonNull;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use volume_format::index::OffsetWidth;
+use volume_format::version::Version;
 use volume_format::volume::{LocalVolume, Location};
 
 pub use self::reads::Started;
@@ -160,6 +162,38 @@ impl LocalVolumes {
         for volume_id in ids {
             self.refresh(volume_id);
         }
+    }
+
+    /// The ids of the volumes served.
+    pub fn volume_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.volumes.keys().copied()
+    }
+
+    /// The export role's lookup: where a needle lies (by an index at most [`INDEX_MAX_AGE`]
+    /// old at `now`), the volume's version and its `.dat`, held open while a reply is sent.
+    pub fn locate_shared(
+        &mut self,
+        volume_id: u32,
+        needle_id: u64,
+        now: Instant,
+    ) -> Result<(Location, Version, Arc<File>), (ErrorCode, u64)> {
+        if !self.serves(volume_id) {
+            return Err((ErrorCode::NO_SUCH_VOLUME, 0));
+        }
+        let read = NeedleRead { volume_id, needle_id, cookie: 0, buffer_offset: 0, buffer_length: 0, range: None };
+        let location = self.locate_fresh(&read, now)?;
+        let volume = &self.volumes.get(&volume_id).ok_or((ErrorCode::NO_SUCH_VOLUME, 0))?.volume;
+        Ok((location, volume.version(), volume.shared_dat_file()))
+    }
+
+    /// Opens a volume's files again when they were replaced (a check failed on them: they may
+    /// have been compacted meanwhile). Whether they were.
+    pub fn refresh_if_replaced(&mut self, volume_id: u32) -> bool {
+        let replaced = self.volumes.get(&volume_id).is_some_and(|served| served.volume.is_replaced());
+        if replaced {
+            self.refresh(volume_id);
+        }
+        replaced
     }
 
     /// Follows one volume: reopens it when its files were replaced (keeping

@@ -18,6 +18,7 @@ pub mod fetch;
 pub mod http;
 pub mod local;
 pub mod locate;
+pub mod remote;
 pub mod routes;
 mod routing;
 mod setup;
@@ -33,10 +34,10 @@ use std::time::{Duration, Instant};
 
 use crate::execute::{Executed, Outcome, Route};
 use crate::metrics::METRICS;
-use crate::rdma::remote::RemoteReads;
 use http::HttpReads;
 use local::Started;
 use locate::Locator;
+use remote::Remote;
 use routes::{PendingRead, RouteTable, Stage};
 use shm_layout::entry::{cqe_flags, Cqe, ErrorCode, NeedleRead};
 use shm_layout::region::RegionView;
@@ -88,7 +89,7 @@ pub fn completion(user_data: u64, buffer_offset: u64, source: u32, result: ReadR
 #[derive(Debug)]
 pub struct ReadService {
     pub(super) local: local::LocalVolumes,
-    pub(super) remote: Option<RemoteReads>,
+    pub(super) remote: Option<Remote>,
     pub(super) http: Option<HttpReads>,
     pub(super) locator: Option<Locator>,
     pub(super) export_port: Option<u16>,
@@ -168,7 +169,7 @@ impl ReadService {
             expired: false,
         };
         let Some(token) = self.routes.insert(pending) else {
-            let source = if local { cqe_flags::SOURCE_LOCAL } else { cqe_flags::SOURCE_RDMA };
+            let source = if local { cqe_flags::SOURCE_LOCAL } else { self.remote_source() };
             // Not reached: the poller checks has_room() before taking an entry.
             return Executed::Done(
                 Cqe { flags: source, ..Cqe::error(user_data, ErrorCode::IO_ERROR) },
@@ -244,10 +245,11 @@ impl ReadService {
         if let Some(remote) = self.remote.as_mut() {
             remote.progress();
         }
-        while let Some((token, result)) = self.remote.as_mut().and_then(RemoteReads::poll_completion) {
+        let remote_source = self.remote_source();
+        while let Some((token, result)) = self.remote.as_mut().and_then(Remote::poll_completion) {
             let routed = match result {
                 Err(error) => self.after_rdma_failure(token, error, now),
-                Ok(_) => Routed::Finished(cqe_flags::SOURCE_RDMA, result),
+                Ok(_) => Routed::Finished(remote_source, result),
             };
             self.finish_if_done(token, routed, sink);
         }
@@ -358,7 +360,7 @@ impl ReadService {
         // SAFETY: the region stays mapped until the poller releases it, which
         // it does only after release_region() returned true.
         if let Err(error) = unsafe { remote.register_buffer_area(region_id, base, size) } {
-            tracing::warn!(region_id, %error, "cannot register a region for RDMA; its remote reads will fail");
+            tracing::warn!(region_id, %error, "cannot register a region with the remote transport; its remote reads will fail");
         }
     }
 
@@ -384,13 +386,18 @@ impl ReadService {
             let (up, down) = remote.peer_counts();
             METRICS.set_peers(up, down);
             METRICS.publish_peer_generations(
-                remote.peer_generations().map(|(address, generation)| (address.to_string(), generation)),
+                remote.peer_generations().into_iter().map(|(address, generation)| (address.to_string(), generation)),
             );
         }
         METRICS.publish_by_volume(self.by_volume.iter().map(|(&volume_id, &(reads, bytes))| (volume_id, reads, bytes)));
         if self.last_counters_log.elapsed() >= COUNTERS_LOG_INTERVAL && ReadCounters::now() != self.logged_counters {
             self.log_counters();
         }
+    }
+
+    /// The completion source of the remote transport's reads.
+    fn remote_source(&self) -> u32 {
+        self.remote.as_ref().map_or(cqe_flags::SOURCE_RDMA, Remote::source)
     }
 
     /// Counts a completed read of `volume_id` (poller-local; published in housekeeping). At
@@ -410,6 +417,7 @@ impl ReadService {
         tracing::info!(
             local = counters.local,
             rdma = counters.rdma,
+            stream = counters.stream,
             http = counters.http,
             fallback_no_exporter = counters.fallback_no_exporter,
             fallback_peer_unavailable = counters.fallback_peer_unavailable,

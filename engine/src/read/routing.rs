@@ -153,7 +153,8 @@ impl ReadService {
         let can_fall_back = self.can_fall_back();
         let Some(pending) = self.routes.get_mut(token) else { return Routed::Going };
         if pending.canceled || pending.expired || !falls_back(error.0) || !can_fall_back {
-            return Routed::Finished(cqe_flags::SOURCE_RDMA, Err(error));
+            let source = self.remote.as_ref().map_or(cqe_flags::SOURCE_RDMA, |remote| remote.source());
+            return Routed::Finished(source, Err(error));
         }
         pending.rdma_failure = Some(error.0);
         pending.stage = Stage::Locating;

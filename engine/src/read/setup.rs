@@ -8,10 +8,13 @@ use std::time::Instant;
 
 use super::http::{HttpConfig, HttpReads, Waker};
 use super::locate::Locator;
+use super::remote::Remote;
 use super::routes::RouteTable;
 use super::{local, ReadCounters, ReadService};
 use crate::config::{Config, LocalIoKind};
 use crate::rdma::remote::{RemoteConfig, RemoteReads, PEERS_MAX};
+use crate::stream::reader::{StreamConfig, StreamReads};
+use crate::transport::TransportKind;
 use volume_format::index::OffsetWidth;
 
 /// Exporters found through the master that one engine connects to at most.
@@ -25,6 +28,8 @@ pub enum ReadSetupError {
     VolumeDir { dir: String, all: String, source: std::io::Error },
     #[error("cannot start the RDMA read role: {0}")]
     Remote(#[from] crate::rdma::remote::RemoteError),
+    #[error("cannot start the stream read role: {0}")]
+    Stream(#[from] crate::stream::reader::StreamError),
     #[error("--security-toml: {0}")]
     ReadKey(crate::rdma::token::KeyError),
     #[error("cannot start the {what} threads: {source}")]
@@ -38,6 +43,7 @@ pub enum ReadSetupError {
 pub struct ReadSetup {
     local: local::LocalVolumes,
     remote: Option<RemoteConfig>,
+    stream: Option<StreamConfig>,
     master: Option<String>,
     export_port: Option<u16>,
     volume_server: Option<Arc<str>>,
@@ -85,10 +91,25 @@ impl ReadSetup {
             },
             ..RemoteConfig::new(config.peer.clone())
         });
+        let (remote, stream) = match (remote, config.transport) {
+            (Some(remote), TransportKind::Ucx) => (Some(remote), None),
+            (Some(remote), _) => {
+                let stream = StreamConfig {
+                    max_peers: remote.max_peers,
+                    max_in_flight: remote.max_in_flight,
+                    read_key: remote.read_key.clone(),
+                    connections_per_peer: config.stream_connections_per_peer,
+                    ..StreamConfig::new(remote.peers.clone())
+                };
+                (None, Some(stream))
+            }
+            (None, _) => (None, None),
+        };
         let http_wanted = !config.no_http_fallback && (config.master.is_some() || config.volume_server.is_some());
         Ok(Some(ReadSetup {
             local,
             remote,
+            stream,
             master: config.master.clone(),
             export_port: config.export_port,
             volume_server: config.volume_server.as_deref().map(Arc::from),
@@ -104,14 +125,20 @@ impl ReadSetup {
     /// doorbell (other threads call it when they queued a completion for it).
     pub fn start(self, wake: Waker) -> Result<ReadService, ReadSetupError> {
         let wake_local = wake.clone();
-        let remote = match self.remote {
-            Some(config) => {
+        let remote = match (self.remote, self.stream) {
+            (Some(config), _) => {
                 let peers = config.peers.len();
                 let remote = RemoteReads::new(config)?;
-                tracing::info!(peers, "RDMA read role started");
-                Some(remote)
+                tracing::info!(peers, transport = "ucx", "remote read role started");
+                Some(Remote::Ucx(remote))
             }
-            None => None,
+            (None, Some(config)) => {
+                let peers = config.peers.len();
+                let remote = StreamReads::new(config, wake.clone())?;
+                tracing::info!(peers, transport = "stream", "remote read role started");
+                Some(Remote::Stream(remote))
+            }
+            (None, None) => None,
         };
         let threads = |what| move |source| ReadSetupError::Threads { what, source };
         let locator = match self.master {

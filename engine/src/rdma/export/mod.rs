@@ -128,6 +128,8 @@ pub enum ExportError {
     SetupTimeout,
     #[error("the exporter thread failed: {0}")]
     Failed(String),
+    #[error("stream transport: {0}")]
+    Stream(String),
 }
 
 /// A running exporter.
@@ -139,6 +141,15 @@ pub struct ExportHandle {
 }
 
 impl ExportHandle {
+    /// A handle on an exporter thread that listens at `local_addr` and stops when `stop` is set.
+    pub(crate) fn new(
+        local_addr: SocketAddr,
+        stop: Arc<AtomicBool>,
+        thread: thread::JoinHandle<Result<(), ExportError>>,
+    ) -> ExportHandle {
+        ExportHandle { local_addr, stop, thread: Some(thread) }
+    }
+
     /// The address the listener is bound to (the real port when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -198,5 +209,5 @@ pub fn spawn(config: ExportConfig, shutdown: Arc<AtomicBool>) -> Result<ExportHa
             return Err(ExportError::SetupTimeout);
         }
     };
-    Ok(ExportHandle { local_addr, stop, thread: Some(thread) })
+    Ok(ExportHandle::new(local_addr, stop, thread))
 }

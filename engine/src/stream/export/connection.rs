@@ -1,0 +1,321 @@
+//! One reader's connection at the exporter: the handshake, then requests read and answered in
+//! order. Everything is non-blocking and bounded: a connection holds at most
+//! [`Limits::requests_in_flight_max`] replies and reads nothing more until some are sent, so a
+//! reader that never reads its replies stalls only itself (and is closed after
+//! [`Limits::write_stall_timeout`]). Bad bytes close the connection; nothing here panics on
+//! input.
+
+use std::collections::VecDeque;
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use mio::net::TcpStream;
+use zerocopy::IntoBytes;
+
+use super::super::auth::{self, Side};
+use super::super::wire::{
+    auth_mode, handshake_status, ClientHello, ClientProof, HandshakeDone, Request, ServerHello, WireError, NONCE_BYTES,
+    PROOF_BYTES, REQUEST_BYTES,
+};
+use super::super::Limits;
+use super::answer::{answer_read, answer_volumes, Outgoing};
+use crate::rdma::token::ReadKey;
+use crate::read::local::LocalVolumes;
+
+/// Bytes of input buffered per connection: whole requests, read in batches.
+const INPUT_BYTES: usize = REQUEST_BYTES * 32;
+/// Messages handled per turn of one connection, so one busy reader cannot hold the thread.
+const MESSAGES_PER_TURN_MAX: usize = 64;
+
+/// Where the connection is.
+#[derive(Debug)]
+enum Phase {
+    /// Waiting for the reader's hello.
+    Hello,
+    /// The hello was answered; waiting for the reader's proof.
+    Proof { reader_nonce: [u8; NONCE_BYTES], exporter_nonce: [u8; NONCE_BYTES] },
+    /// Authenticated: requests are answered.
+    Serving,
+    /// Refused: the refusal is sent, then the connection is closed.
+    Refused,
+}
+
+/// Why a connection is closed (said in one log line by the caller).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Close {
+    #[error("the reader closed the connection")]
+    Eof,
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("bad message: {0}")]
+    Wire(#[from] WireError),
+    #[error("the reader's proof does not match the read key")]
+    BadProof,
+    #[error("a reply's file shrank while it was being sent")]
+    FileShrank,
+    #[error("{0}")]
+    Timeout(&'static str),
+}
+
+/// What a connection needs from the exporter while it runs.
+pub(super) struct Context<'a> {
+    pub volumes: &'a mut LocalVolumes,
+    pub read_key: Option<&'a ReadKey>,
+    pub limits: &'a Limits,
+    pub volumes_generation: u64,
+    pub now: Instant,
+}
+
+/// One reader's connection.
+#[derive(Debug)]
+pub(super) struct Connection {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    phase: Phase,
+    input: Box<[u8; INPUT_BYTES]>,
+    filled: usize,
+    output: VecDeque<Outgoing>,
+    /// Bytes of the front reply already sent.
+    front_sent: u64,
+    accepted_at: Instant,
+    last_activity: Instant,
+    /// Since when replies wait and the socket takes nothing.
+    stalled_since: Option<Instant>,
+    /// The reader closed its side; the replies still queued are sent, then the connection is
+    /// closed.
+    input_closed: bool,
+    /// Why the connection is refused, once its refusal is sent.
+    refusal: Option<Close>,
+}
+
+/// What one turn of a connection left.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Turn {
+    /// Everything that could be done without blocking is done: wait for the next event.
+    Idle,
+    /// It stopped at its per-turn bound with work left: give it another turn soon.
+    More,
+}
+
+impl Connection {
+    pub fn new(stream: TcpStream, peer: SocketAddr, now: Instant) -> Connection {
+        Connection {
+            stream,
+            peer,
+            phase: Phase::Hello,
+            input: Box::new([0; INPUT_BYTES]),
+            filled: 0,
+            output: VecDeque::new(),
+            front_sent: 0,
+            accepted_at: now,
+            last_activity: now,
+            stalled_since: None,
+            input_closed: false,
+            refusal: None,
+        }
+    }
+
+    pub fn is_serving(&self) -> bool {
+        matches!(self.phase, Phase::Serving)
+    }
+
+    /// Sends what it can, reads and answers what it can, within one turn's bound.
+    pub fn turn(&mut self, context: &mut Context<'_>) -> Result<Turn, Close> {
+        let mut handled = 0;
+        loop {
+            self.flush(context.now)?;
+            if matches!(self.phase, Phase::Refused) {
+                return match self.output.is_empty() {
+                    true => Err(self.refusal.take().unwrap_or(Close::BadProof)),
+                    false => Ok(Turn::Idle),
+                };
+            }
+            while handled < MESSAGES_PER_TURN_MAX && self.output.len() < context.limits.requests_in_flight_max {
+                if !self.handle_one(context)? {
+                    break;
+                }
+                handled += 1;
+            }
+            if handled >= MESSAGES_PER_TURN_MAX {
+                self.flush(context.now)?;
+                return Ok(Turn::More);
+            }
+            if self.output.len() >= context.limits.requests_in_flight_max {
+                // Full: read nothing more until the reader takes replies (a writable event).
+                self.flush(context.now)?;
+                if self.output.len() >= context.limits.requests_in_flight_max {
+                    return Ok(Turn::Idle);
+                }
+                continue;
+            }
+            if self.input_closed {
+                return if self.output.is_empty() { Err(Close::Eof) } else { Ok(Turn::Idle) };
+            }
+            if !self.fill()? {
+                self.flush(context.now)?;
+                return Ok(Turn::Idle);
+            }
+        }
+    }
+
+    /// Reads what the socket has into the input buffer: whether anything came.
+    fn fill(&mut self) -> Result<bool, Close> {
+        if self.filled == INPUT_BYTES {
+            return Ok(false);
+        }
+        match self.stream.read(&mut self.input[self.filled..]) {
+            Ok(0) => {
+                self.input_closed = true;
+                Ok(true)
+            }
+            Ok(count) => {
+                self.filled += count;
+                Ok(true)
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => Ok(true),
+            Err(error) => Err(Close::Io(error)),
+        }
+    }
+
+    /// Takes `N` bytes off the input when they are all there.
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        if self.filled < N {
+            return None;
+        }
+        let message: [u8; N] = self.input[..N].try_into().ok()?;
+        self.input.copy_within(N..self.filled, 0);
+        self.filled -= N;
+        Some(message)
+    }
+
+    /// Handles the next whole message in the input: whether there was one.
+    fn handle_one(&mut self, context: &mut Context<'_>) -> Result<bool, Close> {
+        match self.phase {
+            Phase::Hello => {
+                let Some(bytes) = self.take::<40>() else { return Ok(false) };
+                let hello = ClientHello::decode(&bytes)?;
+                let exporter_nonce = auth::nonce()?;
+                let (auth, proof) = match context.read_key {
+                    Some(key) => (auth_mode::READ_KEY, auth::proof(key, Side::Exporter, &hello.nonce, &exporter_nonce)),
+                    None => (auth_mode::ADDRESS_ONLY, [0; PROOF_BYTES]),
+                };
+                let answer = ServerHello {
+                    magic: super::super::wire::MAGIC,
+                    version: super::super::wire::PROTOCOL_VERSION.into(),
+                    auth: auth.into(),
+                    nonce: exporter_nonce,
+                    proof,
+                };
+                self.output.push_back(Outgoing::message(answer.as_bytes()));
+                self.phase = Phase::Proof { reader_nonce: hello.nonce, exporter_nonce };
+            }
+            Phase::Proof { reader_nonce, exporter_nonce } => {
+                let Some(bytes) = self.take::<32>() else { return Ok(false) };
+                let proof = ClientProof { proof: bytes };
+                let admitted = match context.read_key {
+                    Some(key) => auth::verify(key, Side::Reader, &reader_nonce, &exporter_nonce, &proof.proof),
+                    None => true,
+                };
+                let status = if admitted { handshake_status::OK } else { handshake_status::BAD_PROOF };
+                let done = HandshakeDone { status: status.into(), _reserved: [0; 4] };
+                self.output.push_back(Outgoing::message(done.as_bytes()));
+                if !admitted {
+                    // The refusal goes out first; the connection is closed once it is sent.
+                    self.phase = Phase::Refused;
+                    self.filled = 0;
+                    self.refusal = Some(Close::BadProof);
+                    return Ok(true);
+                }
+                self.phase = Phase::Serving;
+            }
+            Phase::Serving => {
+                let Some(bytes) = self.take::<REQUEST_BYTES>() else { return Ok(false) };
+                let outgoing = match Request::decode(&bytes)? {
+                    Request::Read(read) => answer_read(context.volumes, &read, context.now),
+                    Request::Volumes { token } => answer_volumes(context.volumes, token, context.volumes_generation),
+                };
+                self.output.push_back(outgoing);
+            }
+            Phase::Refused => return Ok(false),
+        }
+        self.last_activity = context.now;
+        Ok(true)
+    }
+
+    /// Sends queued replies until the socket takes no more.
+    fn flush(&mut self, now: Instant) -> Result<(), Close> {
+        // Bounded: each pass sends bytes or returns; the queue is bounded.
+        while let Some(front) = self.output.front() {
+            let total = front.length_bytes();
+            let more_follows = self.output.len() > 1;
+            match send_part(&self.stream, front, self.front_sent, more_follows) {
+                Ok(0) => {
+                    if self.front_sent >= front.bytes.len() as u64 {
+                        // sendfile at the file's end: the record is no longer all there.
+                        return Err(Close::FileShrank);
+                    }
+                    return Err(Close::Io(io::Error::from(io::ErrorKind::WriteZero)));
+                }
+                Ok(count) => {
+                    self.front_sent += count as u64;
+                    self.stalled_since = None;
+                    self.last_activity = now;
+                    if self.front_sent >= total {
+                        self.output.pop_front();
+                        self.front_sent = 0;
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    self.stalled_since.get_or_insert(now);
+                    return Ok(());
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(Close::Io(error)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes a connection past one of its time limits.
+    pub fn check_timeouts(&self, limits: &Limits, now: Instant) -> Result<(), Close> {
+        if !self.is_serving() && now.duration_since(self.accepted_at) > limits.handshake_timeout {
+            return Err(Close::Timeout("the handshake took longer than its limit"));
+        }
+        if self.stalled_since.is_some_and(|since| now.duration_since(since) > limits.write_stall_timeout) {
+            return Err(Close::Timeout("the reader did not read its replies within the write stall limit"));
+        }
+        if self.output.is_empty() && now.duration_since(self.last_activity) > limits.idle_timeout {
+            return Err(Close::Timeout("idle for longer than the idle limit"));
+        }
+        Ok(())
+    }
+}
+
+/// Sends the next part of `reply` from `sent` on: its leading bytes, then its file range with
+/// `sendfile`. `more_follows`: another reply is queued (the kernel may hold a short segment
+/// back for it).
+fn send_part(stream: &TcpStream, reply: &Outgoing, sent: u64, more_follows: bool) -> io::Result<usize> {
+    let leading = reply.bytes.len() as u64;
+    if sent < leading {
+        let rest = &reply.bytes[sent as usize..];
+        let flags = libc::MSG_NOSIGNAL | if reply.file.is_some() || more_follows { libc::MSG_MORE } else { 0 };
+        // SAFETY: `rest` is a live slice of ours; send reads at most its length.
+        let count = unsafe { libc::send(stream.as_raw_fd(), rest.as_ptr().cast(), rest.len(), flags) };
+        return if count < 0 { Err(io::Error::last_os_error()) } else { Ok(count as usize) };
+    }
+    let Some(range) = &reply.file else { return Ok(0) };
+    let done = sent - leading;
+    let mut offset = (range.offset + done) as libc::off_t;
+    let count = (range.length - done).min(1 << 30) as usize;
+    // SAFETY: both descriptors are open (the file is held by the reply); the kernel copies from
+    // the page cache to the socket and advances `offset`, a local.
+    let result = unsafe { libc::sendfile(stream.as_raw_fd(), range.file.as_raw_fd(), &mut offset, count) };
+    if result < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(result as usize)
+    }
+}
