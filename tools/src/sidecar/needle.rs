@@ -53,7 +53,7 @@ pub fn read_whole(reader: &mut dyn SubmitRead, file_id: FileId) -> Result<Needle
     let (bytes, range) = needle_read::landed(reader.client(), &completion)?;
     let source = completion.source();
     let meta = match source {
-        ReadSource::Local | ReadSource::Rdma => Some(parse_meta(bytes, range.start)?),
+        ReadSource::Local | ReadSource::Rdma | ReadSource::Stream => Some(parse_meta(bytes, range.start)?),
         ReadSource::Http | ReadSource::None => None,
     };
     let gzipped = completion.gzipped();
