@@ -1,5 +1,5 @@
-//! `rdma-chaos` itself: a short fault campaign (real exporter, reader, clients, UCX over
-//! shared memory, real SIGKILL and SIGSTOP) finds nothing wrong, and the campaign does
+//! `rdma-chaos` itself: a short fault campaign (real exporter, reader, clients, over the
+//! stream transport and over UCX's shared memory, real SIGKILL and SIGSTOP) finds nothing wrong, and the campaign does
 //! notice wrong bytes when the clients are told to expect other bytes. Then what the
 //! campaign found (or was given the action to find), as regression tests.
 
@@ -9,16 +9,23 @@ use std::process::Command;
 use std::time::Duration;
 use volume_format::writer::{NeedleSpec, VolumeWriter, VolumeWriterOptions};
 
-/// Runs `rdma-chaos campaign` with `extra` arguments; its exit code and JSON report.
+/// Runs `rdma-chaos campaign` with `extra` arguments over UCX's shared memory (the opt-in
+/// mode); its exit code and JSON report.
 fn campaign(extra: &[&str]) -> (Option<i32>, serde_json::Value) {
+    // Shared memory: over tcp UCX 1.13 itself aborts the exporter now and then when a reader
+    // dies with gets in flight (docs/robustness.md), which the campaign counts.
+    campaign_over("sm", extra)
+}
+
+/// Runs `rdma-chaos campaign --transport TRANSPORT` with `extra` arguments; its exit code and
+/// JSON report.
+fn campaign_over(transport: &str, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
     let engine = workspace_binary("rdma-engine");
     let output = Command::new(workspace_binary("rdma-chaos"))
         .arg("campaign")
         .arg("--engine")
         .arg(engine)
-        // Shared memory: over tcp UCX 1.13 itself aborts the exporter now and then when a
-        // reader dies with gets in flight (docs/robustness.md), which the campaign counts.
-        .args(["--json", "--clients", "3", "--depth", "8", "--transport", "sm"])
+        .args(["--json", "--clients", "3", "--depth", "8", "--transport", transport])
         .args(extra)
         .output()
         .expect("run rdma-chaos");
@@ -34,8 +41,18 @@ fn count(report: &serde_json::Value, pointer: &str) -> u64 {
 }
 
 #[test]
-fn ten_faults_serve_no_wrong_byte_hang_nothing_and_leak_nothing() {
-    let (code, report) = campaign(&["--iterations", "10", "--seed", "1"]);
+fn ten_faults_over_ucx_shared_memory_serve_no_wrong_byte_hang_nothing_and_leak_nothing() {
+    expect_a_clean_campaign("sm");
+}
+
+/// The default engines' transport: exporter and reader killed and stopped mid-read.
+#[test]
+fn ten_faults_over_the_stream_transport_serve_no_wrong_byte_hang_nothing_and_leak_nothing() {
+    expect_a_clean_campaign("stream");
+}
+
+fn expect_a_clean_campaign(transport: &str) {
+    let (code, report) = campaign_over(transport, &["--iterations", "10", "--seed", "1"]);
     for counter in [
         "/wrong_reads",
         "/hangs",
@@ -98,8 +115,21 @@ fn a_reader_reconnects_after_every_exporter_kill_over_shared_memory() {
 /// returns wrong bytes.
 #[test]
 fn the_exporter_survives_truncations_of_its_volume_and_serves_no_wrong_byte() {
-    let (code, report) =
-        campaign(&["--iterations", "20", "--seed", "5", "--victims", "exporter", "--actions", "truncate"]);
+    expect_truncations_survived("sm");
+}
+
+/// The stream exporter sends from a file that may shrink under it: a short read is an error
+/// answer, a `sendfile` that meets the new end closes that connection; never a wrong byte.
+#[test]
+fn the_stream_exporter_survives_truncations_of_its_volume_and_serves_no_wrong_byte() {
+    expect_truncations_survived("stream");
+}
+
+fn expect_truncations_survived(transport: &str) {
+    let (code, report) = campaign_over(
+        transport,
+        &["--iterations", "20", "--seed", "5", "--victims", "exporter", "--actions", "truncate"],
+    );
     assert_eq!(count(&report, "/faults/exporter truncate"), 20, "{report:#}");
     for counter in ["/engine_deaths", "/wrong_reads", "/hangs", "/recovery_timeouts"] {
         assert_eq!(count(&report, counter), 0, "{counter} in {report:#}");

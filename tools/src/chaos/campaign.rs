@@ -242,10 +242,7 @@ pub fn run(options: &CampaignOptions) -> Result<CampaignReport, ChaosError> {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         seed: run.seed,
         iterations: options.iterations,
-        transport: match run.transport {
-            super::Transport::Tcp => "tcp",
-            super::Transport::Sm => "sm",
-        },
+        transport: run.transport.name(),
         clients: run.clients,
         depth: run.depth,
         deadline_ms: run.deadline_ms,

@@ -39,10 +39,12 @@ pub enum ChaosError {
     Setup(String),
 }
 
-/// Which UCX transport the engines use between them.
+/// Which transport the engines use between them: the stream transport (the default
+/// engines' own), or UCX's software transports in the opt-in mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Transport {
+    Stream,
     Tcp,
     Sm,
 }
@@ -51,8 +53,25 @@ impl Transport {
     /// The UCX environment of every process of the run (as the RDMA tests use).
     pub fn ucx_env(self) -> &'static [(&'static str, &'static str)] {
         match self {
+            Transport::Stream => &[],
             Transport::Tcp => &[("UCX_TLS", "tcp")],
             Transport::Sm => &[("UCX_TLS", "sm,tcp"), ("UCX_MM_ERROR_HANDLING", "y")],
+        }
+    }
+
+    /// The flags both engines take for it.
+    pub fn engine_args(self) -> &'static [&'static str] {
+        match self {
+            Transport::Stream => &["--transport", "stream"],
+            Transport::Tcp | Transport::Sm => &["--transport", "ucx", "--allow-ucx-software-rma"],
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Stream => "stream",
+            Transport::Tcp => "tcp",
+            Transport::Sm => "sm",
         }
     }
 }
@@ -63,8 +82,9 @@ pub struct RunOptions {
     /// The `rdma-engine` binary (default: beside this one).
     #[arg(long, default_value_os_t = beside_this_binary("rdma-engine"))]
     pub engine: PathBuf,
-    /// UCX transport between the reading and the exporting engine.
-    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    /// Transport between the reading and the exporting engine: the stream transport, or UCX
+    /// over tcp or shared memory (the opt-in mode).
+    #[arg(long, value_enum, default_value_t = Transport::Stream)]
     pub transport: Transport,
     /// Client processes.
     #[arg(long, default_value_t = 3)]

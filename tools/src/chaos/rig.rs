@@ -239,6 +239,7 @@ impl Rig {
             "--listen".into(),
             listen.clone(),
         ];
+        export_args.extend(options.transport.engine_args().iter().map(|arg| arg.to_string()));
         export_args.extend(options.exporter_args.iter().cloned());
         let exporter = EngineProcess::start(
             Role::Exporter,
@@ -256,6 +257,7 @@ impl Rig {
             listen,
             "--no-http-fallback".into(),
         ];
+        reader_args.extend(options.transport.engine_args().iter().map(|arg| arg.to_string()));
         reader_args.extend(options.reader_args.iter().cloned());
         let reader = EngineProcess::start(
             Role::Reader,

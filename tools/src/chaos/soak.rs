@@ -147,10 +147,7 @@ pub fn run(options: &SoakOptions) -> Result<SoakReport, ChaosError> {
         clients: run.clients,
         depth: run.depth,
         reads_per_attachment: options.reads_per_attachment,
-        transport: match run.transport {
-            super::Transport::Tcp => "tcp",
-            super::Transport::Sm => "sm",
-        },
+        transport: run.transport.name(),
         ..SoakReport::default()
     };
     let started = Instant::now();
