@@ -1,7 +1,8 @@
-//! The RDMA path end to end with real processes: an exporting engine, a
-//! reading engine, a client of the reader. Real UCX over tcp and over shared
-//! memory, and across a network namespace (a second "host") when the machine
-//! allows it.
+//! The remote path end to end with real processes: an exporting engine, a
+//! reading engine, a client of the reader. The default engines' stream transport, and real
+//! UCX over tcp and over shared memory in the opt-in mode (`--transport ucx
+//! --allow-ucx-software-rma`, added by the test library for engines given `UCX_TLS`), and
+//! across a network namespace (a second "host") when the machine allows it.
 
 use integration_tests::{
     cookie_of, fixture, free_port, live_needles, open_volume, spawn_attached_client, Engine, EngineOptions,
@@ -13,6 +14,8 @@ use std::time::{Duration, Instant};
 use volume_format::needle::NeedleRecord;
 use volume_format::writer::{NeedleSpec, VolumeWriter, VolumeWriterOptions};
 
+/// The default engines: no flag, no environment (the stream transport on this host).
+const STREAM: &[(&str, &str)] = &[];
 const TCP: &[(&str, &str)] = &[("UCX_TLS", "tcp")];
 const SHARED_MEMORY: &[(&str, &str)] = &[("UCX_TLS", "sm,tcp"), ("UCX_MM_ERROR_HANDLING", "y")];
 
@@ -79,6 +82,11 @@ fn read_one(client: &Client, queue_pair: &mut QueuePair, volume_id: u32, needle_
 /// Reads every live needle of every volume through the reader and compares
 /// with SeaweedFS's own reading of the files. Returns (read, failed their CRC).
 fn read_everything_and_compare(volumes: &Path, reader: &Engine) -> (usize, Vec<(u32, u64)>) {
+    read_everything_from(volumes, reader, ReadSource::Rdma)
+}
+
+/// [`read_everything_and_compare`], each read served by `source`.
+fn read_everything_from(volumes: &Path, reader: &Engine, source: ReadSource) -> (usize, Vec<(u32, u64)>) {
     let (client, mut queue_pair) = attach(reader);
     let mut read_ok = 0;
     let mut crc_failures = Vec::new();
@@ -93,7 +101,7 @@ fn read_everything_and_compare(volumes: &Path, reader: &Engine) -> (usize, Vec<(
                     let range = completion.data_range().unwrap();
                     assert_eq!(&client.bytes(completion.buffer.as_ref().unwrap())[range], expected.data);
                     assert_eq!(completion.gzipped(), expected.is_gzipped());
-                    assert_eq!(completion.source(), ReadSource::Rdma);
+                    assert_eq!(completion.source(), source);
                     read_ok += 1;
                 }
                 (Err(CompletionError::Engine { code: ErrorCode::CRC_MISMATCH, .. }), None) => {
@@ -284,8 +292,19 @@ impl Drop for Namespace {
 
 #[test]
 fn two_hosts_over_a_veth_pair_with_tcp() {
-    let name = format!("rdmat{}", std::process::id() % 100_000);
-    let subnet = 100 + std::process::id() % 100;
+    read_across_two_hosts(TCP, ReadSource::Rdma, 0);
+}
+
+#[test]
+fn two_hosts_over_a_veth_pair_with_the_stream_transport() {
+    read_across_two_hosts(STREAM, ReadSource::Stream, 1);
+}
+
+/// An exporter in a network namespace of its own (a second host, over a veth pair) and a
+/// reader here; `instance` keeps the namespaces of tests running at once apart.
+fn read_across_two_hosts(env: &[(&str, &str)], source: ReadSource, instance: u32) {
+    let name = format!("rdmat{}{instance}", std::process::id() % 10_000);
+    let subnet = 100 + (std::process::id() % 50) * 2 + instance;
     let (host_address, peer_address) = (format!("10.231.{subnet}.1"), format!("10.231.{subnet}.2"));
     let namespace = match Namespace::create(&name, &host_address, &peer_address) {
         Ok(namespace) => namespace,
@@ -303,12 +322,12 @@ fn two_hosts_over_a_veth_pair_with_tcp() {
             prefix: vec!["ip".into(), "netns".into(), "exec".into(), namespace.name.clone()],
             ..options(
                 vec!["--export-dir".into(), volumes.path().display().to_string(), "--listen".into(), listen.clone()],
-                TCP,
+                env,
             )
         },
     );
-    let reader = Engine::start_with(tempfile::tempdir().unwrap(), options(vec!["--peer".into(), listen], TCP));
-    let (read_ok, crc_failures) = read_everything_and_compare(volumes.path(), &reader);
+    let reader = Engine::start_with(tempfile::tempdir().unwrap(), options(vec!["--peer".into(), listen], env));
+    let (read_ok, crc_failures) = read_everything_from(volumes.path(), &reader, source);
     assert_eq!(read_ok, 7 + 298 + 5 + 40);
     assert_eq!(crc_failures, vec![(3, 0x3), (3, 0x30)]);
     drop(reader);
