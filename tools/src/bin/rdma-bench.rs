@@ -20,6 +20,7 @@ struct Args {
 enum TransportArg {
     Local,
     Ucx,
+    Stream,
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,8 +62,8 @@ enum Command {
         /// Which path the engine reads through.
         #[arg(long, value_enum)]
         transport: TransportArg,
-        /// The exporter's --listen address (HOST:PORT); ucx only.
-        #[arg(long, required_if_eq("transport", "ucx"))]
+        /// The exporter's --listen address (HOST:PORT); ucx and stream only.
+        #[arg(long, required_if_eq_any([("transport", "ucx"), ("transport", "stream")]))]
         peer: Option<SocketAddr>,
         /// Directory of the volumes (.dat + .idx) the engine serves (for
         /// ucx: the exporter's --export-dir, readable from this host).
@@ -119,6 +120,9 @@ enum Command {
         #[arg(long)]
         cpu: Option<usize>,
     },
+    /// Internal: the server of `read --transport stream`'s bare TCP floor.
+    #[command(name = read::tcp_floor::TCP_FLOOR_SUBCOMMAND, hide = true)]
+    TcpFloor,
     /// Internal: one busy-loop process of `--contend`.
     #[command(name = BUSY_LOOP_SUBCOMMAND, hide = true)]
     BusyLoop {
@@ -161,7 +165,10 @@ fn main() {
             let options = read::ReadOptions { socket, volume_dir, duration_ms, rounds, contend, cases };
             match (transport, peer) {
                 (TransportArg::Local, Some(_)) => Args::command()
-                    .error(clap::error::ErrorKind::ArgumentConflict, "--peer applies to --transport ucx only")
+                    .error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        "--peer applies to --transport ucx and stream only",
+                    )
                     .exit(),
                 (TransportArg::Local, None) => {
                     let report = read::run(&options).unwrap_or_else(|error| fail(error));
@@ -171,9 +178,11 @@ fn main() {
                         print!("{}", rdma_tools::bench::render_read(&report));
                     }
                 }
-                (TransportArg::Ucx, peer) => {
-                    let peer = peer.expect("clap requires --peer with --transport ucx");
-                    let options = read::ucx::UcxReadOptions { read: options, peer };
+                (TransportArg::Ucx | TransportArg::Stream, peer) => {
+                    let peer = peer.expect("clap requires --peer with --transport ucx or stream");
+                    let transport =
+                        if transport == TransportArg::Stream { read::Transport::Stream } else { read::Transport::Ucx };
+                    let options = read::ucx::UcxReadOptions { read: options, peer, transport };
                     let report = read::ucx::run(&options).unwrap_or_else(|error| fail(error));
                     if json {
                         print_json(&report);
@@ -214,6 +223,12 @@ fn main() {
         Command::FloorHelper { fd, cpu } => {
             if let Err(message) = helper_main(fd, cpu) {
                 eprintln!("rdma-bench floor helper: {message}");
+                std::process::exit(exit_code::OTHER);
+            }
+        }
+        Command::TcpFloor => {
+            if let Err(message) = read::tcp_floor::server_main() {
+                eprintln!("rdma-bench TCP floor server: {message}");
                 std::process::exit(exit_code::OTHER);
             }
         }

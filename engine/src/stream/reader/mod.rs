@@ -25,6 +25,7 @@ mod peers;
 mod receive;
 
 pub use connect::{connect, ConnectError};
+pub use receive::place_check_bytes;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;

@@ -14,7 +14,7 @@ use volume_format::version::Version;
 
 use super::connection::Receiving;
 use super::{SlotState, StreamReads, VOLUMES_TOKEN};
-use crate::read::fetch::{Into, NeedleFetch, Pieces, Step};
+use crate::read::fetch::{Into, NeedleFetch, Pieces, Step, SCRATCH_BYTES};
 use crate::read::routes::slot_of_token;
 use crate::stream::wire::{decode_volume_ids, kind, Reply, REPLY_HEADER_BYTES};
 
@@ -164,28 +164,11 @@ impl StreamReads {
         let read = &mut self.slots[slot];
         let Some(fetch) = read.fetch.as_mut() else { return Next::Fail("check bytes for no read".into()) };
         let check = &target.check[..reply.check_length as usize];
-        let mut taken = 0usize;
-        let mut data_length = None;
-        // The prefix (one piece), then the range's pieces: at most two phases.
-        let mut step = Step::Fetch(first);
-        for _phase in 0..2 {
-            let Step::Fetch(pieces) = step else { break };
-            if !place(&pieces, check, &mut taken, &mut target.scratch, &mut data_length) {
-                return Next::Fail("check bytes that do not fit the needle's pieces".into());
-            }
-            if data_length.is_some() {
-                break;
-            }
-            step = match fetch.landed_in_scratch(&target.scratch) {
-                Some(step) => step,
-                None => return Next::Fail("check bytes for a whole read".into()),
-            };
-        }
-        let expected = data_length.unwrap_or(0);
-        if taken != check.len()
-            || expected != u64::from(reply.data_length)
-            || expected > u64::from(read.read.buffer_length)
-        {
+        let expected = place_check_bytes(fetch, first, check, &mut target.scratch);
+        let fits = expected.is_some_and(|length| {
+            length == u64::from(reply.data_length) && length <= u64::from(read.read.buffer_length)
+        });
+        if !fits {
             return Next::Fail("a range read's reply whose lengths are not the needle's".into());
         }
         if reply.data_length == 0 {
@@ -238,29 +221,37 @@ impl StreamReads {
     }
 }
 
-/// Fills the scratch pieces of `pieces` from `check` (from `taken` on) and notes the length
-/// of the buffer piece; false when the check bytes run out or a piece does not fit.
-fn place(
-    pieces: &Pieces,
+/// Hands a range read's check bytes to its fetch machine piece by piece, as it asks for them
+/// (the record prefix, then the fields after the data): the length of the data that must
+/// follow, or `None` when the bytes are not exactly the needle's pieces. `first`: the pieces
+/// the machine asked for first.
+pub fn place_check_bytes(
+    fetch: &mut NeedleFetch,
+    first: Pieces,
     check: &[u8],
-    taken: &mut usize,
-    scratch: &mut [u8; crate::read::fetch::SCRATCH_BYTES],
-    data_length: &mut Option<u64>,
-) -> bool {
-    for piece in pieces.iter().flatten() {
-        match piece.into {
-            Into::Buffer => *data_length = Some(piece.length_bytes),
-            Into::Scratch(offset) => {
-                let length = piece.length_bytes as usize;
-                let (Some(source), Some(destination)) =
-                    (check.get(*taken..*taken + length), scratch.get_mut(offset..offset + length))
-                else {
-                    return false;
-                };
-                destination.copy_from_slice(source);
-                *taken += length;
+    scratch: &mut [u8; SCRATCH_BYTES],
+) -> Option<u64> {
+    let mut taken = 0usize;
+    let mut step = Step::Fetch(first);
+    // The prefix (one phase), then the range's pieces: at most two phases.
+    for _phase in 0..2 {
+        let Step::Fetch(pieces) = step else { return None };
+        let mut data_length = None;
+        for piece in pieces.iter().flatten() {
+            match piece.into {
+                Into::Buffer => data_length = Some(piece.length_bytes),
+                Into::Scratch(offset) => {
+                    let length = usize::try_from(piece.length_bytes).ok()?;
+                    let source = check.get(taken..taken.checked_add(length)?)?;
+                    scratch.get_mut(offset..offset.checked_add(length)?)?.copy_from_slice(source);
+                    taken += length;
+                }
             }
         }
+        if let Some(length) = data_length {
+            return (taken == check.len()).then_some(length);
+        }
+        step = fetch.landed_in_scratch(scratch)?;
     }
-    true
+    None
 }

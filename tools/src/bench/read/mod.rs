@@ -7,12 +7,17 @@
 //! - `--transport ucx`: a reading engine gets the records from an exporter
 //!   over UCX; the floor is a bare `ucp_get_nbx` loop from the same
 //!   exporter's `.dat` over the same transport ([`get_floor`]); [`ucx::run`].
+//! - `--transport stream`: a reading engine gets them from an exporter over
+//!   the stream transport; the floor is a bare TCP request/response loop
+//!   between two processes over the same loopback ([`tcp_floor`]); [`ucx::run`]
+//!   too (the remote runs differ only in their floor).
 //!
 //! The engine side is the same for both ([`engine`]).
 
 mod engine;
 mod get_floor;
 mod pread;
+pub mod tcp_floor;
 pub mod ucx;
 
 use self::engine::EngineReads;
@@ -96,6 +101,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum Transport {
     Local,
     Ucx,
+    Stream,
 }
 
 /// What both transports take.

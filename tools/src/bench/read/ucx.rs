@@ -1,7 +1,11 @@
-//! `rdma-bench read --transport ucx`: needles read through a reading engine
-//! (`rdma-engine --peer`) that gets them from an exporter over UCX, beside a
-//! bare `ucp_get_nbx` loop from the same exporter's `.dat` ([`get_floor`]),
-//! in alternating short slices.
+//! `rdma-bench read --transport ucx|stream`: needles read through a reading
+//! engine (`rdma-engine --peer`) that gets them from an exporter, beside a
+//! floor in alternating short slices: over UCX a bare `ucp_get_nbx` loop from
+//! the same exporter's `.dat` ([`get_floor`]); over the stream transport a
+//! bare TCP request/response loop between two processes ([`tcp_floor`]).
+//!
+//! Stream targets (reported, never asserted): engine ≥ 0.8× the bare TCP
+//! loop's bytes per second at every size and depth.
 //!
 //! Both sides must use the same UCX transport: the floor's connection is
 //! made in this process with this process's `UCX_*` environment, the
@@ -12,9 +16,11 @@
 //! 64 KiB and 1 MiB; engine 4 KiB depth-1 p50 within 1 µs of the bare p50.
 //!
 //! [`get_floor`]: super::get_floor
+//! [`tcp_floor`]: super::tcp_floor
 
 use super::engine::EngineReads;
 use super::get_floor::GetFloor;
+use super::tcp_floor::TcpFloor;
 use super::{contended_rounds, EngineVsFloor};
 use super::{needles_of_every_size, NeedleRef, ReadOptions, SeriesMap, Transport, Verified};
 use super::{Cases, DEPTH_MAX, NEEDLES_PER_SIZE};
@@ -33,6 +39,8 @@ use std::time::Instant;
 pub const BANDWIDTH_RATIO_TARGET: f64 = 0.9;
 /// Engine p50 minus bare p50 at 4 KiB, depth 1, at most.
 pub const P50_DELTA_TARGET_NS: f64 = 1000.0;
+/// Stream transport: engine bytes per second over the bare TCP loop's, at least, everywhere.
+pub const STREAM_RATIO_TARGET: f64 = 0.8;
 
 #[derive(Clone, Debug)]
 pub struct UcxReadOptions {
@@ -40,6 +48,30 @@ pub struct UcxReadOptions {
     pub read: ReadOptions,
     /// The exporter's `--listen` address (the reader's `--peer`).
     pub peer: SocketAddr,
+    /// `Ucx` or `Stream`: which transport the reader uses, and so which floor.
+    pub transport: Transport,
+}
+
+/// The floor a remote run measures beside the engine.
+enum Floor {
+    Get(GetFloor),
+    Tcp(TcpFloor),
+}
+
+impl Floor {
+    fn slice(
+        &mut self,
+        clock: &TickClock,
+        schedule: &Schedule,
+        volume_id: u32,
+        size: u64,
+        depth: u32,
+    ) -> Result<crate::bench::SliceResult, BenchError> {
+        match self {
+            Floor::Get(floor) => floor.slice(clock, schedule, volume_id, size, depth),
+            Floor::Tcp(floor) => floor.slice(clock, schedule, size, depth),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -108,19 +140,22 @@ fn ucx_environment(reader_pid: u32, exporter_pid: Option<u32>) -> UcxEnvironment
 }
 
 /// Verifies one read per size through the reader, which must have served
-/// it over UCX (a reader with the volumes of its own would measure `pread`).
+/// it over `source` (a reader with the volumes of its own would measure `pread`).
 fn verify_all(
     engine: &mut EngineReads,
     needles: &BTreeMap<u64, Vec<NeedleRef>>,
     cases: &Cases,
+    source: ReadSource,
 ) -> Result<Vec<Verified>, BenchError> {
     let mut verified = Vec::new();
     for (size, _) in cases.sizes() {
         let read = engine.verify(size, &needles[&size][0])?;
-        if read.source != ReadSource::Rdma.name() {
+        if read.source != source.name() {
             return Err(BenchError::Verify(format!(
-                "{}: the reader served it from `{}`, not over UCX; start the reader with --peer only",
-                read.file_id, read.source
+                "{}: the reader served it from `{}`, not `{}`; start the reader with --peer only (and the                  same --transport as the exporter)",
+                read.file_id,
+                read.source,
+                source.name()
             )));
         }
         verified.push(read);
@@ -137,8 +172,13 @@ pub fn run(options: &UcxReadOptions) -> Result<UcxReadReport, BenchError> {
     let cases = &read.cases;
     let needles = needles_of_every_size(&read.volume_dir, cases)?;
     let size_max_bytes = cases.sizes().map(|(size, _)| size).max().unwrap_or(0) as usize;
-    let mut floor = GetFloor::connect(options.peer, size_max_bytes, DEPTH_MAX as usize)?;
-    let mut engine = EngineReads::attach(&read.socket, &needles, DEPTH_MAX, "rdma-bench read --transport ucx")?;
+    let stream = options.transport == Transport::Stream;
+    let mut floor = match stream {
+        true => Floor::Tcp(TcpFloor::start(size_max_bytes)?),
+        false => Floor::Get(GetFloor::connect(options.peer, size_max_bytes, DEPTH_MAX as usize)?),
+    };
+    let client_name = if stream { "rdma-bench read --transport stream" } else { "rdma-bench read --transport ucx" };
+    let mut engine = EngineReads::attach(&read.socket, &needles, DEPTH_MAX, client_name)?;
     let snapshot = take_snapshot(&read.socket)?;
     let reader_pid = snapshot.engine_pid;
     let exporter_pid = tcp_listener_pid(options.peer.port()).filter(|&pid| pid != reader_pid);
@@ -152,9 +192,13 @@ pub fn run(options: &UcxReadOptions) -> Result<UcxReadReport, BenchError> {
     let mut interference = Interference::start(&own_pids);
     let clock = TickClock::calibrate();
     let schedule = Schedule::new(read.duration_ms, read.rounds, (cases.count() * 2) as u32);
-    let verified = verify_all(&mut engine, &needles, cases)?;
+    let source = if stream { ReadSource::Stream } else { ReadSource::Rdma };
+    let verified = verify_all(&mut engine, &needles, cases, source)?;
     let mut watched = vec![("reader", reader_pid)];
     watched.extend(exporter_pid.map(|pid| ("exporter", pid)));
+    if let Floor::Tcp(floor) = &floor {
+        watched.push(("tcp floor server", floor.pid()));
+    }
     let mut series = SeriesMap::new(Watched::new(&watched));
     for _ in 0..schedule.rounds {
         for (size, _) in cases.sizes() {
@@ -170,22 +214,17 @@ pub fn run(options: &UcxReadOptions) -> Result<UcxReadReport, BenchError> {
     contended_rounds(&mut engine, &needles, (&clock, &schedule), contend, &mut series, &mut interference)?;
     engine.check_errors()?;
     let results = ucx_results(&series, &clock, cases);
-    let targets = targets(&results);
+    let targets = if stream { stream_targets(&results) } else { targets(&results) };
     let conditions = RunConditions::new(clock.source(), machine, interference.finish(), wall_start.elapsed());
     Ok(UcxReadReport {
         tool: "rdma-bench read",
         command: command_line(),
-        transport: Transport::Ucx,
+        transport: options.transport,
         peer: options.peer.to_string(),
         volume_dir: read.volume_dir.display().to_string(),
         results,
         targets,
-        floor_method: "floor: ucx::floor::bare_get_loop in the bench process, over its own UCX \
-                       connection to the same exporter (the bench's UCX_* environment), getting \
-                       size-byte pieces of the same exported .dat, walked in steps, depth at a \
-                       time, into one registered buffer; no ring, no needle check. Engine bytes \
-                       are needle data bytes (the engine gets the whole record, a few bytes more)"
-            .into(),
+        floor_method: if stream { TCP_FLOOR_METHOD } else { GET_FLOOR_METHOD }.into(),
         verified,
         needles_per_size: NEEDLES_PER_SIZE,
         schedule,
@@ -196,6 +235,37 @@ pub fn run(options: &UcxReadOptions) -> Result<UcxReadReport, BenchError> {
         contenders: read.contend,
         conditions,
     })
+}
+
+const GET_FLOOR_METHOD: &str = "floor: ucx::floor::bare_get_loop in the bench process, over its own UCX \
+     connection to the same exporter (the bench's UCX_* environment), getting size-byte pieces of the \
+     same exported .dat, walked in steps, depth at a time, into one registered buffer; no ring, no \
+     needle check. Engine bytes are needle data bytes (the engine gets the whole record, a few bytes more)";
+const TCP_FLOOR_METHOD: &str = "floor: a bare TCP request/response loop between the bench and a server process \
+     of its own over loopback (16-byte request, 40-byte header + size bytes from memory), depth requests \
+     in flight on one connection; no index, file, check or ring. Engine bytes are needle data bytes";
+
+/// The stream transport's targets, by size and depth: at least 0.8x the bare TCP loop's bytes.
+const STREAM_TARGETS: [(u64, u32, &str); 6] = [
+    (4096, 1, "4KiB depth 1: engine / bare TCP bytes per second"),
+    (4096, 32, "4KiB depth 32: engine / bare TCP bytes per second"),
+    (65536, 1, "64KiB depth 1: engine / bare TCP bytes per second"),
+    (65536, 32, "64KiB depth 32: engine / bare TCP bytes per second"),
+    (1 << 20, 1, "1MiB depth 1: engine / bare TCP bytes per second"),
+    (1 << 20, 32, "1MiB depth 32: engine / bare TCP bytes per second"),
+];
+
+fn stream_targets(results: &[UcxReadResult]) -> Vec<Target> {
+    let ratio = |size: u64, depth: u32| {
+        results
+            .iter()
+            .find(|result| result.comparison.size_bytes == size && result.comparison.depth == depth)
+            .and_then(|result| result.comparison.bytes_ratio)
+    };
+    STREAM_TARGETS
+        .iter()
+        .map(|&(size, depth, what)| Target::at_least(what, ratio(size, depth), STREAM_RATIO_TARGET))
+        .collect()
 }
 
 fn ucx_results(series: &SeriesMap, clock: &TickClock, cases: &Cases) -> Vec<UcxReadResult> {
