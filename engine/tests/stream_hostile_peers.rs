@@ -198,6 +198,17 @@ fn a_wrong_key_is_refused_before_any_request_and_a_missing_one_is_named() {
 }
 
 #[test]
+fn a_reader_with_the_key_refuses_an_exporter_that_asks_for_none() {
+    let mut exporter = Exporter::start(&[]);
+    let key = ReadKey::from_bytes(b"a-key");
+    assert!(matches!(
+        connect(exporter.address, Some(&key), Duration::from_secs(5)),
+        Err(ConnectError::ExporterWithoutKey)
+    ));
+    exporter.serves_a_good_reader(None);
+}
+
+#[test]
 fn a_replayed_handshake_is_refused() {
     let keys = tempfile::tempdir().unwrap();
     let path = security_toml(keys.path(), "replay-key");
@@ -286,6 +297,9 @@ fn needles_the_exporter_does_not_serve_get_an_error_and_no_byte() {
     let (reply, _, data) = exchange(&mut stream, whole(2, cookie, 100));
     assert_eq!((reply.status, data.len()), (Err(ErrorCode::BUFFER_TOO_SMALL), 0));
     assert!(reply.aux > 65536, "BUFFER_TOO_SMALL names the size needed: {}", reply.aux);
+    // Not even the size for a peer without the cookie.
+    let (reply, _, _) = exchange(&mut stream, whole(2, cookie ^ 1, 100));
+    assert_eq!((reply.status, reply.aux), (Err(ErrorCode::COOKIE_MISMATCH), 0));
     // A range that runs past the end is clamped, as HTTP does.
     let (reply, _, data) = ask(&mut stream, VOLUME_ID, 2, cookie, Some(ByteRange { offset: 65530, length: 100 }));
     assert_eq!((reply.status, data.len()), (Ok(()), 6));

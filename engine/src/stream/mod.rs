@@ -25,8 +25,8 @@ pub mod wire;
 
 use std::time::Duration;
 
-/// The bounds both sides enforce; the exporter's are its configuration, never the reader's
-/// good will.
+/// The bounds the exporter enforces on every connection: its configuration, never the
+/// reader's good will. (The reader bounds its side with `reader::StreamConfig`.)
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     /// Connections an exporter holds at once (more are closed at accept).

@@ -17,6 +17,7 @@ use super::super::COPY_DATA_MAX_BYTES;
 use crate::read::check::{check_range_prefix, CHECK_HEADER_PREFIX_SIZE_BYTES};
 use crate::read::fetch::{Into, NeedleFetch, Piece, Step, SCRATCH_BYTES};
 use crate::read::local::LocalVolumes;
+use volume_format::needle::record_size_bytes;
 
 /// Bytes of a `.dat` sent after a reply's leading bytes.
 #[derive(Debug)]
@@ -86,8 +87,8 @@ fn is_stale(code: ErrorCode) -> bool {
     matches!(code, ErrorCode::COOKIE_MISMATCH | ErrorCode::CORRUPT_NEEDLE | ErrorCode::IO_ERROR)
 }
 
-/// Looks the needle up, checks its header and runs the read's phases; the reply or the code
-/// to answer with.
+/// Looks the needle up, checks its header (id, size, cookie) before anything else, and runs
+/// the read's phases; the reply or the code to answer with.
 fn resolve(volumes: &mut LocalVolumes, request: &ReadRequest, now: Instant) -> Result<Outgoing, (ErrorCode, u64)> {
     let (location, version, file) = volumes.locate_shared(request.volume_id, request.needle_id, now)?;
     let read = NeedleRead {
@@ -98,8 +99,15 @@ fn resolve(volumes: &mut LocalVolumes, request: &ReadRequest, now: Instant) -> R
         buffer_length: request.max_bytes,
         range: request.range,
     };
-    let (mut fetch, mut step) = NeedleFetch::begin(&read, version, location.offset_bytes, location.size);
+    // The header first, whatever the read: not even the needle's size (BUFFER_TOO_SMALL
+    // says it) goes to a peer that does not know its cookie.
     let mut scratch = [0u8; SCRATCH_BYTES];
+    let prefix_length =
+        (CHECK_HEADER_PREFIX_SIZE_BYTES as u64).min(record_size_bytes(version, location.size)) as usize;
+    let prefix = &mut scratch[..prefix_length];
+    file.read_exact_at(prefix, location.offset_bytes).map_err(|_| (ErrorCode::IO_ERROR, 0))?;
+    check_range_prefix(prefix, version, request.needle_id, request.cookie, location.size).map_err(|code| (code, 0))?;
+    let (mut fetch, mut step) = NeedleFetch::begin(&read, version, location.offset_bytes, location.size);
     // The check bytes, in the order the fetch machine asks for them: (scratch offset, length).
     let mut check_pieces: Vec<(usize, usize)> = Vec::with_capacity(3);
     let mut data: Option<Piece> = None;
@@ -124,17 +132,9 @@ fn resolve(volumes: &mut LocalVolumes, request: &ReadRequest, now: Instant) -> R
         }
         step = match fetch.landed_in_scratch(&scratch) {
             Some(step) => step,
-            // A whole read: its one piece is the record. Check its header before a byte of it
-            // is sent; the reader checks the whole record (CRC included) when it has landed.
-            None => {
-                let record = data.ok_or((ErrorCode::IO_ERROR, 0))?;
-                let prefix_length = (CHECK_HEADER_PREFIX_SIZE_BYTES as u64).min(record.length_bytes) as usize;
-                let prefix = &mut scratch[..prefix_length];
-                file.read_exact_at(prefix, record.file_offset).map_err(|_| (ErrorCode::IO_ERROR, 0))?;
-                check_range_prefix(prefix, version, request.needle_id, request.cookie, location.size)
-                    .map_err(|code| (code, 0))?;
-                break;
-            }
+            // A whole read: its one piece is the record, whose header was checked above; the
+            // reader checks the whole record (CRC included) when it has landed.
+            None => break,
         };
     }
     let check_length: usize = check_pieces.iter().map(|&(_, length)| length).sum();

@@ -35,6 +35,8 @@ pub enum ConnectError {
     KeyNeeded,
     #[error("the exporter's proof does not match this engine's read key (the two security.toml files differ, or it is not our exporter)")]
     ExporterProof,
+    #[error("the exporter asks for no read key, so it cannot prove it holds SeaweedFS's read key as this engine does (give the exporter --security-toml too)")]
+    ExporterWithoutKey,
     #[error("the exporter refused this engine's proof: the two read keys differ")]
     ReaderProof,
     #[error("the exporter answered the handshake with status {0}")]
@@ -60,12 +62,18 @@ pub fn connect(address: SocketAddr, key: Option<&ReadKey>, timeout: Duration) ->
             }
             auth::proof(key, Side::Reader, &reader_nonce, &hello.nonce)
         }
-        _ => [0; PROOF_BYTES],
+        // An exporter that asks for no key cannot prove it holds one: a reader that has the key
+        // does not read from it (it could be anyone listening at that address).
+        (_, Some(_)) => return Err(ConnectError::ExporterWithoutKey),
+        (_, None) => [0; PROOF_BYTES],
     };
     write_all(&mut stream, ClientProof { proof }.as_bytes(), deadline, timeout)?;
     let mut done = [0u8; 8];
     read_exact(&mut stream, &mut done, deadline, timeout)?;
     let done = HandshakeDone::read_from_bytes(&done).map_err(|_| ConnectError::Closed)?;
+    if done._reserved != [0; 4] {
+        return Err(ConnectError::Wire(WireError::Reserved));
+    }
     match done.status.get() {
         handshake_status::OK => {}
         handshake_status::BAD_PROOF => return Err(ConnectError::ReaderProof),
