@@ -217,15 +217,19 @@ impl ReadService {
     }
 
     /// Whether the poller must keep polling: RDMA gets in flight or exporters connecting need
-    /// UCX progress. (HTTP and lookup threads ring the doorbell instead.)
+    /// UCX progress. (HTTP and lookup threads, and the stream transport's watch, ring the
+    /// doorbell instead.)
     pub fn needs_polling(&self) -> bool {
-        self.waiting_peers > 0
-            || self.remote.as_ref().is_some_and(|remote| remote.in_flight() > 0 || remote.connecting())
+        self.waiting_peers > 0 || self.remote.as_ref().is_some_and(Remote::needs_polling)
     }
 
     /// Whether another thread queued something the poller must pick up (checked after the
-    /// poller read its doorbell and before it sleeps, so nothing queued is missed).
+    /// poller read its doorbell and before it sleeps, so nothing queued is missed). Arms the
+    /// stream transport's socket watch for the sleep that follows.
     pub fn has_ready(&mut self) -> bool {
+        if let Some(remote) = self.remote.as_ref() {
+            remote.prepare_sleep();
+        }
         self.local.has_completions()
             || self.http.as_ref().is_some_and(HttpReads::has_completions)
             || self.locator.as_ref().is_some_and(Locator::has_answers)

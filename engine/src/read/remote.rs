@@ -55,8 +55,22 @@ impl Remote {
         either!(self, transport => transport.in_flight())
     }
 
-    pub fn connecting(&self) -> bool {
-        either!(self, transport => transport.connecting())
+    /// Whether the poller must keep progressing this transport rather than sleep: UCX while
+    /// gets are in flight or an exporter connects (its progress is what moves them); the
+    /// stream transport only while an exporter connects (its reads in flight wake the poller
+    /// through the socket watch).
+    pub fn needs_polling(&self) -> bool {
+        match self {
+            Remote::Stream(transport) => transport.connecting(),
+            Remote::Ucx(transport) => transport.in_flight() > 0 || transport.connecting(),
+        }
+    }
+
+    /// The poller is about to sleep (see [`StreamReads::prepare_sleep`]).
+    pub fn prepare_sleep(&self) {
+        if let Remote::Stream(transport) = self {
+            transport.prepare_sleep();
+        }
     }
 
     pub fn progress(&mut self) {

@@ -102,8 +102,7 @@ fn resolve(volumes: &mut LocalVolumes, request: &ReadRequest, now: Instant) -> R
     // The header first, whatever the read: not even the needle's size (BUFFER_TOO_SMALL
     // says it) goes to a peer that does not know its cookie.
     let mut scratch = [0u8; SCRATCH_BYTES];
-    let prefix_length =
-        (CHECK_HEADER_PREFIX_SIZE_BYTES as u64).min(record_size_bytes(version, location.size)) as usize;
+    let prefix_length = (CHECK_HEADER_PREFIX_SIZE_BYTES as u64).min(record_size_bytes(version, location.size)) as usize;
     let prefix = &mut scratch[..prefix_length];
     file.read_exact_at(prefix, location.offset_bytes).map_err(|_| (ErrorCode::IO_ERROR, 0))?;
     check_range_prefix(prefix, version, request.needle_id, request.cookie, location.size).map_err(|code| (code, 0))?;

@@ -23,6 +23,7 @@ mod connect;
 mod connection;
 mod peers;
 mod receive;
+mod watch;
 
 pub use connect::{connect, ConnectError};
 pub use receive::place_check_bytes;
@@ -36,6 +37,7 @@ use shm_layout::entry::{ErrorCode, NeedleRead};
 
 use self::connect::Connector;
 use self::peers::Peer;
+use self::watch::SocketWatch;
 use super::wire::{ReadRequest, Request};
 use crate::rdma::remote::PeerStatus;
 use crate::rdma::token::ReadKey;
@@ -180,6 +182,7 @@ pub struct StreamReads {
     peers: Vec<Peer>,
     areas: HashMap<u64, Area>,
     connector: Connector,
+    watch: SocketWatch,
     check_copy: CheckCopy,
     now: Instant,
     last_peer_scan: Instant,
@@ -192,6 +195,7 @@ impl StreamReads {
     pub fn new(config: StreamConfig, wake: Waker) -> Result<StreamReads, StreamError> {
         config.validate()?;
         let capacity = config.max_peers.max(1) * config.connections_per_peer;
+        let watch = SocketWatch::start(wake.clone()).map_err(StreamError::Thread)?;
         let connector = Connector::start(config.read_key.clone(), config.connect_timeout, capacity, wake)
             .map_err(StreamError::Thread)?;
         let now = Instant::now();
@@ -202,6 +206,7 @@ impl StreamReads {
             peers: config.peers.iter().map(|&address| Peer::new(address, config.reconnect_backoff_min)).collect(),
             areas: HashMap::new(),
             connector,
+            watch,
             check_copy: CheckCopy::default(),
             now,
             last_peer_scan: now,
@@ -278,6 +283,14 @@ impl StreamReads {
     /// Reads started whose completion has not been popped.
     pub fn in_flight(&self) -> usize {
         self.slots_in_use
+    }
+
+    /// The poller is about to sleep: with reads in flight, the socket watch rings its doorbell
+    /// when an exporter's bytes arrive (`watch`). The poller need not spin for this transport.
+    pub fn prepare_sleep(&self) {
+        if self.slots_in_use > 0 || self.peers.iter().any(|peer| peer.attempts > 0 || !peer.waiting.is_empty()) {
+            self.watch.arm();
+        }
     }
 
     /// Records a client's buffer area, so reads into it are checked against it and the area is

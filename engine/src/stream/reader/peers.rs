@@ -110,6 +110,9 @@ impl StreamReads {
                 peer.failures = 0;
                 peer.backoff = minimum;
                 peer.retry_at = None;
+                if let Err(error) = self.watch.add(super::watch::descriptor(&stream)) {
+                    tracing::warn!(peer = %peer.address, %error, "cannot watch a stream connection; its replies are noticed at the poller's heartbeat while it sleeps");
+                }
                 peer.connections.push(Connection::new(stream));
                 let connection = peer.connections.len() - 1;
                 if !peer.listed {
