@@ -131,9 +131,14 @@ fn with_default_flags_every_read_is_byte_exact_and_comes_over_the_stream_transpo
     assert!(matches!(completion.result(), Err(CompletionError::Engine { code: ErrorCode::COOKIE_MISMATCH, .. })));
     // rdma-cat, as a user runs it.
     let fid = format!("{VOLUME_ID},{:x}{:08x}", 31, 0xc0 + 21);
-    let output = Command::new(workspace_binary("rdma-cat")).arg("--socket").arg(&reader.socket).arg(&fid).output().unwrap();
+    let output =
+        Command::new(workspace_binary("rdma-cat")).arg("--socket").arg(&reader.socket).arg(&fid).output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("source=stream"), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("source=stream"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert_eq!(output.stdout.len(), 21 * 7919);
     drop(exporter);
 }
@@ -145,8 +150,7 @@ fn each_process_listens_only_where_the_operator_said() {
     let metrics = format!("127.0.0.1:{}", free_port("127.0.0.1"));
     let reader = reader(&listen, &["--metrics-listen", &metrics]);
     let (client, mut queue_pair) = attach(&reader);
-    let completion =
-        integration_tests::read_needle(&client, &mut queue_pair, (VOLUME_ID, 31, 0xc0 + 21), 1 << 20);
+    let completion = integration_tests::read_needle(&client, &mut queue_pair, (VOLUME_ID, 31, 0xc0 + 21), 1 << 20);
     assert_eq!(completion.source(), ReadSource::Stream, "{:?}", completion.result());
     let expected: BTreeSet<SocketAddr> = [listen.parse().unwrap()].into();
     assert_eq!(listening_sockets(exporter.child.id()), expected, "the exporter listens beyond --listen");
@@ -189,8 +193,7 @@ fn a_ucx_reader_pointed_at_a_default_exporter_gets_no_connection() {
         },
     );
     let (client, mut queue_pair) = attach(&ucx_reader);
-    let completion =
-        integration_tests::read_needle(&client, &mut queue_pair, (VOLUME_ID, 31, 0xc0 + 21), 1 << 20);
+    let completion = integration_tests::read_needle(&client, &mut queue_pair, (VOLUME_ID, 31, 0xc0 + 21), 1 << 20);
     assert!(completion.result().is_err(), "a UCX peer read from a stream exporter");
     assert!(
         exporter.wait_for_log("closing a stream connection", Duration::from_secs(10)),
@@ -222,8 +225,7 @@ fn readers_must_prove_the_read_key_and_are_told_why_not() {
         let extra: Vec<&str> = key.map(|key| vec!["--security-toml", key]).unwrap_or_default();
         let stranger = reader(&listen, &extra);
         let (client, mut queue_pair) = attach(&stranger);
-        let completion =
-            integration_tests::read_needle(&client, &mut queue_pair, (VOLUME_ID, 31, 0xc0 + 21), 1 << 20);
+        let completion = integration_tests::read_needle(&client, &mut queue_pair, (VOLUME_ID, 31, 0xc0 + 21), 1 << 20);
         assert!(completion.result().is_err(), "a reader with {key:?} read the volume");
         assert!(stranger.wait_for_log(why, Duration::from_secs(10)), "{key:?}: {}", stranger.log_text());
     }
