@@ -79,6 +79,22 @@ pub fn nonce() -> std::io::Result<[u8; NONCE_BYTES]> {
 mod tests {
     use super::*;
 
+    /// The test vector of `docs/stream-protocol.md`, for other implementations.
+    #[test]
+    fn the_documented_test_vector_holds() {
+        let key = ReadKey::from_bytes(b"read-secret");
+        let (reader, exporter) = ([0x11u8; NONCE_BYTES], [0x22u8; NONCE_BYTES]);
+        let hex = |bytes: [u8; PROOF_BYTES]| bytes.iter().map(|byte| format!("{byte:02x}")).collect::<String>();
+        assert_eq!(
+            hex(proof(&key, Side::Exporter, &reader, &exporter)),
+            "9e234b03549b0dc0c58b28b5ac1f8baf20d11ea6de4c6888398a8d8792925fa7"
+        );
+        assert_eq!(
+            hex(proof(&key, Side::Reader, &reader, &exporter)),
+            "50210d80934a0e63973e14a38cd07f44d411aebe9b8bd5b1772e959f384a57fa"
+        );
+    }
+
     #[test]
     fn proofs_bind_the_key_the_side_and_both_nonces() {
         let key = ReadKey::from_bytes(b"read-secret");

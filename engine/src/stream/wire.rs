@@ -481,6 +481,39 @@ mod tests {
         assert_eq!(decode(volumes), Ok(volumes));
     }
 
+    /// The worked example of `docs/stream-protocol.md`, byte for byte.
+    #[test]
+    fn the_documented_worked_example_holds() {
+        let request = read(None).encode();
+        let mut expected = [0u8; 48];
+        expected[..16].copy_from_slice(&[1, 0, 0, 0, 3, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0]);
+        expected[16..32].copy_from_slice(&[0x37, 0x16, 0, 0, 0, 0, 0, 0, 0xd6, 0x37, 0, 0, 0, 0x10, 0, 0]);
+        assert_eq!(request.as_bytes(), &expected);
+        let refusal = Reply::read_error(7, ErrorCode::BUFFER_TOO_SMALL, 5032).encode();
+        let mut expected = [0u8; 40];
+        expected[..16].copy_from_slice(&[1, 0, 0, 0, 0xf2, 0xff, 0xff, 0xff, 7, 0, 0, 0, 0, 0, 0, 0]);
+        expected[16..18].copy_from_slice(&[0xa8, 0x13]);
+        assert_eq!(refusal.as_bytes(), &expected);
+        let answer = Reply {
+            kind: kind::READ,
+            token: 7,
+            status: Ok(()),
+            aux: 0,
+            version: 3,
+            index_size: 1000,
+            check_length: 0,
+            data_length: 1032,
+        };
+        let mut expected = [0u8; 40];
+        expected[..2].copy_from_slice(&[1, 3]);
+        expected[8] = 7;
+        expected[24..26].copy_from_slice(&[0xe8, 0x03]);
+        expected[32..34].copy_from_slice(&[0x08, 0x04]);
+        assert_eq!(answer.encode().as_bytes(), &expected);
+        assert_eq!(volume_format::needle::record_size_bytes(volume_format::version::Version::V3, 5000), 5032);
+        assert_eq!(&ClientHello::new([0x11; NONCE_BYTES]).as_bytes()[..10], &[0x53, 0x57, 0x52, 0x53, 1, 0, 0, 0, 0x11, 0x11]);
+    }
+
     #[test]
     fn hellos_are_checked() {
         let hello = ClientHello::new([7; NONCE_BYTES]);
