@@ -3,12 +3,12 @@
 #  1. build (or reuse) `weed`, start a master and a volume server;
 #  2. upload files through SeaweedFS's own API (assign + multipart POST);
 #  3. start an exporting engine on the volume server's directory and a reading
-#     engine that finds volumes through the master (UCX over tcp here: this
-#     machine has no RDMA NIC; the same code runs on verbs);
+#     engine that finds volumes through the master, both with default flags (the
+#     stream transport: this machine has no RDMA NIC);
 #  4. read every file through `rdma-cat` and through `rdma-sidecar`, each checked
 #     byte for byte against the volume server's own GET;
-#  5. print the comparison table (`rdma-bench compare`: HTTP vs local vs UCX tcp
-#     vs UCX shared memory vs the sidecar, same run).
+#  5. print the comparison table (`rdma-bench compare`: HTTP vs local vs stream vs
+#     UCX tcp vs UCX shared memory (the opt-in mode) vs the sidecar, same run).
 # First run on a fresh machine: ~10 min for `weed` (built once, cached), ~4 min
 # for the release build; then about two minutes.
 set -euo pipefail
@@ -85,8 +85,7 @@ for index in $(seq 1 10); do
 done
 echo "uploaded $(wc -l <"$work/fids.txt") files" >&2
 
-echo "== engines: an exporter on the volume server's -dir, a reader that finds volumes through the master" >&2
-export UCX_TLS=${UCX_TLS:-tcp}
+echo "== engines: an exporter on the volume server's -dir, a reader that finds volumes through the master (defaults)" >&2
 export_port=$(free_port)
 "$bin/rdma-engine" --socket "$work/export.sock" --export-dir "$work/volume" --listen "127.0.0.1:$export_port" \
     2>"$work/export-engine.log" &
@@ -114,6 +113,10 @@ while read -r fid; do
     count=$((count + 1))
 done <"$work/fids.txt"
 echo "read $count files twice (rdma-cat, rdma-sidecar), all byte-identical to SeaweedFS's GET; rdma-cat sources: $(printf '%s\n' "${sources[@]}" | sort | uniq -c | tr -s ' \n' ' ')" >&2
+if printf '%s\n' "${sources[@]}" | grep -vqx stream; then
+    echo "demo: some reads did not come over the stream transport (a default reader's remote path)" >&2
+    exit 1
+fi
 "$bin/ringstat" --socket "$work/reader.sock"
 
 echo "== the comparison: every path against SeaweedFS's own HTTP GET, same run (rdma-bench compare)" >&2

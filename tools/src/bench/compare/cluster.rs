@@ -1,7 +1,8 @@
 //! The processes `rdma-bench compare` measures, started in one temporary directory and
 //! stopped (killed) when the [`Cluster`] is dropped, also when the run fails: a real SeaweedFS
-//! master and volume server, an exporting engine on the volume server's directory, reading
-//! engines (local, UCX over tcp, UCX over shared memory) and an `rdma-sidecar`.
+//! master and volume server, two exporting engines on the volume server's directory (the
+//! default one, stream transport; and one in the UCX opt-in mode), reading engines (local,
+//! stream, UCX over tcp, UCX over shared memory) and an `rdma-sidecar` on the stream reader.
 
 use super::CompareError;
 use std::io::Read;
@@ -16,6 +17,8 @@ const VOLUME_MIN_FREE_SPACE: &str = "256MiB";
 /// UCX over shared memory, with error handling so a dead peer is noticed (as in the tests).
 pub const UCX_SHARED_MEMORY: &[(&str, &str)] = &[("UCX_TLS", "sm,tcp"), ("UCX_MM_ERROR_HANDLING", "y")];
 pub const UCX_TCP: &[(&str, &str)] = &[("UCX_TLS", "tcp")];
+/// The flags of engines in the UCX opt-in mode (no verbs device here).
+const UCX_OPT_IN: [&str; 3] = ["--transport", "ucx", "--allow-ucx-software-rma"];
 
 /// One started process, killed on drop.
 #[derive(Debug)]
@@ -118,9 +121,10 @@ pub struct Cluster {
     pub sidecar_address: Option<String>,
     // Drop order: clients of the engines first, SeaweedFS last.
     pub sidecar: Option<Service>,
-    /// The reading engines the bench drives (local, ucx_tcp, ucx_sm), kept alive here.
+    /// The reading engines the bench drives (local, stream, ucx_tcp, ucx_sm), kept alive here.
     pub readers: Vec<Service>,
-    pub exporter: Option<Service>,
+    /// The default exporter (stream transport) and the UCX one.
+    pub exporters: Vec<Service>,
     _master: Service,
 }
 
@@ -171,7 +175,7 @@ impl Cluster {
             sidecar_address: None,
             sidecar: None,
             readers: Vec::new(),
-            exporter: None,
+            exporters: Vec::new(),
             _master: master,
         })
     }
@@ -180,22 +184,22 @@ impl Cluster {
         self.dir.path().join("volume")
     }
 
-    /// Starts the exporter on the volume server's directory and the three reading engines.
+    /// Starts the two exporters on the volume server's directory and the four reading engines.
     pub fn start_engines(&mut self, engine: &Path) -> Result<(), CompareError> {
-        let export_port = free_port()?;
-        let listen = format!("127.0.0.1:{export_port}");
         let socket = |name: &str| self.dir.path().join(format!("{name}.sock")).display().to_string();
         let volume_dir = self.volume_dir().display().to_string();
-        let export_args = vec![
-            "--socket".to_string(),
-            socket("exporter"),
-            "--export-dir".into(),
-            volume_dir.clone(),
-            "--listen".into(),
-            listen.clone(),
-        ];
-        let mut exporter = Service::spawn("exporter", engine, &export_args, UCX_SHARED_MEMORY, self.dir.path())?;
-        exporter.wait("listening", || std::net::TcpStream::connect(&listen).is_ok())?;
+        let exporter = |name: &'static str, extra: &[&str], env: &[(&str, &str)]| -> Result<(Service, u16), CompareError> {
+            let port = free_port()?;
+            let listen = format!("127.0.0.1:{port}");
+            let mut args = vec!["--socket".to_string(), socket(name), "--export-dir".into(), volume_dir.clone()];
+            args.extend(["--listen".to_string(), listen.clone()]);
+            args.extend(extra.iter().map(|arg| arg.to_string()));
+            let mut service = Service::spawn(name, engine, &args, env, self.dir.path())?;
+            service.wait("listening", || std::net::TcpStream::connect(&listen).is_ok())?;
+            Ok((service, port))
+        };
+        let (stream_exporter, stream_port) = exporter("exporter", &[], &[])?;
+        let (ucx_exporter, ucx_port) = exporter("ucx_exporter", &UCX_OPT_IN, UCX_SHARED_MEMORY)?;
         let reader = |name: &'static str, extra: Vec<String>, env: &[(&str, &str)]| -> Result<Service, CompareError> {
             let path = socket(name);
             let mut args = vec!["--socket".to_string(), path.clone(), "--poller-cpu".into(), "0".into()];
@@ -204,14 +208,19 @@ impl Cluster {
             service.wait("answering on its socket", || rdma_ipc::control::connect_to(Path::new(&path)).is_ok())?;
             Ok(service)
         };
-        let through_master =
-            vec!["--master".to_string(), self.master_address.clone(), "--export-port".into(), export_port.to_string()];
+        let through_master = |port: u16, extra: &[&str]| {
+            let mut args = vec!["--master".to_string(), self.master_address.clone(), "--export-port".into()];
+            args.push(port.to_string());
+            args.extend(extra.iter().map(|arg| arg.to_string()));
+            args
+        };
         let readers = vec![
-            reader("local", vec!["--volume-dir".into(), volume_dir], &[])?,
-            reader("ucx_tcp", through_master.clone(), UCX_TCP)?,
-            reader("ucx_sm", through_master, UCX_SHARED_MEMORY)?,
+            reader("local", vec!["--volume-dir".into(), volume_dir.clone()], &[])?,
+            reader("stream", through_master(stream_port, &[]), &[])?,
+            reader("ucx_tcp", through_master(ucx_port, &UCX_OPT_IN), UCX_TCP)?,
+            reader("ucx_sm", through_master(ucx_port, &UCX_OPT_IN), UCX_SHARED_MEMORY)?,
         ];
-        self.exporter = Some(exporter);
+        self.exporters = vec![stream_exporter, ucx_exporter];
         self.readers = readers;
         Ok(())
     }
@@ -221,13 +230,14 @@ impl Cluster {
         self.dir.path().join(format!("{name}.sock"))
     }
 
-    /// Starts `rdma-sidecar` on the shared-memory reader, if the binary is there.
+    /// Starts `rdma-sidecar` on the stream reader (what a user gets by default), if the binary
+    /// is there.
     pub fn start_sidecar(&mut self, sidecar: &Path) -> Result<(), CompareError> {
         let port = free_port()?;
         let address = format!("127.0.0.1:{port}");
         let args = vec![
             "--socket".to_string(),
-            self.socket("ucx_sm").display().to_string(),
+            self.socket("stream").display().to_string(),
             "--listen".into(),
             address.clone(),
         ];
@@ -240,10 +250,11 @@ impl Cluster {
         Ok(())
     }
 
-    /// The volume host's processes: the volume server and the exporter.
+    /// The volume host's processes: the volume server and the exporters (the one a path does
+    /// not use is idle meanwhile).
     pub fn volume_host_pids(&self) -> Vec<u32> {
         let mut pids = vec![self.volume.pid()];
-        pids.extend(self.exporter.as_ref().map(Service::pid));
+        pids.extend(self.exporters.iter().map(Service::pid));
         pids
     }
 }
