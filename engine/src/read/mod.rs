@@ -227,10 +227,8 @@ impl ReadService {
     /// poller read its doorbell and before it sleeps, so nothing queued is missed). Arms the
     /// stream transport's socket watch for the sleep that follows.
     pub fn has_ready(&mut self) -> bool {
-        if let Some(remote) = self.remote.as_ref() {
-            remote.prepare_sleep();
-        }
-        self.local.has_completions()
+        self.remote.as_ref().is_some_and(Remote::prepare_sleep)
+            || self.local.has_completions()
             || self.http.as_ref().is_some_and(HttpReads::has_completions)
             || self.locator.as_ref().is_some_and(Locator::has_answers)
     }

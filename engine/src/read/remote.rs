@@ -57,19 +57,21 @@ impl Remote {
 
     /// Whether the poller must keep progressing this transport rather than sleep: UCX while
     /// gets are in flight or an exporter connects (its progress is what moves them); the
-    /// stream transport only while an exporter connects (its reads in flight wake the poller
-    /// through the socket watch).
+    /// stream transport only while an exporter connects or a reply is half received (its
+    /// other reads in flight wake the poller through the socket watch).
     pub fn needs_polling(&self) -> bool {
         match self {
-            Remote::Stream(transport) => transport.connecting(),
+            Remote::Stream(transport) => transport.needs_polling(),
             Remote::Ucx(transport) => transport.in_flight() > 0 || transport.connecting(),
         }
     }
 
-    /// The poller is about to sleep (see [`StreamReads::prepare_sleep`]).
-    pub fn prepare_sleep(&self) {
-        if let Remote::Stream(transport) = self {
-            transport.prepare_sleep();
+    /// The poller is about to sleep (see [`StreamReads::prepare_sleep`]): `true` when it must
+    /// not.
+    pub fn prepare_sleep(&self) -> bool {
+        match self {
+            Remote::Stream(transport) => transport.prepare_sleep(),
+            Remote::Ucx(_) => false,
         }
     }
 

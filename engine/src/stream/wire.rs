@@ -511,7 +511,10 @@ mod tests {
         expected[32..34].copy_from_slice(&[0x08, 0x04]);
         assert_eq!(answer.encode().as_bytes(), &expected);
         assert_eq!(volume_format::needle::record_size_bytes(volume_format::version::Version::V3, 5000), 5032);
-        assert_eq!(&ClientHello::new([0x11; NONCE_BYTES]).as_bytes()[..10], &[0x53, 0x57, 0x52, 0x53, 1, 0, 0, 0, 0x11, 0x11]);
+        assert_eq!(
+            &ClientHello::new([0x11; NONCE_BYTES]).as_bytes()[..10],
+            &[0x53, 0x57, 0x52, 0x53, 1, 0, 0, 0, 0x11, 0x11]
+        );
     }
 
     #[test]

@@ -246,28 +246,27 @@ impl Connection {
         Ok(true)
     }
 
-    /// Sends queued replies until the socket takes no more.
+    /// Sends queued replies until the socket takes no more: the leading bytes of several
+    /// replies in one `sendmsg`, a reply's file range with `sendfile`.
     fn flush(&mut self, now: Instant) -> Result<(), Close> {
         // Bounded: each pass sends bytes or returns; the queue is bounded.
         while let Some(front) = self.output.front() {
-            let total = front.length_bytes();
-            let more_follows = self.output.len() > 1;
-            match send_part(&self.stream, front, self.front_sent, more_follows) {
-                Ok(0) => {
-                    if self.front_sent >= front.bytes.len() as u64 {
-                        // sendfile at the file's end: the record is no longer all there.
-                        return Err(Close::FileShrank);
-                    }
-                    return Err(Close::Io(io::Error::from(io::ErrorKind::WriteZero)));
+            let leading = front.bytes.len() as u64;
+            let sent = if self.front_sent < leading {
+                send_leading(&self.stream, &self.output, self.front_sent)
+            } else {
+                send_file(&self.stream, front, self.front_sent - leading)
+            };
+            match sent {
+                Ok(0) if self.front_sent >= leading => {
+                    // sendfile at the file's end: the record is no longer all there.
+                    return Err(Close::FileShrank);
                 }
+                Ok(0) => return Err(Close::Io(io::Error::from(io::ErrorKind::WriteZero))),
                 Ok(count) => {
-                    self.front_sent += count as u64;
+                    self.advance(count as u64);
                     self.stalled_since = None;
                     self.last_activity = now;
-                    if self.front_sent >= total {
-                        self.output.pop_front();
-                        self.front_sent = 0;
-                    }
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                     self.stalled_since.get_or_insert(now);
@@ -278,6 +277,21 @@ impl Connection {
             }
         }
         Ok(())
+    }
+
+    /// `count` more bytes of the queued replies were sent.
+    fn advance(&mut self, mut count: u64) {
+        // Bounded: each pass retires a reply or uses up `count`.
+        while count > 0 {
+            let Some(front) = self.output.front() else { return };
+            let step = (front.length_bytes() - self.front_sent).min(count);
+            self.front_sent += step;
+            count -= step;
+            if self.front_sent == front.length_bytes() {
+                self.output.pop_front();
+                self.front_sent = 0;
+            }
+        }
     }
 
     /// Closes a connection past one of its time limits.
@@ -295,20 +309,47 @@ impl Connection {
     }
 }
 
-/// Sends the next part of `reply` from `sent` on: its leading bytes, then its file range with
-/// `sendfile`. `more_follows`: another reply is queued (the kernel may hold a short segment
-/// back for it).
-fn send_part(stream: &TcpStream, reply: &Outgoing, sent: u64, more_follows: bool) -> io::Result<usize> {
-    let leading = reply.bytes.len() as u64;
-    if sent < leading {
-        let rest = &reply.bytes[sent as usize..];
-        let flags = libc::MSG_NOSIGNAL | if reply.file.is_some() || more_follows { libc::MSG_MORE } else { 0 };
-        // SAFETY: `rest` is a live slice of ours; send reads at most its length.
-        let count = unsafe { libc::send(stream.as_raw_fd(), rest.as_ptr().cast(), rest.len(), flags) };
-        return if count < 0 { Err(io::Error::last_os_error()) } else { Ok(count as usize) };
+/// Replies whose leading bytes go out in one `sendmsg`, at most.
+const GATHER_MAX: usize = 16;
+
+/// Sends the leading bytes (header, check bytes, short data) of the queued replies from the
+/// front one's `sent` on, up to the first reply with a file range (its leading bytes included).
+fn send_leading(stream: &TcpStream, output: &VecDeque<Outgoing>, sent: u64) -> io::Result<usize> {
+    let empty = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+    let mut parts = [empty; GATHER_MAX];
+    let mut count = 0;
+    let mut more_follows = false;
+    for (index, reply) in output.iter().enumerate() {
+        if count == GATHER_MAX {
+            more_follows = true;
+            break;
+        }
+        let bytes = if index == 0 { &reply.bytes[sent as usize..] } else { &reply.bytes[..] };
+        parts[count] = libc::iovec { iov_base: bytes.as_ptr() as *mut libc::c_void, iov_len: bytes.len() };
+        count += 1;
+        if reply.file.is_some() {
+            more_follows = true;
+            break;
+        }
     }
+    // SAFETY: all-zero bytes are a valid msghdr; the fields set below describe `parts`.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = parts.as_mut_ptr();
+    message.msg_iovlen = count;
+    let flags = libc::MSG_NOSIGNAL | if more_follows { libc::MSG_MORE } else { 0 };
+    // SAFETY: each iovec points into a reply's bytes, alive and unchanged during the call (the
+    // queue is not touched meanwhile); the kernel only reads them.
+    let result = unsafe { libc::sendmsg(stream.as_raw_fd(), &message, flags) };
+    if result < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(result as usize)
+    }
+}
+
+/// Sends the file range of `reply` from `done` bytes into it with `sendfile`.
+fn send_file(stream: &TcpStream, reply: &Outgoing, done: u64) -> io::Result<usize> {
     let Some(range) = &reply.file else { return Ok(0) };
-    let done = sent - leading;
     let mut offset = (range.offset + done) as libc::off_t;
     let count = (range.length - done).min(1 << 30) as usize;
     // SAFETY: both descriptors are open (the file is held by the reply); the kernel copies from

@@ -188,12 +188,7 @@ impl StreamExporter {
     fn run(&mut self, stop: &AtomicBool, shutdown: &AtomicBool) -> Result<(), ExportError> {
         let mut events = Events::with_capacity(EVENTS_MAX);
         while !stop.load(Ordering::Acquire) && !shutdown.load(Ordering::Relaxed) {
-            let timeout = if self.busy.is_empty() { WAIT_TIMEOUT } else { Duration::ZERO };
-            if let Err(error) = self.poll.poll(&mut events, Some(timeout)) {
-                if error.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(ExportError::Stream(format!("epoll wait: {error}")));
-                }
-            }
+            self.wait(&mut events)?;
             let now = Instant::now();
             let mut again = std::mem::take(&mut self.busy);
             for event in events.iter() {
@@ -226,6 +221,19 @@ impl StreamExporter {
             }
         }
         Ok(())
+    }
+
+    /// Takes the events that are there, or waits for some in epoll (bounded). It never spins:
+    /// the kernel moves the bytes, and a wake-up is all a spin could save, at the price of the
+    /// volume host's CPU (measured: no gain at 4 KiB depth 1 on this machine).
+    fn wait(&mut self, events: &mut Events) -> Result<(), ExportError> {
+        let timeout = if self.busy.is_empty() { WAIT_TIMEOUT } else { Duration::ZERO };
+        match self.poll.poll(events, Some(timeout)) {
+            Err(error) if error.kind() != std::io::ErrorKind::Interrupted => {
+                Err(ExportError::Stream(format!("epoll wait: {error}")))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Accepts every pending connection, within the address list and the limits.

@@ -16,6 +16,11 @@ use crate::read::fetch::{Pieces, SCRATCH_BYTES};
 /// Requests in flight on one connection at most (the exporter answers 64 at a time and reads
 /// on as it sends).
 pub(super) const IN_FLIGHT_MAX: usize = 128;
+/// Bytes of the staging buffer short parts are received through (one `recv` brings the
+/// headers and data of several short replies).
+const STAGE_BYTES: usize = 64 << 10;
+/// Parts at least this long are received straight to their destination when nothing is staged.
+const DIRECT_MIN_BYTES: usize = 16 << 10;
 
 /// Where the next bytes received go.
 #[derive(Clone, Copy, Debug)]
@@ -50,6 +55,10 @@ pub(super) struct Connection {
     pub volume_list: Vec<u8>,
     /// Whether a VOLUMES request is in flight on it.
     pub volumes_asked: bool,
+    /// Bytes received and not yet moved to their part: `stage[staged_start..staged_end]`.
+    stage: Box<[u8; STAGE_BYTES]>,
+    staged_start: usize,
+    staged_end: usize,
     /// Since when the oldest request in flight waits for a byte.
     pub waiting_since: Option<Instant>,
 }
@@ -68,8 +77,17 @@ impl Connection {
             scratch: Box::new([0; SCRATCH_BYTES]),
             volume_list: Vec::new(),
             volumes_asked: false,
+            stage: Box::new([0; STAGE_BYTES]),
+            staged_start: 0,
+            staged_end: 0,
             waiting_since: None,
         }
+    }
+
+    /// Whether a reply is partly received (the rest is on its way: worth polling for, not
+    /// sleeping).
+    pub fn mid_reply(&self) -> bool {
+        self.filled > 0 || !matches!(self.receiving, Receiving::Header) || self.has_staged()
     }
 
     pub fn has_room(&self) -> bool {
@@ -102,20 +120,40 @@ impl Connection {
         Ok(())
     }
 
-    /// Receives at most `length` bytes to `destination`: the count (0: the exporter closed the
-    /// connection), or `WouldBlock`.
+    /// Whether bytes were received that no part has taken yet (the socket watch cannot see
+    /// them: the poller must not sleep on them).
+    pub fn has_staged(&self) -> bool {
+        self.staged_end > self.staged_start
+    }
+
+    /// Moves at most `length` bytes of the reply stream to `destination`: what is staged first;
+    /// else from the socket, straight there for a long part, through the staging buffer for a
+    /// short one. The count (0: the exporter closed the connection), or `WouldBlock`.
     ///
     /// # Safety
     /// `destination..destination + length` is writable memory that nothing else writes while
     /// this runs (a validated buffer range of a client's region, or a buffer of ours).
     pub unsafe fn receive(&mut self, destination: NonNull<u8>, length: usize) -> io::Result<usize> {
-        // SAFETY: the caller's contract: the kernel writes at most `length` bytes there.
-        let count = unsafe { libc::recv(self.stream.as_raw_fd(), destination.as_ptr().cast(), length, 0) };
-        if count < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(count as usize)
+        if !self.has_staged() && length < DIRECT_MIN_BYTES {
+            let stage = NonNull::from(&mut *self.stage).cast::<u8>();
+            // SAFETY: the staging buffer is ours, STAGE_BYTES long.
+            let count = unsafe { recv(&self.stream, stage, STAGE_BYTES) }?;
+            if count == 0 {
+                return Ok(0);
+            }
+            (self.staged_start, self.staged_end) = (0, count);
         }
+        if self.has_staged() {
+            let count = length.min(self.staged_end - self.staged_start);
+            let source = &self.stage[self.staged_start..self.staged_start + count];
+            // SAFETY: `destination` has room for `length >= count` bytes (the caller's
+            // contract) and does not overlap the staging buffer, which is ours.
+            unsafe { std::ptr::copy_nonoverlapping(source.as_ptr(), destination.as_ptr(), count) };
+            self.staged_start += count;
+            return Ok(count);
+        }
+        // SAFETY: the caller's contract: the kernel writes at most `length` bytes there.
+        unsafe { recv(&self.stream, destination, length) }
     }
 
     /// A reply was consumed in full: the next bytes are a header.
@@ -126,5 +164,19 @@ impl Connection {
         self.receiving = Receiving::Header;
         self.filled = 0;
         self.waiting_since = (!self.in_flight.is_empty()).then_some(now);
+    }
+}
+
+/// `recv` of at most `length` bytes to `destination`.
+///
+/// # Safety
+/// `destination..destination + length` is writable memory nothing else writes meanwhile.
+unsafe fn recv(stream: &TcpStream, destination: NonNull<u8>, length: usize) -> io::Result<usize> {
+    // SAFETY: the caller's contract: the kernel writes at most `length` bytes there.
+    let count = unsafe { libc::recv(stream.as_raw_fd(), destination.as_ptr().cast(), length, 0) };
+    if count < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(count as usize)
     }
 }

@@ -188,16 +188,17 @@ impl Cluster {
     pub fn start_engines(&mut self, engine: &Path) -> Result<(), CompareError> {
         let socket = |name: &str| self.dir.path().join(format!("{name}.sock")).display().to_string();
         let volume_dir = self.volume_dir().display().to_string();
-        let exporter = |name: &'static str, extra: &[&str], env: &[(&str, &str)]| -> Result<(Service, u16), CompareError> {
-            let port = free_port()?;
-            let listen = format!("127.0.0.1:{port}");
-            let mut args = vec!["--socket".to_string(), socket(name), "--export-dir".into(), volume_dir.clone()];
-            args.extend(["--listen".to_string(), listen.clone()]);
-            args.extend(extra.iter().map(|arg| arg.to_string()));
-            let mut service = Service::spawn(name, engine, &args, env, self.dir.path())?;
-            service.wait("listening", || std::net::TcpStream::connect(&listen).is_ok())?;
-            Ok((service, port))
-        };
+        let exporter =
+            |name: &'static str, extra: &[&str], env: &[(&str, &str)]| -> Result<(Service, u16), CompareError> {
+                let port = free_port()?;
+                let listen = format!("127.0.0.1:{port}");
+                let mut args = vec!["--socket".to_string(), socket(name), "--export-dir".into(), volume_dir.clone()];
+                args.extend(["--listen".to_string(), listen.clone()]);
+                args.extend(extra.iter().map(|arg| arg.to_string()));
+                let mut service = Service::spawn(name, engine, &args, env, self.dir.path())?;
+                service.wait("listening", || std::net::TcpStream::connect(&listen).is_ok())?;
+                Ok((service, port))
+            };
         let (stream_exporter, stream_port) = exporter("exporter", &[], &[])?;
         let (ucx_exporter, ucx_port) = exporter("ucx_exporter", &UCX_OPT_IN, UCX_SHARED_MEMORY)?;
         let reader = |name: &'static str, extra: Vec<String>, env: &[(&str, &str)]| -> Result<Service, CompareError> {

@@ -54,7 +54,7 @@ pub struct UcxReadOptions {
 
 /// The floor a remote run measures beside the engine.
 enum Floor {
-    Get(GetFloor),
+    Get(Box<GetFloor>),
     Tcp(TcpFloor),
 }
 
@@ -175,7 +175,7 @@ pub fn run(options: &UcxReadOptions) -> Result<UcxReadReport, BenchError> {
     let stream = options.transport == Transport::Stream;
     let mut floor = match stream {
         true => Floor::Tcp(TcpFloor::start(size_max_bytes)?),
-        false => Floor::Get(GetFloor::connect(options.peer, size_max_bytes, DEPTH_MAX as usize)?),
+        false => Floor::Get(Box::new(GetFloor::connect(options.peer, size_max_bytes, DEPTH_MAX as usize)?)),
     };
     let client_name = if stream { "rdma-bench read --transport stream" } else { "rdma-bench read --transport ucx" };
     let mut engine = EngineReads::attach(&read.socket, &needles, DEPTH_MAX, client_name)?;
