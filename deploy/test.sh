@@ -24,14 +24,50 @@ skip_log="$(mktemp)"
 export RDMA_TESTS_SKIP_LOG="$skip_log"
 trap 'rm -f "$skip_log" "$skip_log.out"' EXIT
 
-echo "== workspace tests (unit, proptest, multi-process, UCX, real SeaweedFS, deploy files)" >&2
+# The region backing this machine gives (huge pages reserved or not), and the other one: the
+# tests of region backing run once more with the other, so a difference between the two
+# cannot hide (hugetlbfs refuses some sizes that shmem takes, for instance).
+nr_hugepages=/proc/sys/vm/nr_hugepages
+hugepages_before=$(cat "$nr_hugepages" 2>/dev/null || echo 0)
+backing_of() { if [ "$1" -gt 0 ]; then echo "huge pages ($1 reserved)"; else echo "normal pages (no huge page reserved)"; fi; }
+
+echo "== workspace tests (unit, proptest, multi-process, UCX, real SeaweedFS, deploy files); regions on $(backing_of "$hugepages_before")" >&2
 set +e
-cargo test --workspace --locked -- --test-threads 2 2>&1 | tee "$skip_log.out"
+# --no-fail-fast: every test binary runs; every failure is listed at the end.
+cargo test --workspace --locked --no-fail-fast -- --test-threads 2 2>&1 | tee "$skip_log.out"
 test_status=${PIPESTATUS[0]}
 set -e
 passed=$(grep -E '^test result:' "$skip_log.out" | awk '{s += $4} END {print s + 0}')
+failed_binaries=$(grep -E '^error: (test failed|[0-9]+ targets? failed)|^    `-p ' "$skip_log.out" || true)
 rm -f "$skip_log.out"
-[ "$test_status" -eq 0 ] || { echo "== workspace tests FAILED" >&2; exit "$test_status"; }
+
+if [ "$hugepages_before" -gt 0 ]; then other_hugepages=0; else other_hugepages=256; fi
+backing_status=0
+if [ -w "$nr_hugepages" ]; then
+    echo "== region backing tests again on $(backing_of "$other_hugepages")" >&2
+    restore_hugepages() { echo "$hugepages_before" >"$nr_hugepages" 2>/dev/null || true; }
+    trap 'restore_hugepages; rm -f "$skip_log" "$skip_log.out"' EXIT
+    echo "$other_hugepages" >"$nr_hugepages"
+    set +e
+    cargo test --locked --no-fail-fast -p integration-tests --test hostile_clients --test lifecycle --test rings \
+        --test hugepages -- --test-threads 2
+    backing_status=$?
+    set -e
+    restore_hugepages
+    other_pass="regions on $(backing_of "$other_hugepages"): $([ "$backing_status" -eq 0 ] && echo passed || echo FAILED)"
+else
+    reason="cannot change $nr_hugepages (needs root)"
+    case ",${RDMA_TESTS_ALLOW_SKIP:-}," in
+        *,hugepages,*) echo "second region backing: $reason" >>"$skip_log"; other_pass="second backing SKIPPED ($reason)" ;;
+        *) echo "== second region backing FAILED: $reason (set RDMA_TESTS_ALLOW_SKIP=hugepages to skip it on purpose)" >&2; exit 1 ;;
+    esac
+fi
+echo "== workspace tests: regions on $(backing_of "$hugepages_before"): $([ "$test_status" -eq 0 ] && echo passed || echo FAILED); $other_pass" >&2
+if [ "$test_status" -ne 0 ] || [ "$backing_status" -ne 0 ]; then
+    echo "== workspace tests FAILED; the failing test binaries:" >&2
+    echo "$failed_binaries" >&2
+    exit 1
+fi
 
 echo "== Go: the weed mount sidecar protocol with net/http, 64 concurrent reads (stdlib only)" >&2
 cargo build --locked -p rdma-engine -p rdma-tools --bin rdma-engine --bin rdma-sidecar --bin rdma-cat --bin volgen
@@ -62,7 +98,7 @@ RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --locked -p shm-l
 echo "== fuzz smoke: every cargo fuzz target for 10 s (decoders of SQEs, ring indices, control messages, catalogues, needles, .idx)" >&2
 deploy/fuzz.sh --seconds 10
 
-echo "== summary: $passed workspace tests passed, the Go mount-protocol test, the Go client tests, the loom model, and the fuzz smoke" >&2
+echo "== summary: $passed workspace tests passed (regions on $(backing_of "$hugepages_before")), the region backing tests on $(backing_of "$other_hugepages"), the Go mount-protocol test, the Go client tests, the loom model, and the fuzz smoke" >&2
 if [ -s "$skip_log" ]; then
     echo "== skipped on purpose (RDMA_TESTS_ALLOW_SKIP=$RDMA_TESTS_ALLOW_SKIP):" >&2
     sed 's/^/   /' "$skip_log" >&2

@@ -15,8 +15,18 @@ use std::time::Duration;
 fn a_client_cannot_resize_its_region_under_the_engine() {
     let engine = Engine::start(&[]);
     let attached = attach_unconfirmed(&engine.socket, attach_request(1, 64, 1 << 20));
-    let (memfd, size) = (&attached.memfd, attached.size_bytes);
-    for new_size in [0, 4096, size as i64 * 2] {
+    let (memfd, size) = (&attached.memfd, attached.size_bytes as i64);
+    // The size seals are there before the client could use them, whatever the backing.
+    // SAFETY: F_GET_SEALS on a descriptor we own.
+    let seals = unsafe { libc::fcntl(memfd.as_raw_fd(), libc::F_GET_SEALS) };
+    let size_seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+    assert_eq!(seals & size_seals, size_seals, "size seals missing before the client mapped: {seals:#x}");
+    // Sizes the backing itself accepts (multiples of its page size: 2 MiB covers hugetlbfs,
+    // which refuses other sizes with EINVAL before it looks at the seals), so only the seal
+    // can refuse them.
+    const HUGE_PAGE: i64 = 2 << 20;
+    assert_eq!(size % HUGE_PAGE, 0, "regions are whole huge pages");
+    for new_size in [0, size - HUGE_PAGE, size + HUGE_PAGE, size * 2] {
         let error = nix::unistd::ftruncate(memfd, new_size).expect_err("the region's size is sealed");
         assert_eq!(error, nix::errno::Errno::EPERM, "truncate to {new_size}");
     }
