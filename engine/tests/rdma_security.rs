@@ -1,6 +1,10 @@
-//! Who can read what from an exporter (see "Security" in `docs/ucx-bindings.md`): the
-//! `allowed_peers` check on connection requests, and the UCX 1.13 behaviour that makes it
-//! matter: software-emulated gets do not check rkeys, so a connected peer reads any address.
+//! Who can read what from a UCX exporter (see "Security" in `docs/ucx-bindings.md` and
+//! `docs/security.md`): the `allowed_peers` check on connection requests, and the UCX 1.13
+//! behaviour that makes it matter: software-emulated gets do not check rkeys, so a connected
+//! peer reads any address. These are tests of the opt-in mode (`--transport ucx
+//! --allow-ucx-software-rma`, UCX's software transports): an engine with default flags on a
+//! host without a verbs device runs the stream transport and opens no UCX port at all
+//! (`tests/tests/stream_reads.rs`, `engine/tests/stream_hostile_peers.rs`).
 
 mod common;
 
