@@ -352,8 +352,19 @@ impl ControlServer {
             engine_pid: std::process::id(),
             engine_generation: self.engine_generation,
             regions: summaries,
+            remote_transport: self.remote_transport(),
         };
         control::send_without_blocking(&self.connections[index].fd, &response, &fds)
+    }
+
+    /// The remote transport the engine chose at start, when it has a remote role.
+    fn remote_transport(&self) -> Option<String> {
+        let config = &self.config;
+        let remote = config.listen.is_some() || !config.peer.is_empty() || config.export_port.is_some();
+        remote.then(|| match config.transport {
+            crate::transport::TransportKind::Ucx => "ucx".to_string(),
+            _ => "stream".to_string(),
+        })
     }
 
     fn close_connection(&mut self, index: usize, why: &str) {

@@ -57,7 +57,15 @@ pub enum Response {
     /// One sentence: what was refused and why.
     Refused { reason: String },
     /// One fd per summary, in the same order.
-    Regions { engine_pid: u32, engine_generation: u64, regions: Vec<RegionSummary> },
+    Regions {
+        engine_pid: u32,
+        engine_generation: u64,
+        regions: Vec<RegionSummary>,
+        /// The remote transport the engine reads and exports with (`stream`, `ucx`); absent
+        /// when it has no remote role (and from engines that predate it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        remote_transport: Option<String>,
+    },
     /// The region is sealed and served: the answer to `Mapped`.
     Serving { region_id: u64 },
 }

@@ -140,6 +140,11 @@ fn with_default_flags_every_read_is_byte_exact_and_comes_over_the_stream_transpo
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(output.stdout.len(), 21 * 7919);
+    // ringstat says which remote transport the engine runs.
+    let output =
+        Command::new(workspace_binary("ringstat")).arg("--socket").arg(&reader.socket).arg("--json").output().unwrap();
+    let snapshot: serde_json::Value = serde_json::from_slice(&output.stdout).expect("ringstat --json");
+    assert_eq!(snapshot["remote_transport"], "stream", "{snapshot}");
     drop(exporter);
 }
 

@@ -44,6 +44,8 @@ pub struct Snapshot {
     pub socket: String,
     pub engine_pid: u32,
     pub engine_generation: u64,
+    /// The remote transport the engine reads and exports with (`stream`, `ucx`), if any.
+    pub remote_transport: Option<String>,
     /// `CLOCK_MONOTONIC` ns when the snapshot was taken.
     pub taken_at_ns: u64,
     pub regions: Vec<RegionSnapshot>,
@@ -127,8 +129,10 @@ pub fn take_snapshot(socket: &Path) -> Result<Snapshot, RingstatError> {
     let connection = control::connect_to(socket)?;
     control::send(&connection, &Request::ListRegions, &[])?;
     let (response, fds) = control::receive::<Response>(&connection)?;
-    let (engine_pid, engine_generation, summaries) = match response {
-        Response::Regions { engine_pid, engine_generation, regions } => (engine_pid, engine_generation, regions),
+    let (engine_pid, engine_generation, summaries, remote_transport) = match response {
+        Response::Regions { engine_pid, engine_generation, regions, remote_transport } => {
+            (engine_pid, engine_generation, regions, remote_transport)
+        }
         Response::Refused { reason } => return Err(RingstatError::Refused(reason)),
         Response::Attached(_) | Response::Serving { .. } => return Err(RingstatError::UnexpectedResponse),
     };
@@ -163,7 +167,14 @@ pub fn take_snapshot(socket: &Path) -> Result<Snapshot, RingstatError> {
             region
         })
         .collect();
-    Ok(Snapshot { socket: socket.display().to_string(), engine_pid, engine_generation, taken_at_ns, regions })
+    Ok(Snapshot {
+        socket: socket.display().to_string(),
+        engine_pid,
+        engine_generation,
+        remote_transport,
+        taken_at_ns,
+        regions,
+    })
 }
 
 /// Maps one region read-only and copies its state out.
@@ -329,6 +340,7 @@ mod tests {
             socket: "test".into(),
             engine_pid: 0,
             engine_generation: 0,
+            remote_transport: Some("stream".into()),
             taken_at_ns: 0,
             regions: vec![region.clone(), region],
         };

@@ -9,13 +9,15 @@ use std::fmt::Write;
 /// remembers this one.
 pub fn render_text(snapshot: &Snapshot, tracker: Option<&mut RateTracker>) -> String {
     let mut out = String::new();
+    let transport = snapshot.remote_transport.as_deref().map(|name| format!(", remote transport {name}"));
     let _ = writeln!(
         out,
-        "engine pid {} generation {:#x} at {}: {} region(s)",
+        "engine pid {} generation {:#x} at {}: {} region(s){}",
         snapshot.engine_pid,
         snapshot.engine_generation,
         snapshot.socket,
-        snapshot.regions.len()
+        snapshot.regions.len(),
+        transport.unwrap_or_default()
     );
     let rates = tracker.and_then(|tracker| tracker.update(snapshot));
     if let Some(rates) = &rates {
