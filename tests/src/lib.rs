@@ -313,6 +313,15 @@ pub fn attach_request(queue_pairs: u32, sq_entries: u32, buffer_size_bytes: u64)
     }
 }
 
+/// Writes a SeaweedFS `security.toml` named `name` in `dir` whose `[jwt.signing.read]` key is
+/// `key` (and a write key beside it, as SeaweedFS's own files have); returns its path.
+pub fn security_toml(dir: &Path, name: &str, key: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("[jwt.signing]\nkey = \"write\"\n[jwt.signing.read]\nkey = \"{key}\"\n"))
+        .expect("write security.toml");
+    path.display().to_string()
+}
+
 /// A TCP port that was free a moment ago on `ip`.
 pub fn free_port(ip: &str) -> u16 {
     std::net::TcpListener::bind((ip, 0))

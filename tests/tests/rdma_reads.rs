@@ -149,8 +149,19 @@ fn every_needle_over_shared_memory_is_byte_identical_to_the_local_reading() {
 
 #[test]
 fn exporter_killed_mid_read_fails_reads_cleanly_and_the_reader_reconnects() {
+    exporter_killed_mid_read(TCP, ReadSource::Rdma);
+}
+
+#[test]
+fn exporter_killed_mid_read_over_the_stream_transport_fails_reads_cleanly_and_the_reader_reconnects() {
+    exporter_killed_mid_read(STREAM, ReadSource::Stream);
+}
+
+/// 48 reads in flight when the exporter is SIGKILLed: each completes (right bytes or
+/// `PEER_UNAVAILABLE`), and the reader reads over `source` again once the exporter is back.
+fn exporter_killed_mid_read(env: &[(&str, &str)], source: ReadSource) {
     let volumes = volume_dir();
-    let (mut exporter, reader, _) = exporter_and_reader(volumes.path(), TCP);
+    let (mut exporter, reader, _) = exporter_and_reader(volumes.path(), env);
     let (client, mut queue_pair) = attach(&reader);
     // The largest generated needle: 39 * 7919 bytes.
     let (volume_id, needle_id, cookie) = (4, 49, 0xc0 + 39);
@@ -180,6 +191,7 @@ fn exporter_killed_mid_read_fails_reads_cleanly_and_the_reader_reconnects() {
     loop {
         let completion = read_one(&client, &mut queue_pair, volume_id, needle_id, cookie);
         if completion.result().is_ok() {
+            assert_eq!(completion.source(), source);
             break;
         }
         assert!(Instant::now() < deadline, "the reader never reconnected: {:?}", completion.result());
@@ -399,12 +411,7 @@ fn buffers_of_reads_in_flight_are_not_reused_when_their_queue_pair_is_dropped() 
 fn readers_must_present_a_token_signed_with_the_read_key() {
     let volumes = volume_dir();
     let keys = tempfile::tempdir().unwrap();
-    let write_key = |name: &str, key: &str| {
-        let path = keys.path().join(name);
-        std::fs::write(&path, format!("[jwt.signing]\nkey = \"write\"\n[jwt.signing.read]\nkey = \"{key}\"\n"))
-            .unwrap();
-        path.display().to_string()
-    };
+    let write_key = |name: &str, key: &str| integration_tests::security_toml(keys.path(), name, key);
     let (right, wrong) = (write_key("right.toml", "the-read-key"), write_key("wrong.toml", "another-key"));
     let (exporter, listen) = exporter(volumes.path(), &["--security-toml", &right], TCP);
     let reader = |key: Option<&str>, extra: &[&str]| {

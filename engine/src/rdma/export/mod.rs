@@ -181,21 +181,40 @@ impl Drop for ExportHandle {
 /// until `shutdown` is set or the handle is joined or dropped.
 pub fn spawn(config: ExportConfig, shutdown: Arc<AtomicBool>) -> Result<ExportHandle, ExportError> {
     config.validate()?;
+    spawn_thread(
+        "rdma-export",
+        shutdown,
+        move || Exporter::new(config),
+        |exporter| exporter.listener.local_addr().map_err(ExportError::from),
+        |mut exporter, stop, shutdown| exporter.run(stop, shutdown),
+    )
+}
+
+/// Starts an export role's thread: `start` builds its state on the thread (UCX objects may not
+/// cross threads), `address` says where it listens, `run` serves until `stop` or `shutdown`.
+/// Returns once it listens, or with the error it met on the way.
+pub(crate) fn spawn_thread<X>(
+    name: &str,
+    shutdown: Arc<AtomicBool>,
+    start: impl FnOnce() -> Result<X, ExportError> + Send + 'static,
+    address: impl FnOnce(&X) -> Result<SocketAddr, ExportError> + Send + 'static,
+    run: impl FnOnce(X, &AtomicBool, &AtomicBool) -> Result<(), ExportError> + Send + 'static,
+) -> Result<ExportHandle, ExportError> {
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_sender, ready_receiver) = mpsc::channel();
     let thread_stop = Arc::clone(&stop);
     let thread = thread::Builder::new()
-        .name("rdma-export".into())
+        .name(name.into())
         .spawn(move || {
-            let mut exporter = match Exporter::new(config) {
+            let exporter = match start() {
                 Ok(exporter) => exporter,
                 Err(error) => {
                     let _ = ready_sender.send(Err(error));
                     return Ok(());
                 }
             };
-            let _ = ready_sender.send(exporter.listener.local_addr().map_err(ExportError::from));
-            exporter.run(&thread_stop, &shutdown)
+            let _ = ready_sender.send(address(&exporter));
+            run(exporter, &thread_stop, &shutdown)
         })
         .map_err(ExportError::Thread)?;
     let local_addr = match ready_receiver.recv_timeout(SETUP_TIMEOUT) {

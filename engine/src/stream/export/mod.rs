@@ -15,8 +15,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
-use std::thread;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
@@ -26,7 +25,7 @@ use volume_format::index::OffsetWidth;
 
 use self::connection::{Close, Connection, Context, Turn};
 use super::Limits;
-use crate::rdma::export::{ExportError, ExportHandle, SETUP_TIMEOUT};
+use crate::rdma::export::{spawn_thread, ExportError, ExportHandle};
 use crate::rdma::token::ReadKey;
 use crate::read::local::LocalVolumes;
 
@@ -85,36 +84,13 @@ pub fn spawn(config: StreamExportConfig, shutdown: Arc<AtomicBool>) -> Result<Ex
     if config.allowed_peers.as_ref().is_some_and(Vec::is_empty) {
         return Err(ExportError::Config("the allowed peer list is empty: no reader could connect".into()));
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ready_sender, ready_receiver) = mpsc::channel();
-    let thread_stop = Arc::clone(&stop);
-    let thread = thread::Builder::new()
-        .name("stream-export".into())
-        .spawn(move || {
-            let mut server = match StreamExporter::new(config) {
-                Ok(server) => server,
-                Err(error) => {
-                    let _ = ready_sender.send(Err(error));
-                    return Ok(());
-                }
-            };
-            let _ =
-                ready_sender.send(server.listener.local_addr().map_err(|error| ExportError::Stream(error.to_string())));
-            server.run(&thread_stop, &shutdown)
-        })
-        .map_err(ExportError::Thread)?;
-    let local_addr = match ready_receiver.recv_timeout(SETUP_TIMEOUT) {
-        Ok(Ok(address)) => address,
-        Ok(Err(error)) => {
-            let _ = thread.join();
-            return Err(error);
-        }
-        Err(_) => {
-            stop.store(true, Ordering::Release);
-            return Err(ExportError::SetupTimeout);
-        }
-    };
-    Ok(ExportHandle::new(local_addr, stop, thread))
+    spawn_thread(
+        "stream-export",
+        shutdown,
+        move || StreamExporter::new(config),
+        |server| server.listener.local_addr().map_err(|error| ExportError::Stream(error.to_string())),
+        |mut server, stop, shutdown| server.run(stop, shutdown),
+    )
 }
 
 /// Everything the exporter thread owns.
