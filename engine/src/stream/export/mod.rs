@@ -324,7 +324,7 @@ impl StreamExporter {
             Close::Eof => tracing::debug!(peer = %connection.peer, "stream connection closed by the reader"),
             _ => {
                 self.closed_for_cause += 1;
-                if self.closed_for_cause.is_power_of_two() || connection.is_serving() {
+                if self.closed_for_cause.is_power_of_two() {
                     tracing::warn!(peer = %connection.peer, reason = %why, closed = self.closed_for_cause, "closing a stream connection");
                 }
             }

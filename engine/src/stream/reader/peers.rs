@@ -34,6 +34,9 @@ pub(super) struct Peer {
     pub next_to_ask: usize,
     /// Failures since the last success (the first is logged, then every power of two).
     pub failures: u64,
+    /// Connections that failed after they were up, ever (logged at powers of two: an
+    /// exporter can cause them at will).
+    pub broken_connections: u64,
 }
 
 impl Peer {
@@ -50,6 +53,7 @@ impl Peer {
             backoff,
             next_to_ask: 0,
             failures: 0,
+            broken_connections: 0,
         }
     }
 
@@ -192,7 +196,11 @@ impl StreamReads {
         }
         let closed = peer.connections.swap_remove(connection);
         peer.failures += 1;
-        tracing::warn!(peer = %peer.address, in_flight = closed.in_flight.len(), "stream connection to the exporter failed: {reason}");
+        peer.broken_connections += 1;
+        if peer.broken_connections.is_power_of_two() {
+            let (in_flight, broken) = (closed.in_flight.len(), peer.broken_connections);
+            tracing::warn!(peer = %peer.address, in_flight, broken, "stream connection to the exporter failed: {reason}");
+        }
         if peer.connections.is_empty() {
             peer.listed = false;
             peer.retry_at = Some(self.now + peer.backoff);
