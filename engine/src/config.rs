@@ -180,8 +180,8 @@ pub struct Config {
     pub hugepages: HugepagePolicy,
 
     /// The longest the poller spins on empty rings before it sleeps, in microseconds (it spins
-    /// less while its last idle spells say spinning does not pay; 0: never spin). The export
-    /// role's thread spins the same way on its connections before it sleeps.
+    /// less while its last idle spells say spinning does not pay; 0: never spin). The UCX
+    /// export role's worker spins the same way (the stream exporter never spins).
     #[arg(long, default_value_t = 50)]
     pub idle_spin_us: u64,
 

@@ -109,7 +109,6 @@ fn start_exporter(
             offset_width: width,
             read_key,
             allowed_peers,
-            idle_spin: std::time::Duration::from_micros(config.idle_spin_us),
             ..stream::export::StreamExportConfig::new(config.export_dir.clone(), listen)
         };
         let handle = stream::export::spawn(stream_config, shutdown.clone())?;

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
-use rdma_ipc::spin::SpinPolicy;
 use volume_format::index::OffsetWidth;
 
 use self::connection::{Close, Connection, Context, Turn};
@@ -52,12 +51,6 @@ pub struct StreamExportConfig {
     pub limits: Limits,
     /// How often the directories are scanned and every index refreshed.
     pub rescan_interval: Duration,
-    /// Longest the thread polls its sockets before it sleeps in epoll (adaptive:
-    /// `rdma_ipc::spin`, so it stops spinning on a busy host; zero never spins). A reader's
-    /// next request often comes within microseconds, and a wake-up from epoll costs tens of
-    /// them on a VM: 4 KiB and 64 KiB reads gained 5-20 % in three alternating runs
-    /// (`docs/benchmarks.md`, "The stream transport").
-    pub idle_spin: Duration,
 }
 
 impl StreamExportConfig {
@@ -70,7 +63,6 @@ impl StreamExportConfig {
             read_key: None,
             limits: Limits::default(),
             rescan_interval: Duration::from_secs(1),
-            idle_spin: Duration::ZERO,
         }
     }
 }
@@ -171,9 +163,8 @@ impl StreamExporter {
 
     fn run(&mut self, stop: &AtomicBool, shutdown: &AtomicBool) -> Result<(), ExportError> {
         let mut events = Events::with_capacity(EVENTS_MAX);
-        let mut spin = SpinPolicy::new(self.config.idle_spin);
         while !stop.load(Ordering::Acquire) && !shutdown.load(Ordering::Relaxed) {
-            self.wait(&mut events, &mut spin)?;
+            self.wait(&mut events)?;
             let now = Instant::now();
             let mut again = std::mem::take(&mut self.busy);
             for event in events.iter() {
@@ -208,32 +199,20 @@ impl StreamExporter {
         Ok(())
     }
 
-    /// Takes the events that are there, polling without sleeping while spinning pays (the
-    /// next request comes within the window), then waits in epoll (bounded).
-    fn wait(&mut self, events: &mut Events, policy: &mut SpinPolicy) -> Result<(), ExportError> {
-        let wait = |poll: &mut Poll, events: &mut Events, timeout: Duration| match poll.poll(events, Some(timeout)) {
+    /// Takes the events that are there, or waits for some in epoll (bounded). It never spins:
+    /// the kernel moves the bytes, and a wake-up is all a spin could save. Measured both ways
+    /// (`docs/benchmarks.md`, "The stream transport"): an adaptive spin gained 5-20 % at depth
+    /// 32 unpinned, but cost 4 KiB concurrency 1 in `rdma-bench compare` (1.9-2.7x HTTP against
+    /// 3.7x without), where the reader's poller, the client and the exporter share two CPUs,
+    /// and it spends the volume host's CPU.
+    fn wait(&mut self, events: &mut Events) -> Result<(), ExportError> {
+        let timeout = if self.busy.is_empty() { WAIT_TIMEOUT } else { Duration::ZERO };
+        match self.poll.poll(events, Some(timeout)) {
             Err(error) if error.kind() != std::io::ErrorKind::Interrupted => {
                 Err(ExportError::Stream(format!("epoll wait: {error}")))
             }
             _ => Ok(()),
-        };
-        if !self.busy.is_empty() {
-            return wait(&mut self.poll, events, Duration::ZERO);
         }
-        let now_ns = rdma_ipc::clock::monotonic_ns;
-        let mut spin = policy.begin(now_ns(), 0);
-        // Bounded by the spin window.
-        while policy.keep_spinning(&mut spin, now_ns(), 0) {
-            wait(&mut self.poll, events, Duration::ZERO)?;
-            if !events.is_empty() {
-                policy.won(Some(&spin), now_ns());
-                return Ok(());
-            }
-        }
-        let slept_from = now_ns();
-        wait(&mut self.poll, events, WAIT_TIMEOUT)?;
-        policy.slept(&spin, now_ns().saturating_sub(slept_from));
-        Ok(())
     }
 
     /// Accepts every pending connection, within the address list and the limits.
