@@ -17,14 +17,17 @@
 //! A connection that fails (closed, reset, a reply that is not the protocol's, no byte for
 //! `read_timeout` while requests wait) completes its reads with `PEER_UNAVAILABLE` (the routing
 //! falls back to HTTP) and is made again; a peer with no connection left is down and retried
-//! with backoff. `receive` is the reply machine; `peers` the per-exporter state.
+//! with backoff. `receive` is the reply machine; `peers` the per-exporter state; `config` the
+//! settings.
 
+mod config;
 mod connect;
 mod connection;
 mod peers;
 mod receive;
 mod watch;
 
+pub use config::{StreamConfig, StreamError, PEERS_MAX};
 pub use connect::{connect, ConnectError};
 pub use receive::place_check_bytes;
 
@@ -40,86 +43,16 @@ use self::peers::Peer;
 use self::watch::SocketWatch;
 use super::wire::{ReadRequest, Request};
 use crate::rdma::remote::PeerStatus;
-use crate::rdma::token::ReadKey;
 use crate::read::check::CheckCopy;
 use crate::read::fetch::NeedleFetch;
 use crate::read::http::Waker;
 use crate::read::routes::slot_of_token;
 use crate::read::ReadResult;
 
-/// Most exporters one engine reads from.
-pub const PEERS_MAX: usize = 256;
 /// Token bit of VOLUMES requests (read tokens never have bit 63 set: `read::routes`).
 const VOLUMES_TOKEN: u64 = 1 << 63;
 /// How often `progress` looks at peers (reconnects) and at connections waiting too long.
 const PEER_SCAN_INTERVAL: Duration = Duration::from_millis(10);
-
-/// The read role's stream settings, fixed at start.
-#[derive(Clone, Debug)]
-pub struct StreamConfig {
-    /// Exporters to read from (their `--listen` addresses).
-    pub peers: Vec<SocketAddr>,
-    /// Most exporters at once: `peers` plus those found through the master later.
-    pub max_peers: usize,
-    /// Reads in flight at most (the read table's capacity).
-    pub max_in_flight: usize,
-    /// SeaweedFS's read key, for exporters that ask for it.
-    pub read_key: Option<ReadKey>,
-    /// Connections kept to each exporter.
-    pub connections_per_peer: usize,
-    /// How long connecting and the handshake may take.
-    pub connect_timeout: Duration,
-    /// How long a connection may leave requests without a byte of answer before it is failed.
-    pub read_timeout: Duration,
-    /// First reconnect delay after a failure; doubled per failure up to the maximum.
-    pub reconnect_backoff_min: Duration,
-    pub reconnect_backoff_max: Duration,
-}
-
-impl StreamConfig {
-    pub fn new(peers: Vec<SocketAddr>) -> StreamConfig {
-        StreamConfig {
-            max_peers: peers.len(),
-            peers,
-            max_in_flight: 256,
-            read_key: None,
-            connections_per_peer: 2,
-            connect_timeout: Duration::from_secs(2),
-            read_timeout: Duration::from_secs(5),
-            reconnect_backoff_min: Duration::from_millis(50),
-            reconnect_backoff_max: Duration::from_secs(2),
-        }
-    }
-
-    fn validate(&self) -> Result<(), StreamError> {
-        let fail = |reason: String| Err(StreamError::Config(reason));
-        if !(1..=1 << 20).contains(&self.max_in_flight) {
-            return fail("max_in_flight must be in 1..=1048576".into());
-        }
-        if self.peers.len() > self.max_peers || self.max_peers > PEERS_MAX {
-            return fail(format!("at most {PEERS_MAX} peers, and no more than max_peers"));
-        }
-        if !(1..=16).contains(&self.connections_per_peer) {
-            return fail("connections_per_peer must be in 1..=16".into());
-        }
-        if self.connect_timeout.is_zero() || self.read_timeout.is_zero() || self.reconnect_backoff_min.is_zero() {
-            return fail("timeouts and backoff must be positive".into());
-        }
-        Ok(())
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StreamError {
-    #[error("stream read configuration: {0}")]
-    Config(String),
-    #[error("cannot start the stream connect thread: {0}")]
-    Thread(std::io::Error),
-    #[error("buffer area {0} is already registered")]
-    AreaExists(u64),
-    #[error("cannot add exporter {0}: already {1} peers, the most this engine was sized for")]
-    TooManyPeers(SocketAddr, usize),
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SlotState {
