@@ -107,8 +107,10 @@ fn resolve(volumes: &mut LocalVolumes, request: &ReadRequest, now: Instant) -> R
     file.read_exact_at(prefix, location.offset_bytes).map_err(|_| (ErrorCode::IO_ERROR, 0))?;
     check_range_prefix(prefix, version, request.needle_id, request.cookie, location.size).map_err(|code| (code, 0))?;
     let (mut fetch, mut step) = NeedleFetch::begin(&read, version, location.offset_bytes, location.size);
-    // The check bytes, in the order the fetch machine asks for them: (scratch offset, length).
-    let mut check_pieces: Vec<(usize, usize)> = Vec::with_capacity(3);
+    // The check bytes, in the order the fetch machine asks for them: (scratch offset, length);
+    // at most the prefix and the two pieces after the data.
+    let mut check_pieces = [(0usize, 0usize); 3];
+    let mut check_count = 0;
     let mut data: Option<Piece> = None;
     // Bounded: a read has at most two phases.
     for _phase in 0..3 {
@@ -125,7 +127,9 @@ fn resolve(volumes: &mut LocalVolumes, request: &ReadRequest, now: Instant) -> R
                     let length = piece.length_bytes as usize;
                     let destination = scratch.get_mut(offset..offset + length).ok_or((ErrorCode::IO_ERROR, 0))?;
                     file.read_exact_at(destination, piece.file_offset).map_err(|_| (ErrorCode::IO_ERROR, 0))?;
-                    check_pieces.push((offset, length));
+                    let entry = check_pieces.get_mut(check_count).ok_or((ErrorCode::IO_ERROR, 0))?;
+                    *entry = (offset, length);
+                    check_count += 1;
                 }
             }
         }
@@ -136,6 +140,7 @@ fn resolve(volumes: &mut LocalVolumes, request: &ReadRequest, now: Instant) -> R
             None => break,
         };
     }
+    let check_pieces = &check_pieces[..check_count];
     let check_length: usize = check_pieces.iter().map(|&(_, length)| length).sum();
     let data_length = data.map_or(0, |piece| piece.length_bytes);
     let reply = Reply {
@@ -152,7 +157,7 @@ fn resolve(volumes: &mut LocalVolumes, request: &ReadRequest, now: Instant) -> R
     let mut bytes =
         Vec::with_capacity(REPLY_HEADER_BYTES + check_length + if short { data_length as usize } else { 0 });
     bytes.extend_from_slice(reply.encode().as_bytes());
-    for &(offset, length) in &check_pieces {
+    for &(offset, length) in check_pieces {
         bytes.extend_from_slice(&scratch[offset..offset + length]);
     }
     let Some(data) = data.filter(|piece| piece.length_bytes > 0) else { return Ok(Outgoing { bytes, file: None }) };

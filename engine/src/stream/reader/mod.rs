@@ -119,6 +119,8 @@ pub struct StreamReads {
     check_copy: CheckCopy,
     now: Instant,
     last_peer_scan: Instant,
+    /// Whether the poller should keep polling (see [`StreamReads::needs_polling`]).
+    polling_wanted: bool,
 }
 
 impl StreamReads {
@@ -143,6 +145,7 @@ impl StreamReads {
             check_copy: CheckCopy::default(),
             now,
             last_peer_scan: now,
+            polling_wanted: false,
             config,
         };
         for index in 0..reads.peers.len() {
@@ -171,6 +174,7 @@ impl StreamReads {
         self.peers.push(Peer::new(address, self.config.reconnect_backoff_min));
         tracing::info!(peer = %address, "connecting to an exporter found through the master");
         self.top_up(self.peers.len() - 1);
+        self.update_polling_wanted();
         Ok(())
     }
 
@@ -182,10 +186,18 @@ impl StreamReads {
     /// Whether the poller should keep polling rather than sleep: an exporter is connecting, or
     /// a reply is partly received (its rest follows within microseconds; a sleep and a wake
     /// per socket buffer cost a large read a third of its speed here).
+    /// Kept by [`StreamReads::progress`] and [`StreamReads::add_peer`], the only places where
+    /// it turns true, so the poller's every pass reads a flag instead of walking the peers.
     pub fn needs_polling(&self) -> bool {
-        self.peers
+        self.polling_wanted
+    }
+
+    /// Recomputes [`StreamReads::needs_polling`].
+    fn update_polling_wanted(&mut self) {
+        self.polling_wanted = self
+            .peers
             .iter()
-            .any(|peer| peer.is_connecting() || peer.connections.iter().any(|connection| connection.mid_reply()))
+            .any(|peer| peer.is_connecting() || peer.connections.iter().any(|connection| connection.mid_reply()));
     }
 
     pub fn peer_status(&self, address: SocketAddr) -> Option<PeerStatus> {
@@ -370,6 +382,7 @@ impl StreamReads {
             self.last_peer_scan = self.now;
             self.check_peers();
         }
+        self.update_polling_wanted();
     }
 
     /// Asks every exporter that is up for its volume list again (one connection each, in turn).

@@ -114,7 +114,7 @@ impl StreamReads {
                 peer.failures = 0;
                 peer.backoff = minimum;
                 peer.retry_at = None;
-                if let Err(error) = self.watch.add(super::watch::descriptor(&stream)) {
+                if let Err(error) = self.watch.add(std::os::fd::AsFd::as_fd(&stream)) {
                     tracing::warn!(peer = %peer.address, %error, "cannot watch a stream connection; its replies are noticed at the poller's heartbeat while it sleeps");
                 }
                 peer.connections.push(Connection::new(stream));

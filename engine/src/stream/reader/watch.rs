@@ -11,7 +11,7 @@
 //! then returns at once), and bytes that arrived before are still in the socket, which
 //! level-triggered epoll reports at once.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -98,9 +98,4 @@ fn watch(shared: &Shared, wake: &Waker) {
             }
         }
     }
-}
-
-/// A socket's descriptor, borrowed for [`SocketWatch::add`].
-pub(super) fn descriptor(stream: &std::net::TcpStream) -> BorrowedFd<'_> {
-    stream.as_fd()
 }
