@@ -39,6 +39,8 @@ test_status=${PIPESTATUS[0]}
 set -e
 passed=$(grep -E '^test result:' "$skip_log.out" | awk '{s += $4} END {print s + 0}')
 failed_binaries=$(grep -E '^error: (test failed|[0-9]+ targets? failed)|^    `-p ' "$skip_log.out" || true)
+# What each failing test printed (its panic message among it), so the end of the log says why.
+failure_reports=$(awk '/^failures:$/ {on = 1} on {print} /^test result:/ {on = 0}' "$skip_log.out")
 rm -f "$skip_log.out"
 
 if [ "$hugepages_before" -gt 0 ]; then other_hugepages=0; else other_hugepages=256; fi
@@ -64,7 +66,9 @@ else
 fi
 echo "== workspace tests: regions on $(backing_of "$hugepages_before"): $([ "$test_status" -eq 0 ] && echo passed || echo FAILED); $other_pass" >&2
 if [ "$test_status" -ne 0 ] || [ "$backing_status" -ne 0 ]; then
-    echo "== workspace tests FAILED; the failing test binaries:" >&2
+    echo "== workspace tests FAILED; what the failing tests printed:" >&2
+    echo "$failure_reports" >&2
+    echo "== the failing test binaries:" >&2
     echo "$failed_binaries" >&2
     exit 1
 fi

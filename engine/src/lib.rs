@@ -15,6 +15,7 @@ pub mod poller;
 pub mod rdma;
 pub mod read;
 pub mod region;
+pub mod security;
 pub mod startup;
 pub mod stream;
 pub mod supervise;
@@ -48,7 +49,7 @@ pub enum EngineError {
     #[error("the poller thread ended before it started serving")]
     PollerDied,
     #[error("--security-toml: {0}")]
-    ReadKey(#[from] rdma::token::KeyError),
+    Security(#[from] security::SecurityError),
     #[error(transparent)]
     Transport(#[from] transport::ChoiceError),
 }
@@ -57,7 +58,7 @@ impl EngineError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            EngineError::Config(_) | EngineError::ReadKey(_) | EngineError::Transport(_) => 2,
+            EngineError::Config(_) | EngineError::Security(_) | EngineError::Transport(_) => 2,
             EngineError::SocketInUse(_) | EngineError::Socket { .. } | EngineError::Control(_) => 3,
             EngineError::Read(_) | EngineError::Export(_) => 4,
             EngineError::Signals(_) | EngineError::Thread(_) | EngineError::PollerDied => 5,
@@ -102,12 +103,22 @@ fn start_exporter(
 ) -> Result<Option<rdma::export::ExportHandle>, EngineError> {
     let Some(listen) = config.listen else { return Ok(None) };
     let width = if config.offset_bytes == 5 { OffsetWidth::Five } else { OffsetWidth::Four };
-    let read_key = config.security_toml.as_deref().map(rdma::token::ReadKey::from_security_toml).transpose()?;
+    let security = config.security_toml.as_deref().map(security::SecurityToml::load).transpose()?;
     let allowed_peers = (!config.allow_peer.is_empty()).then(|| config.allow_peer.clone());
     if config.transport != transport::TransportKind::Ucx {
+        let tls = security.as_ref().and_then(|security| security.volume_tls.as_ref().map(|files| (security, files)));
+        let tls = tls
+            .map(|(security, files)| {
+                stream::tls::server_config(files).map_err(|message| security::SecurityError::Tls {
+                    path: security.path.display().to_string(),
+                    message,
+                })
+            })
+            .transpose()?;
         let stream_config = stream::export::StreamExportConfig {
             offset_width: width,
-            read_key,
+            read_key: security.and_then(|security| security.read_key),
+            tls,
             allowed_peers,
             ..stream::export::StreamExportConfig::new(config.export_dir.clone(), listen)
         };
@@ -115,6 +126,7 @@ fn start_exporter(
         tracing::info!(listen = %handle.local_addr(), transport = "stream", "export role serving");
         return Ok(Some(handle));
     }
+    let read_key = security.as_ref().map(security::SecurityToml::read_key_for_ucx).transpose()?;
     let export_config = rdma::export::ExportConfig {
         offset_width: width,
         read_key,

@@ -76,7 +76,8 @@ impl Exporter {
     fn serves_a_good_reader(&mut self, key: Option<&ReadKey>) {
         assert!(self.is_running(), "the exporter died; its log:\n{}", self.log_text());
         let volume = open_local(self.volumes.path(), VOLUME_ID);
-        let mut stream = connect(self.address, key, Duration::from_secs(5)).expect("a good reader connects");
+        let mut stream =
+            connect(self.address, key, None, Duration::from_secs(5)).expect("a good reader connects").stream;
         stream.set_nonblocking(false).unwrap();
         for needle_id in 1..=NEEDLES {
             let cookie = cookie_in(&volume, needle_id);
@@ -127,7 +128,7 @@ fn raw(address: SocketAddr) -> TcpStream {
 
 /// A connection through the handshake without a key, blocking, with a read timeout.
 fn handshaken(address: SocketAddr) -> TcpStream {
-    let stream = connect(address, None, Duration::from_secs(5)).unwrap();
+    let stream = connect(address, None, None, Duration::from_secs(5)).unwrap().stream;
     stream.set_nonblocking(false).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     stream
@@ -175,10 +176,10 @@ fn a_wrong_key_is_refused_before_any_request_and_a_missing_one_is_named() {
     let wrong = ReadKey::from_bytes(b"wrong-key");
     // The exporter proves itself first: a reader with another key stops there.
     assert!(matches!(
-        connect(exporter.address, Some(&wrong), Duration::from_secs(5)),
+        connect(exporter.address, Some(&wrong), None, Duration::from_secs(5)),
         Err(ConnectError::ExporterProof)
     ));
-    assert!(matches!(connect(exporter.address, None, Duration::from_secs(5)), Err(ConnectError::KeyNeeded)));
+    assert!(matches!(connect(exporter.address, None, None, Duration::from_secs(5)), Err(ConnectError::KeyNeeded)));
     // A peer that ignores the exporter's proof and sends a made-up one, then a request: the
     // exporter refuses it and closes without answering the request.
     let mut stream = raw(exporter.address);
@@ -202,7 +203,7 @@ fn a_reader_with_the_key_refuses_an_exporter_that_asks_for_none() {
     let mut exporter = Exporter::start(&[]);
     let key = ReadKey::from_bytes(b"a-key");
     assert!(matches!(
-        connect(exporter.address, Some(&key), Duration::from_secs(5)),
+        connect(exporter.address, Some(&key), None, Duration::from_secs(5)),
         Err(ConnectError::ExporterWithoutKey)
     ));
     exporter.serves_a_good_reader(None);
@@ -406,6 +407,6 @@ fn an_address_not_allowed_is_closed_before_a_byte_is_read() {
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
     assert!(answer.is_empty(), "an address not allowed got {} bytes", answer.len());
-    assert!(matches!(connect(exporter.address, None, Duration::from_secs(5)), Err(ConnectError::Closed)));
+    assert!(matches!(connect(exporter.address, None, None, Duration::from_secs(5)), Err(ConnectError::Closed)));
     assert!(exporter.is_running());
 }

@@ -322,6 +322,61 @@ pub fn security_toml(dir: &Path, name: &str, key: &str) -> String {
     path.display().to_string()
 }
 
+/// Mutual TLS files as a SeaweedFS operator has them (PEM): a CA, and the volume servers' and
+/// the clients' certificates and keys, signed by it.
+#[derive(Clone, Debug)]
+pub struct TlsCertificates {
+    pub ca: PathBuf,
+    pub volume_cert: PathBuf,
+    pub volume_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+/// Makes a CA named `name` and its two certificates in `dir`. They name hosts (`volume01`,
+/// `client01`), never the addresses dialled, as operators' certificates do.
+pub fn tls_certificates(dir: &Path, name: &str) -> TlsCertificates {
+    let ca_key = rcgen::KeyPair::generate().expect("generate a key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, format!("{name} CA"));
+    let ca = ca_params.self_signed(&ca_key).expect("sign the CA");
+    let write = |file: &str, text: String| {
+        let path = dir.join(format!("{name}-{file}"));
+        std::fs::write(&path, text).expect("write a PEM file");
+        path
+    };
+    let leaf = |host: &str| {
+        let key = rcgen::KeyPair::generate().expect("generate a key");
+        let params = rcgen::CertificateParams::new(vec![host.to_string()]).expect("certificate parameters");
+        let certificate = params.signed_by(&key, &ca, &ca_key).expect("sign a certificate");
+        (write(&format!("{host}.pem"), certificate.pem()), write(&format!("{host}.key"), key.serialize_pem()))
+    };
+    let (volume_cert, volume_key) = leaf("volume01");
+    let (client_cert, client_key) = leaf("client01");
+    TlsCertificates { ca: write("ca.pem", ca.pem()), volume_cert, volume_key, client_cert, client_key }
+}
+
+/// Writes a `security.toml` named `name` in `dir` with `certificates` (`[grpc] ca`,
+/// `[grpc.volume]`, `[grpc.client]`) and, if given, the read key; returns its path.
+pub fn security_toml_with_tls(dir: &Path, name: &str, certificates: &TlsCertificates, key: Option<&str>) -> String {
+    let path = dir.join(name);
+    let mut text = String::new();
+    if let Some(key) = key {
+        text.push_str(&format!("[jwt.signing.read]\nkey = \"{key}\"\n"));
+    }
+    text.push_str(&format!(
+        "[grpc]\nca = \"{}\"\n[grpc.volume]\ncert = \"{}\"\nkey = \"{}\"\n[grpc.client]\ncert = \"{}\"\nkey = \"{}\"\n",
+        certificates.ca.display(),
+        certificates.volume_cert.display(),
+        certificates.volume_key.display(),
+        certificates.client_cert.display(),
+        certificates.client_key.display()
+    ));
+    std::fs::write(&path, text).expect("write security.toml");
+    path.display().to_string()
+}
+
 /// A TCP port that was free a moment ago on `ip`.
 pub fn free_port(ip: &str) -> u16 {
     std::net::TcpListener::bind((ip, 0))

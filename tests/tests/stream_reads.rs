@@ -8,9 +8,12 @@
 use integration_tests::{free_port, live_needles, open_volume, workspace_binary, Engine, EngineOptions};
 use rdma_client::{AttachOptions, Client, CompletionError, ErrorCode, Operation, QueuePair, ReadSource};
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use volume_format::needle::NeedleRecord;
 use volume_format::writer::{NeedleSpec, VolumeWriter, VolumeWriterOptions};
@@ -95,20 +98,21 @@ fn parse_proc_address(text: &str) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
 
-#[test]
-fn with_default_flags_every_read_is_byte_exact_and_comes_over_the_stream_transport() {
-    let volumes = volume_dir();
-    let (exporter, listen) = exporter(volumes.path(), &[]);
-    let reader = reader(&listen, &[]);
-    let (client, mut queue_pair) = attach(&reader);
-    let volume = open_volume(volumes.path(), VOLUME_ID);
+/// Reads every needle of `volumes` whole and a range of each through `reader`'s client,
+/// checking the bytes and that they came over the stream transport; returns their data.
+fn every_needle_reads_byte_exact_over_the_stream(
+    client: &Client,
+    queue_pair: &mut QueuePair,
+    volumes: &Path,
+) -> Vec<Vec<u8>> {
+    let volume = open_volume(volumes, VOLUME_ID);
     let needles = live_needles(&volume);
     assert_eq!(needles.len(), 40);
+    let mut data = Vec::new();
     for &(needle_id, cookie) in &needles {
         let record = volume.read_checked(needle_id, cookie).unwrap();
         let expected = NeedleRecord::parse(&record, volume.version()).unwrap();
-        let completion =
-            integration_tests::read_needle(&client, &mut queue_pair, (VOLUME_ID, needle_id, cookie), 1 << 20);
+        let completion = integration_tests::read_needle(client, queue_pair, (VOLUME_ID, needle_id, cookie), 1 << 20);
         let range = completion.data_range().unwrap_or_else(|| panic!("{needle_id}: {:?}", completion.result()));
         assert_eq!(&client.bytes(completion.buffer.as_ref().unwrap())[range], expected.data, "needle {needle_id}");
         assert_eq!(completion.source(), ReadSource::Stream);
@@ -126,7 +130,18 @@ fn with_default_flags_every_read_is_byte_exact_and_comes_over_the_stream_transpo
             assert_eq!(&client.bytes(completion.buffer.as_ref().unwrap())[range], &expected.data[100..end]);
             assert_eq!(completion.source(), ReadSource::Stream);
         }
+        data.push(expected.data.to_vec());
     }
+    data
+}
+
+#[test]
+fn with_default_flags_every_read_is_byte_exact_and_comes_over_the_stream_transport() {
+    let volumes = volume_dir();
+    let (exporter, listen) = exporter(volumes.path(), &[]);
+    let reader = reader(&listen, &[]);
+    let (client, mut queue_pair) = attach(&reader);
+    every_needle_reads_byte_exact_over_the_stream(&client, &mut queue_pair, volumes.path());
     // A wrong cookie is the exporter's answer, not a fallback.
     let completion = integration_tests::read_needle(&client, &mut queue_pair, (VOLUME_ID, 10, 0xbad), 1 << 20);
     assert!(matches!(completion.result(), Err(CompletionError::Engine { code: ErrorCode::COOKIE_MISMATCH, .. })));
@@ -230,4 +245,132 @@ fn readers_must_prove_the_read_key_and_are_told_why_not() {
         assert!(completion.result().is_err(), "a reader with {key:?} read the volume");
         assert!(stranger.wait_for_log(why, Duration::from_secs(10)), "{key:?}: {}", stranger.log_text());
     }
+}
+
+/// A TCP relay between a reader and an exporter that keeps every byte the exporter sends: what
+/// someone on the network would see.
+struct WireTap {
+    address: String,
+    seen: Arc<Mutex<Vec<u8>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl WireTap {
+    fn start(upstream: &str) -> WireTap {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (seen, stop) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(false)));
+        let (upstream, thread_seen, thread_stop) = (upstream.to_string(), seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !thread_stop.load(Ordering::Relaxed) {
+                let Ok((reader_side, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                reader_side.set_nonblocking(false).unwrap();
+                let Ok(exporter_side) = TcpStream::connect(&upstream) else { continue };
+                let relay = |mut from: TcpStream, mut to: TcpStream, seen: Option<Arc<Mutex<Vec<u8>>>>| {
+                    std::thread::spawn(move || {
+                        let mut buffer = vec![0u8; 1 << 16];
+                        while let Ok(count) = from.read(&mut buffer) {
+                            if count == 0 || to.write_all(&buffer[..count]).is_err() {
+                                break;
+                            }
+                            if let Some(seen) = &seen {
+                                seen.lock().unwrap().extend_from_slice(&buffer[..count]);
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                };
+                relay(reader_side.try_clone().unwrap(), exporter_side.try_clone().unwrap(), None);
+                relay(exporter_side, reader_side, Some(thread_seen.clone()));
+            }
+        });
+        WireTap { address, seen, stop }
+    }
+
+    /// Whether `bytes` crossed the wire as they are.
+    fn saw(&self, bytes: &[u8]) -> bool {
+        self.seen.lock().unwrap().windows(bytes.len()).any(|window| window == bytes)
+    }
+
+    fn bytes_seen(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+impl Drop for WireTap {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Whether some needle's first 64 data bytes crossed `tap` in the clear.
+fn needles_seen_in_the_clear(tap: &WireTap, data: &[Vec<u8>]) -> usize {
+    data.iter().filter(|data| data.len() >= 64 && tap.saw(&data[..64])).count()
+}
+
+#[test]
+fn with_the_operators_certificates_reads_run_over_mutual_tls_and_strangers_are_told_why() {
+    let volumes = volume_dir();
+    let keys = tempfile::tempdir().unwrap();
+    let ours = integration_tests::tls_certificates(keys.path(), "ours");
+    let theirs = integration_tests::tls_certificates(keys.path(), "theirs");
+    let toml = |name: &str, certificates: &integration_tests::TlsCertificates| {
+        integration_tests::security_toml_with_tls(keys.path(), name, certificates, Some("the-read-key"))
+    };
+    let secure = toml("secure.toml", &ours);
+
+    // Plaintext first, through the tap: the needles cross the wire as they are stored.
+    let (plain_exporter, plain_listen) = exporter(volumes.path(), &[]);
+    let plain_tap = WireTap::start(&plain_listen);
+    let plain_reader = reader(&plain_tap.address, &[]);
+    let (client, mut queue_pair) = attach(&plain_reader);
+    let data = every_needle_reads_byte_exact_over_the_stream(&client, &mut queue_pair, volumes.path());
+    let readable = data.iter().filter(|data| data.len() >= 64).count();
+    assert_eq!(needles_seen_in_the_clear(&plain_tap, &data), readable, "plaintext: the tap sees every needle");
+
+    // With certificates on both sides: the same reads, and not one needle on the wire.
+    let (exporter, listen) = exporter(volumes.path(), &["--security-toml", &secure]);
+    assert!(exporter.wait_for_log("runs over mutual TLS", Duration::from_secs(10)), "{}", exporter.log_text());
+    let tap = WireTap::start(&listen);
+    let trusted = reader(&tap.address, &["--security-toml", &secure]);
+    let (client, mut queue_pair) = attach(&trusted);
+    every_needle_reads_byte_exact_over_the_stream(&client, &mut queue_pair, volumes.path());
+    let total: usize = data.iter().map(Vec::len).sum();
+    assert!(tap.bytes_seen() > total, "the tap saw {} bytes for {total} of needles", tap.bytes_seen());
+    assert_eq!(needles_seen_in_the_clear(&tap, &data), 0, "TLS: a needle crossed the wire in the clear");
+
+    // Strangers read nothing, and each is told why in its log.
+    let foreign_client = integration_tests::TlsCertificates {
+        client_cert: theirs.client_cert.clone(),
+        client_key: theirs.client_key.clone(),
+        ..ours.clone()
+    };
+    let key_only = integration_tests::security_toml(keys.path(), "key-only.toml", "the-read-key");
+    let cases = [
+        (key_only.clone(), listen.as_str(), "the exporter speaks TLS and this engine has no certificate"),
+        (
+            toml("foreign-client.toml", &foreign_client),
+            listen.as_str(),
+            "the exporter refused this engine's certificate",
+        ),
+        (toml("foreign-ca.toml", &theirs), listen.as_str(), "invalid peer certificate"),
+        (secure.clone(), plain_listen.as_str(), "closed the connection during the TLS handshake"),
+    ];
+    for (security, address, why) in cases {
+        let stranger = reader(address, &["--security-toml", &security]);
+        let (client, mut queue_pair) = attach(&stranger);
+        let completion = integration_tests::read_needle(&client, &mut queue_pair, (VOLUME_ID, 31, 0xc0 + 21), 1 << 20);
+        assert!(completion.result().is_err(), "a reader with {security} read from {address}");
+        assert!(stranger.wait_for_log(why, Duration::from_secs(10)), "{security}: {}", stranger.log_text());
+    }
+    assert!(
+        plain_exporter
+            .wait_for_log("the reader speaks TLS and this exporter has no certificate", Duration::from_secs(10)),
+        "{}",
+        plain_exporter.log_text()
+    );
 }

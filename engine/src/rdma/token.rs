@@ -1,5 +1,5 @@
 //! Peer authentication between the read role and the export role, with SeaweedFS's own read
-//! key: the `key` of `[jwt.signing.read]` in its `security.toml`.
+//! key: the `key` of `[jwt.signing.read]` in its `security.toml` (`crate::security`).
 //!
 //! A reader puts a JWT (HS256, `{"exp": …, "iat": …}`, valid for [`TOKEN_LIFETIME`]) signed
 //! with that key into every catalogue request; an exporter configured with the key answers
@@ -8,7 +8,6 @@
 //! transports let any connected peer reach the exporter's memory) is in
 //! `docs/ucx-bindings.md`, "Security".
 
-use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -24,16 +23,6 @@ const CLOCK_SKEW: Duration = Duration::from_secs(30);
 const TOKEN_MAX_BYTES: usize = 4096;
 /// The header of every token: `{"alg":"HS256","typ":"JWT"}`.
 const HEADER: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9";
-
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
-    #[error("{path} is not valid TOML: {message}")]
-    Parse { path: String, message: String },
-    #[error("{path} has no [jwt.signing.read] key (SeaweedFS's read signing key)")]
-    NoKey { path: String },
-}
 
 /// Why a token was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -59,26 +48,6 @@ impl std::fmt::Debug for ReadKey {
 }
 
 impl ReadKey {
-    /// The `key` of `[jwt.signing.read]` in a SeaweedFS `security.toml`.
-    pub fn from_security_toml(path: &Path) -> Result<ReadKey, KeyError> {
-        let path_text = path.display().to_string();
-        let text =
-            std::fs::read_to_string(path).map_err(|source| KeyError::Read { path: path_text.clone(), source })?;
-        let table: toml::Table = text.parse().map_err(|error: toml::de::Error| KeyError::Parse {
-            path: path_text.clone(),
-            message: error.message().into(),
-        })?;
-        let key = table
-            .get("jwt")
-            .and_then(|jwt| jwt.get("signing"))
-            .and_then(|signing| signing.get("read"))
-            .and_then(|read| read.get("key"))
-            .and_then(|key| key.as_str())
-            .filter(|key| !key.is_empty())
-            .ok_or(KeyError::NoKey { path: path_text })?;
-        Ok(ReadKey(key.as_bytes().to_vec()))
-    }
-
     pub fn from_bytes(key: &[u8]) -> ReadKey {
         ReadKey(key.to_vec())
     }
@@ -155,16 +124,5 @@ mod tests {
         let (_, signature) = rest.split_once('.').unwrap();
         let forged = format!("{head}.{}.{signature}", URL_SAFE_NO_PAD.encode("{\"exp\":99999999999}"));
         assert_eq!(key.verify(Some(&forged), now), Err(TokenError::BadSignature));
-    }
-
-    #[test]
-    fn the_read_key_comes_from_security_toml() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("security.toml");
-        std::fs::write(&path, "[jwt.signing]\nkey = \"write\"\n[jwt.signing.read]\nkey = \"read\"\n").unwrap();
-        let key = ReadKey::from_security_toml(&path).unwrap();
-        assert_eq!(key.0, b"read");
-        std::fs::write(&path, "[jwt.signing]\nkey = \"write\"\n").unwrap();
-        assert!(matches!(ReadKey::from_security_toml(&path), Err(KeyError::NoKey { .. })));
     }
 }

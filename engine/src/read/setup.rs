@@ -13,6 +13,7 @@ use super::routes::RouteTable;
 use super::{local, ReadCounters, ReadService};
 use crate::config::{Config, LocalIoKind};
 use crate::rdma::remote::{RemoteConfig, RemoteReads, PEERS_MAX};
+use crate::security::{SecurityError, SecurityToml};
 use crate::stream::reader::{StreamConfig, StreamReads};
 use crate::transport::TransportKind;
 use volume_format::index::OffsetWidth;
@@ -31,7 +32,7 @@ pub enum ReadSetupError {
     #[error("cannot start the stream read role: {0}")]
     Stream(#[from] crate::stream::reader::StreamError),
     #[error("--security-toml: {0}")]
-    ReadKey(crate::rdma::token::KeyError),
+    Security(#[from] crate::security::SecurityError),
     #[error("cannot start the {what} threads: {source}")]
     Threads { what: &'static str, source: std::io::Error },
 }
@@ -74,12 +75,11 @@ impl ReadSetup {
         }
         let table_capacity = config.max_rdma_in_flight().max(crate::rdma::remote::MAX_IN_FLIGHT_MIN);
         let master_peers = if config.master.is_some() && config.export_port.is_some() { MASTER_PEERS_MAX } else { 0 };
-        let read_key = config
-            .security_toml
-            .as_deref()
-            .map(crate::rdma::token::ReadKey::from_security_toml)
-            .transpose()
-            .map_err(ReadSetupError::ReadKey)?;
+        let security = config.security_toml.as_deref().map(SecurityToml::load).transpose()?;
+        let read_key = match config.transport {
+            TransportKind::Ucx => security.as_ref().map(SecurityToml::read_key_for_ucx).transpose()?,
+            _ => security.as_ref().and_then(|security| security.read_key.clone()),
+        };
         let remote = (!config.peer.is_empty() || master_peers > 0).then(|| RemoteConfig {
             max_in_flight: table_capacity,
             read_key,
@@ -94,10 +94,21 @@ impl ReadSetup {
         let (remote, stream) = match (remote, config.transport) {
             (Some(remote), TransportKind::Ucx) => (Some(remote), None),
             (Some(remote), _) => {
+                let tls =
+                    security.as_ref().and_then(|security| security.client_tls.as_ref().map(|files| (security, files)));
+                let tls = tls
+                    .map(|(security, files)| {
+                        crate::stream::tls::client_config(files).map_err(|message| SecurityError::Tls {
+                            path: security.path.display().to_string(),
+                            message,
+                        })
+                    })
+                    .transpose()?;
                 let stream = StreamConfig {
                     max_peers: remote.max_peers,
                     max_in_flight: remote.max_in_flight,
                     read_key: remote.read_key.clone(),
+                    tls,
                     connections_per_peer: config.stream_connections_per_peer,
                     ..StreamConfig::new(remote.peers.clone())
                 };

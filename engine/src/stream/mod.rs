@@ -16,11 +16,13 @@
 //! ```
 //!
 //! `wire` is the bytes (`docs/stream-protocol.md` describes them for other implementations),
-//! `auth` the challenge and response, `export` the exporter, `reader` the read role's side.
+//! `auth` the challenge and response, `export` the exporter, `reader` the read role's side,
+//! `tls` the mutual TLS everything runs over when the operator has certificates.
 
 pub mod auth;
 pub mod export;
 pub mod reader;
+pub mod tls;
 pub mod wire;
 
 use std::time::Duration;

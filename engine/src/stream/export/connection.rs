@@ -3,7 +3,8 @@
 //! [`Limits::requests_in_flight_max`] replies and reads nothing more until some are sent, so a
 //! reader that never reads its replies stalls only itself (and is closed after
 //! [`Limits::write_stall_timeout`]). Bad bytes close the connection; nothing here panics on
-//! input.
+//! input. Over TLS the same messages travel as plaintext inside its records (`tls`); file data
+//! is then read with `pread` and encrypted, a bounded amount at a time, instead of `sendfile`.
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
@@ -15,6 +16,7 @@ use mio::net::TcpStream;
 use zerocopy::IntoBytes;
 
 use super::super::auth::{self, Side};
+use super::super::tls::TlsLink;
 use super::super::wire::{
     auth_mode, handshake_status, ClientHello, ClientProof, HandshakeDone, Request, ServerHello, WireError, NONCE_BYTES,
     PROOF_BYTES, REQUEST_BYTES,
@@ -28,6 +30,12 @@ use crate::read::local::LocalVolumes;
 const INPUT_BYTES: usize = REQUEST_BYTES * 32;
 /// Messages handled per turn of one connection, so one busy reader cannot hold the thread.
 const MESSAGES_PER_TURN_MAX: usize = 64;
+/// Over TLS: plaintext handed to the record layer before its records are sent (one `writev`
+/// for the replies gathered), and the file bytes read per `pread`.
+const TLS_FEED_BYTES: usize = 64 << 10;
+const TLS_FILE_CHUNK_BYTES: usize = 16 << 10;
+/// The first byte of a TLS handshake record: a reader speaking TLS to a plaintext exporter.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Where the connection is.
 #[derive(Debug)]
@@ -55,6 +63,8 @@ pub(super) enum Close {
     BadProof,
     #[error("a reply's file shrank while it was being sent")]
     FileShrank,
+    #[error("the reader speaks TLS and this exporter has no certificate ([grpc.volume] cert and key, [grpc] ca in --security-toml)")]
+    ReaderSpeaksTls,
     #[error("{0}")]
     Timeout(&'static str),
 }
@@ -73,6 +83,10 @@ pub(super) struct Context<'a> {
 pub(super) struct Connection {
     pub stream: TcpStream,
     pub peer: SocketAddr,
+    /// The TLS record layer, when the exporter has certificates.
+    tls: Option<Box<TlsLink>>,
+    /// Over TLS, file bytes on their way from `pread` to the record layer.
+    file_chunk: Vec<u8>,
     phase: Phase,
     input: Box<[u8; INPUT_BYTES]>,
     filled: usize,
@@ -100,10 +114,12 @@ pub(super) enum Turn {
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream, peer: SocketAddr, now: Instant) -> Connection {
+    pub fn new(stream: TcpStream, peer: SocketAddr, tls: Option<TlsLink>, now: Instant) -> Connection {
         Connection {
             stream,
             peer,
+            file_chunk: if tls.is_some() { vec![0; TLS_FILE_CHUNK_BYTES] } else { Vec::new() },
+            tls: tls.map(Box::new),
             phase: Phase::Hello,
             input: Box::new([0; INPUT_BYTES]),
             filled: 0,
@@ -165,7 +181,16 @@ impl Connection {
         if self.filled == INPUT_BYTES {
             return Ok(false);
         }
-        match self.stream.read(&mut self.input[self.filled..]) {
+        let room = &mut self.input[self.filled..];
+        let read = match &mut self.tls {
+            None => self.stream.read(room),
+            Some(link) => link.read_plaintext(&mut &self.stream, |plaintext| {
+                let count = plaintext.len().min(room.len());
+                room[..count].copy_from_slice(&plaintext[..count]);
+                count
+            }),
+        };
+        match read {
             Ok(0) => {
                 self.input_closed = true;
                 Ok(true)
@@ -196,6 +221,9 @@ impl Connection {
         match self.phase {
             Phase::Hello => {
                 let Some(bytes) = self.take::<40>() else { return Ok(false) };
+                if self.tls.is_none() && bytes[0] == TLS_HANDSHAKE_RECORD {
+                    return Err(Close::ReaderSpeaksTls);
+                }
                 let hello = ClientHello::decode(&bytes)?;
                 let exporter_nonce = auth::nonce()?;
                 let (auth, proof) = match context.read_key {
@@ -249,6 +277,9 @@ impl Connection {
     /// Sends queued replies until the socket takes no more: the leading bytes of several
     /// replies in one `sendmsg`, a reply's file range with `sendfile`.
     fn flush(&mut self, now: Instant) -> Result<(), Close> {
+        if self.tls.is_some() {
+            return self.flush_tls(now);
+        }
         // Bounded: each pass sends bytes or returns; the queue is bounded.
         while let Some(front) = self.output.front() {
             let leading = front.bytes.len() as u64;
@@ -277,6 +308,57 @@ impl Connection {
             }
         }
         Ok(())
+    }
+
+    /// [`Connection::flush`] over TLS: the records held go out first; then up to
+    /// [`TLS_FEED_BYTES`] of replies are encrypted (file data read with `pread`), and so on
+    /// until the socket takes no more. rustls holds at most one feed's records.
+    fn flush_tls(&mut self, now: Instant) -> Result<(), Close> {
+        let Some(mut link) = self.tls.take() else { return Ok(()) };
+        let flushed = self.flush_through(&mut link, now);
+        self.tls = Some(link);
+        flushed
+    }
+
+    fn flush_through(&mut self, link: &mut TlsLink, now: Instant) -> Result<(), Close> {
+        // Bounded: each pass sends a feed's records or returns; the queue is bounded.
+        loop {
+            let (sent, all_out) = link.send_records(&mut &self.stream)?;
+            if sent > 0 {
+                self.stalled_since = None;
+                self.last_activity = now;
+            }
+            if !all_out {
+                self.stalled_since.get_or_insert(now);
+                return Ok(());
+            }
+            if self.output.is_empty() || link.is_handshaking() {
+                return Ok(());
+            }
+            let mut fed = 0;
+            while fed < TLS_FEED_BYTES {
+                let Some(front) = self.output.front() else { break };
+                let leading = front.bytes.len() as u64;
+                let taken = if self.front_sent < leading {
+                    link.write_plaintext(&front.bytes[self.front_sent as usize..])?
+                } else {
+                    let Some(range) = &front.file else { break };
+                    let done = self.front_sent - leading;
+                    let want = (range.length - done).min(self.file_chunk.len() as u64) as usize;
+                    let read = read_at(&range.file, &mut self.file_chunk[..want], range.offset + done)?;
+                    if read == 0 {
+                        // The file ends before the record does: it is no longer all there.
+                        return Err(Close::FileShrank);
+                    }
+                    link.write_plaintext(&self.file_chunk[..read])?
+                };
+                if taken == 0 {
+                    break;
+                }
+                self.advance(taken as u64);
+                fed += taken;
+            }
+        }
     }
 
     /// `count` more bytes of the queued replies were sent.
@@ -344,6 +426,18 @@ fn send_leading(stream: &TcpStream, output: &VecDeque<Outgoing>, sent: u64) -> i
         Err(io::Error::last_os_error())
     } else {
         Ok(result as usize)
+    }
+}
+
+/// `pread` of at most `buffer.len()` bytes at `offset` (fewer at the file's end).
+fn read_at(file: &std::fs::File, buffer: &mut [u8], offset: u64) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    // Bounded: each pass reads bytes or returns.
+    loop {
+        match file.read_at(buffer, offset) {
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            result => return result,
+        }
     }
 }
 

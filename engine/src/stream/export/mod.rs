@@ -23,6 +23,7 @@ use mio::{Events, Interest, Poll, Token};
 use volume_format::index::OffsetWidth;
 
 use self::connection::{Close, Connection, Context, Turn};
+use super::tls::TlsLink;
 use super::Limits;
 use crate::rdma::export::{spawn_thread, ExportError, ExportHandle};
 use crate::rdma::token::ReadKey;
@@ -48,6 +49,9 @@ pub struct StreamExportConfig {
     pub allowed_peers: Option<Vec<IpAddr>>,
     /// SeaweedFS's read key: readers must prove they hold it (`None`: admitted by address).
     pub read_key: Option<ReadKey>,
+    /// Mutual TLS (`[grpc.volume]`'s certificate, readers' checked against `[grpc] ca`):
+    /// every connection runs over it (`None`: plaintext).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     pub limits: Limits,
     /// How often the directories are scanned and every index refreshed.
     pub rescan_interval: Duration,
@@ -61,6 +65,7 @@ impl StreamExportConfig {
             offset_width: OffsetWidth::Four,
             allowed_peers: None,
             read_key: None,
+            tls: None,
             limits: Limits::default(),
             rescan_interval: Duration::from_secs(1),
         }
@@ -158,7 +163,14 @@ impl StreamExporter {
             ),
             (Some(_), _) => tracing::info!("readers must prove they hold SeaweedFS's read key before any request"),
         }
-        tracing::info!("the stream transport runs in plaintext: needles cross the network unencrypted");
+        match self.config.tls {
+            Some(_) => tracing::info!(
+                "the stream transport runs over mutual TLS: readers need a certificate signed by [grpc] ca"
+            ),
+            None => tracing::info!(
+                "the stream transport runs in plaintext: needles cross the network unencrypted (give [grpc.volume] cert and key and [grpc] ca for mutual TLS)"
+            ),
+        }
     }
 
     fn run(&mut self, stop: &AtomicBool, shutdown: &AtomicBool) -> Result<(), ExportError> {
@@ -246,6 +258,17 @@ impl StreamExporter {
                 }
                 continue;
             };
+            let tls = match &self.config.tls {
+                None => None,
+                Some(config) => match rustls::ServerConnection::new(Arc::clone(config)) {
+                    Ok(tls) => Some(TlsLink::new(tls)),
+                    Err(error) => {
+                        tracing::warn!(%peer, %error, "cannot start TLS on a stream connection");
+                        self.free.push(index);
+                        continue;
+                    }
+                },
+            };
             let _ = stream.set_nodelay(true);
             let registered =
                 self.poll.registry().register(&mut stream, Token(index), Interest::READABLE | Interest::WRITABLE);
@@ -255,7 +278,7 @@ impl StreamExporter {
                 continue;
             }
             *self.by_peer.entry(ip).or_insert(0) += 1;
-            self.connections[index] = Some(Connection::new(stream, peer, now));
+            self.connections[index] = Some(Connection::new(stream, peer, tls, now));
             // The reader may have sent its hello already (edge-triggered: no event would come).
             self.busy.push(index);
         }

@@ -1,6 +1,7 @@
 //! The read role's stream settings and setup errors.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::rdma::token::ReadKey;
@@ -19,6 +20,9 @@ pub struct StreamConfig {
     pub max_in_flight: usize,
     /// SeaweedFS's read key, for exporters that ask for it.
     pub read_key: Option<ReadKey>,
+    /// Mutual TLS (`[grpc.client]`'s certificate, exporters' checked against `[grpc] ca`):
+    /// every connection runs over it (`None`: plaintext).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Connections kept to each exporter.
     pub connections_per_peer: usize,
     /// How long connecting and the handshake may take.
@@ -37,6 +41,7 @@ impl StreamConfig {
             peers,
             max_in_flight: 256,
             read_key: None,
+            tls: None,
             connections_per_peer: 2,
             connect_timeout: Duration::from_secs(2),
             read_timeout: Duration::from_secs(5),

@@ -1,4 +1,5 @@
-//! Connecting to an exporter: TCP, then the handshake, blocking and bounded by one deadline.
+//! Connecting to an exporter: TCP, TLS's handshake when configured, then the protocol's,
+//! blocking and bounded by one deadline.
 //! The poller never waits for this: [`Connector`] runs it on a thread of its own and hands
 //! each connection that is up to the poller through a queue, ringing its doorbell.
 
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::super::auth::{self, Side};
+use super::super::tls::{self, TlsLink};
 use super::super::wire::{
     auth_mode, handshake_status, ClientHello, ClientProof, HandshakeDone, ServerHello, WireError, PROOF_BYTES,
 };
@@ -41,18 +43,48 @@ pub enum ConnectError {
     ReaderProof,
     #[error("the exporter answered the handshake with status {0}")]
     Status(i32),
+    #[error("the TLS session failed: {0}")]
+    Tls(String),
+    #[error("the exporter refused this engine's certificate ({0}): is it signed by the exporter's [grpc] ca?")]
+    TlsRefused(String),
+    #[error("the exporter closed the connection during the TLS handshake (it may have no certificate: give it [grpc.volume] cert and key and [grpc] ca; or this address is not in its --allow-peer)")]
+    TlsClosed,
+    #[error("the exporter speaks TLS and this engine has no certificate (give it [grpc.client] cert and key and [grpc] ca in --security-toml)")]
+    ExporterSpeaksTls,
 }
 
-/// Connects to `address` and runs the handshake, within `timeout` in all. The stream comes
-/// back non-blocking, with `TCP_NODELAY`, ready for requests.
-pub fn connect(address: SocketAddr, key: Option<&ReadKey>, timeout: Duration) -> Result<TcpStream, ConnectError> {
+/// A connection that is up: its socket, non-blocking with `TCP_NODELAY`, and its TLS state
+/// when it runs over TLS.
+#[derive(Debug)]
+pub struct Established {
+    pub stream: TcpStream,
+    pub tls: Option<TlsLink>,
+}
+
+/// Connects to `address` and runs the handshakes (TLS's when `tls` is given, then the
+/// protocol's), within `timeout` in all. The connection comes back ready for requests.
+pub fn connect(
+    address: SocketAddr,
+    key: Option<&ReadKey>,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    timeout: Duration,
+) -> Result<Established, ConnectError> {
     let deadline = Instant::now() + timeout;
-    let mut stream = TcpStream::connect_timeout(&address, timeout).map_err(ConnectError::Connect)?;
+    let stream = TcpStream::connect_timeout(&address, timeout).map_err(ConnectError::Connect)?;
     let _ = stream.set_nodelay(true);
+    let tls = tls
+        .map(|config| rustls::ClientConnection::new(Arc::clone(config), tls::server_name(address)))
+        .transpose()
+        .map_err(|error| ConnectError::Tls(error.to_string()))?;
+    let mut channel = Channel { stream, tls, deadline, timeout };
+    channel.tls_handshake()?;
     let reader_nonce = auth::nonce().map_err(ConnectError::Io)?;
-    write_all(&mut stream, ClientHello::new(reader_nonce).as_bytes(), deadline, timeout)?;
+    channel.write_all(ClientHello::new(reader_nonce).as_bytes())?;
     let mut hello = [0u8; 72];
-    read_exact(&mut stream, &mut hello, deadline, timeout)?;
+    channel.read_exact(&mut hello)?;
+    if channel.tls.is_none() && TLS_RECORD_TYPES.contains(&hello[0]) {
+        return Err(ConnectError::ExporterSpeaksTls);
+    }
     let hello = ServerHello::decode(&hello)?;
     let proof = match (hello.auth.get(), key) {
         (auth_mode::READ_KEY, None) => return Err(ConnectError::KeyNeeded),
@@ -67,9 +99,9 @@ pub fn connect(address: SocketAddr, key: Option<&ReadKey>, timeout: Duration) ->
         (_, Some(_)) => return Err(ConnectError::ExporterWithoutKey),
         (_, None) => [0; PROOF_BYTES],
     };
-    write_all(&mut stream, ClientProof { proof }.as_bytes(), deadline, timeout)?;
+    channel.write_all(ClientProof { proof }.as_bytes())?;
     let mut done = [0u8; 8];
-    read_exact(&mut stream, &mut done, deadline, timeout)?;
+    channel.read_exact(&mut done)?;
     let done = HandshakeDone::read_from_bytes(&done).map_err(|_| ConnectError::Closed)?;
     if done._reserved != [0; 4] {
         return Err(ConnectError::Wire(WireError::Reserved));
@@ -79,11 +111,97 @@ pub fn connect(address: SocketAddr, key: Option<&ReadKey>, timeout: Duration) ->
         handshake_status::BAD_PROOF => return Err(ConnectError::ReaderProof),
         other => return Err(ConnectError::Status(other)),
     }
+    let Channel { stream, tls, .. } = channel;
     stream.set_nonblocking(true).map_err(ConnectError::Io)?;
-    Ok(stream)
+    let tls = tls.map(TlsLink::established).transpose().map_err(ConnectError::Io)?;
+    Ok(Established { stream, tls })
 }
 
-fn remaining(deadline: Instant, timeout: Duration) -> Result<Duration, ConnectError> {
+/// The first bytes of a TLS alert or handshake record: a plaintext reader met a TLS exporter.
+const TLS_RECORD_TYPES: [u8; 2] = [0x15, 0x16];
+
+/// The blocking handshake's connection: plaintext or TLS, every call bounded by one deadline.
+struct Channel {
+    stream: TcpStream,
+    tls: Option<rustls::ClientConnection>,
+    deadline: Instant,
+    timeout: Duration,
+}
+
+impl Channel {
+    /// Bounds the socket's next waits by the time left.
+    fn arm(&self) -> Result<(), ConnectError> {
+        let left = deadline_left(self.deadline, self.timeout)?;
+        self.stream.set_read_timeout(Some(left)).map_err(ConnectError::Io)?;
+        self.stream.set_write_timeout(Some(left)).map_err(ConnectError::Io)
+    }
+
+    fn tls_handshake(&mut self) -> Result<(), ConnectError> {
+        // Bounded by the deadline: every wait of `complete_io` is.
+        while self.tls.as_ref().is_some_and(|tls| tls.is_handshaking()) {
+            self.arm()?;
+            let Some(tls) = self.tls.as_mut() else { break };
+            tls.complete_io(&mut self.stream).map_err(|error| self.error(error))?;
+        }
+        Ok(())
+    }
+
+    fn read_exact(&mut self, bytes: &mut [u8]) -> Result<(), ConnectError> {
+        let mut filled = 0;
+        // Bounded by the deadline: every read waits at most the time left.
+        while filled < bytes.len() {
+            self.arm()?;
+            let read = match &mut self.tls {
+                None => self.stream.read(&mut bytes[filled..]),
+                Some(tls) => rustls::Stream::new(tls, &mut self.stream).read(&mut bytes[filled..]),
+            };
+            match read {
+                // A TLS exporter answers a plaintext hello with an alert record and closes.
+                Ok(0) if self.tls.is_none() && filled > 0 && TLS_RECORD_TYPES.contains(&bytes[0]) => {
+                    return Err(ConnectError::ExporterSpeaksTls)
+                }
+                Ok(0) => return Err(ConnectError::Closed),
+                Ok(count) => filled += count,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(self.error(error)),
+            }
+        }
+        Ok(())
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> Result<(), ConnectError> {
+        self.arm()?;
+        let written = match &mut self.tls {
+            None => self.stream.write_all(bytes),
+            Some(tls) => {
+                let mut stream = rustls::Stream::new(tls, &mut self.stream);
+                stream.write_all(bytes).and_then(|()| stream.flush())
+            }
+        };
+        written.map_err(|error| self.error(error))
+    }
+
+    /// What an I/O error during the handshake means.
+    fn error(&self, error: io::Error) -> ConnectError {
+        let tls_error = error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>());
+        match (error.kind(), tls_error) {
+            (_, Some(rustls::Error::AlertReceived(alert))) => ConnectError::TlsRefused(format!("{alert:?}")),
+            (_, Some(tls_error)) => ConnectError::Tls(tls_error.to_string()),
+            (io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut, _) => ConnectError::Timeout(self.timeout),
+            (io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe, _)
+                if self.tls.as_ref().is_some_and(|tls| tls.is_handshaking()) =>
+            {
+                ConnectError::TlsClosed
+            }
+            (io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe, _) => {
+                ConnectError::Closed
+            }
+            _ => ConnectError::Io(error),
+        }
+    }
+}
+
+fn deadline_left(deadline: Instant, timeout: Duration) -> Result<Duration, ConnectError> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
         Err(ConnectError::Timeout(timeout))
@@ -92,41 +210,8 @@ fn remaining(deadline: Instant, timeout: Duration) -> Result<Duration, ConnectEr
     }
 }
 
-fn read_exact(
-    stream: &mut TcpStream,
-    bytes: &mut [u8],
-    deadline: Instant,
-    timeout: Duration,
-) -> Result<(), ConnectError> {
-    let mut filled = 0;
-    // Bounded by the deadline: every read waits at most the time left.
-    while filled < bytes.len() {
-        stream.set_read_timeout(Some(remaining(deadline, timeout)?)).map_err(ConnectError::Io)?;
-        match stream.read(&mut bytes[filled..]) {
-            Ok(0) => return Err(ConnectError::Closed),
-            Ok(count) => filled += count,
-            Err(error) if matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                return Err(ConnectError::Timeout(timeout))
-            }
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) if error.kind() == io::ErrorKind::ConnectionReset => return Err(ConnectError::Closed),
-            Err(error) => return Err(ConnectError::Io(error)),
-        }
-    }
-    Ok(())
-}
-
-fn write_all(stream: &mut TcpStream, bytes: &[u8], deadline: Instant, timeout: Duration) -> Result<(), ConnectError> {
-    stream.set_write_timeout(Some(remaining(deadline, timeout)?)).map_err(ConnectError::Io)?;
-    stream.write_all(bytes).map_err(|error| match error.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ConnectError::Timeout(timeout),
-        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => ConnectError::Closed,
-        _ => ConnectError::Io(error),
-    })
-}
-
 /// A connection attempt's outcome, for the peer at `peer_index`.
-pub(super) type Connected = (usize, Result<TcpStream, ConnectError>);
+pub(super) type Connected = (usize, Result<Established, ConnectError>);
 
 /// The thread that connects, and the queues to and from it.
 #[derive(Debug)]
@@ -141,7 +226,13 @@ pub(super) struct Connector {
 impl Connector {
     /// Starts the thread; `capacity` bounds both queues, `wake` rings the poller's doorbell
     /// after each answer.
-    pub fn start(key: Option<ReadKey>, timeout: Duration, capacity: usize, wake: Waker) -> io::Result<Connector> {
+    pub fn start(
+        key: Option<ReadKey>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        timeout: Duration,
+        capacity: usize,
+        wake: Waker,
+    ) -> io::Result<Connector> {
         let (requests, incoming) = mpsc::sync_channel::<(usize, SocketAddr)>(capacity);
         let (answer, answers) = mpsc::sync_channel(capacity);
         let stop = Arc::new(AtomicBool::new(false));
@@ -152,7 +243,7 @@ impl Connector {
                 if thread_stop.load(Ordering::Acquire) {
                     return;
                 }
-                let outcome = connect(address, key.as_ref(), timeout);
+                let outcome = connect(address, key.as_ref(), tls.as_ref(), timeout);
                 if answer.send((peer_index, outcome)).is_err() {
                     return;
                 }

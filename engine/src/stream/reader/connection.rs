@@ -1,5 +1,7 @@
 //! One connection to an exporter on the reader's side: requests queued and sent without
 //! blocking, the tokens in flight on it, and where the bytes of the reply being received go.
+//! Over TLS, requests are encrypted as they are sent, and replies are copied from rustls's
+//! decrypted bytes to their destination (the staging buffer is not used).
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -10,6 +12,7 @@ use std::time::Instant;
 
 use zerocopy::IntoBytes;
 
+use super::super::tls::TlsLink;
 use super::super::wire::{Reply, Request, REPLY_HEADER_BYTES, REQUEST_BYTES};
 use crate::read::fetch::{Pieces, SCRATCH_BYTES};
 
@@ -40,6 +43,8 @@ pub(super) enum Receiving {
 #[derive(Debug)]
 pub(super) struct Connection {
     stream: TcpStream,
+    /// The TLS record layer, when the connection runs over TLS.
+    tls: Option<Box<TlsLink>>,
     /// Requests not yet taken by the socket, and how much of the first is sent.
     outgoing: Vec<u8>,
     outgoing_sent: usize,
@@ -64,9 +69,10 @@ pub(super) struct Connection {
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream) -> Connection {
+    pub fn new(stream: TcpStream, tls: Option<TlsLink>) -> Connection {
         Connection {
             stream,
+            tls: tls.map(Box::new),
             outgoing: Vec::with_capacity(IN_FLIGHT_MAX * REQUEST_BYTES),
             outgoing_sent: 0,
             in_flight: VecDeque::with_capacity(IN_FLIGHT_MAX + 1),
@@ -105,6 +111,21 @@ impl Connection {
 
     /// Sends what the socket takes of the queued requests.
     pub fn flush(&mut self) -> io::Result<()> {
+        if let Some(link) = self.tls.as_deref_mut() {
+            // Bounded: each pass hands rustls bytes or stops; rustls's records go out after.
+            while self.outgoing_sent < self.outgoing.len() {
+                match link.write_plaintext(&self.outgoing[self.outgoing_sent..])? {
+                    0 => break,
+                    count => self.outgoing_sent += count,
+                }
+            }
+            if self.outgoing_sent == self.outgoing.len() {
+                self.outgoing.clear();
+                self.outgoing_sent = 0;
+            }
+            link.send_records(&mut &self.stream)?;
+            return Ok(());
+        }
         // Bounded: each pass sends bytes or returns.
         while self.outgoing_sent < self.outgoing.len() {
             match self.stream.write(&self.outgoing[self.outgoing_sent..]) {
@@ -123,7 +144,7 @@ impl Connection {
     /// Whether bytes were received that no part has taken yet (the socket watch cannot see
     /// them: the poller must not sleep on them).
     pub fn has_staged(&self) -> bool {
-        self.staged_end > self.staged_start
+        self.staged_end > self.staged_start || self.tls.as_ref().is_some_and(|link| link.holds_plaintext())
     }
 
     /// Moves at most `length` bytes of the reply stream to `destination`: what is staged first;
@@ -134,6 +155,15 @@ impl Connection {
     /// `destination..destination + length` is writable memory that nothing else writes while
     /// this runs (a validated buffer range of a client's region, or a buffer of ours).
     pub unsafe fn receive(&mut self, destination: NonNull<u8>, length: usize) -> io::Result<usize> {
+        if let Some(link) = self.tls.as_deref_mut() {
+            return link.read_plaintext(&mut &self.stream, |plaintext| {
+                let count = plaintext.len().min(length);
+                // SAFETY: `destination` has room for `length >= count` bytes (the caller's
+                // contract) and does not overlap rustls's buffer, which is ours.
+                unsafe { std::ptr::copy_nonoverlapping(plaintext.as_ptr(), destination.as_ptr(), count) };
+                count
+            });
+        }
         if !self.has_staged() && length < DIRECT_MIN_BYTES {
             let stage = NonNull::from(&mut *self.stage).cast::<u8>();
             // SAFETY: the staging buffer is ours, STAGE_BYTES long.

@@ -131,8 +131,9 @@ impl StreamReads {
         config.validate()?;
         let capacity = config.max_peers.max(1) * config.connections_per_peer;
         let watch = SocketWatch::start(wake.clone()).map_err(StreamError::Thread)?;
-        let connector = Connector::start(config.read_key.clone(), config.connect_timeout, capacity, wake)
-            .map_err(StreamError::Thread)?;
+        let connector =
+            Connector::start(config.read_key.clone(), config.tls.clone(), config.connect_timeout, capacity, wake)
+                .map_err(StreamError::Thread)?;
         let now = Instant::now();
         let mut reads = StreamReads {
             slots: (0..config.max_in_flight).map(|_| Slot::free()).collect(),

@@ -2,12 +2,12 @@
 //! retried with backoff.
 
 use std::collections::{HashSet, VecDeque};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use shm_layout::entry::ErrorCode;
 
-use super::connect::ConnectError;
+use super::connect::{ConnectError, Established};
 use super::connection::Connection;
 use super::{SlotState, StreamReads, VOLUMES_TOKEN};
 use crate::rdma::remote::PeerStatus;
@@ -101,13 +101,13 @@ impl StreamReads {
     }
 
     /// A connection attempt ended.
-    pub(super) fn on_connected(&mut self, index: usize, outcome: Result<TcpStream, ConnectError>) {
+    pub(super) fn on_connected(&mut self, index: usize, outcome: Result<Established, ConnectError>) {
         let now = self.now;
         let (minimum, maximum) = (self.config.reconnect_backoff_min, self.config.reconnect_backoff_max);
         let Some(peer) = self.peers.get_mut(index) else { return };
         peer.attempts = peer.attempts.saturating_sub(1);
         match outcome {
-            Ok(stream) => {
+            Ok(Established { stream, tls }) => {
                 if peer.failures > 0 {
                     tracing::info!(peer = %peer.address, "connected to the exporter again");
                 }
@@ -117,7 +117,7 @@ impl StreamReads {
                 if let Err(error) = self.watch.add(std::os::fd::AsFd::as_fd(&stream)) {
                     tracing::warn!(peer = %peer.address, %error, "cannot watch a stream connection; its replies are noticed at the poller's heartbeat while it sleeps");
                 }
-                peer.connections.push(Connection::new(stream));
+                peer.connections.push(Connection::new(stream, tls));
                 let connection = peer.connections.len() - 1;
                 if !peer.listed {
                     self.ask_volumes_on(index, connection);
