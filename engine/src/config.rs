@@ -134,7 +134,9 @@ pub struct Config {
 
     /// SeaweedFS's security.toml: its `[jwt.signing.read]` key authenticates readers and
     /// exporters to each other (the stream transport's challenge and response; UCX's catalogue
-    /// requests are signed with it). Give it to both roles.
+    /// requests are signed with it), and its gRPC certificates (`[grpc] ca`, `[grpc.volume]`
+    /// for the export role, `[grpc.client]` for the read role) put the stream transport on
+    /// mutual TLS. Give it to both roles.
     #[arg(long)]
     pub security_toml: Option<PathBuf>,
 

@@ -129,6 +129,14 @@ impl StreamReads {
     /// an error: it is retried with backoff from `progress`.
     pub fn new(config: StreamConfig, wake: Waker) -> Result<StreamReads, StreamError> {
         config.validate()?;
+        match config.tls {
+            Some(_) => tracing::info!(
+                "the stream transport reads over mutual TLS: exporters need a certificate signed by [grpc] ca"
+            ),
+            None => tracing::info!(
+                "the stream transport reads in plaintext (give [grpc.client] cert and key and [grpc] ca for mutual TLS)"
+            ),
+        }
         let capacity = config.max_peers.max(1) * config.connections_per_peer;
         let watch = SocketWatch::start(wake.clone()).map_err(StreamError::Thread)?;
         let connector =
