@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use common::{cookie_in, generate, open_local};
 use rdma_engine::rdma::token::ReadKey;
+use rdma_engine::security::TlsFiles;
 use rdma_engine::stream::reader::{connect, ConnectError};
+use rdma_engine::stream::tls::TlsLink;
 use rdma_engine::stream::wire::{
     ClientHello, ClientProof, ReadRequest, Reply, Request, ServerHello, REPLY_HEADER_BYTES,
 };
@@ -409,4 +411,95 @@ fn an_address_not_allowed_is_closed_before_a_byte_is_read() {
     assert!(answer.is_empty(), "an address not allowed got {} bytes", answer.len());
     assert!(matches!(connect(exporter.address, None, None, Duration::from_secs(5)), Err(ConnectError::Closed)));
     assert!(exporter.is_running());
+}
+
+/// A CA and the exporter's and a reader's certificates (PEM in `dir`), and the
+/// `security.toml` naming them; the reader's TLS files.
+fn tls_setup(dir: &Path) -> (std::path::PathBuf, TlsFiles) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let leaf = |host: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let certificate =
+            rcgen::CertificateParams::new(vec![host.to_string()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+        (write(&format!("{host}.pem"), certificate.pem()), write(&format!("{host}.key"), key.serialize_pem()))
+    };
+    let ca = write("ca.pem", ca.pem());
+    let ((volume_cert, volume_key), (client_cert, client_key)) = (leaf("volume01"), leaf("client01"));
+    let toml = format!("[grpc]\nca = {ca:?}\n[grpc.volume]\ncert = {volume_cert:?}\nkey = {volume_key:?}\n");
+    (write("security.toml", toml), TlsFiles { ca, cert: client_cert, key: client_key })
+}
+
+/// Sends `request` over a TLS connection (a blocking socket) and reads its whole reply.
+fn tls_exchange(stream: &TcpStream, link: &mut TlsLink, request: Request) -> (Reply, Vec<u8>) {
+    let bytes = request.encode();
+    let mut written = 0;
+    while written < bytes.as_bytes().len() {
+        written += link.write_plaintext(&bytes.as_bytes()[written..]).unwrap();
+    }
+    link.send_records(&mut &*stream).unwrap();
+    let mut read = |length: usize| {
+        let mut out = Vec::with_capacity(length);
+        while out.len() < length {
+            let wanted = length - out.len();
+            let count = link
+                .read_plaintext(&mut &*stream, |plaintext| {
+                    let count = plaintext.len().min(wanted);
+                    out.extend_from_slice(&plaintext[..count]);
+                    count
+                })
+                .unwrap();
+            assert!(count > 0, "the exporter closed the TLS connection mid-reply");
+        }
+        out
+    };
+    let header = read(REPLY_HEADER_BYTES);
+    let reply = Reply::decode(header.as_slice().try_into().unwrap()).expect("a reply of the protocol");
+    let _check = read(reply.check_length as usize);
+    (reply, read(reply.data_length as usize))
+}
+
+#[test]
+fn a_tls_exporter_closes_plaintext_garbage_and_stalled_handshakes_and_keeps_serving() {
+    let certificates = tempfile::tempdir().unwrap();
+    let (toml, reader_files) = tls_setup(certificates.path());
+    let mut exporter = Exporter::start(&["--security-toml", toml.to_str().unwrap()]);
+    assert!(exporter.log_text().contains("runs over mutual TLS"), "{}", exporter.log_text());
+    // Our plaintext hello, random bytes, and a TLS record header that never gets its body.
+    let mut cases: Vec<Vec<u8>> = vec![ClientHello::new([3; 32]).as_bytes().to_vec(), vec![0x5a; 4096]];
+    cases.push(vec![0x16, 0x03, 0x01, 0x02, 0x00]);
+    for (index, bytes) in cases.iter().enumerate() {
+        let mut stream = raw(exporter.address);
+        let _ = stream.write_all(bytes);
+        assert!(closed_within(&mut stream, Duration::from_secs(10)), "case {index} was not closed");
+    }
+    // A plaintext reader is told what is missing.
+    assert!(matches!(
+        connect(exporter.address, None, None, Duration::from_secs(5)),
+        Err(ConnectError::ExporterSpeaksTls)
+    ));
+    // A reader with a certificate of the CA reads every needle byte-exact.
+    let config = rdma_engine::stream::tls::client_config(&reader_files).unwrap();
+    let established =
+        connect(exporter.address, None, Some(&config), Duration::from_secs(5)).expect("a TLS reader connects");
+    let mut link = established.tls.expect("the connection runs over TLS");
+    let stream = established.stream;
+    stream.set_nonblocking(false).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let volume = open_local(exporter.volumes.path(), VOLUME_ID);
+    for needle_id in 1..=NEEDLES {
+        let cookie = cookie_in(&volume, needle_id);
+        let (reply, data) = tls_exchange(&stream, &mut link, whole(needle_id, cookie, 4 << 20));
+        assert_eq!(reply.status, Ok(()), "needle {needle_id}");
+        assert_eq!(data, volume.read_checked(needle_id, cookie).unwrap(), "needle {needle_id} over TLS");
+    }
+    assert!(exporter.is_running());
+    assert!(!exporter.log_text().contains("panicked"), "{}", exporter.log_text());
 }
