@@ -5,6 +5,7 @@
 //! Threads: the control thread (this crate's [`control`]) owns the socket and
 //! region lifecycles; the poller ([`poller`]) owns the data path.
 
+pub mod allocator;
 pub mod config;
 pub mod config_file;
 pub mod control;
@@ -206,6 +207,7 @@ fn choose_transport(config: &mut Config) -> Result<(), EngineError> {
 
 /// Runs the engine until SIGTERM or SIGINT, then drains and returns.
 pub fn run(mut config: Config) -> Result<(), EngineError> {
+    allocator::keep_large_allocations_mapped();
     config.validate()?;
     choose_transport(&mut config)?;
     if !rdma_ipc::futex::waitv_supported() {

@@ -195,3 +195,84 @@ fn scan_never_panics_on_arbitrary_files() {
         .unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The needle map as a plain `HashMap` and `HashSet` (the index's rule, written the simple
+/// way): the last entry wins; a live entry sets, any other deletes a needle that was live
+/// or deleted and leaves an unknown id unknown.
+#[derive(Default)]
+struct ModelIndex {
+    live: std::collections::HashMap<u64, (u64, u32)>,
+    deleted: std::collections::HashSet<u64>,
+}
+
+impl ModelIndex {
+    fn apply(&mut self, entry: &IndexEntry) {
+        match u32::try_from(entry.size) {
+            Ok(size) if entry.is_live() => {
+                self.deleted.remove(&entry.needle_id);
+                self.live.insert(entry.needle_id, (entry.offset_bytes, size));
+            }
+            _ => {
+                if self.live.remove(&entry.needle_id).is_some() {
+                    self.deleted.insert(entry.needle_id);
+                }
+            }
+        }
+    }
+}
+
+/// Entries over few ids (so they overwrite and delete each other) with offsets that fit
+/// `width`, sizes that include empty files and tombstones, and offset-0 deletions.
+fn index_entries(width: OffsetWidth) -> impl Strategy<Value = Vec<IndexEntry>> {
+    let units = (width.max_offset_bytes() / 8).max(1);
+    let entry = (
+        0u64..600,
+        prop_oneof![Just(0u64), 1..units, Just(units)],
+        prop_oneof![Just(-1i32), Just(0i32), -5i32..100_000, Just(i32::MAX)],
+    );
+    prop::collection::vec(entry, 0..3000).prop_map(|entries| {
+        entries
+            .into_iter()
+            .map(|(id, units, size)| IndexEntry { needle_id: id * 7919, offset_bytes: units * 8, size })
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// The compact index and the `HashMap` model agree on any sequence of entries, of both
+    /// widths, applied whole or replayed in chunks of any size (the refresh path).
+    #[test]
+    fn the_compact_index_agrees_with_a_hash_map((width, entries) in width().prop_flat_map(|width| (Just(width), index_entries(width))), cuts in prop::collection::vec(0usize..4000, 0..8)) {
+        let bytes: Vec<u8> = entries.iter().flat_map(|entry| entry.encode(width).unwrap()).collect();
+        let mut model = ModelIndex::default();
+        entries.iter().for_each(|entry| model.apply(entry));
+        let mut whole = NeedleIndex::new(width);
+        prop_assert_eq!(whole.apply(&bytes).entry_count, entries.len());
+        let mut chunked = NeedleIndex::new(width);
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|cut| cut * width.entry_size_bytes() / 3).filter(|&cut| cut < bytes.len()).collect();
+        cuts.sort_unstable();
+        let mut start = 0;
+        for end in cuts.into_iter().chain([bytes.len()]) {
+            if end >= start {
+                let outcome = chunked.apply(&bytes[start..end]);
+                start += outcome.consumed_bytes;
+            }
+        }
+        prop_assert_eq!(chunked.applied_bytes(), bytes.len() as u64);
+        for index in [&whole, &chunked] {
+            for id in (0u64..600).map(|id| id * 7919).chain([1, u64::MAX]) {
+                let found = index.get(id).map(|value| (value.offset_bytes, value.size));
+                prop_assert_eq!(found, model.live.get(&id).copied(), "id {}", id);
+                prop_assert_eq!(index.is_deleted(id), model.deleted.contains(&id), "id {} deleted", id);
+            }
+            prop_assert_eq!(index.live_count(), model.live.len());
+            let mut listed: Vec<(u64, (u64, u32))> = index.iter().map(|(id, value)| (id, (value.offset_bytes, value.size))).collect();
+            listed.sort_unstable();
+            let mut expected: Vec<(u64, (u64, u32))> = model.live.iter().map(|(&id, &value)| (id, value)).collect();
+            expected.sort_unstable();
+            prop_assert_eq!(listed, expected);
+        }
+    }
+}

@@ -107,6 +107,7 @@ impl LocalVolumes {
             inline_budget_bytes: INLINE_BYTES_PER_PASS,
         };
         volumes.scan();
+        crate::allocator::release_free_memory();
         Ok(volumes)
     }
 
@@ -216,6 +217,7 @@ impl LocalVolumes {
                 let live_needles = reopened.index().live_count();
                 tracing::info!(volume_id, file = %dat_path.display(), live_needles, "local volume replaced (compacted or copied); reading the new files");
                 served.volume = reopened;
+                crate::allocator::release_free_memory();
                 METRICS.count_index_refresh(IndexRefresh::Replaced);
             }
             Err(Refusal::Later) => {}

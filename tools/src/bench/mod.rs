@@ -17,6 +17,8 @@
 //! - [`compare`]: every read path against SeaweedFS's own HTTP GET, with a
 //!   real `weed` (`rdma-bench compare`).
 //! - [`contend`]: the busy-loop processes of `--contend N`.
+//! - [`index`]: the needle index's memory, build and lookup time against the map it
+//!   replaced (`rdma-bench index`).
 //! - [`read`]: needle reads against `pread` (`--transport local`) or against
 //!   a bare `ucp_get_nbx` loop from the same exporter (`--transport ucx`).
 
@@ -24,6 +26,7 @@ pub mod bare_client;
 pub mod compare;
 pub mod contend;
 pub mod floor;
+pub mod index;
 pub mod needles;
 pub mod nop;
 pub mod pipeline;
@@ -57,6 +60,8 @@ pub enum BenchError {
     Completions { count: u64, first: String },
     #[error("the exporter failed the floor: {0}")]
     Exporter(String),
+    #[error("an index case failed: {0}")]
+    IndexCase(String),
 }
 
 impl BenchError {
@@ -67,7 +72,9 @@ impl BenchError {
                 exit_code::ENGINE
             }
             BenchError::Completions { .. } => exit_code::NEEDLE,
-            BenchError::Helper(_) | BenchError::Volumes(_) | BenchError::Verify(_) => exit_code::OTHER,
+            BenchError::Helper(_) | BenchError::Volumes(_) | BenchError::Verify(_) | BenchError::IndexCase(_) => {
+                exit_code::OTHER
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use rdma_tools::bench::contend::{busy_loop_main, BUSY_LOOP_SUBCOMMAND, CONTENDERS_MAX};
 use rdma_tools::bench::floor::{helper_main, HELPER_SUBCOMMAND};
-use rdma_tools::bench::{compare, nop, read, BenchError};
+use rdma_tools::bench::{compare, index, nop, read, BenchError};
 use rdma_tools::exit_code;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -111,6 +111,26 @@ enum Command {
         /// Files uploaded per size.
         #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
         files_per_size: u64,
+    },
+    /// The needle index: bytes a needle, build and lookup time at 100k, 1M and 4M needles and
+    /// 1,000 volumes of 10k, beside the map it replaced, each case in a process of its own.
+    Index {
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Alternating rounds (figures are medians over rounds).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+        rounds: u32,
+    },
+    /// Internal: one case of `index`, in a process of its own.
+    #[command(name = index::INDEX_CASE_SUBCOMMAND, hide = true)]
+    IndexCase {
+        #[arg(long, value_enum)]
+        structure: index::Structure,
+        #[arg(long)]
+        volumes: usize,
+        #[arg(long)]
+        needles: usize,
     },
     /// Internal: the floor helper process (re-executed by `nop`).
     #[command(name = HELPER_SUBCOMMAND, hide = true)]
@@ -219,6 +239,18 @@ fn main() {
             } else {
                 print!("{}", compare::render_compare(&report));
             }
+        }
+        Command::Index { json, rounds } => {
+            let report = index::run(rounds).unwrap_or_else(|error| fail(error));
+            if json {
+                print_json(&report);
+            } else {
+                print!("{}", index::render(&report));
+            }
+        }
+        Command::IndexCase { structure, volumes, needles } => {
+            let result = index::case_main(structure, volumes, needles).unwrap_or_else(|error| fail(error));
+            print_json(&result);
         }
         Command::FloorHelper { fd, cpu } => {
             if let Err(message) = helper_main(fd, cpu) {

@@ -1,11 +1,12 @@
 //! Replaying `.idx` entries into a needle id -> location map.
 
-use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
+use super::compact::{CompactMap, State};
 use super::{IndexEntry, OffsetWidth};
+use crate::version::NEEDLE_ALIGNMENT_BYTES;
 
 /// Entries read per chunk when replaying from a file (as SeaweedFS's `RowsToRead`).
 const CHUNK_ENTRY_COUNT: usize = 1024;
@@ -87,14 +88,13 @@ pub struct ApplyOutcome {
 
 /// Needle id -> (offset, size), built by replaying entries in order: the last
 /// entry for an id wins; a live entry ([`IndexEntry::is_live`]) sets, any other
-/// deletes.
+/// deletes. Ids whose last entry deleted them are remembered, so a reader can say
+/// "deleted" rather than "never written". Stored compactly (`compact`): about 16 to 20
+/// bytes a needle.
 #[derive(Debug, Clone)]
 pub struct NeedleIndex {
     width: OffsetWidth,
-    live: HashMap<u64, IndexValue>,
-    /// Ids whose last entry deleted them, so a reader can say "deleted"
-    /// rather than "never written".
-    deleted: HashSet<u64>,
+    map: CompactMap,
     /// Entries applied so far; also `applied_bytes / entry size`.
     entry_count: u64,
     /// Applied entries that deleted (tombstones and offset-0 entries).
@@ -108,8 +108,7 @@ impl NeedleIndex {
     pub fn new(width: OffsetWidth) -> NeedleIndex {
         NeedleIndex {
             width,
-            live: HashMap::new(),
-            deleted: HashSet::new(),
+            map: CompactMap::new(width == OffsetWidth::Five),
             entry_count: 0,
             tombstone_entry_count: 0,
             applied_bytes: 0,
@@ -159,7 +158,14 @@ impl NeedleIndex {
     }
 
     /// Replay entries from `reader` until it ends, in chunks.
-    fn apply_reader(&mut self, mut reader: impl Read) -> io::Result<ApplyOutcome> {
+    fn apply_reader(&mut self, reader: impl Read) -> io::Result<ApplyOutcome> {
+        self.map.begin_replay();
+        let replayed = self.replay_chunks(reader);
+        self.map.settle();
+        replayed
+    }
+
+    fn replay_chunks(&mut self, mut reader: impl Read) -> io::Result<ApplyOutcome> {
         let mut chunk = vec![0u8; self.width.entry_size_bytes() * CHUNK_ENTRY_COUNT];
         let mut filled_bytes = 0;
         let mut total = ApplyOutcome::default();
@@ -172,7 +178,7 @@ impl NeedleIndex {
                 Err(error) => return Err(error),
             };
             filled_bytes += read_bytes;
-            let outcome = self.apply(&chunk[..filled_bytes]);
+            let outcome = self.apply_entries(&chunk[..filled_bytes]);
             total.consumed_bytes += outcome.consumed_bytes;
             total.entry_count += outcome.entry_count;
             chunk.copy_within(outcome.consumed_bytes..filled_bytes, 0);
@@ -186,6 +192,15 @@ impl NeedleIndex {
     /// the `.idx`, starting at an entry boundary). Never fails: a trailing
     /// partial entry is reported in the outcome and not consumed.
     pub fn apply(&mut self, bytes: &[u8]) -> ApplyOutcome {
+        self.map.begin_replay();
+        let outcome = self.apply_entries(bytes);
+        self.map.settle();
+        outcome
+    }
+
+    /// [`NeedleIndex::apply`] without settling the map (a replay in chunks settles once, at
+    /// its end).
+    fn apply_entries(&mut self, bytes: &[u8]) -> ApplyOutcome {
         let entry_size_bytes = self.width.entry_size_bytes();
         let mut entries = bytes.chunks_exact(entry_size_bytes);
         let mut entry_count = 0;
@@ -206,37 +221,42 @@ impl NeedleIndex {
         self.entry_count += 1;
         match u32::try_from(entry.size) {
             Ok(size) if entry.is_live() => {
-                self.deleted.remove(&entry.needle_id);
-                self.live.insert(entry.needle_id, IndexValue { offset_bytes: entry.offset_bytes, size });
+                self.map.set_live(entry.needle_id, entry.offset_bytes / NEEDLE_ALIGNMENT_BYTES, size)
             }
             _ => {
                 self.tombstone_entry_count += 1;
-                if self.live.remove(&entry.needle_id).is_some() {
-                    self.deleted.insert(entry.needle_id);
-                }
+                self.map.delete(entry.needle_id);
             }
         }
     }
 
     /// Where a live needle is.
     pub fn get(&self, needle_id: u64) -> Option<IndexValue> {
-        self.live.get(&needle_id).copied()
+        match self.map.state(needle_id)? {
+            State::Live { units, size } => Some(IndexValue { offset_bytes: units * NEEDLE_ALIGNMENT_BYTES, size }),
+            State::Deleted => None,
+        }
     }
 
     /// Whether the needle was written and then deleted (its last entry is a
     /// tombstone).
     pub fn is_deleted(&self, needle_id: u64) -> bool {
-        self.deleted.contains(&needle_id)
+        self.map.state(needle_id) == Some(State::Deleted)
     }
 
     /// Live needles, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (u64, IndexValue)> + '_ {
-        self.live.iter().map(|(&id, &value)| (id, value))
+        self.map.live().map(|(id, units, size)| (id, IndexValue { offset_bytes: units * NEEDLE_ALIGNMENT_BYTES, size }))
     }
 
     /// How many needles are live.
     pub fn live_count(&self) -> usize {
-        self.live.len()
+        self.map.live_count()
+    }
+
+    /// Bytes the index holds in memory (its allocations' capacities).
+    pub fn memory_bytes(&self) -> usize {
+        self.map.memory_bytes()
     }
 
     /// How many entries were applied, tombstones included.

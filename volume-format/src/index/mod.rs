@@ -7,6 +7,7 @@
 //! 4-byte big-endian low 32 bits followed by the high byte, so the two widths
 //! agree on their first 4 offset bytes.
 
+mod compact;
 mod map;
 
 pub use map::{ApplyOutcome, IndexError, IndexValue, NeedleIndex};
