@@ -2,6 +2,9 @@
 //! needle map at open, and again for every tail SeaweedFS appends (locally from the file,
 //! remotely from the bytes an exporter's `.idx` yields over RDMA).
 //!
+//! The needle map merges its recent changes into its sorted run every 4 changes under
+//! `cargo fuzz` (256 otherwise), so short inputs exercise the merges too.
+//!
 //! Input: one control byte, then the `.idx` bytes. Bit 0 of the control byte picks the
 //! offset width (4 or 5 bytes); the other bits give the length of the pieces the log is fed
 //! in (`1 + control / 2` bytes), and where it is cut for the appended-tail replay.

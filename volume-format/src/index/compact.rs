@@ -37,7 +37,8 @@ const DELETED_SIZE: u32 = u32::MAX;
 const ENTRIES_PER_BUCKET: usize = 8;
 /// The hash is merged into the run when it holds this many changes and a sixteenth of the run
 /// (and, after a replay, when it holds this many: [`CompactMap::settle`]).
-const TAIL_MIN: usize = 256;
+/// (Under `cargo fuzz`, 4: the fuzzer's inputs of a few hundred entries then reach the merges.)
+const TAIL_MIN: usize = if cfg!(fuzzing) { 4 } else { 256 };
 const TAIL_FRACTION: usize = 16;
 /// While a replay runs: fewer, larger merges (the hash is at most a quarter of the run).
 const TAIL_FRACTION_REPLAYING: usize = 4;
