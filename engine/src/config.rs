@@ -161,6 +161,12 @@ pub struct Config {
     #[arg(long, default_value_t = 0)]
     pub rdma_get_max_kib: u64,
 
+    /// Read role, UCX: MiB the cached indexes of remote volumes may hold in all; past it the
+    /// index read least recently is dropped and pulled again by its next read. (The stream
+    /// transport caches none: the exporter looks needles up.)
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    pub remote_index_budget_mib: u64,
+
     /// Most clients attached at once.
     #[arg(long, default_value_t = 16)]
     pub max_clients: u32,

@@ -106,6 +106,9 @@ pub struct EngineMetrics {
     pub hugepage_regions: AtomicU64,
     peers_up: AtomicU64,
     peers_down: AtomicU64,
+    local_index_bytes: AtomicU64,
+    remote_index_bytes: AtomicU64,
+    remote_index_evictions: AtomicU64,
     /// Local index loads by [`IndexRefresh`] (poller).
     index_refreshes: [AtomicU64; INDEX_REFRESH_REASONS.len()],
     /// The export role's catalogue generation (its thread): bumped whenever what a catalogue
@@ -135,6 +138,9 @@ pub static METRICS: EngineMetrics = EngineMetrics {
     hugepage_regions: AtomicU64::new(0),
     peers_up: AtomicU64::new(0),
     peers_down: AtomicU64::new(0),
+    local_index_bytes: AtomicU64::new(0),
+    remote_index_bytes: AtomicU64::new(0),
+    remote_index_evictions: AtomicU64::new(0),
     index_refreshes: [const { AtomicU64::new(0) }; INDEX_REFRESH_REASONS.len()],
     export_catalogue_generation: AtomicU64::new(0),
     by_volume: Mutex::new(Vec::new()),
@@ -227,6 +233,23 @@ impl EngineMetrics {
     pub fn set_peers(&self, up: usize, down: usize) {
         self.peers_up.store(up as u64, Ordering::Relaxed);
         self.peers_down.store(down as u64, Ordering::Relaxed);
+    }
+
+    /// Bytes the needle indexes hold: the local volumes' (local reads and the export role's
+    /// own engine) and the cached remote ones (UCX reads) (poller, about once a second).
+    pub fn set_index_bytes(&self, local: usize, remote: usize) {
+        self.local_index_bytes.store(local as u64, Ordering::Relaxed);
+        self.remote_index_bytes.store(remote as u64, Ordering::Relaxed);
+    }
+
+    /// Cached remote indexes dropped over the budget since start.
+    pub fn remote_index_evictions(&self) -> u64 {
+        self.remote_index_evictions.load(Ordering::Relaxed)
+    }
+
+    /// A cached remote index was dropped over the budget (poller).
+    pub fn count_remote_index_eviction(&self) {
+        bump(&self.remote_index_evictions, 1);
     }
 
     /// Reads and bytes by volume (poller, about once a second).
@@ -325,6 +348,23 @@ impl EngineMetrics {
         registry.register("hugepage_regions", "Attached regions backed by huge pages", gauge(&self.hugepage_regions));
         registry.register("ucx_peers_up", "Exporters connected", gauge(&self.peers_up));
         registry.register("ucx_peers_down", "Exporters known and not connected", gauge(&self.peers_down));
+        registry.register(
+            "local_index_bytes",
+            "Bytes the needle indexes of the local volumes hold (about once a second)",
+            gauge(&self.local_index_bytes),
+        );
+        registry.register(
+            "remote_index_bytes",
+            "Bytes the cached indexes of remote volumes hold, UCX reads (about once a second; at most --remote-index-budget-mib)",
+            gauge(&self.remote_index_bytes),
+        );
+        let evictions = Counter::<u64>::default();
+        evictions.inc_by(self.remote_index_evictions.load(Ordering::Relaxed));
+        registry.register(
+            "remote_index_evictions",
+            "Cached remote indexes dropped over the budget (each pulled again by its next read)",
+            evictions,
+        );
         let volume_reads = Family::<Vec<(String, String)>, Counter>::default();
         let volume_bytes = Family::<Vec<(String, String)>, Counter>::default();
         if let Ok(by_volume) = self.by_volume.lock() {

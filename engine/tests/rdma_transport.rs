@@ -124,6 +124,41 @@ fn append_needles_with(dir: &Path, id: u32, first: u64, count: u64, width: Offse
     }
 }
 
+/// The cached remote indexes stay within their byte budget: three volumes whose indexes do
+/// not fit together are read in turn, twice. Every read is byte-exact; the index read least
+/// recently is dropped and pulled again by its next read; what stays cached never passes
+/// the budget.
+#[test]
+fn remote_indexes_stay_within_their_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    for id in 1..=3 {
+        generate(dir.path(), id, 2000, SizePlan::Fixed(100), u64::from(id));
+    }
+    let one_index = open_local(dir.path(), 1).index().memory_bytes();
+    let exporter = spawn_exporter(dir.path(), localhost_any_port(), tcp());
+    let mut config = remote_config(exporter.local_addr(), tcp());
+    // Room for two of the three.
+    config.index_budget_bytes = one_index * 5 / 2;
+    let budget = config.index_budget_bytes;
+    let mut reader = Reader::with_config(config);
+    let evictions_before = rdma_engine::metrics::METRICS.remote_index_evictions();
+    let mut most = 0;
+    for round in 0..2 {
+        for id in 1..=3 {
+            let local = open_local(dir.path(), id);
+            assert_eq!(compare_whole(&mut reader, id, &local), 2000, "round {round}, volume {id}");
+            most = most.max(reader.reads.index_bytes());
+        }
+    }
+    assert!(most <= budget, "{most} bytes of cached indexes, over the budget of {budget}");
+    assert!(most >= 2 * one_index * 9 / 10, "two indexes stay cached: {most} bytes for {one_index} each");
+    // Round 1's third read dropped volume 1's; each read of round 2 dropped the least recent.
+    let evictions = rdma_engine::metrics::METRICS.remote_index_evictions() - evictions_before;
+    assert_eq!(evictions, 4, "indexes dropped over the budget");
+    drop(reader);
+    exporter.join().unwrap();
+}
+
 #[test]
 fn growing_volume_is_picked_up() {
     let dir = tempfile::tempdir().unwrap();

@@ -165,6 +165,11 @@ impl LocalVolumes {
         }
     }
 
+    /// Bytes the volumes' needle indexes hold.
+    pub fn index_bytes(&self) -> usize {
+        self.volumes.values().map(|served| served.volume.index().memory_bytes()).sum()
+    }
+
     /// The ids of the volumes served.
     pub fn volume_ids(&self) -> impl Iterator<Item = u32> + '_ {
         self.volumes.keys().copied()

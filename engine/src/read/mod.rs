@@ -384,6 +384,8 @@ impl ReadService {
         if let Some(locator) = self.locator.as_ref() {
             METRICS.set_lookups(locator.lookups_done());
         }
+        METRICS
+            .set_index_bytes(self.local.index_bytes(), self.remote.as_ref().map_or(0, |remote| remote.index_bytes()));
         if let Some(remote) = self.remote.as_ref() {
             let (up, down) = remote.peer_counts();
             METRICS.set_peers(up, down);

@@ -55,6 +55,15 @@ impl Remote {
         either!(self, transport => transport.in_flight())
     }
 
+    /// Bytes of remote indexes cached: none on the stream transport (the exporter looks
+    /// needles up), the budgeted cache on UCX.
+    pub fn index_bytes(&self) -> usize {
+        match self {
+            Remote::Stream(_) => 0,
+            Remote::Ucx(transport) => transport.index_bytes(),
+        }
+    }
+
     /// Whether the poller must keep progressing this transport rather than sleep: UCX while
     /// gets are in flight or an exporter connects (its progress is what moves them); the
     /// stream transport only while an exporter connects or a reply is half received (its

@@ -198,6 +198,20 @@ impl NeedleIndex {
         outcome
     }
 
+    /// One part of a replay that comes in parts (an `.idx` pulled over the network in
+    /// chunks): as [`NeedleIndex::apply`], with the map's merges sized for a replay; call
+    /// [`NeedleIndex::settle`] after the last part.
+    pub fn apply_part(&mut self, bytes: &[u8]) -> ApplyOutcome {
+        self.map.begin_replay();
+        self.apply_entries(bytes)
+    }
+
+    /// Ends a replay made of [`NeedleIndex::apply_part`]s: what it left in the map's hash of
+    /// recent changes goes into its sorted run (lookups stay one search).
+    pub fn settle(&mut self) {
+        self.map.settle();
+    }
+
     /// [`NeedleIndex::apply`] without settling the map (a replay in chunks settles once, at
     /// its end).
     fn apply_entries(&mut self, bytes: &[u8]) -> ApplyOutcome {

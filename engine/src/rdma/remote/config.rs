@@ -9,6 +9,8 @@ pub const MAX_IN_FLIGHT_MIN: usize = 64;
 pub const MAX_IN_FLIGHT_MAX: usize = 1 << 20;
 /// Most exporters one engine reads from.
 pub const PEERS_MAX: usize = 256;
+/// The cached remote indexes' byte budget by default: about 16 M needles.
+pub const DEFAULT_INDEX_BUDGET_BYTES: usize = 256 << 20;
 /// Longest single get by default (see `docs/benchmarks.md`, "UCX over tcp: large reads").
 pub const DEFAULT_GET_MAX_BYTES: u64 = u64::MAX;
 /// Smallest and largest index staging buffer per peer.
@@ -41,6 +43,9 @@ pub struct RemoteConfig {
     /// Longest single get: longer reads are fetched in several gets at once (at most
     /// `GETS_PER_TRANSFER_MAX` in flight per read).
     pub get_max_bytes: u64,
+    /// Bytes the cached indexes of remote volumes may hold in all: past it, the index read
+    /// least recently is dropped (and pulled again by its next read).
+    pub index_budget_bytes: usize,
     /// Tokens are signed as if this long ago (testing: a reader whose clock is behind).
     pub token_backdate: Duration,
 }
@@ -60,6 +65,7 @@ impl RemoteConfig {
             read_key: None,
             get_max_bytes: DEFAULT_GET_MAX_BYTES,
             token_backdate: Duration::ZERO,
+            index_budget_bytes: DEFAULT_INDEX_BUDGET_BYTES,
         }
     }
 

@@ -10,6 +10,7 @@ use super::peer::VolumeFiles;
 use super::slots::SlotState;
 use super::transfer::{post_gets, Transfer};
 use super::RemoteReads;
+use volume_format::index::NeedleIndex;
 
 /// Token bit marking an index pull's gets (the low bits are the peer's index); read tokens
 /// never have it (the read table's generations use 31 bits).
@@ -108,13 +109,63 @@ impl RemoteReads {
         if volume.generation == job.generation && volume.index.applied_bytes() == job.start_bytes {
             // SAFETY: every get of the chunk into the staging buffer has completed.
             let bytes = unsafe { peer.staging.slice(0, job.transfer.length_bytes as usize) };
-            volume.index.apply(bytes);
+            // One part of a longer replay: the index settles once it has caught up.
+            volume.index.apply_part(bytes);
         }
         if !volume.index_behind() {
+            volume.index.settle();
             volume.index_wanted = false;
+            self.keep_indexes_within_budget((peer_index, volume_id));
             self.wake_index_waiters(peer_index, volume_id, None);
         }
         self.pump_index(peer_index);
+    }
+
+    /// Bytes the cached remote indexes hold.
+    pub fn index_bytes(&self) -> usize {
+        self.peers.iter().flat_map(|peer| peer.volumes.values()).map(|volume| volume.index.memory_bytes()).sum()
+    }
+
+    /// Drops the cached indexes read least recently until all of them fit the budget, never
+    /// `keep`'s (just pulled for a waiting read), one being pulled, or one a read waits for.
+    /// A dropped index is pulled again, whole, by its volume's next read.
+    fn keep_indexes_within_budget(&mut self, keep: (usize, u32)) {
+        let budget = self.config.index_budget_bytes;
+        let mut total = self.index_bytes();
+        // Bounded: each pass drops one index, or stops.
+        while total > budget {
+            let pulling = |peer_index: usize, volume_id: u32| {
+                self.peers[peer_index].job.as_ref().is_some_and(|job| job.volume_id == volume_id)
+            };
+            let victim = self
+                .peers
+                .iter()
+                .enumerate()
+                .flat_map(|(peer_index, peer)| peer.volumes.iter().map(move |(&id, volume)| (peer_index, id, volume)))
+                .filter(|&(peer_index, id, volume)| {
+                    (peer_index, id) != keep
+                        && volume.index.applied_bytes() > 0
+                        && !volume.index_wanted
+                        && !pulling(peer_index, id)
+                })
+                .min_by_key(|(_, _, volume)| volume.last_read)
+                .map(|(peer_index, id, _)| (peer_index, id));
+            let Some((peer_index, volume_id)) = victim else { break };
+            let Some(volume) = self.peers[peer_index].volumes.get_mut(&volume_id) else { break };
+            total -= volume.index.memory_bytes();
+            volume.index = NeedleIndex::new(volume.index.width());
+            self.index_evictions += 1;
+            crate::metrics::METRICS.count_remote_index_eviction();
+            if self.index_evictions.is_power_of_two() {
+                tracing::info!(
+                    volume = volume_id,
+                    peer = %self.peers[peer_index].address,
+                    budget_bytes = budget,
+                    evictions = self.index_evictions,
+                    "dropped a cached remote index over the budget (--remote-index-budget-mib); its next read pulls it again"
+                );
+            }
+        }
     }
 
     fn wake_index_waiters(&mut self, peer_index: usize, volume_id: u32, failure: Option<ErrorCode>) {

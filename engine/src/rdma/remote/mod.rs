@@ -118,6 +118,10 @@ pub struct RemoteReads {
     /// Read once per `progress` and per `start_read`; read start times use it.
     now: Instant,
     last_timeout_scan: Instant,
+    /// Index lookups so far: the clock of [`peer::RemoteVolume::last_read`].
+    read_clock: u64,
+    /// Cached remote indexes dropped over the budget so far.
+    index_evictions: u64,
 }
 
 impl std::fmt::Debug for RemoteReads {
@@ -171,6 +175,8 @@ impl RemoteReads {
             now,
             last_timeout_scan: now,
             config,
+            read_clock: 0,
+            index_evictions: 0,
         };
         for index in 0..reads.peers.len() {
             reads.connect_peer(index);

@@ -93,6 +93,9 @@ pub(super) struct RemoteVolume {
     pub(super) index_target_bytes: u64,
     /// A read waits for the index to catch up with `index_target_bytes`.
     pub(super) index_wanted: bool,
+    /// When a read last looked a needle up in it (the reads' clock): the index read least
+    /// recently is the first dropped over the budget.
+    pub(super) last_read: u64,
 }
 
 impl RemoteVolume {
@@ -183,6 +186,7 @@ impl Peer {
             index: NeedleIndex::new(width),
             index_target_bytes: 0,
             index_wanted: false,
+            last_read: 0,
         });
         let replaced = volume.generation != entry.generation
             || volume.version != version

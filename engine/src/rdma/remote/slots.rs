@@ -156,6 +156,8 @@ impl RemoteReads {
             return self.pump_index(peer_index);
         }
         let version = volume.version;
+        self.read_clock += 1;
+        volume.last_read = self.read_clock;
         match volume.index.get(needle_id) {
             Some(location) => self.begin_transfer(index, location, version, files),
             None if !self.slots[index].refreshed => {
