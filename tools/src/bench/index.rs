@@ -129,33 +129,6 @@ struct HashMapIndex {
     deleted: HashSet<u64>,
 }
 
-impl HashMapIndex {
-    fn apply(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks_exact(OffsetWidth::Four.entry_size_bytes()) {
-            let Ok(entry) = IndexEntry::parse(chunk, OffsetWidth::Four) else { continue };
-            match u32::try_from(entry.size) {
-                Ok(size) if entry.is_live() => {
-                    self.deleted.remove(&entry.needle_id);
-                    self.live.insert(entry.needle_id, IndexValue { offset_bytes: entry.offset_bytes, size });
-                }
-                _ => {
-                    if self.live.remove(&entry.needle_id).is_some() {
-                        self.deleted.insert(entry.needle_id);
-                    }
-                }
-            }
-        }
-    }
-
-    fn get(&self, id: u64) -> Option<IndexValue> {
-        self.live.get(&id).copied()
-    }
-
-    fn memory_bytes(&self) -> usize {
-        self.live.capacity() * (std::mem::size_of::<(u64, IndexValue)>() + 1) + self.deleted.capacity() * 9
-    }
-}
-
 /// An index as the bench drives it.
 trait Probed: Sized {
     fn build(bytes: &[u8]) -> Self;
@@ -180,14 +153,27 @@ impl Probed for NeedleIndex {
 impl Probed for HashMapIndex {
     fn build(bytes: &[u8]) -> Self {
         let mut index = HashMapIndex::default();
-        index.apply(bytes);
+        for chunk in bytes.chunks_exact(OffsetWidth::Four.entry_size_bytes()) {
+            let Ok(entry) = IndexEntry::parse(chunk, OffsetWidth::Four) else { continue };
+            match u32::try_from(entry.size) {
+                Ok(size) if entry.is_live() => {
+                    index.deleted.remove(&entry.needle_id);
+                    index.live.insert(entry.needle_id, IndexValue { offset_bytes: entry.offset_bytes, size });
+                }
+                _ => {
+                    if index.live.remove(&entry.needle_id).is_some() {
+                        index.deleted.insert(entry.needle_id);
+                    }
+                }
+            }
+        }
         index
     }
     fn holds(&self, id: u64) -> bool {
-        self.get(id).is_some()
+        self.live.contains_key(&id)
     }
     fn counted_bytes(&self) -> usize {
-        self.memory_bytes()
+        self.live.capacity() * (std::mem::size_of::<(u64, IndexValue)>() + 1) + self.deleted.capacity() * 9
     }
 }
 
