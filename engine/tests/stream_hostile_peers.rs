@@ -503,3 +503,26 @@ fn a_tls_exporter_closes_plaintext_garbage_and_stalled_handshakes_and_keeps_serv
     assert!(exporter.is_running());
     assert!(!exporter.log_text().contains("panicked"), "{}", exporter.log_text());
 }
+
+#[test]
+fn a_peer_that_reconnects_in_a_loop_is_refused_past_its_rate_and_served_after() {
+    let mut exporter = Exporter::start(&[]);
+    let mut refused = 0;
+    for _ in 0..150 {
+        let mut stream = raw(exporter.address);
+        let _ = stream.write_all(ClientHello::new([7; 32]).as_bytes());
+        let mut hello = [0u8; 72];
+        if stream.read_exact(&mut hello).is_err() {
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "150 connections in a row were all served a hello");
+    assert!(
+        exporter.log_text().contains("opens more than its limit per second"),
+        "{}",
+        exporter.log_text()
+    );
+    // The count is per second: a second later the address is served again.
+    std::thread::sleep(Duration::from_millis(1100));
+    exporter.serves_a_good_reader(None);
+}

@@ -38,6 +38,10 @@ pub struct Limits {
     /// Requests an exporter has read from one connection and not yet answered in full; it
     /// reads no more from that connection until some are sent.
     pub requests_in_flight_max: usize,
+    /// Connections one reader address may open per second (more are closed at accept): a
+    /// handshake costs the exporter's thread (a TLS handshake about a millisecond of
+    /// signature and key exchange), so a peer reconnecting in a loop cannot take it.
+    pub accepts_per_peer_per_second_max: u32,
     /// How long a connection may take from accept to the end of its handshake.
     pub handshake_timeout: Duration,
     /// How long an exporter keeps a connection that sends nothing and has nothing to send.
@@ -53,6 +57,7 @@ impl Default for Limits {
             connections_max: 256,
             connections_per_peer_max: 16,
             requests_in_flight_max: 64,
+            accepts_per_peer_per_second_max: 64,
             handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(120),
             write_stall_timeout: Duration::from_secs(10),

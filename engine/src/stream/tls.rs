@@ -179,11 +179,14 @@ pub struct TlsLink {
     /// Decrypted bytes rustls holds that nobody has taken (the socket's readiness cannot show
     /// them).
     plaintext_held: usize,
+    /// The last [`TlsLink::read_plaintext`] stopped at its bound of records with bytes maybe
+    /// left in the socket (an edge-triggered caller must come back without an event).
+    cut_short: bool,
 }
 
 impl TlsLink {
     pub fn new(tls: impl Into<rustls::Connection>) -> TlsLink {
-        TlsLink { tls: tls.into(), plaintext_held: 0 }
+        TlsLink { tls: tls.into(), plaintext_held: 0, cut_short: false }
     }
 
     /// A link whose handshake is done and whose peer may already have sent plaintext (the
@@ -204,6 +207,12 @@ impl TlsLink {
         self.tls.is_handshaking()
     }
 
+    /// Whether the last [`TlsLink::read_plaintext`] stopped at its bound rather than at an
+    /// empty socket.
+    pub fn was_cut_short(&self) -> bool {
+        self.cut_short
+    }
+
     /// Hands `take` the next decrypted bytes (it returns how many it used), reading and
     /// decrypting records from `socket` when none are held. `Ok(0)`: the peer closed the
     /// connection; `WouldBlock`: the socket has no whole record yet.
@@ -213,6 +222,7 @@ impl TlsLink {
         take: impl FnOnce(&[u8]) -> usize,
     ) -> io::Result<usize> {
         let mut take = Some(take);
+        self.cut_short = false;
         for _ in 0..RECORD_READS_MAX {
             let mut reader = self.tls.reader();
             match reader.fill_buf() {
@@ -240,6 +250,7 @@ impl TlsLink {
                 }
             }
         }
+        self.cut_short = true;
         Err(io::ErrorKind::WouldBlock.into())
     }
 

@@ -171,6 +171,11 @@ impl Connection {
             }
             if !self.fill()? {
                 self.flush(context.now)?;
+                // Records may wait in the socket past the bound of one read: no event would
+                // say so (edge-triggered), so the connection gets another turn.
+                if self.tls.as_ref().is_some_and(|link| link.was_cut_short()) {
+                    return Ok(Turn::More);
+                }
                 return Ok(Turn::Idle);
             }
         }

@@ -99,6 +99,9 @@ struct StreamExporter {
     connections: Vec<Option<Connection>>,
     free: Vec<usize>,
     by_peer: HashMap<IpAddr, usize>,
+    /// Per reader address, the second its accepts are counted in and how many (entries a
+    /// second old are dropped by the sweep, so the map holds the last second's addresses).
+    accepts: HashMap<IpAddr, (Instant, u32)>,
     /// Connections to give another turn without waiting for an event.
     busy: Vec<usize>,
     volumes: LocalVolumes,
@@ -111,6 +114,7 @@ struct StreamExporter {
     /// them at will).
     refused_not_allowed: u64,
     refused_over_limit: u64,
+    refused_too_often: u64,
     closed_for_cause: u64,
 }
 
@@ -133,6 +137,7 @@ impl StreamExporter {
             connections: (0..capacity).map(|_| None).collect(),
             free: (0..capacity).rev().collect(),
             by_peer: HashMap::new(),
+            accepts: HashMap::new(),
             busy: Vec::with_capacity(capacity),
             volumes,
             volumes_generation: 1,
@@ -141,6 +146,7 @@ impl StreamExporter {
             last_rescan: now,
             refused_not_allowed: 0,
             refused_over_limit: 0,
+            refused_too_often: 0,
             closed_for_cause: 0,
             config,
         };
@@ -249,6 +255,18 @@ impl StreamExporter {
                     continue;
                 }
             }
+            let (second, count) = self.accepts.entry(ip).or_insert((now, 0));
+            if now.duration_since(*second) >= Duration::from_secs(1) {
+                (*second, *count) = (now, 0);
+            }
+            *count += 1;
+            if *count > self.config.limits.accepts_per_peer_per_second_max {
+                self.refused_too_often += 1;
+                if self.refused_too_often.is_power_of_two() {
+                    tracing::warn!(%peer, refused = self.refused_too_often, "closing a connection from an address that opens more than its limit per second");
+                }
+                continue;
+            }
             let from_peer = self.by_peer.get(&ip).copied().unwrap_or(0);
             let Some(index) = self.free.pop().filter(|_| from_peer < self.config.limits.connections_per_peer_max)
             else {
@@ -301,8 +319,9 @@ impl StreamExporter {
         }
     }
 
-    /// Closes connections past their time limits.
+    /// Closes connections past their time limits, and forgets accept counts a second old.
     fn sweep(&mut self, now: Instant) {
+        self.accepts.retain(|_, (second, _)| now.duration_since(*second) < Duration::from_secs(1));
         for index in 0..self.connections.len() {
             let Some(connection) = &self.connections[index] else { continue };
             if let Err(close) = connection.check_timeouts(&self.config.limits, now) {
