@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::rdma::token::ReadKey;
+use crate::stream::tls_names::NameAllowlist;
 
 /// Why `--security-toml` cannot be used (one sentence).
 #[derive(Debug, thiserror::Error)]
@@ -26,13 +27,18 @@ pub enum SecurityError {
     UcxNeedsKey { path: String },
 }
 
-/// One role's certificate files: its own certificate chain and key, and the CA its peers'
-/// certificates must be signed by.
+/// One role's certificate files: its own certificate chain and key, the CA its peers'
+/// certificates must be signed by, and the peers' names it admits (SeaweedFS's lists; empty:
+/// any the CA signed).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsFiles {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Exporter: `[grpc.volume] allowed_commonNames` and `[grpc] allowed_wildcard_domain`;
+    /// reader: `allowed_server_commonNames` and `allowed_server_wildcard_domain` of
+    /// `[grpc.client]`, else of `[grpc]`.
+    pub allowed_peers: NameAllowlist,
 }
 
 /// What the engine takes from a `security.toml`.
@@ -91,7 +97,24 @@ fn tls_files(table: &toml::Table, role: &str) -> Result<Option<TlsFiles>, String
     let ca = text_at(table, &["grpc", "ca"]);
     match (ca, cert, key) {
         (Some(ca), Some(cert), Some(key)) => {
-            Ok(Some(TlsFiles { ca: PathBuf::from(ca), cert: PathBuf::from(cert), key: PathBuf::from(key) }))
+            let allowed_peers = match role {
+                "volume" => NameAllowlist::parse(
+                    text_at(table, &["grpc", "volume", "allowed_commonNames"]).unwrap_or(""),
+                    text_at(table, &["grpc", "allowed_wildcard_domain"]).unwrap_or(""),
+                ),
+                _ => {
+                    let either = |key: &str| {
+                        text_at(table, &["grpc", role, key]).or_else(|| text_at(table, &["grpc", key])).unwrap_or("")
+                    };
+                    NameAllowlist::parse(either("allowed_server_commonNames"), either("allowed_server_wildcard_domain"))
+                }
+            };
+            Ok(Some(TlsFiles {
+                ca: PathBuf::from(ca),
+                cert: PathBuf::from(cert),
+                key: PathBuf::from(key),
+                allowed_peers,
+            }))
         }
         (_, None, None) => Ok(None),
         (ca, cert, key) => {
@@ -137,6 +160,17 @@ mod tests {
             (Some("/ca.pem"), Some("/v.pem"), Some("/v.key"))
         );
         assert_eq!(full.client_tls.unwrap().cert, PathBuf::from("/c.pem"));
+        assert!(volume.allowed_peers.is_empty());
+
+        let listed = load(
+            "[grpc]\nca = \"/ca.pem\"\nallowed_wildcard_domain = \".example\"\nallowed_server_commonNames = \"volume01\"\n\
+             [grpc.volume]\ncert = \"/v.pem\"\nkey = \"/v.key\"\nallowed_commonNames = \"reader-1, reader-2\"\n\
+             [grpc.client]\ncert = \"/c.pem\"\nkey = \"/c.key\"\n",
+        )
+        .unwrap();
+        let volume = listed.volume_tls.unwrap().allowed_peers;
+        assert_eq!(volume, NameAllowlist::parse("reader-1,reader-2", ".example"));
+        assert_eq!(listed.client_tls.unwrap().allowed_peers, NameAllowlist::parse("volume01", ""));
 
         let key_only =
             load("[jwt.signing.read]\nkey = \"k\"\n[grpc]\nca = \"\"\n[grpc.volume]\ncert = \"\"\nkey = \"\"\n")

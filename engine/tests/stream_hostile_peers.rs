@@ -434,7 +434,10 @@ fn tls_setup(dir: &Path) -> (std::path::PathBuf, TlsFiles) {
     let ca = write("ca.pem", ca.pem());
     let ((volume_cert, volume_key), (client_cert, client_key)) = (leaf("volume01"), leaf("client01"));
     let toml = format!("[grpc]\nca = {ca:?}\n[grpc.volume]\ncert = {volume_cert:?}\nkey = {volume_key:?}\n");
-    (write("security.toml", toml), TlsFiles { ca, cert: client_cert, key: client_key })
+    (
+        write("security.toml", toml),
+        TlsFiles { ca, cert: client_cert, key: client_key, allowed_peers: Default::default() },
+    )
 }
 
 /// Sends `request` over a TLS connection (a blocking socket) and reads its whole reply.
@@ -517,11 +520,7 @@ fn a_peer_that_reconnects_in_a_loop_is_refused_past_its_rate_and_served_after() 
         }
     }
     assert!(refused > 0, "150 connections in a row were all served a hello");
-    assert!(
-        exporter.log_text().contains("opens more than its limit per second"),
-        "{}",
-        exporter.log_text()
-    );
+    assert!(exporter.log_text().contains("opens more than its limit per second"), "{}", exporter.log_text());
     // The count is per second: a second later the address is served again.
     std::thread::sleep(Duration::from_millis(1100));
     exporter.serves_a_good_reader(None);

@@ -334,7 +334,8 @@ pub struct TlsCertificates {
 }
 
 /// Makes a CA named `name` and its two certificates in `dir`. They name hosts (`volume01`,
-/// `client01`), never the addresses dialled, as operators' certificates do.
+/// `client01`, as common name and DNS name), never the addresses dialled, as operators'
+/// certificates do.
 pub fn tls_certificates(dir: &Path, name: &str) -> TlsCertificates {
     let ca_key = rcgen::KeyPair::generate().expect("generate a key");
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
@@ -348,7 +349,8 @@ pub fn tls_certificates(dir: &Path, name: &str) -> TlsCertificates {
     };
     let leaf = |host: &str| {
         let key = rcgen::KeyPair::generate().expect("generate a key");
-        let params = rcgen::CertificateParams::new(vec![host.to_string()]).expect("certificate parameters");
+        let mut params = rcgen::CertificateParams::new(vec![host.to_string()]).expect("certificate parameters");
+        params.distinguished_name.push(rcgen::DnType::CommonName, host);
         let certificate = params.signed_by(&key, &ca, &ca_key).expect("sign a certificate");
         (write(&format!("{host}.pem"), certificate.pem()), write(&format!("{host}.key"), key.serialize_pem()))
     };
@@ -358,18 +360,29 @@ pub fn tls_certificates(dir: &Path, name: &str) -> TlsCertificates {
 }
 
 /// Writes a `security.toml` named `name` in `dir` with `certificates` (`[grpc] ca`,
-/// `[grpc.volume]`, `[grpc.client]`) and, if given, the read key; returns its path.
-pub fn security_toml_with_tls(dir: &Path, name: &str, certificates: &TlsCertificates, key: Option<&str>) -> String {
+/// `[grpc.volume]`, `[grpc.client]`), the read key if given, and SeaweedFS's name lists:
+/// `allowed.0` as `[grpc.volume] allowed_commonNames` (the readers an exporter admits),
+/// `allowed.1` as `[grpc] allowed_server_commonNames` (the exporters a reader reads from);
+/// empty lists admit every certificate of the CA. Returns its path.
+pub fn security_toml_with_tls(
+    dir: &Path,
+    name: &str,
+    certificates: &TlsCertificates,
+    key: Option<&str>,
+    allowed: (&str, &str),
+) -> String {
     let path = dir.join(name);
     let mut text = String::new();
     if let Some(key) = key {
         text.push_str(&format!("[jwt.signing.read]\nkey = \"{key}\"\n"));
     }
     text.push_str(&format!(
-        "[grpc]\nca = \"{}\"\n[grpc.volume]\ncert = \"{}\"\nkey = \"{}\"\n[grpc.client]\ncert = \"{}\"\nkey = \"{}\"\n",
+        "[grpc]\nca = \"{}\"\nallowed_server_commonNames = \"{}\"\n[grpc.volume]\ncert = \"{}\"\nkey = \"{}\"\nallowed_commonNames = \"{}\"\n[grpc.client]\ncert = \"{}\"\nkey = \"{}\"\n",
         certificates.ca.display(),
+        allowed.1,
         certificates.volume_cert.display(),
         certificates.volume_key.display(),
+        allowed.0,
         certificates.client_cert.display(),
         certificates.client_key.display()
     ));

@@ -319,7 +319,10 @@ fn with_the_operators_certificates_reads_run_over_mutual_tls_and_strangers_are_t
     let ours = integration_tests::tls_certificates(keys.path(), "ours");
     let theirs = integration_tests::tls_certificates(keys.path(), "theirs");
     let toml = |name: &str, certificates: &integration_tests::TlsCertificates| {
-        integration_tests::security_toml_with_tls(keys.path(), name, certificates, Some("the-read-key"))
+        integration_tests::security_toml_with_tls(keys.path(), name, certificates, Some("the-read-key"), ("", ""))
+    };
+    let listed = |name: &str, allowed: (&str, &str)| {
+        integration_tests::security_toml_with_tls(keys.path(), name, &ours, Some("the-read-key"), allowed)
     };
     let secure = toml("secure.toml", &ours);
 
@@ -333,8 +336,8 @@ fn with_the_operators_certificates_reads_run_over_mutual_tls_and_strangers_are_t
     assert_eq!(needles_seen_in_the_clear(&plain_tap, &data), readable, "plaintext: the tap sees every needle");
 
     // With certificates on both sides: the same reads, and not one needle on the wire.
-    let (exporter, listen) = exporter(volumes.path(), &["--security-toml", &secure]);
-    assert!(exporter.wait_for_log("runs over mutual TLS", Duration::from_secs(10)), "{}", exporter.log_text());
+    let (tls_exporter, listen) = exporter(volumes.path(), &["--security-toml", &secure]);
+    assert!(tls_exporter.wait_for_log("runs over mutual TLS", Duration::from_secs(10)), "{}", tls_exporter.log_text());
     let tap = WireTap::start(&listen);
     let trusted = reader(&tap.address, &["--security-toml", &secure]);
     let (client, mut queue_pair) = attach(&trusted);
@@ -373,4 +376,32 @@ fn with_the_operators_certificates_reads_run_over_mutual_tls_and_strangers_are_t
         "{}",
         plain_exporter.log_text()
     );
+
+    // SeaweedFS's name lists: an exporter that admits client01 and a reader that reads from
+    // volume01 (the names in our certificates) work together; a list without them refuses.
+    let both_listed = listed("listed.toml", ("client01, reader-2", "volume01"));
+    let (listing_exporter, listing_listen) = exporter(volumes.path(), &["--security-toml", &both_listed]);
+    let listing_reader = reader(&listing_listen, &["--security-toml", &both_listed]);
+    let (client, mut queue_pair) = attach(&listing_reader);
+    let completion = integration_tests::read_needle(&client, &mut queue_pair, (VOLUME_ID, 31, 0xc0 + 21), 1 << 20);
+    assert_eq!(completion.source(), ReadSource::Stream, "{:?}\n{}", completion.result(), listing_reader.log_text());
+    let (strict_exporter, strict_listen) =
+        exporter(volumes.path(), &["--security-toml", &listed("strict-exporter.toml", ("reader-99", ""))]);
+    let strict_reader = listed("strict-reader.toml", ("", "volume99"));
+    for (address, security, reader_says) in [
+        (strict_listen.as_str(), secure.as_str(), "the exporter refused this engine's certificate"),
+        (listen.as_str(), strict_reader.as_str(), "is not admitted by allowed_server_commonNames"),
+    ] {
+        let stranger = reader(address, &["--security-toml", security]);
+        let (client, mut queue_pair) = attach(&stranger);
+        let completion = integration_tests::read_needle(&client, &mut queue_pair, (VOLUME_ID, 31, 0xc0 + 21), 1 << 20);
+        assert!(completion.result().is_err(), "a reader with {security} read from {address}");
+        assert!(stranger.wait_for_log(reader_says, Duration::from_secs(10)), "{security}: {}", stranger.log_text());
+    }
+    assert!(
+        strict_exporter.wait_for_log("is not admitted by [grpc.volume] allowed_commonNames", Duration::from_secs(10)),
+        "{}",
+        strict_exporter.log_text()
+    );
+    drop(listing_exporter);
 }

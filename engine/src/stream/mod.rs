@@ -23,6 +23,7 @@ pub mod auth;
 pub mod export;
 pub mod reader;
 pub mod tls;
+pub mod tls_names;
 pub mod wire;
 
 use std::time::Duration;

@@ -18,9 +18,11 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{self, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
 
+use super::tls_names::{certificate_names, NameAllowlist};
 use crate::security::TlsFiles;
 
 /// Records read and decrypted per call at most, when they bring no plaintext (a peer sending
@@ -40,9 +42,14 @@ fn provider() -> Arc<CryptoProvider> {
 pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, String> {
     let roots = Arc::new(root_store(files)?);
     let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+    let signed = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
         .build()
         .map_err(|error| format!("the CA {} cannot check readers: {error}", files.ca.display()))?;
+    let verifier: Arc<dyn ClientCertVerifier> = if files.allowed_peers.is_empty() {
+        signed
+    } else {
+        Arc::new(AllowedReaders { signed, allowed: files.allowed_peers.clone() })
+    };
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|error| error.to_string())?
@@ -60,7 +67,11 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, String> {
 /// against the CA (not against the address: see the module's comment).
 pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, String> {
     let provider = provider();
-    let verifier = SignedByCa { roots: Arc::new(root_store(files)?), provider: provider.clone() };
+    let verifier = SignedByCa {
+        roots: Arc::new(root_store(files)?),
+        provider: provider.clone(),
+        allowed: files.allowed_peers.clone(),
+    };
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|error| error.to_string())?
@@ -111,12 +122,83 @@ fn private_key(files: &TlsFiles) -> Result<PrivateKeyDer<'static>, String> {
         .map_err(|error| format!("cannot read the private key {}: {error}", files.key.display()))
 }
 
-/// Accepts an exporter's certificate when the CA signed it (its chain, validity and key use),
-/// whatever names it holds; its handshake signatures are checked as usual.
+/// A certificate whose names an allowlist does not admit: the error says which names and
+/// which list (the peer gets a `certificate_unknown` alert).
+fn name_refused(names: Option<&super::tls_names::CertificateNames>, list: &str) -> rustls::Error {
+    let described = match names {
+        Some(names) => format!("a certificate with {names:?}"),
+        None => "a certificate that does not parse".into(),
+    };
+    let error = io::Error::other(format!("{described} is not admitted by {list}"));
+    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(error))))
+}
+
+/// Readers' certificates: signed by the CA (rustls's verifier) and with a common name the
+/// allowlist admits.
+#[derive(Debug)]
+struct AllowedReaders {
+    signed: Arc<dyn ClientCertVerifier>,
+    allowed: NameAllowlist,
+}
+
+impl ClientCertVerifier for AllowedReaders {
+    fn offer_client_auth(&self) -> bool {
+        self.signed.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.signed.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.signed.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self.signed.verify_client_cert(end_entity, intermediates, now)?;
+        let names = certificate_names(end_entity);
+        match &names {
+            Some(found) if self.allowed.admits_client(found) => Ok(verified),
+            _ => Err(name_refused(names.as_ref(), "[grpc.volume] allowed_commonNames")),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        signature: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.signed.verify_tls12_signature(message, certificate, signature)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        signature: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.signed.verify_tls13_signature(message, certificate, signature)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.signed.supported_verify_schemes()
+    }
+}
+
+/// Accepts an exporter's certificate when the CA signed it (its chain, validity and key use)
+/// and, when the reader has an allowlist, one of its names is admitted; whatever address was
+/// dialled. Its handshake signatures are checked as usual.
 #[derive(Debug)]
 struct SignedByCa {
     roots: Arc<RootCertStore>,
     provider: Arc<CryptoProvider>,
+    allowed: NameAllowlist,
 }
 
 impl ServerCertVerifier for SignedByCa {
@@ -136,6 +218,12 @@ impl ServerCertVerifier for SignedByCa {
             now,
             self.provider.signature_verification_algorithms.all,
         )?;
+        if !self.allowed.is_empty() {
+            let names = certificate_names(end_entity);
+            if !names.as_ref().is_some_and(|found| self.allowed.admits_server(found)) {
+                return Err(name_refused(names.as_ref(), "allowed_server_commonNames"));
+            }
+        }
         Ok(ServerCertVerified::assertion())
     }
 
