@@ -13,6 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+/// Starts of a master and a volume server tried before a test fails (each on new ports).
+const START_ATTEMPTS: u32 = 3;
 /// How long a master and a volume server may take to be ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Timeout of one HTTP request of the harness.
@@ -56,15 +58,31 @@ fn find_weed() -> Result<PathBuf, String> {
     }
 }
 
-/// Two ports free on loopback whose gRPC twins (port + 10000) are free too.
+/// A port free on loopback whose gRPC twin (port + 10000) is free too.
+///
+/// Both are taken below the kernel's ephemeral range (`ip_local_port_range`), where no
+/// outgoing connection's local port can land between this check and weed's bind: a port
+/// from `free_port` (an ephemeral one) was once taken that way by the time weed bound it
+/// (`bind: address already in use`, the volume server down, no assign for 60 s).
 fn free_weed_port() -> u16 {
-    for _ in 0..200 {
-        let port = crate::free_port("127.0.0.1");
-        if port < 55000 && std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.saturating_sub(10_000).max(10_001));
+    let now_ns = std::time::UNIX_EPOCH.elapsed().map_or(1, |since| since.as_nanos() as u64);
+    let mut state = ((u64::from(std::process::id()) << 32) ^ now_ns) | 1;
+    for _ in 0..2000 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let port = low + (state % u64::from(high - low)) as u16;
+        let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if free(port) && free(port + 10000) {
             return port;
         }
     }
-    panic!("no free port pair (port, port + 10000) on 127.0.0.1");
+    panic!("no free port pair (port, port + 10000) below {ephemeral_low} on 127.0.0.1");
 }
 
 /// How much the file system under `path` has free, for failure messages: the
@@ -134,13 +152,33 @@ impl SeaweedFs {
     /// skips SeaweedFS on purpose.
     pub fn start(options: WeedOptions) -> Option<SeaweedFs> {
         let weed = weed_binary()?;
+        // Bounded: a few attempts, each with new ports.
+        for attempt in 1..=START_ATTEMPTS {
+            let mut seaweedfs = SeaweedFs::spawn(&weed, &options);
+            match seaweedfs.wait_ready() {
+                Ok(()) => return Some(seaweedfs),
+                // Another process took a port between the check and weed's bind (two tests
+                // picking at once): weed exits at once; try other ports.
+                Err(report) if attempt < START_ATTEMPTS && seaweedfs.a_server_exited() => {
+                    eprintln!(
+                        "SeaweedFS exited at start (attempt {attempt}); starting it again on other ports:\n{report}"
+                    );
+                }
+                Err(report) => panic!("{report}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    /// Spawns a master and a volume server on free ports.
+    fn spawn(weed: &Path, options: &WeedOptions) -> SeaweedFs {
         let dir = tempfile::tempdir().expect("temp dir for SeaweedFS");
         let (master_dir, volume_dir) = (dir.path().join("master"), dir.path().join("volume"));
         std::fs::create_dir_all(&master_dir).expect("master dir");
         std::fs::create_dir_all(&volume_dir).expect("volume dir");
         let master_port = free_weed_port();
         let master = spawn_logged(
-            &weed,
+            weed,
             &[
                 "master".into(),
                 "-ip=127.0.0.1".into(),
@@ -165,11 +203,16 @@ impl SeaweedFs {
         if options.leveldb_index {
             volume_args.push("-index=leveldb".into());
         }
-        let volume = spawn_logged(&weed, &volume_args, &dir.path().join("volume.log"));
+        let volume = spawn_logged(weed, &volume_args, &dir.path().join("volume.log"));
         let agent = ureq::AgentBuilder::new().timeout(REQUEST_TIMEOUT).build();
-        let seaweedfs = SeaweedFs { master_port, volume_port, dir, master, volume, agent };
-        seaweedfs.wait_ready();
-        Some(seaweedfs)
+        SeaweedFs { master_port, volume_port, dir, master, volume, agent }
+    }
+
+    /// Whether the master or the volume server has exited.
+    fn a_server_exited(&mut self) -> bool {
+        [&mut self.master, &mut self.volume]
+            .into_iter()
+            .any(|child| child.try_wait().is_ok_and(|status| status.is_some()))
     }
 
     /// `127.0.0.1:PORT` of the master.
@@ -211,21 +254,24 @@ impl SeaweedFs {
 
     /// Waits until an assign succeeds: the master is leader and the volume
     /// server has registered with it.
-    fn wait_ready(&self) {
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + READY_TIMEOUT;
         while Instant::now() < deadline {
             if let Ok(reply) = self.get_url(&format!("http://{}/dir/assign", self.master_address()), &[]) {
                 if reply.status == 200 && String::from_utf8_lossy(&reply.body).contains("\"fid\"") {
-                    return;
+                    return Ok(());
                 }
+            }
+            if self.a_server_exited() {
+                return Err(format!("a SeaweedFS server exited before it was ready\n{}", self.logs()));
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        panic!(
+        Err(format!(
             "SeaweedFS did not accept an assign within {READY_TIMEOUT:?} ({})\n{}",
             disk_free_report(&self.volume_dir()),
             self.logs()
-        );
+        ))
     }
 
     /// Assigns a file id through the master (`/dir/assign`), with query
