@@ -339,6 +339,14 @@ fn read_across_two_hosts(env: &[(&str, &str)], source: ReadSource, instance: u32
         },
     );
     let reader = Engine::start_with(tempfile::tempdir().unwrap(), options(vec!["--peer".into(), listen], env));
+    // The reader reaches its exporter in the background (bounded by its connect timeout at
+    // start, then retried): a read before the exporter's volume list would find no volume.
+    let reached = ["exporter connected", "exporter's volume list"];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !reached.iter().any(|line| reader.log_text().contains(line)) {
+        assert!(Instant::now() < deadline, "the reader never reached its exporter:\n{}", reader.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let (read_ok, crc_failures) = read_everything_from(volumes.path(), &reader, source);
     assert_eq!(read_ok, 7 + 298 + 5 + 40);
     assert_eq!(crc_failures, vec![(3, 0x3), (3, 0x30)]);
