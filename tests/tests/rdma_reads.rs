@@ -338,13 +338,26 @@ fn read_across_two_hosts(env: &[(&str, &str)], source: ReadSource, instance: u32
             )
         },
     );
-    let reader = Engine::start_with(tempfile::tempdir().unwrap(), options(vec!["--peer".into(), listen], env));
+    // The reader's UCX on the veth only (as the start-up report asks of a reader): with every
+    // device, it offered the exporter addresses on the other test's veth as well, and the
+    // exporter (on its own veth only) timed out on them.
+    let device = format!("{}-h", namespace.name);
+    let mut reader_env = env.to_vec();
+    if source == ReadSource::Rdma {
+        reader_env.push(("UCX_NET_DEVICES", &device));
+    }
+    let reader = Engine::start_with(tempfile::tempdir().unwrap(), options(vec!["--peer".into(), listen], &reader_env));
     // The reader reaches its exporter in the background (bounded by its connect timeout at
     // start, then retried): a read before the exporter's volume list would find no volume.
     let reached = ["exporter connected", "exporter's volume list"];
     let deadline = Instant::now() + Duration::from_secs(30);
     while !reached.iter().any(|line| reader.log_text().contains(line)) {
-        assert!(Instant::now() < deadline, "the reader never reached its exporter:\n{}", reader.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "the reader never reached its exporter:\n{}\n--- the exporter's log:\n{}",
+            reader.log_text(),
+            exporter.log_text()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let (read_ok, crc_failures) = read_everything_from(volumes.path(), &reader, source);
