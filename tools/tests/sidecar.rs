@@ -389,6 +389,21 @@ fn mount_protocol_serves_the_bytes_and_refuses_bad_queries() {
     let body = String::from_utf8_lossy(&reply.body).into_owned();
     assert_eq!((reply.status, body.trim_end().lines().count()), (503, 1), "{body}");
     assert_eq!(get(&format!("/{fid}")).status, 503);
+
+    // A new engine on the same socket: the same sidecar attaches again and serves.
+    engine.restart();
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while get("/health?require=connected").status != 200 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(connected(), Some(true), "{}", sidecar.log_text());
+    for file in &files {
+        let reply = get(&format!("/{}", file.fid));
+        assert_eq!((reply.status, reply.body.len()), (200, file.bytes.len()), "{} after the restart", file.name);
+    }
+    let whole = get(&format!("/read?file_id={fid}"));
+    assert_eq!((whole.status, whole.body.as_slice()), (200, files[3].bytes.as_slice()));
+    assert!(sidecar.log_text().contains("attached to the engine again"), "{}", sidecar.log_text());
 }
 
 #[test]

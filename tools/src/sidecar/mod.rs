@@ -1,8 +1,8 @@
 //! `rdma-sidecar`: the HTTP face of a reading engine on a reader host.
 //!
-//! One attach at start, a [`pool::ReadPool`] of queue pairs with many reads
-//! in flight, and an HTTP/1.1 server ([`server`], a thread per connection)
-//! that answers two APIs:
+//! One attachment kept up ([`attachment`]: attached again when the engine comes back), a
+//! [`pool::ReadPool`] of queue pairs with many reads in flight, and an HTTP/1.1 server
+//! ([`server`], a thread per connection) that answers two APIs:
 //! - the protocol `weed mount -rdma.*` spoke ([`mount`]: `/health`, `/read`,
 //!   `/cleanup`), data in the body;
 //! - the volume server's read API ([`volume_api`]: `GET`/`HEAD /<fid>`),
@@ -11,6 +11,7 @@
 //! Plus `/stats` (JSON) and `/metrics` (Prometheus), from [`stats`].
 //! `docs/sidecar.md` has the APIs and every deviation from the volume server.
 
+pub mod attachment;
 pub mod conditional;
 pub mod config;
 pub mod http;
@@ -25,7 +26,7 @@ pub mod server;
 pub mod stats;
 pub mod volume_api;
 
-use rdma_client::{AttachOptions, Client, ClientError};
+use rdma_client::{AttachOptions, ClientError};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,10 +71,8 @@ impl Sidecar {
             buffer_size_bytes: config.buffer_mib << 20,
             client_name: "rdma-sidecar".into(),
         };
-        let client = Client::attach(&config.socket, &options)
-            .map_err(|error| SidecarError::Attach { socket: config.socket.clone(), error })?;
-        let pool = pool::ReadPool::start(client, config.timeout).map_err(SidecarError::Pool)?;
-        let state = Arc::new(routes::State { pool, stats: stats::Stats::new() });
+        let attachment = attachment::Attachment::start(config.socket.clone(), options, config.timeout)?;
+        let state = Arc::new(routes::State { attachment, stats: stats::Stats::new() });
         let listen_error =
             |error: std::io::Error| SidecarError::Listen { listen: config.listen.clone(), reason: error.to_string() };
         let listener = std::net::TcpListener::bind(&config.listen).map_err(listen_error)?;

@@ -11,10 +11,9 @@ use rdma_client::ErrorCode;
 use volume_format::file_id::FileId;
 
 /// `GET /health`: always `200` (the mount protocol reads `connected`). With
-/// `?require=connected` it is `503` while the engine is gone, for a liveness probe: the
-/// sidecar never re-attaches, so a supervisor must restart it.
-pub fn health(pool: &ReadPool, request: &RequestView) -> Reply {
-    let connected = pool.connected();
+/// `?require=connected` it is `503` while no engine is attached, for a readiness probe (the
+/// sidecar attaches again by itself when the engine is back: `attachment`).
+pub fn health(connected: bool, lanes: usize, request: &RequestView) -> Reply {
     let required = request.query("require") == "connected";
     let (status, word) = if required && !connected { (503, "unhealthy") } else { (200, "healthy") };
     Reply::json(
@@ -22,7 +21,7 @@ pub fn health(pool: &ReadPool, request: &RequestView) -> Reply {
         &serde_json::json!({
             "status": word,
             "rdma": { "enabled": true, "connected": connected },
-            "queue_pairs": pool.lane_count(),
+            "queue_pairs": lanes,
         }),
     )
 }
@@ -93,6 +92,11 @@ fn data_reply(content: Content) -> Reply {
     reply.set("X-Source", content.source.name());
     reply.body = content.data.into();
     reply
+}
+
+/// `/read`'s answer to a read that could not be made.
+pub fn failed(error: &ReadError) -> Served {
+    Served::failed(error_reply(error), error.label())
 }
 
 fn error_reply(error: &ReadError) -> Reply {

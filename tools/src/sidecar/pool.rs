@@ -21,9 +21,9 @@
 //! [`CQ_WAIT_SLICE`], taking new jobs between slices.
 //!
 //! When the engine goes away (stopped, fenced, socket closed) every read in
-//! flight and every later one fails with [`ReadError::Disconnected`]; the
-//! pool does not re-attach (one attach per process: restart the sidecar
-//! with the engine).
+//! flight and every later one fails with [`ReadError::Disconnected`]; a pool
+//! is one attachment, so the sidecar's [`super::attachment`] replaces the
+//! whole pool once the engine is back.
 
 use crate::needle_read::{ReadError, ReadSpec, SubmitRead};
 use rdma_client::{Client, ClientError, Completion, QueuePair};
@@ -63,7 +63,7 @@ impl PoolState {
     fn disconnect(&self, reason: String) {
         if let Ok(mut slot) = self.reason.lock() {
             if slot.is_empty() {
-                tracing::error!(%reason, "engine connection lost; reads fail until the sidecar is restarted");
+                tracing::error!(%reason, "engine connection lost; reads fail until the engine is back and attached again");
                 *slot = reason;
             }
         }

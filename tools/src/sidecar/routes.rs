@@ -1,34 +1,52 @@
 //! Which handler answers which request, and the counting around it.
 
+use super::attachment::Attachment;
 use super::http::{Method, Reply, RequestView, Served};
-use super::pool::ReadPool;
 use super::stats::{Outcome, Stats};
 use super::{mount, volume_api};
+use crate::needle_read::ReadError;
 use std::time::Instant;
 
 /// What every HTTP worker shares.
 #[derive(Debug)]
 pub struct State {
-    pub pool: ReadPool,
+    pub attachment: std::sync::Arc<Attachment>,
     pub stats: Stats,
+}
+
+/// What a read meets while no engine is attached (the attachment is made again meanwhile).
+fn detached() -> ReadError {
+    ReadError::Disconnected("no engine is attached; the sidecar attaches again as soon as one answers".into())
 }
 
 /// The route's name for the counters, and the answer.
 pub fn dispatch(state: &State, request: &RequestView) -> (&'static str, Served) {
+    let pool = state.attachment.current();
+    let connected = pool.as_ref().is_some_and(|pool| pool.connected());
     match (request.path.as_str(), request.method) {
-        ("/health", Method::Get | Method::Head) => ("health", Served::plain(mount::health(&state.pool, request))),
-        ("/read", Method::Get) => ("read", mount::read(&state.pool, request)),
-        ("/cleanup", Method::Delete | Method::Get) => ("cleanup", Served::plain(mount::cleanup())),
-        ("/stats", Method::Get) => {
-            ("stats", Served::plain(Reply::json(200, &state.stats.json(state.pool.connected()))))
+        ("/health", Method::Get | Method::Head) => {
+            let lanes = pool.as_ref().map_or(0, |pool| pool.lane_count());
+            ("health", Served::plain(mount::health(connected, lanes, request)))
         }
+        ("/read", Method::Get) => match &pool {
+            Some(pool) => ("read", mount::read(pool, request)),
+            None => ("read", mount::failed(&detached())),
+        },
+        ("/cleanup", Method::Delete | Method::Get) => ("cleanup", Served::plain(mount::cleanup())),
+        ("/stats", Method::Get) => ("stats", Served::plain(Reply::json(200, &state.stats.json(connected)))),
         ("/metrics", Method::Get) => {
             let mut reply = Reply::new(200);
             reply.set("Content-Type", "application/openmetrics-text; version=1.0.0; charset=utf-8");
             reply.body = state.stats.prometheus_text().into_bytes().into();
             ("metrics", Served::plain(reply))
         }
-        (_, Method::Get | Method::Head) => ("fid", volume_api::serve(&mut state.pool.reader(), request)),
+        (_, Method::Get | Method::Head) => match &pool {
+            Some(pool) => ("fid", volume_api::serve(&mut pool.reader(), request)),
+            None => {
+                let error = detached();
+                ("fid", Served::failed(volume_api::error_reply(&error, request.method), error.label()))
+            }
+        },
         _ => (
             "other",
             Served::failed(Reply::text(405, "rdma-sidecar serves GET and HEAD (and DELETE /cleanup)"), "METHOD"),
