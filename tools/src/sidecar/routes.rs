@@ -22,18 +22,19 @@ fn detached() -> ReadError {
 /// The route's name for the counters, and the answer.
 pub fn dispatch(state: &State, request: &RequestView) -> (&'static str, Served) {
     let pool = state.attachment.current();
-    let connected = pool.as_ref().is_some_and(|pool| pool.connected());
+    // A poll of the engine's socket: asked only by the routes that report it.
+    let connected = || pool.as_ref().is_some_and(|pool| pool.connected());
     match (request.path.as_str(), request.method) {
         ("/health", Method::Get | Method::Head) => {
             let lanes = pool.as_ref().map_or(0, |pool| pool.lane_count());
-            ("health", Served::plain(mount::health(connected, lanes, request)))
+            ("health", Served::plain(mount::health(connected(), lanes, request)))
         }
         ("/read", Method::Get) => match &pool {
             Some(pool) => ("read", mount::read(pool, request)),
             None => ("read", mount::failed(&detached())),
         },
         ("/cleanup", Method::Delete | Method::Get) => ("cleanup", Served::plain(mount::cleanup())),
-        ("/stats", Method::Get) => ("stats", Served::plain(Reply::json(200, &state.stats.json(connected)))),
+        ("/stats", Method::Get) => ("stats", Served::plain(Reply::json(200, &state.stats.json(connected())))),
         ("/metrics", Method::Get) => {
             let mut reply = Reply::new(200);
             reply.set("Content-Type", "application/openmetrics-text; version=1.0.0; charset=utf-8");
