@@ -413,31 +413,18 @@ fn an_address_not_allowed_is_closed_before_a_byte_is_read() {
     assert!(exporter.is_running());
 }
 
-/// A CA and the exporter's and a reader's certificates (PEM in `dir`), and the
-/// `security.toml` naming them; the reader's TLS files.
+/// A CA and the exporter's and a reader's certificates (the tests' own, PEM in `dir`), the
+/// `security.toml` naming them, and the reader's TLS files.
 fn tls_setup(dir: &Path) -> (std::path::PathBuf, TlsFiles) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let write = |name: &str, text: String| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
+    let certificates = integration_tests::tls_certificates(dir, "hostile");
+    let toml = integration_tests::security_toml_with_tls(dir, "security.toml", &certificates, None, ("", ""));
+    let reader = TlsFiles {
+        ca: certificates.ca,
+        cert: certificates.client_cert,
+        key: certificates.client_key,
+        allowed_peers: Default::default(),
     };
-    let leaf = |host: &str| {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let certificate =
-            rcgen::CertificateParams::new(vec![host.to_string()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
-        (write(&format!("{host}.pem"), certificate.pem()), write(&format!("{host}.key"), key.serialize_pem()))
-    };
-    let ca = write("ca.pem", ca.pem());
-    let ((volume_cert, volume_key), (client_cert, client_key)) = (leaf("volume01"), leaf("client01"));
-    let toml = format!("[grpc]\nca = {ca:?}\n[grpc.volume]\ncert = {volume_cert:?}\nkey = {volume_key:?}\n");
-    (
-        write("security.toml", toml),
-        TlsFiles { ca, cert: client_cert, key: client_key, allowed_peers: Default::default() },
-    )
+    (toml.into(), reader)
 }
 
 /// Sends `request` over a TLS connection (a blocking socket) and reads its whole reply.
@@ -510,18 +497,17 @@ fn a_tls_exporter_closes_plaintext_garbage_and_stalled_handshakes_and_keeps_serv
 #[test]
 fn a_peer_that_reconnects_in_a_loop_is_refused_past_its_rate_and_served_after() {
     let mut exporter = Exporter::start(&[]);
-    let mut refused = 0;
-    for _ in 0..150 {
-        let mut stream = raw(exporter.address);
+    // A burst of connections, all opened before any is read: far more than the per-second
+    // limit reach the exporter within its second.
+    let mut burst: Vec<TcpStream> = (0..150).map(|_| raw(exporter.address)).collect();
+    for stream in &mut burst {
         let _ = stream.write_all(ClientHello::new([7; 32]).as_bytes());
-        let mut hello = [0u8; 72];
-        if stream.read_exact(&mut hello).is_err() {
-            refused += 1;
-        }
     }
-    assert!(refused > 0, "150 connections in a row were all served a hello");
+    let refused = burst.iter_mut().map(|stream| stream.read_exact(&mut [0u8; 72])).filter(Result::is_err).count();
+    assert!(refused > 0, "150 connections at once were all served a hello");
     assert!(exporter.log_text().contains("opens more than its limit per second"), "{}", exporter.log_text());
-    // The count is per second: a second later the address is served again.
+    // The count is per second: a second later (the burst closed) the address is served again.
+    drop(burst);
     std::thread::sleep(Duration::from_millis(1100));
     exporter.serves_a_good_reader(None);
 }
