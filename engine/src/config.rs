@@ -162,10 +162,16 @@ pub struct Config {
     pub rdma_get_max_kib: u64,
 
     /// Read role, UCX: MiB the cached indexes of remote volumes may hold in all; past it the
-    /// index read least recently is dropped and pulled again by its next read. (The stream
-    /// transport caches none: the exporter looks needles up.)
+    /// index read least recently is dropped, and its volume is read through the exporter's
+    /// lookups again. (The stream transport caches none: the exporter looks needles up.)
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     pub remote_index_budget_mib: u64,
+
+    /// Read role, UCX: reads of a remote volume that the exporter looks up (one round trip
+    /// each) before the volume's whole index is pulled into the cache, if it fits the budget;
+    /// 0: never pulled.
+    #[arg(long, default_value_t = crate::rdma::remote::DEFAULT_INDEX_PULL_AFTER_LOOKUPS)]
+    pub remote_index_pull_after_lookups: u32,
 
     /// Most clients attached at once.
     #[arg(long, default_value_t = 16)]

@@ -109,6 +109,8 @@ pub struct EngineMetrics {
     local_index_bytes: AtomicU64,
     remote_index_bytes: AtomicU64,
     remote_index_evictions: AtomicU64,
+    /// Needles looked up by a UCX exporter for this reader (poller).
+    remote_needle_lookups: AtomicU64,
     /// Local index loads by [`IndexRefresh`] (poller).
     index_refreshes: [AtomicU64; INDEX_REFRESH_REASONS.len()],
     /// The export role's catalogue generation (its thread): bumped whenever what a catalogue
@@ -141,6 +143,7 @@ pub static METRICS: EngineMetrics = EngineMetrics {
     local_index_bytes: AtomicU64::new(0),
     remote_index_bytes: AtomicU64::new(0),
     remote_index_evictions: AtomicU64::new(0),
+    remote_needle_lookups: AtomicU64::new(0),
     index_refreshes: [const { AtomicU64::new(0) }; INDEX_REFRESH_REASONS.len()],
     export_catalogue_generation: AtomicU64::new(0),
     by_volume: Mutex::new(Vec::new()),
@@ -250,6 +253,16 @@ impl EngineMetrics {
     /// A cached remote index was dropped over the budget (poller).
     pub fn count_remote_index_eviction(&self) {
         bump(&self.remote_index_evictions, 1);
+    }
+
+    /// Needles an exporter was asked to look up since start.
+    pub fn remote_needle_lookups(&self) -> u64 {
+        self.remote_needle_lookups.load(Ordering::Relaxed)
+    }
+
+    /// A needle lookup was sent to an exporter (poller).
+    pub fn count_remote_needle_lookup(&self) {
+        bump(&self.remote_needle_lookups, 1);
     }
 
     /// Reads and bytes by volume (poller, about once a second).
@@ -364,6 +377,13 @@ impl EngineMetrics {
             "remote_index_evictions",
             "Cached remote indexes dropped over the budget (each pulled again by its next read)",
             evictions,
+        );
+        let needle_lookups = Counter::<u64>::default();
+        needle_lookups.inc_by(self.remote_needle_lookups.load(Ordering::Relaxed));
+        registry.register(
+            "remote_needle_lookups",
+            "Needles looked up by a UCX exporter for reads of volumes whose index this reader does not hold",
+            needle_lookups,
         );
         let volume_reads = Family::<Vec<(String, String)>, Counter>::default();
         let volume_bytes = Family::<Vec<(String, String)>, Counter>::default();

@@ -22,12 +22,24 @@ fn exporter_and_reader() -> (tempfile::TempDir, rdma_engine::rdma::export::Expor
     let dir = tempfile::tempdir().unwrap();
     generate(dir.path(), VOLUME_ID, 16, SizePlan::Fixed(RECORD_DATA_BYTES), 11);
     let exporter = spawn_exporter(dir.path(), localhost_any_port(), tcp());
-    let reader = Reader::new(exporter.local_addr(), tcp());
+    let mut config = remote_config(exporter.local_addr(), tcp());
+    // The index is pulled once the exporter has looked up one needle.
+    config.index_pull_after_lookups = 1;
+    let reader = Reader::with_config(config);
     (dir, exporter, reader)
 }
 
 fn gets_in_flight(reader: &Reader) -> usize {
     reader.reads.floor_target(VOLUME_ID).expect("the volume is served").worker.in_flight()
+}
+
+/// Progresses until the volume's index is pulled (the background pull a lookup started).
+fn wait_for_the_index(reader: &mut Reader) {
+    let start = std::time::Instant::now();
+    while reader.reads.index_bytes() == 0 {
+        assert!(start.elapsed() < READ_DEADLINE, "the index was not pulled");
+        reader.reads.progress();
+    }
 }
 
 /// A read whose gets are in flight completes CANCELED only once they have landed (the buffer is
@@ -38,6 +50,7 @@ fn cancel_with_gets_in_flight_completes_once_they_landed() {
     let local = open_local(dir.path(), VOLUME_ID);
     // Reads of a cached index go straight to their gets.
     assert_eq!(compare_whole(&mut reader, VOLUME_ID, &local), 16);
+    wait_for_the_index(&mut reader);
     let read = whole_reads(VOLUME_ID, &local, |id| cookie_in(&local, id))[3];
     let buffer = read.buffer_offset as usize..(read.buffer_offset + u64::from(read.buffer_length)) as usize;
     reader.area[buffer.clone()].fill(SENTINEL);
@@ -65,21 +78,22 @@ fn cancel_with_gets_in_flight_completes_once_they_landed() {
     exporter.join().unwrap();
 }
 
-/// A read waiting for metadata (the index pull of a fresh reader, or a catalogue answer after
-/// an index miss) completes CANCELED at once, without progress; later reads are unaffected.
+/// A read waiting for metadata (the exporter's lookup for a fresh reader, or a catalogue
+/// answer after an index miss) completes CANCELED at once, without progress; later reads are unaffected.
 #[test]
 fn cancel_while_waiting_for_metadata_completes_at_once() {
     let (dir, exporter, mut reader) = exporter_and_reader();
     let local = open_local(dir.path(), VOLUME_ID);
     let read = whole_reads(VOLUME_ID, &local, |id| cookie_in(&local, id))[0];
 
-    // A fresh reader has not pulled the index yet: the read waits for it.
+    // A fresh reader holds no index: the read waits for the exporter's lookup.
     reader.start(1, &read).unwrap();
     assert!(reader.reads.cancel(1));
     assert_eq!(reader.reads.poll_completion(), Some((1, Err((ErrorCode::CANCELED, 0)))));
 
     // Wait for the index, then miss in it: the read waits for a catalogue answer.
     assert!(reader.run(&[read])[0].is_ok());
+    wait_for_the_index(&mut reader);
     let unknown = NeedleRead { needle_id: 1 << 40, ..read };
     reader.start(2, &unknown).unwrap();
     assert!(reader.reads.cancel(2));

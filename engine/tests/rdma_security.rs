@@ -116,3 +116,69 @@ fn unregistered_memory_is_readable_over_tcp() {
 fn unregistered_memory_is_readable_over_shared_memory() {
     unregistered_memory_is_readable(ucx_shared_memory_settings());
 }
+
+/// With a read key, an exporter answers needle lookups only on a connection whose catalogue
+/// request carried a valid token: a peer that connects and asks where a needle lies is told
+/// `Refused`, the same peer after showing a token is told, and a reader with the key reads
+/// every needle through lookups.
+#[test]
+fn lookups_are_answered_only_after_a_valid_read_token() {
+    use rdma_engine::rdma::catalogue::{CatalogueRequest, AM_CATALOGUE, AM_CATALOGUE_REQUEST, PROTOCOL_VERSION};
+    use rdma_engine::rdma::lookup::{LookupAnswer, LookupRequest, LookupStatus, AM_LOOKUP, AM_LOOKUP_REQUEST};
+    use rdma_engine::rdma::token::ReadKey;
+
+    let dir = volume();
+    let local = open_local(dir.path(), VOLUME_ID);
+    let key = ReadKey::from_bytes(b"the volume servers' read key");
+    let mut config = export_config(dir.path(), localhost_any_port(), tcp());
+    config.read_key = Some(key.clone());
+    let exporter = spawn_exporter_with(config);
+
+    let settings = tcp();
+    let overrides: Vec<(&str, &str)> = settings.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
+    let features = ucx::Features::RMA | ucx::Features::AM | ucx::Features::WAKEUP;
+    let context = ucx::Context::with_config(features, &overrides).unwrap();
+    let worker_config = ucx::WorkerConfig { max_in_flight: 16, am_queue_capacity: 16, am_payload_max_bytes: 1 << 20 };
+    let worker = ucx::Worker::new(&context, worker_config).unwrap();
+    worker.set_am_handler(AM_LOOKUP).unwrap();
+    worker.set_am_handler(AM_CATALOGUE).unwrap();
+    let endpoint = ucx::Endpoint::connect(&worker, exporter.local_addr(), ucx::ErrorMode::Peer).unwrap();
+    let next_message = |id: u16| {
+        let start = Instant::now();
+        loop {
+            assert!(start.elapsed() < READ_DEADLINE, "no answer from the exporter");
+            worker.progress();
+            if let Some(message) = worker.pop_am_message().filter(|message| message.id == id) {
+                return message.payload;
+            }
+        }
+    };
+    let location = local.locate(3).unwrap();
+    let lookup = LookupRequest { token: 77, needle_id: 3, volume_id: VOLUME_ID };
+    endpoint.am_send(AM_LOOKUP_REQUEST, &[], &lookup.encode()).unwrap();
+    let refused = LookupAnswer::decode(&next_message(AM_LOOKUP)).unwrap();
+    assert_eq!(refused, lookup.answer(LookupStatus::Refused), "a lookup answered without a token");
+
+    let request = CatalogueRequest {
+        protocol_version: PROTOCOL_VERSION,
+        request_id: 1,
+        volumes: None,
+        token: Some(key.sign(std::time::SystemTime::now())),
+    };
+    endpoint.am_send(AM_CATALOGUE_REQUEST, &[], &request.encode()).unwrap();
+    next_message(AM_CATALOGUE);
+    endpoint.am_send(AM_LOOKUP_REQUEST, &[], &lookup.encode()).unwrap();
+    let found = LookupAnswer::decode(&next_message(AM_LOOKUP)).unwrap();
+    assert_eq!(found.status, LookupStatus::Found);
+    assert_eq!((found.offset_bytes, found.size), (location.offset_bytes, location.size));
+    let _ = endpoint.close_with(ucx::CloseMode::Force, Duration::from_millis(500));
+
+    let mut reader_config = remote_config(exporter.local_addr(), tcp());
+    reader_config.read_key = Some(key);
+    reader_config.index_pull_after_lookups = 0;
+    let mut reader = Reader::with_config(reader_config);
+    assert_eq!(compare_whole(&mut reader, VOLUME_ID, &local), 8);
+    assert!(reader.reads.lookups_sent() >= 8);
+    drop(reader);
+    exporter.join().unwrap();
+}

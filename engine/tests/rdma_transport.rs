@@ -124,6 +124,65 @@ fn append_needles_with(dir: &Path, id: u32, first: u64, count: u64, width: Offse
     }
 }
 
+/// A reader holds no index of a volume it reads now and then: the exporter looks each
+/// needle up (one message), so the first read of a volume costs one lookup, needles appended
+/// or deleted on the volume host are seen at once, and only a volume read often has its
+/// index pulled (in the background, then kept within the budget).
+#[test]
+fn volumes_read_now_and_then_are_looked_up_by_the_exporter() {
+    let dir = tempfile::tempdir().unwrap();
+    for id in 1..=3 {
+        generate(dir.path(), id, 300, SizePlan::Cycle(vec![10, 5000, 70_000]), u64::from(id));
+    }
+    let exporter = spawn_exporter(dir.path(), localhost_any_port(), tcp());
+    let mut config = remote_config(exporter.local_addr(), tcp());
+    config.index_pull_after_lookups = 0;
+    let mut reader = Reader::with_config(config);
+    // One needle of each volume: one lookup each, no index held.
+    for id in 1..=3 {
+        let local = open_local(dir.path(), id);
+        let read = whole_reads(id, &local, |needle| cookie_in(&local, needle))[7];
+        let before = reader.reads.lookups_sent();
+        reader.run(&[read])[0].unwrap();
+        let record = local.read_checked(read.needle_id, read.cookie).unwrap();
+        assert_eq!(reader.bytes(&read, 0, record.len() as u64), &record[..], "volume {id}");
+        assert_eq!(reader.reads.lookups_sent() - before, 1, "volume {id}: one lookup for its first read");
+    }
+    assert_eq!(reader.reads.index_bytes(), 0, "no index pulled");
+    // Every needle, then needles appended after the reader's catalogue: all through lookups.
+    for id in 1..=3 {
+        let local = open_local(dir.path(), id);
+        assert_eq!(compare_whole(&mut reader, id, &local), local.index().live_count(), "volume {id}");
+    }
+    append_needles(dir.path(), 2, 5000, 5);
+    let grown = open_local(dir.path(), 2);
+    assert_eq!(compare_whole(&mut reader, 2, &grown), grown.index().live_count(), "appended needles");
+    assert_eq!(reader.reads.index_bytes(), 0, "still no index pulled");
+    // A delete on the volume host answers DELETED on the next read (no catalogue to wait for).
+    let deleted = whole_reads(2, &grown, |needle| cookie_in(&grown, needle))[3];
+    let mut idx = std::fs::OpenOptions::new().append(true).open(dir.path().join("2.idx")).unwrap();
+    let tombstone = IndexEntry { needle_id: deleted.needle_id, offset_bytes: 0, size: -1 };
+    idx.write_all(&tombstone.encode(OffsetWidth::Four).unwrap()).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    assert_eq!(reader.run(&[deleted])[0], Err((ErrorCode::DELETED, 0)));
+    drop(reader);
+
+    // By default a volume read often gets its index pulled and then reads without lookups.
+    let mut reader = Reader::new(exporter.local_addr(), tcp());
+    let local = open_local(dir.path(), 1);
+    assert_eq!(compare_whole(&mut reader, 1, &local), local.index().live_count());
+    let start = Instant::now();
+    while reader.reads.index_bytes() == 0 {
+        assert!(start.elapsed() < std::time::Duration::from_secs(5), "the index of a volume read often was not pulled");
+        reader.reads.progress();
+    }
+    let before = reader.reads.lookups_sent();
+    assert_eq!(compare_whole(&mut reader, 1, &local), local.index().live_count());
+    assert_eq!(reader.reads.lookups_sent(), before, "reads of a cached index ask nothing");
+    drop(reader);
+    exporter.join().unwrap();
+}
+
 /// The cached remote indexes stay within their byte budget: three volumes whose indexes do
 /// not fit together are read in turn, twice. Every read is byte-exact; the index read least
 /// recently is dropped and pulled again by its next read; what stays cached never passes

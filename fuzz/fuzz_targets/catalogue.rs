@@ -2,11 +2,12 @@
 //! answers a reader with, and the request a reader sends. Both come from a peer over the
 //! network and are untrusted.
 //!
-//! Input: one payload, decoded both as a `Catalogue` (what a reader decodes) and as a
-//! `CatalogueRequest` (what an exporter decodes).
+//! Input: one payload, decoded as a `Catalogue` (what a reader decodes), a `CatalogueRequest`
+//! (what an exporter decodes), and as both lookup messages (`rdma_engine::rdma::lookup`).
 //!
 //! What must hold:
 //! - no panic; a payload of another protocol version is refused;
+//! - a lookup message decodes only from exactly its length, and encodes back to the same bytes;
 //! - a decoded value round-trips: encoded and decoded again, it is the same value;
 //! - validation accepts only what the reader may address gets with: needle version 1..=3,
 //!   offset width 4 or 5, and for each file pieces sorted and contiguous from offset 0,
@@ -22,6 +23,7 @@ use rdma_engine::rdma::catalogue::{
     from_hex, to_hex, Catalogue, CatalogueRequest, FileEntry, PieceEntry, VolumeEntry, PIECES_PER_FILE_MAX,
     PROTOCOL_VERSION,
 };
+use rdma_engine::rdma::lookup::{LookupAnswer, LookupRequest, LOOKUP_ANSWER_BYTES, LOOKUP_REQUEST_BYTES};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(catalogue) = Catalogue::decode(data) {
@@ -36,6 +38,15 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(request) = CatalogueRequest::decode(data) {
         assert_eq!(request.protocol_version, PROTOCOL_VERSION);
         assert_eq!(CatalogueRequest::decode(&request.encode()).as_ref(), Ok(&request), "request round trip");
+    }
+    // The lookup messages: fixed-size records, exact length or refused.
+    if let Ok(request) = LookupRequest::decode(data) {
+        assert_eq!(data.len(), LOOKUP_REQUEST_BYTES);
+        assert_eq!(&request.encode()[..], data, "lookup request round trip");
+    }
+    if let Ok(answer) = LookupAnswer::decode(data) {
+        assert_eq!(data.len(), LOOKUP_ANSWER_BYTES);
+        assert_eq!(&answer.encode()[..], data, "lookup answer round trip");
     }
 });
 

@@ -7,7 +7,9 @@
 //!    AM_CATALOGUE_REQUEST (JSON) ──────────────────► refresh files, answer
 //!    ◄──────────────────────────── AM_CATALOGUE (JSON: generation, lengths,
 //!                                                    pieces: address + rkey)
-//!    ucp_get_nbx .idx tail → NeedleIndex::apply
+//!    AM_LOOKUP_REQUEST (needle id) ─────────────────► compact index (read::local)
+//!    ◄──────────────────────────── AM_LOOKUP (offset, size, generation)
+//!    or, for a volume read often: ucp_get_nbx .idx → NeedleIndex::apply
 //!    ucp_get_nbx record → client's buffer ◄──────── mmapped .dat (read-only,
 //!    check needle → completion                       registered in ≤ 1 GiB pieces)
 //! ```
@@ -22,6 +24,7 @@
 
 pub mod catalogue;
 pub mod export;
+pub mod lookup;
 mod mapping;
 mod past_eof;
 pub mod remote;

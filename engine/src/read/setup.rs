@@ -86,6 +86,7 @@ impl ReadSetup {
             token_backdate: std::time::Duration::from_secs(config.read_token_backdate_secs),
             max_peers: (config.peer.len() + master_peers).min(PEERS_MAX),
             index_budget_bytes: usize::try_from(config.remote_index_budget_mib << 20).unwrap_or(usize::MAX),
+            index_pull_after_lookups: config.remote_index_pull_after_lookups,
             get_max_bytes: match config.rdma_get_max_kib {
                 0 => u64::MAX,
                 kib => kib << 10,

@@ -4,7 +4,7 @@
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use rdma_tools::bench::contend::{busy_loop_main, BUSY_LOOP_SUBCOMMAND, CONTENDERS_MAX};
 use rdma_tools::bench::floor::{helper_main, HELPER_SUBCOMMAND};
-use rdma_tools::bench::{compare, index, nop, read, BenchError};
+use rdma_tools::bench::{compare, index, nop, read, remote_index, BenchError};
 use rdma_tools::exit_code;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -121,6 +121,26 @@ enum Command {
         /// Alternating rounds (figures are medians over rounds).
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
         rounds: u32,
+    },
+    /// UCX reads of remote volumes: a volume's first read through the exporter's lookup beside
+    /// a whole index pull, the cached index bytes a reader holds, and random 4 KiB reads with
+    /// the index cached and through lookups (an exporter in this process, UCX over tcp).
+    RemoteIndex {
+        /// Print one JSON object instead of the summary.
+        #[arg(long)]
+        json: bool,
+        /// Volumes of small needles.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        volumes: u32,
+        /// Needles per volume.
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+        needles: u64,
+        /// The reader's index budget (the engine's --remote-index-budget-mib).
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+        budget_mib: u64,
+        /// Seconds per measured cell of the random reads (3 alternating rounds each).
+        #[arg(long, default_value_t = 1.0)]
+        seconds_per_cell: f64,
     },
     /// Internal: one case of `index`, in a process of its own.
     #[command(name = index::INDEX_CASE_SUBCOMMAND, hide = true)]
@@ -246,6 +266,15 @@ fn main() {
                 print_json(&report);
             } else {
                 print!("{}", index::render(&report));
+            }
+        }
+        Command::RemoteIndex { json, volumes, needles, budget_mib, seconds_per_cell } => {
+            let spec = remote_index::RemoteIndexSpec { volumes, needles, budget_mib, seconds_per_cell };
+            let report = remote_index::run(spec).unwrap_or_else(|error| fail(error));
+            if json {
+                print_json(&report);
+            } else {
+                print!("{}", remote_index::render(&report));
             }
         }
         Command::IndexCase { structure, volumes, needles } => {

@@ -1,8 +1,10 @@
 //! The exporter thread's state and loop: accept connections (checked against the allowed
-//! peers), answer catalogue requests, drop failed endpoints, rescan now and then.
+//! peers), answer catalogue requests and needle lookups, drop failed endpoints, rescan now
+//! and then.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::Hasher;
+use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -13,11 +15,13 @@ use super::{ExportConfig, ExportError, CONNECTIONS_MAX, WAIT_TIMEOUT};
 use crate::rdma::catalogue::{
     Catalogue, CatalogueRequest, VolumeEntry, AM_CATALOGUE, AM_CATALOGUE_REQUEST, PROTOCOL_VERSION, REQUEST_VOLUMES_MAX,
 };
+use crate::rdma::lookup::{LookupRequest, LookupStatus, AM_LOOKUP, AM_LOOKUP_REQUEST};
 use crate::rdma::mapping::Retired;
 use crate::rdma::past_eof;
 use crate::rdma::{features, ucx_overrides};
-use crate::read::local::Refusals;
+use crate::read::local::{LocalVolumes, Refusals};
 use rdma_ipc::spin::SpinPolicy;
+use shm_layout::entry::ErrorCode;
 
 /// How long closing the endpoints may take at exit.
 const CLOSE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -28,6 +32,9 @@ const TOKEN_REFUSALS: usize = 4;
 const _: () = assert!(crate::rdma::token::TokenError::Expired as usize + 1 == TOKEN_REFUSALS, "Expired is the last");
 /// Largest catalogue answer (about 200 bytes per piece).
 const CATALOGUE_PAYLOAD_MAX_BYTES: usize = 64 << 20;
+/// Messages waiting to be answered at most (past it UCX's arrivals are dropped and counted:
+/// a reader whose lookup is dropped asks again). Room for a few readers' lookups at depth.
+const AM_INBOX_CAPACITY: usize = 4096;
 
 /// Everything the exporter thread owns; `volumes` (in `volumes.rs`) and `spawn` reach into it.
 pub(super) struct Exporter {
@@ -37,6 +44,12 @@ pub(super) struct Exporter {
     /// Where each reader connected from (for the log).
     peer_addresses: HashMap<EndpointId, String>,
     pub(super) volumes: BTreeMap<u32, VolumeExport>,
+    /// The same volumes' compact indexes, for needle lookups (`read::local`'s, the stream
+    /// exporter's too): a reader asks where a needle lies instead of pulling the `.idx`.
+    pub(super) lookups: LocalVolumes,
+    /// Endpoints whose catalogue request carried a valid read token (kept only with a read
+    /// key): only they are answered lookups.
+    admitted: HashSet<EndpointId>,
     pub(super) retired: Vec<Retired>,
     pub(super) listener: Listener,
     worker: Worker,
@@ -60,17 +73,24 @@ impl Exporter {
         // environment (connections of the previous process linger in TIME_WAIT); UCX 1.13 does
         // not apply that setting through ucp_config_modify, so it cannot be forced from here.
         let context = Context::with_config(features(), &ucx_overrides(&config.ucx))?;
-        let worker_config = WorkerConfig { max_in_flight: 16, am_queue_capacity: 256, am_payload_max_bytes: 64 << 10 };
+        let lookups = LocalVolumes::load(&config.dirs, config.offset_width).map_err(|(dir, error)| {
+            ExportError::Config(format!("cannot read export directory {}: {error}", dir.display()))
+        })?;
+        let worker_config =
+            WorkerConfig { max_in_flight: 16, am_queue_capacity: AM_INBOX_CAPACITY, am_payload_max_bytes: 64 << 10 };
         let worker = Worker::new(&context, worker_config)?;
         // After UCX's own SIGBUS handler (faults that are not past a file's end go to it).
         past_eof::install()?;
         worker.set_am_handler(AM_CATALOGUE_REQUEST)?;
+        worker.set_am_handler(AM_LOOKUP_REQUEST)?;
         let listener = Listener::bind(&worker, config.listen)?;
         let mut exporter = Exporter {
             config,
             endpoints: HashMap::new(),
             peer_addresses: HashMap::new(),
             volumes: BTreeMap::new(),
+            lookups,
+            admitted: HashSet::new(),
             retired: Vec::new(),
             listener,
             worker,
@@ -94,8 +114,12 @@ impl Exporter {
         while !stop.load(Ordering::Acquire) && !shutdown.load(Ordering::Relaxed) {
             self.spin_then_wait(&mut spin)?;
             self.accept_connections();
+            // Bounded by the inbox's capacity.
             while let Some(message) = self.worker.pop_am_message() {
-                self.answer(message);
+                match message.id {
+                    AM_LOOKUP_REQUEST => self.answer_lookup(message),
+                    _ => self.answer(message),
+                }
             }
             self.drop_failed_endpoints();
             let zeroed_pages = past_eof::take_zeroed_pages();
@@ -199,7 +223,11 @@ impl Exporter {
     /// logged at powers of two of each reason (a peer can trigger it at will), naming the peer.
     fn token_admits(&mut self, endpoint_id: EndpointId, token: Option<&str>) -> bool {
         let Some(key) = &self.config.read_key else { return true };
-        let Err(error) = key.verify(token, std::time::SystemTime::now()) else { return true };
+        let Err(error) = key.verify(token, std::time::SystemTime::now()) else {
+            self.admitted.insert(endpoint_id);
+            return true;
+        };
+        self.admitted.remove(&endpoint_id);
         let refused = &mut self.refused_tokens[error as usize];
         *refused += 1;
         let peer = self.peer_addresses.remove(&endpoint_id).unwrap_or_else(|| "an unknown address".into());
@@ -217,6 +245,7 @@ impl Exporter {
             self.endpoints.iter().filter(|(_, endpoint)| endpoint.is_failed()).map(|(id, _)| *id).collect();
         for id in failed {
             self.peer_addresses.remove(&id);
+            self.admitted.remove(&id);
             if let Some(endpoint) = self.endpoints.remove(&id) {
                 let _ = endpoint.close_with(CloseMode::Force, CLOSE_TIMEOUT);
             }
@@ -283,6 +312,59 @@ impl Exporter {
 }
 
 impl Exporter {
+    /// Answers a reader's needle lookup from the compact index. Refused for a connection
+    /// that has not shown a valid read token (when there is a read key); a bad message is
+    /// ignored (the reader's lookup times out, as for a lost one).
+    fn answer_lookup(&mut self, message: ucx::AmMessage) {
+        let Some(endpoint_id) = message.endpoint else { return };
+        let request = match LookupRequest::decode(&message.payload) {
+            Ok(request) => request,
+            Err(error) => {
+                tracing::debug!(%error, "ignoring a bad lookup request");
+                return;
+            }
+        };
+        let answer = if self.config.read_key.is_some() && !self.admitted.contains(&endpoint_id) {
+            request.answer(LookupStatus::Refused)
+        } else {
+            self.look_up(&request)
+        };
+        if let Some(endpoint) = self.endpoints.get(&endpoint_id) {
+            if let Err(error) = endpoint.am_send(AM_LOOKUP, &[], &answer.encode()) {
+                tracing::debug!(%error, "cannot send a lookup answer");
+            }
+        }
+    }
+
+    /// Where the needle lies in the exported `.dat`. The index is of the file the export
+    /// mapped, or the answer says the volume was replaced (a vacuum between the two opens):
+    /// an offset into other files than the reader's rkeys address is never given.
+    fn look_up(&mut self, request: &LookupRequest) -> crate::rdma::lookup::LookupAnswer {
+        let Some(export) = self.volumes.get(&request.volume_id) else {
+            return request.answer(LookupStatus::NoSuchVolume);
+        };
+        match self.lookups.locate_shared(request.volume_id, request.needle_id, Instant::now()) {
+            Ok((location, _, dat)) => {
+                let same_file =
+                    dat.metadata().is_ok_and(|metadata| (metadata.dev(), metadata.ino()) == export.dat.identity);
+                if !same_file {
+                    return request.answer(LookupStatus::Replaced);
+                }
+                crate::rdma::lookup::LookupAnswer {
+                    generation: export.generation,
+                    offset_bytes: location.offset_bytes,
+                    size: location.size,
+                    ..request.answer(LookupStatus::Found)
+                }
+            }
+            Err((ErrorCode::NO_SUCH_NEEDLE, _)) => request.answer(LookupStatus::NoSuchNeedle),
+            Err((ErrorCode::DELETED, _)) => request.answer(LookupStatus::Deleted),
+            // Exported, and not (yet) in the lookup index, or unreadable there: the reader
+            // asks for the catalogue again and then once more.
+            Err(_) => request.answer(LookupStatus::Replaced),
+        }
+    }
+
     /// Bumps the catalogue generation when what a catalogue lists changed since the last look,
     /// and publishes it to the metrics. Called after every scan and before every answer.
     pub(super) fn note_catalogue_changes(&mut self) {

@@ -56,6 +56,7 @@ impl Exporter {
             }
         }
         self.refusals.retain_seen(&seen);
+        self.lookups.refresh_all();
         self.note_catalogue_changes();
     }
 

@@ -11,6 +11,11 @@ pub const MAX_IN_FLIGHT_MAX: usize = 1 << 20;
 pub const PEERS_MAX: usize = 256;
 /// The cached remote indexes' byte budget by default: about 16 M needles.
 pub const DEFAULT_INDEX_BUDGET_BYTES: usize = 256 << 20;
+/// Lookups of a volume before its index is pulled, by default: a volume read this often is
+/// read often enough that one pull (about 125 ns a needle over UCX tcp here) costs less than
+/// the lookups to come (one round trip each), and a volume read now and then costs the
+/// reader no memory.
+pub const DEFAULT_INDEX_PULL_AFTER_LOOKUPS: u32 = 64;
 /// Longest single get by default (see `docs/benchmarks.md`, "UCX over tcp: large reads").
 pub const DEFAULT_GET_MAX_BYTES: u64 = u64::MAX;
 /// Smallest and largest index staging buffer per peer.
@@ -46,6 +51,10 @@ pub struct RemoteConfig {
     /// Bytes the cached indexes of remote volumes may hold in all: past it, the index read
     /// least recently is dropped (and pulled again by its next read).
     pub index_budget_bytes: usize,
+    /// Reads of a volume answered by the exporter's lookups before its whole index is pulled
+    /// into the cache (in the background, when it fits the budget); 0: never pulled, every
+    /// read of a needle not cached asks the exporter.
+    pub index_pull_after_lookups: u32,
     /// Tokens are signed as if this long ago (testing: a reader whose clock is behind).
     pub token_backdate: Duration,
 }
@@ -66,6 +75,7 @@ impl RemoteConfig {
             get_max_bytes: DEFAULT_GET_MAX_BYTES,
             token_backdate: Duration::ZERO,
             index_budget_bytes: DEFAULT_INDEX_BUDGET_BYTES,
+            index_pull_after_lookups: DEFAULT_INDEX_PULL_AFTER_LOOKUPS,
         }
     }
 

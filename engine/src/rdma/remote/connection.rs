@@ -203,7 +203,12 @@ impl RemoteReads {
         }
         for index in 0..self.slots.len() {
             let slot = &self.slots[index];
-            if slot.peer == peer_index && matches!(slot.state, SlotState::WaitCatalogue { .. } | SlotState::WaitIndex) {
+            if slot.peer == peer_index
+                && matches!(
+                    slot.state,
+                    SlotState::WaitCatalogue { .. } | SlotState::WaitIndex | SlotState::WaitLookup { .. }
+                )
+            {
                 self.finish(index, Err((ErrorCode::PEER_UNAVAILABLE, 0)));
             }
         }

@@ -1,6 +1,7 @@
-//! Index pulls: the tail of a volume's `.idx` fetched over RDMA into the peer's staging buffer
-//! and applied to the cached `NeedleIndex`, one chunk at a time per peer, while a read waits
-//! for the index to catch up with what the catalogue announced.
+//! Index pulls: a volume's `.idx` (whole, for a volume read often, then its tails) fetched
+//! over RDMA into the peer's staging buffer and applied to the cached `NeedleIndex`, one chunk
+//! at a time per peer; a read of a volume whose index is cached waits for it to catch up with
+//! what the catalogue announced.
 
 use std::rc::Rc;
 
@@ -114,6 +115,7 @@ impl RemoteReads {
         }
         if !volume.index_behind() {
             volume.index.settle();
+            volume.index_loaded = true;
             volume.index_wanted = false;
             self.keep_indexes_within_budget((peer_index, volume_id));
             self.wake_index_waiters(peer_index, volume_id, None);
@@ -128,7 +130,8 @@ impl RemoteReads {
 
     /// Drops the cached indexes read least recently until all of them fit the budget, never
     /// `keep`'s (just pulled for a waiting read), one being pulled, or one a read waits for.
-    /// A dropped index is pulled again, whole, by its volume's next read.
+    /// A dropped index's volume is read through the exporter's lookups again (and pulled
+    /// again once read often).
     fn keep_indexes_within_budget(&mut self, keep: (usize, u32)) {
         let budget = self.config.index_budget_bytes;
         let mut total = self.index_bytes();
@@ -154,6 +157,8 @@ impl RemoteReads {
             let Some(volume) = self.peers[peer_index].volumes.get_mut(&volume_id) else { break };
             total -= volume.index.memory_bytes();
             volume.index = NeedleIndex::new(volume.index.width());
+            volume.index_loaded = false;
+            volume.lookups = 0;
             self.index_evictions += 1;
             crate::metrics::METRICS.count_remote_index_eviction();
             if self.index_evictions.is_power_of_two() {

@@ -11,6 +11,7 @@
 //!
 //! ```text
 //!  start ─► lookup in the cached index ─ hit ─► Transfer (gets into the buffer) ─► check ─► Done
+//!               │  no index cached: WaitLookup (the exporter answers where) ──► Transfer
 //!               │  index behind the catalogue: WaitIndex (pull the .idx tail over RDMA)
 //!               │  miss, or record past the known .dat end: WaitCatalogue (once), then lookup
 //!               └─ check failed: WaitCatalogue, then lookup and transfer again (once), else fail
@@ -29,8 +30,8 @@
 //!
 //! Where things are: this file is the facade (setup, the public calls, completion dispatch);
 //! `slots` holds the table of reads and posts their gets, `landed` checks what they fetched,
-//! `index` pulls `.idx` tails, `volumes` asks for and applies catalogues, `connection` connects,
-//! fails and reconnects peers, `transfer` posts the gets of one file range, `peer` and `area`
+//! `lookup` asks the exporter where a needle lies, `index` pulls `.idx` files and tails,
+//! `volumes` asks for and applies catalogues, `connection` connects, fails and reconnects peers, `transfer` posts the gets of one file range, `peer` and `area`
 //! are the state kept per exporter and per client buffer area, `config` the settings.
 //!
 //! [`serves`]: RemoteReads::serves
@@ -40,6 +41,7 @@ mod config;
 mod connection;
 mod index;
 mod landed;
+mod lookup;
 mod peer;
 mod slots;
 mod transfer;
@@ -53,7 +55,9 @@ use std::time::{Duration, Instant};
 use shm_layout::entry::{ErrorCode, NeedleRead};
 use ucx::{CloseMode, ClosingEndpoint, Context, Endpoint, MemoryRegion, RemoteKey, Worker, WorkerConfig};
 
-pub use self::config::{RemoteConfig, RemoteError, MAX_IN_FLIGHT_MAX, MAX_IN_FLIGHT_MIN, PEERS_MAX};
+pub use self::config::{
+    RemoteConfig, RemoteError, DEFAULT_INDEX_PULL_AFTER_LOOKUPS, MAX_IN_FLIGHT_MAX, MAX_IN_FLIGHT_MIN, PEERS_MAX,
+};
 pub use self::transfer::GETS_PER_TRANSFER_MAX;
 pub use crate::read::ReadDone;
 
@@ -122,6 +126,8 @@ pub struct RemoteReads {
     read_clock: u64,
     /// Cached remote indexes dropped over the budget so far.
     index_evictions: u64,
+    /// Needle lookups sent to exporters so far.
+    lookups_sent: u64,
 }
 
 impl std::fmt::Debug for RemoteReads {
@@ -143,7 +149,8 @@ impl RemoteReads {
         let gets_max = (config.max_in_flight + config.max_peers) * GETS_PER_TRANSFER_MAX as usize;
         let worker_config = WorkerConfig {
             max_in_flight: gets_max,
-            am_queue_capacity: (config.max_peers * 4).max(16),
+            // Catalogues, and an answer for each read's lookup.
+            am_queue_capacity: (config.max_peers * 4).max(16) + config.max_in_flight,
             am_payload_max_bytes: 64 << 20,
         };
         let worker = new_worker(&context, &worker_config)?;
@@ -177,6 +184,7 @@ impl RemoteReads {
             config,
             read_clock: 0,
             index_evictions: 0,
+            lookups_sent: 0,
         };
         for index in 0..reads.peers.len() {
             reads.connect_peer(index);
@@ -395,6 +403,7 @@ impl RemoteReads {
         if self.now.duration_since(self.last_timeout_scan) >= TIMEOUT_SCAN_INTERVAL {
             self.last_timeout_scan = self.now;
             self.fail_hung_peers();
+            self.scan_lookups();
         }
     }
 
@@ -411,6 +420,11 @@ impl RemoteReads {
             remote_length: piece.length_bytes.min(files.dat.length_bytes),
             rkey: &piece.rkey,
         })
+    }
+
+    /// Needle lookups sent to exporters so far (a resent one counts twice).
+    pub fn lookups_sent(&self) -> u64 {
+        self.lookups_sent
     }
 
     /// Whether peer `address` is connected with its catalogue (for tests and status).
@@ -457,10 +471,11 @@ pub enum PeerStatus {
     Down,
 }
 
-/// A worker with the catalogue handler set.
+/// A worker with the catalogue's and the lookups' handlers set.
 fn new_worker(context: &Context, config: &WorkerConfig) -> Result<Worker, ucx::Error> {
     let worker = Worker::new(context, *config)?;
     worker.set_am_handler(AM_CATALOGUE)?;
+    worker.set_am_handler(crate::rdma::lookup::AM_LOOKUP)?;
     Ok(worker)
 }
 

@@ -91,7 +91,14 @@ pub(super) struct RemoteVolume {
     pub(super) index: NeedleIndex,
     /// The `.idx` length the latest catalogue announced.
     pub(super) index_target_bytes: u64,
-    /// A read waits for the index to catch up with `index_target_bytes`.
+    /// The whole index was pulled (and is kept up with the catalogue): reads look needles up
+    /// in it. Until then (and again once it is dropped over the budget) they ask the exporter.
+    pub(super) index_loaded: bool,
+    /// Reads the exporter's lookups answered since the index was last dropped: a volume
+    /// read often gets its index pulled ([`super::RemoteConfig::index_pull_after_lookups`]).
+    pub(super) lookups: u32,
+    /// A pull runs or is wanted: a read waits for the index to catch up with
+    /// `index_target_bytes`, or a volume read often is being cached.
     pub(super) index_wanted: bool,
     /// When a read last looked a needle up in it (the reads' clock): the index read least
     /// recently is the first dropped over the budget.
@@ -185,6 +192,8 @@ impl Peer {
             files: None,
             index: NeedleIndex::new(width),
             index_target_bytes: 0,
+            index_loaded: false,
+            lookups: 0,
             index_wanted: false,
             last_read: 0,
         });
@@ -195,6 +204,8 @@ impl Peer {
         if replaced {
             tracing::info!(volume = entry.volume_id, peer = %self.address, "remote volume replaced; dropping its cached index");
             volume.index = NeedleIndex::new(width);
+            volume.index_loaded = false;
+            volume.lookups = 0;
             volume.generation = entry.generation;
             volume.version = version;
         }

@@ -1,5 +1,5 @@
 //! The table of reads in flight and the first half of their state machine: lookup in the cached
-//! index, then gets posted into the client's buffer (or the slot's scratch). What happens once a
+//! index (or by the exporter, `lookup`), then gets posted into the client's buffer (or the slot's scratch). What happens once a
 //! phase's gets have landed is in [`super::landed`].
 //!
 //! Slots are indexed by the slot of the read table's token (`crate::read::routes`): the engine
@@ -41,6 +41,10 @@ pub(super) enum SlotState {
         after_request: u64,
     },
     WaitIndex,
+    /// Waiting for the exporter's answer to a needle lookup (sent again once if `!resent`).
+    WaitLookup {
+        resent: bool,
+    },
     Transfer,
     /// Finished; the completion waits in `done`.
     Done,
@@ -150,6 +154,11 @@ impl RemoteReads {
         let Some(files) = volume.files.clone() else {
             return self.finish(index, Err((ErrorCode::PEER_UNAVAILABLE, 0)));
         };
+        if !volume.index_loaded {
+            // The exporter looks the needle up (`lookup`): the first read of a volume costs
+            // one round trip, not a whole index pull.
+            return self.send_lookup(index);
+        }
         if volume.index_behind() {
             volume.index_wanted = true;
             self.slots[index].state = SlotState::WaitIndex;
@@ -169,7 +178,13 @@ impl RemoteReads {
         }
     }
 
-    fn begin_transfer(&mut self, index: usize, location: IndexValue, version: Version, files: Rc<VolumeFiles>) {
+    pub(super) fn begin_transfer(
+        &mut self,
+        index: usize,
+        location: IndexValue,
+        version: Version,
+        files: Rc<VolumeFiles>,
+    ) {
         let record_size = record_size_bytes(version, location.size);
         let slot = &mut self.slots[index];
         let past_end = location.offset_bytes.checked_add(record_size).is_none_or(|end| end > files.dat.length_bytes);

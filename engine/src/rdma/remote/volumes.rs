@@ -8,6 +8,7 @@ use super::RemoteReads;
 use crate::rdma::catalogue::{
     Catalogue, CatalogueRequest, AM_CATALOGUE_REQUEST, PROTOCOL_VERSION, REQUEST_VOLUMES_MAX,
 };
+use crate::rdma::lookup::AM_LOOKUP;
 
 impl RemoteReads {
     /// Parks a read until the peer answers a catalogue request naming its volume.
@@ -58,7 +59,7 @@ impl RemoteReads {
         }
     }
 
-    /// A catalogue arrived: applies it for the peer whose endpoint sent it.
+    /// A catalogue or a lookup answer arrived: applies it for the peer whose endpoint sent it.
     pub(super) fn on_message(&mut self, message: ucx::AmMessage) {
         let Some(peer_index) = self
             .peers
@@ -67,6 +68,9 @@ impl RemoteReads {
         else {
             return;
         };
+        if message.id == AM_LOOKUP {
+            return self.on_lookup_answer(peer_index, &message.payload);
+        }
         let catalogue = match Catalogue::decode(&message.payload) {
             Ok(catalogue) => catalogue,
             Err(error) => {
