@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -488,4 +489,92 @@ func TestContextsAndCloseEndWaits(t *testing.T) {
 	if !e.waitForRegions(t, 0) {
 		t.Errorf("the closed client's region was not reclaimed")
 	}
+}
+
+// An engine stalled (SIGSTOP) past every read's deadline costs the client
+// latency only: the reads waiting meanwhile fail with their deadline, about
+// when it passes (not a drain bound later), and once the engine runs again
+// every goroutine reads the right bytes through the same Client; no queue
+// pair is lost to the stall.
+func TestEngineStallCostsOnlyLatency(t *testing.T) {
+	dir := t.TempDir()
+	fids := generateVolume(t, dir, 7, 40, "4096,100")
+	e := startEngine(t, dir)
+	client, err := rdma.Attach(e.socket, rdma.Options{Name: "go-stall"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	expected := make([][]byte, len(fids))
+	for i, fid := range fids {
+		if expected[i], err = client.ReadFileID(context.Background(), fid); err != nil {
+			t.Fatalf("%s before the stall: %v", fid, err)
+		}
+	}
+	const goroutines = 8
+	const deadline = 300 * time.Millisecond
+	var stalled, resumed atomic.Bool
+	var wait sync.WaitGroup
+	errs := make(chan error, goroutines)
+	slowest := make(chan time.Duration, goroutines)
+	for g := 0; g < goroutines; g++ {
+		wait.Add(1)
+		go func(g int) {
+			defer wait.Done()
+			var longest time.Duration
+			successesAfter := 0
+			begun := time.Now()
+			for i := g; successesAfter < 20; i++ {
+				if time.Since(begun) > readyTimeout {
+					errs <- fmt.Errorf("goroutine %d: %d reads succeeded after the engine resumed", g, successesAfter)
+					return
+				}
+				fid := fids[i%len(fids)]
+				ctx, cancel := context.WithTimeout(context.Background(), deadline)
+				started := time.Now()
+				data, err := client.ReadFileID(ctx, fid)
+				took := time.Since(started)
+				cancel()
+				longest = max(longest, took)
+				switch {
+				case err == nil && !bytes.Equal(data, expected[i%len(fids)]):
+					errs <- fmt.Errorf("goroutine %d, %s: wrong bytes", g, fid)
+					return
+				case err == nil && resumed.Load():
+					successesAfter++
+				case err != nil && !stalled.Load():
+					errs <- fmt.Errorf("goroutine %d, %s, engine running: %v", g, fid, err)
+					return
+				case err != nil && !errors.Is(err, context.DeadlineExceeded):
+					errs <- fmt.Errorf("goroutine %d, %s during the stall: %v, want the deadline", g, fid, err)
+					return
+				}
+			}
+			slowest <- longest
+		}(g)
+	}
+	time.Sleep(200 * time.Millisecond)
+	stalled.Store(true)
+	e.command.Process.Signal(syscall.SIGSTOP)
+	// Longer than the 5 s a released queue pair used to be drained for
+	// before it was retired for good.
+	time.Sleep(6 * time.Second)
+	e.command.Process.Signal(syscall.SIGCONT)
+	resumed.Store(true)
+	wait.Wait()
+	close(errs)
+	close(slowest)
+	for err := range errs {
+		t.Error(err)
+	}
+	var longest time.Duration
+	for took := range slowest {
+		longest = max(longest, took)
+	}
+	// Before the fix a read past its deadline also waited up to 5 s for its
+	// queue pair to drain (and the queue pair was lost after it).
+	if longest > deadline+2*time.Second {
+		t.Errorf("the slowest read took %v with a %v deadline", longest, deadline)
+	}
+	t.Logf("the slowest read took %v with a %v deadline", longest, deadline)
 }

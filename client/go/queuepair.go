@@ -441,17 +441,18 @@ func futex(word *uint32, op int, value uint32, timeout *unix.Timespec) {
 		uintptr(unsafe.Pointer(timeout)), 0, 0)
 }
 
-// drain reaps until nothing is in flight, at most timeout (liveness checked);
-// it reports whether the queue pair is clean. Completions are dropped (their
-// buffers given back).
-func (q *QueuePair) drain(timeout time.Duration) bool {
+// drain reaps until nothing is in flight, waiting at most timeout (0: only
+// what is there now; liveness checked); it reports whether the queue pair is
+// clean, or why it cannot be (the engine is gone, a completion is not valid).
+// Completions are dropped (their buffers given back).
+func (q *QueuePair) drain(timeout time.Duration) (bool, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	for q.InFlight() > 0 {
 		for {
 			_, ok, err := q.Reap()
 			if err != nil {
-				return false
+				return false, err
 			}
 			if !ok {
 				break
@@ -461,38 +462,82 @@ func (q *QueuePair) drain(timeout time.Duration) bool {
 			break
 		}
 		if _, err := q.Wait(ctx, 1); err != nil {
-			return false
+			if ctx.Err() != nil {
+				return false, nil
+			}
+			return false, err
 		}
 	}
-	return true
+	return true, nil
 }
 
-// drainTimeout bounds how long Release waits for requests still in flight.
-const drainTimeout = 5 * time.Second
+// drainSlice is how long a released queue pair's drainer waits at a time
+// before it checks the engine is still there.
+const drainSlice = time.Second
 
-// Release gives the queue pair back to its Client. Requests still in flight
-// are waited for (at most 5 s); if they do not complete the queue pair is
-// retired and their buffers are never reused (the engine may still write
-// into them).
+// Release gives the queue pair back to its Client, at once. A queue pair
+// with requests still in flight (a read whose deadline passed while the
+// engine was stalled, say) is drained in the background and goes back to
+// the pool when the engine has answered them, so a stall costs latency,
+// never a queue pair; meanwhile their buffers stay the engine's. Only when
+// the engine is gone are they kept out of use for the region's life (the
+// engine may have written into them up to its end).
 func (q *QueuePair) Release() {
 	if q.client == nil {
 		return
 	}
 	c := q.client
-	if !q.drain(drainTimeout) {
-		for _, entry := range q.slots {
-			if entry.used && entry.buffer != nil {
-				entry.buffer.strand()
-			}
-		}
-		q.client = nil
-		return
-	}
 	// A fresh handle goes back to the pool; this one stays released, so a
 	// caller that keeps it cannot race the next taker.
 	fresh := *q
 	q.client = nil
-	c.giveBack(&fresh)
+	if clean, err := fresh.drain(0); clean {
+		c.giveBack(&fresh)
+		return
+	} else if err != nil {
+		fresh.strandInFlight()
+		return
+	}
+	go fresh.drainThenGiveBack()
+}
+
+// drainThenGiveBack drains a released queue pair for as long as the engine
+// lives and the client is open, then gives it back; it strands the buffers
+// of requests the engine never answered.
+func (q *QueuePair) drainThenGiveBack() {
+	// Bounded by the engine: it answers every request it took, or it is
+	// gone (checkAlive) and the loop ends; and by Close, which it never
+	// outlasts by more than a slice (it counts as a user of the mapping).
+	c := q.client
+	for {
+		if c.enter() != nil {
+			return // closed: the region and its buffers go with it
+		}
+		clean, err := q.drain(drainSlice)
+		if err == nil && !clean {
+			err = c.checkAlive()
+		}
+		if err != nil {
+			q.strandInFlight()
+		}
+		c.leave()
+		if clean {
+			c.giveBack(q)
+		}
+		if clean || err != nil {
+			return
+		}
+	}
+}
+
+// strandInFlight keeps the buffers of requests still in flight out of the
+// allocator for the region's life (the engine may still write into them).
+func (q *QueuePair) strandInFlight() {
+	for _, entry := range q.slots {
+		if entry.used && entry.buffer != nil {
+			entry.buffer.strand()
+		}
+	}
 }
 
 var errReleased = fmt.Errorf("rdma: the queue pair was released")

@@ -170,7 +170,8 @@ func (c *Client) readOnce(ctx context.Context, id FileID, spec *rangeSpec, buffe
 	}
 	if _, err := q.Wait(ctx, 1); err != nil {
 		if ctx.Err() != nil && c.usable() == nil {
-			// Ask the engine to stop; Release waits for both completions.
+			// Ask the engine to stop; Release hands the queue pair to a
+			// drainer until both completions came (the read returns now).
 			if q.PrepareCancel(tag, tag+1) == nil {
 				_ = q.Submit()
 			}

@@ -37,7 +37,8 @@ const SLOT_BYTES: usize = 8 << 10;
 const SMALL_NEEDLE_BYTES: u32 = 8;
 /// Needles of the volume the random reads use.
 const RANDOM_VOLUME_NEEDLES: u64 = 20_000;
-/// Needles read of every volume for the "read often" memory figure.
+/// Needles read of every volume for the "read often" memory figure (random picks among as
+/// many spread over its ids).
 const NEEDLES_READ_OFTEN: usize = 256;
 /// Longest the bench waits for anything (a pull, a batch of reads).
 const WAIT_MAX: Duration = Duration::from_secs(60);
@@ -142,10 +143,11 @@ impl Reader {
         Ok(done)
     }
 
-    /// Progresses until the cached indexes hold something.
+    /// Progresses until an index was pulled and no pull runs (a reader dropped with gets in
+    /// flight can abort UCX 1.13's exporter over tcp: `docs/ucx-bindings.md`).
     fn wait_for_a_pull(&mut self) -> Result<(), BenchError> {
         let begun = Instant::now();
-        while self.reads.index_bytes() == 0 {
+        while self.reads.index_bytes() == 0 || self.reads.pulling_an_index() {
             if begun.elapsed() > WAIT_MAX {
                 return Err(BenchError::Verify("the index pull never finished".into()));
             }
@@ -164,23 +166,26 @@ impl Drop for Reader {
     }
 }
 
-/// Whole reads of every live needle of a generated volume, buffers not set yet.
-fn needle_reads(dir: &Path, volume_id: u32) -> Result<Vec<NeedleRead>, BenchError> {
+/// Whole reads of at most `most` live needles of a generated volume, spread over its ids,
+/// buffers not set yet.
+fn needle_reads(dir: &Path, volume_id: u32, most: usize) -> Result<Vec<NeedleRead>, BenchError> {
     let volume = LocalVolume::open(
         &dir.join(format!("{volume_id}.dat")),
         &dir.join(format!("{volume_id}.idx")),
         OffsetWidth::Four,
     )
     .map_err(|error| BenchError::Volumes(error.to_string()))?;
+    let mut ids: Vec<u64> = volume.index().iter().map(|(needle_id, _)| needle_id).collect();
+    ids.sort_unstable();
+    let step = ids.len().div_ceil(most.max(1)).max(1);
     let mut reads = Vec::new();
-    for (needle_id, _) in volume.index().iter() {
+    for needle_id in ids.into_iter().step_by(step) {
         let Some(location) = volume.locate(needle_id) else { continue };
         let record = volume.read_record(&location).map_err(|error| BenchError::Volumes(error.to_string()))?;
         let cookie = u32::from_be_bytes([record[0], record[1], record[2], record[3]]);
         let buffer_length = u32::try_from(location.record_size_bytes).unwrap_or(u32::MAX).min(SLOT_BYTES as u32);
         reads.push(NeedleRead { volume_id, needle_id, cookie, buffer_offset: 0, buffer_length, range: None });
     }
-    reads.sort_unstable_by_key(|read| read.needle_id);
     Ok(reads)
 }
 
@@ -227,7 +232,7 @@ pub fn run(spec: RemoteIndexSpec) -> Result<RemoteIndexReport, BenchError> {
     let budget_bytes = spec.budget_mib << 20;
     let mut all_reads = Vec::new();
     for volume_id in 1..=spec.volumes {
-        all_reads.push(needle_reads(dir.path(), volume_id)?);
+        all_reads.push(needle_reads(dir.path(), volume_id, NEEDLES_READ_OFTEN)?);
     }
 
     // First reads through lookups, then many reads of every volume (default pull policy).
@@ -249,11 +254,7 @@ pub fn run(spec: RemoteIndexSpec) -> Result<RemoteIndexReport, BenchError> {
             |started| started >= count,
         )?;
     }
-    // Let the last pulls land.
-    let settle = Instant::now();
-    while settle.elapsed() < Duration::from_millis(500) {
-        reader.reads.progress();
-    }
+    reader.wait_for_a_pull()?;
     let held_after_reading_often = reader.reads.index_bytes() as u64;
     let evictions = rdma_engine::metrics::METRICS.remote_index_evictions();
     drop(reader);
@@ -270,7 +271,7 @@ pub fn run(spec: RemoteIndexSpec) -> Result<RemoteIndexReport, BenchError> {
     }
 
     // Random 4 KiB reads: index cached, and lookups only.
-    let random_reads = needle_reads(dir.path(), random_volume)?;
+    let random_reads = needle_reads(dir.path(), random_volume, RANDOM_VOLUME_NEEDLES as usize)?;
     let cell = Duration::from_secs_f64(spec.seconds_per_cell);
     let mut cached = Reader::new(&exporter, budget_bytes, 1)?;
     cached.run(1, || random_reads[0], |started| started >= 1)?;

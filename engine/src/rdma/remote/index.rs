@@ -123,6 +123,11 @@ impl RemoteReads {
         self.pump_index(peer_index);
     }
 
+    /// Whether an index pull is running (its gets may be in flight).
+    pub fn pulling_an_index(&self) -> bool {
+        self.peers.iter().any(|peer| peer.job.is_some())
+    }
+
     /// Bytes the cached remote indexes hold.
     pub fn index_bytes(&self) -> usize {
         self.peers.iter().flat_map(|peer| peer.volumes.values()).map(|volume| volume.index.memory_bytes()).sum()
