@@ -11,7 +11,7 @@ import (
 
 // Reading a needle's content the way SeaweedFS's volume server serves
 // GET /<fid> to a client that does not accept gzip, exactly as rdma-cat does
-// (tools/src/needle_read.rs):
+// (client/src/reader/content.rs):
 //   - a needle flagged compressed whose data starts with the gzip magic is
 //     decompressed (multi-member); flagged data without the magic is served
 //     as stored;

@@ -62,6 +62,12 @@ impl Buffer {
         self.length_bytes
     }
 
+    /// The buffer's bytes. A buffer the caller holds is never being written: one handed to a
+    /// read comes back only with its completion.
+    pub fn bytes(&self) -> &[u8] {
+        self.shared.bytes(self.offset, u64::from(self.length_bytes))
+    }
+
     pub(crate) fn belongs_to(&self, shared: &Arc<Shared>) -> bool {
         Arc::ptr_eq(&self.shared, shared)
     }

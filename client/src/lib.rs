@@ -1,5 +1,51 @@
-//! The client library: attach to an engine, allocate buffers in the shared
-//! region, submit requests, reap completions, wait.
+//! Read SeaweedFS needles through an `rdma-engine` on this host.
+//!
+//! Most programs want the [`Reader`]: file ids in, the bytes the volume server would send
+//! out, from any number of threads, across engine restarts and stalls.
+//!
+//! ```no_run
+//! use rdma_client::{Reader, ReaderOptions, ReadError};
+//! let reader = Reader::connect("/run/rdma-engine.sock", ReaderOptions::default())?;
+//! let data: Vec<u8> = reader.read_file_id("3,01637037d6")?;
+//! let part = reader.read_range("3,01637037d6", 100, 4096)?; // HTTP's range rules
+//! # Ok::<(), ReadError>(())
+//! ```
+//!
+//! Into a buffer of your own, or with no copy at all (the bytes stay where the engine put
+//! them, in the shared region, for as long as the view lives):
+//!
+//! ```no_run
+//! # use rdma_client::{Reader, ReaderOptions, ReadError};
+//! # let reader = Reader::connect("/run/rdma-engine.sock", ReaderOptions::default())?;
+//! let mut buffer = vec![0u8; 1 << 20];
+//! let length = reader.read_into("3,01637037d6", &mut buffer)?;
+//! let view = reader.read_view("3,01637037d6")?;
+//! let checksum: u32 = view.iter().map(|&byte| u32::from(byte)).sum();
+//! # let _ = (length, checksum);
+//! # Ok::<(), ReadError>(())
+//! ```
+//!
+//! Errors are a [`ReadError`]: the engine's code when it answered with one
+//! ([`ReadError::engine_code`], e.g. [`ErrorCode::NO_SUCH_NEEDLE`]), and whether trying
+//! again may help ([`ReadError::is_retryable`]: the engine was restarting, or the read's
+//! deadline passed while it was stalled).
+//!
+//! ```no_run
+//! # use rdma_client::{Reader, ReaderOptions, ReadError, ErrorCode};
+//! # use std::time::Duration;
+//! let options = ReaderOptions { timeout: Duration::from_secs(2), ..ReaderOptions::default() };
+//! let reader = Reader::connect("/run/rdma-engine.sock", options)?;
+//! match reader.read_file_id("3,01637037d6") {
+//!     Ok(data) => println!("{} bytes", data.len()),
+//!     Err(error) if error.engine_code() == Some(ErrorCode::NO_SUCH_NEEDLE) => println!("not there"),
+//!     Err(error) if error.is_retryable() => println!("try again later: {error}"),
+//!     Err(error) => return Err(error),
+//! }
+//! # Ok::<(), ReadError>(())
+//! ```
+//!
+//! Beneath it, the rings themselves: attach, allocate buffers in the shared region, submit
+//! requests on a queue pair, reap completions, wait.
 //!
 //! ```no_run
 //! use rdma_client::{AttachOptions, Client, Operation};
@@ -22,11 +68,14 @@
 mod buffers;
 mod error;
 mod queue_pair;
+pub mod reader;
 
 pub use buffers::Buffer;
 pub use error::{ClientError, CompletionError};
 pub use queue_pair::{Completion, Operation, QueuePair, ReadSource};
+pub use reader::{NeedleView, ReadError, Reader, ReaderOptions};
 pub use shm_layout::entry::ErrorCode;
+pub use volume_format::file_id::FileId;
 
 use buffers::BufferAllocator;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};

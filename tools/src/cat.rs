@@ -1,17 +1,17 @@
 //! `rdma-cat`: one needle (or a byte range of it) through the engine, with
 //! the bytes SeaweedFS's volume server sends for `GET /<fid>` to a client
 //! that does not accept gzip. The read semantics (gzip, ranges, buffer
-//! retry) are [`crate::needle_read`]'s; this module is the one-shot session
+//! retry) are [`rdma_client::reader::content`]'s; this module is the one-shot session
 //! over a single queue pair. Chunk manifests are printed as stored (upstream
 //! follows them).
 
-use crate::needle_read::{self, ReadSpec, SubmitRead};
+use rdma_client::reader::content::{self, ReadSpec, SubmitRead};
 use rdma_client::{AttachOptions, Client, Completion, QueuePair, ReadSource};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use volume_format::file_id::FileId;
 
-pub use crate::needle_read::ReadError as CatError;
+pub use rdma_client::reader::content::ReadError as CatError;
 
 /// The first buffer area: the initial buffer plus room for a needle header.
 const INITIAL_AREA_BYTES: u64 = 2 << 20;
@@ -49,11 +49,13 @@ pub fn exit_code(error: &CatError) -> i32 {
         | CatError::Engine(_)
         | CatError::BadCompletion
         | CatError::TimedOut
-        | CatError::Disconnected(_) => crate::exit_code::ENGINE,
+        | CatError::Disconnected(_)
+        | CatError::NoEngine => crate::exit_code::ENGINE,
         CatError::Needle(_) | CatError::RangeNotSatisfiable { .. } | CatError::Gunzip(_) | CatError::TooLarge => {
             crate::exit_code::NEEDLE
         }
-        CatError::Buffer(_) => crate::exit_code::OTHER,
+        CatError::BadFileId(_) => crate::exit_code::USAGE,
+        CatError::Buffer(_) | CatError::BufferTooSmall { .. } => crate::exit_code::OTHER,
     }
 }
 
@@ -121,7 +123,7 @@ pub fn run(request: &CatRequest) -> Result<CatOutput, CatError> {
     let attach_start = Instant::now();
     let mut session = Session::new(request, attach_start + request.timeout)?;
     let start = Instant::now();
-    let content = needle_read::read_content(&mut session, request.file_id, request.range)?;
+    let content = content::read_content(&mut session, request.file_id, request.range)?;
     Ok(CatOutput {
         data: content.data,
         source: content.source,

@@ -9,10 +9,12 @@
 //! - [`chaos`]: `rdma-chaos`, a fault campaign and a soak against real engines;
 //! - `volgen` (logic in `volume_format::generate`).
 //!
-//! Shared pieces: [`needle_read`] (a needle's content as the volume server
-//! serves it: gzip, ranges, buffer retry; for `rdma-cat` and the sidecar), [`timing`] (a calibrated tick clock), [`histogram`]
-//! (allocation-free latency recording), [`affinity`] (CPU pinning),
-//! [`machine`] (facts about the host, via `sysinfo`).
+//! A needle's content as the volume server serves it (gzip, ranges, buffer
+//! retry) is the client library's (`rdma_client::reader`), for these tools
+//! and every other program alike. Shared pieces here: [`timing`] (a
+//! calibrated tick clock), [`histogram`] (allocation-free latency recording),
+//! [`affinity`] (CPU pinning), [`machine`] (facts about the host, via
+//! `sysinfo`).
 
 pub mod affinity;
 pub mod bench;
@@ -20,7 +22,6 @@ pub mod cat;
 pub mod chaos;
 pub mod histogram;
 pub mod machine;
-pub mod needle_read;
 pub mod ringstat;
 pub mod sidecar;
 pub mod timing;

@@ -91,6 +91,21 @@ impl LocalVolumes {
     /// Every directory must be readable: one that is not is named with its reason (a
     /// missing mount would otherwise pass for a directory without volumes).
     pub fn load(dirs: &[PathBuf], width: OffsetWidth) -> Result<LocalVolumes, (PathBuf, std::io::Error)> {
+        LocalVolumes::load_with(dirs, width, Refusals::default())
+    }
+
+    /// Loads like [`LocalVolumes::load`] and says nothing of the volumes it serves or
+    /// refuses: for an index beside another scan of the same directories that says it (the
+    /// UCX exporter's lookups).
+    pub fn load_quietly(dirs: &[PathBuf], width: OffsetWidth) -> Result<LocalVolumes, (PathBuf, std::io::Error)> {
+        LocalVolumes::load_with(dirs, width, Refusals::quiet())
+    }
+
+    fn load_with(
+        dirs: &[PathBuf],
+        width: OffsetWidth,
+        refusals: Refusals,
+    ) -> Result<LocalVolumes, (PathBuf, std::io::Error)> {
         for dir in dirs {
             std::fs::read_dir(dir).map_err(|error| (dir.clone(), error))?;
         }
@@ -98,7 +113,7 @@ impl LocalVolumes {
             dirs: dirs.to_vec(),
             width,
             volumes: HashMap::new(),
-            refusals: Refusals::default(),
+            refusals,
             last_scan: Instant::now(),
             copy: CheckCopy::default(),
             reads: None,
@@ -220,7 +235,9 @@ impl LocalVolumes {
         match scan::open_checked(&dat_path, self.width) {
             Ok(reopened) => {
                 let live_needles = reopened.index().live_count();
-                tracing::info!(volume_id, file = %dat_path.display(), live_needles, "local volume replaced (compacted or copied); reading the new files");
+                if !self.refusals.is_quiet() {
+                    tracing::info!(volume_id, file = %dat_path.display(), live_needles, "local volume replaced (compacted or copied); reading the new files");
+                }
                 served.volume = reopened;
                 crate::allocator::release_free_memory();
                 METRICS.count_index_refresh(IndexRefresh::Replaced);
@@ -228,7 +245,9 @@ impl LocalVolumes {
             Err(Refusal::Later) => {}
             Err(Refusal::Now(reason)) => {
                 self.volumes.remove(&volume_id);
-                tracing::warn!(volume_id, file = %dat_path.display(), "local volume withdrawn: {reason}");
+                if !self.refusals.is_quiet() {
+                    tracing::warn!(volume_id, file = %dat_path.display(), "local volume withdrawn: {reason}");
+                }
             }
         }
     }

@@ -33,7 +33,7 @@ fn main() {
         Err(error) => {
             eprintln!("rdma-sidecar: {error}");
             let code = match error {
-                SidecarError::Attach { .. } | SidecarError::Pool(_) => exit_code::ENGINE,
+                SidecarError::Attach { .. } => exit_code::ENGINE,
                 SidecarError::Listen { .. } | SidecarError::Threads(_) => exit_code::OTHER,
             };
             std::process::exit(code);

@@ -3,7 +3,7 @@
 //! of it with the chunks' content in offset order (unless `?cm=false`);
 //! the sidecar reads every chunk through the engine the same way.
 
-use crate::needle_read::{self, ReadError, SubmitRead, MAX_DECOMPRESSED_BYTES};
+use rdma_client::reader::content::{self, ReadError, SubmitRead, MAX_DECOMPRESSED_BYTES};
 use volume_format::file_id::FileId;
 
 /// One chunk as the manifest lists it (SeaweedFS's `ChunkInfo`).
@@ -31,8 +31,8 @@ pub struct Manifest {
 /// chunks sorted by offset; `None` when it is not one (the volume server
 /// then serves the needle as stored).
 pub fn load(data: &[u8], gzipped: bool) -> Option<Manifest> {
-    let json = match gzipped && needle_read::is_gzip(data) {
-        true => needle_read::gunzip(data).ok()?,
+    let json = match gzipped && content::is_gzip(data) {
+        true => content::gunzip(data).ok()?,
         false => data.to_vec(),
     };
     let mut manifest: Manifest = serde_json::from_slice(&json).ok()?;
@@ -49,7 +49,7 @@ pub fn assemble(reader: &mut dyn SubmitRead, manifest: &Manifest) -> Result<Vec<
     let mut content = Vec::with_capacity(total as usize);
     for chunk in &manifest.chunks {
         let file_id: FileId = chunk.fid.parse().map_err(|_| ManifestError::BadChunkId { fid: chunk.fid.clone() })?;
-        let read = needle_read::read_content(reader, file_id, None)
+        let read = content::read_content(reader, file_id, None)
             .map_err(|error| ManifestError::Chunk { fid: chunk.fid.clone(), error })?;
         let size = chunk.size.max(0) as usize;
         if read.data.len() < size {

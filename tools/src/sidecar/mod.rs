@@ -1,7 +1,8 @@
 //! `rdma-sidecar`: the HTTP face of a reading engine on a reader host.
 //!
-//! One attachment kept up ([`attachment`]: attached again when the engine comes back), a
-//! [`pool::ReadPool`] of queue pairs with many reads in flight, and an HTTP/1.1 server
+//! One attachment kept up (the client library's [`rdma_client::Reader`]: attached again
+//! when the engine comes back, its pool of queue pairs with many reads in flight shared by
+//! every request), and an HTTP/1.1 server
 //! ([`server`], a thread per connection) that answers two APIs:
 //! - the protocol `weed mount -rdma.*` spoke ([`mount`]: `/health`, `/read`,
 //!   `/cleanup`), data in the body;
@@ -11,7 +12,6 @@
 //! Plus `/stats` (JSON) and `/metrics` (Prometheus), from [`stats`].
 //! `docs/sidecar.md` has the APIs and every deviation from the volume server.
 
-pub mod attachment;
 pub mod conditional;
 pub mod config;
 pub mod http;
@@ -19,17 +19,22 @@ pub mod manifest;
 pub mod mime;
 pub mod mount;
 pub mod needle;
-pub mod pool;
 pub mod ranges;
 pub mod routes;
 pub mod server;
 pub mod stats;
 pub mod volume_api;
 
-use rdma_client::{AttachOptions, ClientError};
+use rdma_client::reader::{ReadError, Reader, ReaderOptions};
+use rdma_client::AttachOptions;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How often a lost engine is attached again.
+pub const RETRY_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a sidecar started before its engine waits for it.
+pub const ENGINE_WAIT: Duration = Duration::from_secs(60);
 
 /// How to run the sidecar (validated by the CLI).
 #[derive(Clone, Debug)]
@@ -46,9 +51,7 @@ pub struct SidecarConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum SidecarError {
     #[error("cannot attach to the engine at {socket}: {error}")]
-    Attach { socket: PathBuf, error: ClientError },
-    #[error("cannot start the read pool: {0}")]
-    Pool(ClientError),
+    Attach { socket: PathBuf, error: ReadError },
     #[error("cannot listen on {listen}: {reason}")]
     Listen { listen: String, reason: String },
     #[error("cannot start the accept thread: {0}")]
@@ -71,8 +74,16 @@ impl Sidecar {
             buffer_size_bytes: config.buffer_mib << 20,
             client_name: "rdma-sidecar".into(),
         };
-        let attachment = attachment::Attachment::start(config.socket.clone(), options, config.timeout)?;
-        let state = Arc::new(routes::State { attachment, stats: stats::Stats::new() });
+        let options = ReaderOptions {
+            attach: options,
+            timeout: config.timeout,
+            engine_wait: ENGINE_WAIT,
+            reattach: true,
+            retry_interval: RETRY_INTERVAL,
+        };
+        let reader = Reader::connect(&config.socket, options)
+            .map_err(|error| SidecarError::Attach { socket: config.socket.clone(), error })?;
+        let state = Arc::new(routes::State { reader, stats: stats::Stats::new() });
         let listen_error =
             |error: std::io::Error| SidecarError::Listen { listen: config.listen.clone(), reason: error.to_string() };
         let listener = std::net::TcpListener::bind(&config.listen).map_err(listen_error)?;

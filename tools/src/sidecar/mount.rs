@@ -4,15 +4,15 @@
 //! would copy into the user's file), status 200 meaning success.
 
 use super::http::{Method, Reply, RequestView, Served};
-use super::pool::ReadPool;
 use super::volume_api;
-use crate::needle_read::{self, Content, ReadError};
+use rdma_client::reader::content::{self, Content, ReadError};
+use rdma_client::reader::ReadPool;
 use rdma_client::ErrorCode;
 use volume_format::file_id::FileId;
 
 /// `GET /health`: always `200` (the mount protocol reads `connected`). With
 /// `?require=connected` it is `503` while no engine is attached, for a readiness probe (the
-/// sidecar attaches again by itself when the engine is back: `attachment`).
+/// sidecar attaches again by itself when the engine is back: `rdma_client::Reader`).
 pub fn health(connected: bool, lanes: usize, request: &RequestView) -> Reply {
     let required = request.query("require") == "connected";
     let (status, word) = if required && !connected { (503, "unhealthy") } else { (200, "healthy") };
@@ -76,7 +76,7 @@ pub fn read(pool: &ReadPool, request: &RequestView) -> Served {
         (offset, 0) => Some((offset, None)),
         (offset, size) => Some((offset, Some(size))),
     };
-    match needle_read::read_content(&mut pool.reader(), query.file_id, range) {
+    match content::read_content(&mut pool.reader(), query.file_id, range) {
         Ok(content) => {
             let source = Some(content.source);
             Served { reply: data_reply(content), source, error: None }

@@ -10,7 +10,7 @@
 //! the body alone: the needle has data and its gzip flag, no metadata.
 
 use super::http::Body;
-use crate::needle_read::{self, ReadError, ReadKind, SubmitRead, INITIAL_BUFFER_BYTES};
+use rdma_client::reader::content::{self, ReadError, ReadKind, SubmitRead, INITIAL_BUFFER_BYTES};
 use rdma_client::ReadSource;
 use volume_format::file_id::FileId;
 use volume_format::needle::NeedleRecord;
@@ -48,9 +48,8 @@ pub struct Needle {
 /// Reads `file_id` whole and parses its record.
 pub fn read_whole(reader: &mut dyn SubmitRead, file_id: FileId) -> Result<Needle, ReadError> {
     let mut read_count = 0;
-    let completion =
-        needle_read::read_retrying(reader, file_id, ReadKind::Whole, INITIAL_BUFFER_BYTES, &mut read_count)?;
-    let (bytes, range) = needle_read::landed(reader.client(), &completion)?;
+    let completion = content::read_retrying(reader, file_id, ReadKind::Whole, INITIAL_BUFFER_BYTES, &mut read_count)?;
+    let (bytes, range) = content::landed(reader.client(), &completion)?;
     let source = completion.source();
     let meta = match source {
         ReadSource::Local | ReadSource::Rdma | ReadSource::Stream => Some(parse_meta(bytes, range.start)?),

@@ -1,16 +1,16 @@
 //! Which handler answers which request, and the counting around it.
 
-use super::attachment::Attachment;
 use super::http::{Method, Reply, RequestView, Served};
 use super::stats::{Outcome, Stats};
 use super::{mount, volume_api};
-use crate::needle_read::ReadError;
+use rdma_client::reader::content::ReadError;
+use rdma_client::Reader;
 use std::time::Instant;
 
 /// What every HTTP worker shares.
 #[derive(Debug)]
 pub struct State {
-    pub attachment: std::sync::Arc<Attachment>,
+    pub reader: Reader,
     pub stats: Stats,
 }
 
@@ -21,7 +21,7 @@ fn detached() -> ReadError {
 
 /// The route's name for the counters, and the answer.
 pub fn dispatch(state: &State, request: &RequestView) -> (&'static str, Served) {
-    let pool = state.attachment.current();
+    let pool = state.reader.pool();
     // A poll of the engine's socket: asked only by the routes that report it.
     let connected = || pool.as_ref().is_some_and(|pool| pool.connected());
     match (request.path.as_str(), request.method) {

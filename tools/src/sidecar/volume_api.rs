@@ -10,7 +10,7 @@ use super::http::{canonical_header_key, Body, Method, Reply, RequestView, Served
 use super::needle::{self, Needle, NeedleMeta};
 use super::ranges::{self, RangeError};
 use super::{manifest, mime};
-use crate::needle_read::{self, ReadError};
+use rdma_client::reader::content::{self, ReadError};
 use rdma_client::ErrorCode;
 use volume_format::file_id::FileId;
 
@@ -109,7 +109,7 @@ pub fn error_reply(error: &ReadError, method: Method) -> Reply {
 }
 
 /// Answers `GET`/`HEAD` of a file id path.
-pub fn serve(reader: &mut dyn needle_read::SubmitRead, request: &RequestView) -> Served {
+pub fn serve(reader: &mut dyn content::SubmitRead, request: &RequestView) -> Served {
     let parts = parse_url_path(&request.path);
     let Some(file_id) = file_id_of(&parts) else { return Served::failed(Reply::new(400), "BAD_FILE_ID") };
     let needle = match needle::read_whole(reader, file_id) {
@@ -128,7 +128,7 @@ pub fn serve(reader: &mut dyn needle_read::SubmitRead, request: &RequestView) ->
     Served { reply, source, error }
 }
 
-fn answer(reader: &mut dyn needle_read::SubmitRead, needle: Needle, parts: FidPath, request: &RequestView) -> Reply {
+fn answer(reader: &mut dyn content::SubmitRead, needle: Needle, parts: FidPath, request: &RequestView) -> Reply {
     let meta = needle.meta.clone().unwrap_or_default();
     if meta.expired {
         return Reply::new(404);
@@ -166,7 +166,7 @@ fn answer(reader: &mut dyn needle_read::SubmitRead, needle: Needle, parts: FidPa
 
 /// `tryHandleChunkedFile`: the chunks' content, named and typed by the manifest.
 fn answer_chunked(
-    reader: &mut dyn needle_read::SubmitRead,
+    reader: &mut dyn content::SubmitRead,
     mut reply: Reply,
     manifest: &manifest::Manifest,
     parts: &FidPath,
@@ -199,11 +199,11 @@ fn body_bytes(needle: Needle, request: &RequestView, reply: &mut Reply) -> Resul
     if !needle.gzipped {
         return Ok(needle.data);
     }
-    if request.header("Accept-Encoding").contains("gzip") && needle_read::is_gzip(&needle.data) {
+    if request.header("Accept-Encoding").contains("gzip") && content::is_gzip(&needle.data) {
         reply.set("Content-Encoding", "gzip");
         return Ok(needle.data);
     }
-    needle_read::served_bytes(needle.data.to_vec(), true).map(|(data, _)| data.into())
+    content::served_bytes(needle.data.to_vec(), true).map(|(data, _)| data.into())
 }
 
 fn set_pairs(reply: &mut Reply, meta: &NeedleMeta) {

@@ -73,7 +73,7 @@ impl Exporter {
         // environment (connections of the previous process linger in TIME_WAIT); UCX 1.13 does
         // not apply that setting through ucp_config_modify, so it cannot be forced from here.
         let context = Context::with_config(features(), &ucx_overrides(&config.ucx))?;
-        let lookups = LocalVolumes::load(&config.dirs, config.offset_width).map_err(|(dir, error)| {
+        let lookups = LocalVolumes::load_quietly(&config.dirs, config.offset_width).map_err(|(dir, error)| {
             ExportError::Config(format!("cannot read export directory {}: {error}", dir.display()))
         })?;
         let worker_config =

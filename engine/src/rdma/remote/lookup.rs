@@ -22,8 +22,13 @@ const PULLED_BYTES_PER_NEEDLE: u64 = 20;
 impl RemoteReads {
     /// Asks the read's peer where its needle lies; the read waits for the answer.
     pub(super) fn send_lookup(&mut self, index: usize) {
+        self.send_lookup_again(index, false);
+    }
+
+    /// Sends the read's lookup (`resent`: again, after no answer).
+    fn send_lookup_again(&mut self, index: usize, resent: bool) {
         let slot = &mut self.slots[index];
-        slot.state = SlotState::WaitLookup { resent: false };
+        slot.state = SlotState::WaitLookup { resent };
         slot.posted_at = self.now;
         let request =
             LookupRequest { token: slot.token, needle_id: slot.read.needle_id, volume_id: slot.read.volume_id };
@@ -34,8 +39,10 @@ impl RemoteReads {
             tracing::debug!(peer = %self.peers[slot.peer].address, %error, "cannot send a lookup");
             return self.finish(index, Err((ErrorCode::PEER_UNAVAILABLE, 0)));
         }
-        self.lookups_sent += 1;
-        crate::metrics::METRICS.count_remote_needle_lookup();
+        if !resent {
+            self.lookups_sent += 1;
+            crate::metrics::METRICS.count_remote_needle_lookup();
+        }
     }
 
     /// Counts a lookup of `volume_id` and starts pulling its whole index in the background
@@ -84,7 +91,10 @@ impl RemoteReads {
             LookupStatus::NoSuchVolume => self.refresh_then(index, ErrorCode::NO_SUCH_VOLUME),
             LookupStatus::Replaced => self.refresh_then(index, ErrorCode::PEER_UNAVAILABLE),
             LookupStatus::Refused => {
-                tracing::warn!(peer = %self.peers[peer_index].address, "the exporter refused a lookup: this connection's read token was not accepted");
+                self.lookups_refused += 1;
+                if self.lookups_refused.is_power_of_two() {
+                    tracing::warn!(peer = %self.peers[peer_index].address, refused = self.lookups_refused, "the exporter refused a lookup: it did not accept this connection's read token");
+                }
                 self.finish(index, Err((ErrorCode::PEER_UNAVAILABLE, 0)))
             }
         }
@@ -128,11 +138,10 @@ impl RemoteReads {
             if waited > read_timeout {
                 self.finish(index, Err((ErrorCode::PEER_UNAVAILABLE, 0)));
             } else if !resent && waited > LOOKUP_RESEND_AFTER {
+                // The read's time runs from its first lookup.
                 let posted_at = slot.posted_at;
-                self.send_lookup(index);
-                let slot = &mut self.slots[index];
-                if let SlotState::WaitLookup { .. } = slot.state {
-                    slot.state = SlotState::WaitLookup { resent: true };
+                self.send_lookup_again(index, true);
+                if let Some(slot) = self.slots.get_mut(index).filter(|slot| slot.is_active()) {
                     slot.posted_at = posted_at;
                 }
             }

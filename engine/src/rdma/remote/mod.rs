@@ -31,8 +31,9 @@
 //! Where things are: this file is the facade (setup, the public calls, completion dispatch);
 //! `slots` holds the table of reads and posts their gets, `landed` checks what they fetched,
 //! `lookup` asks the exporter where a needle lies, `index` pulls `.idx` files and tails,
-//! `volumes` asks for and applies catalogues, `connection` connects, fails and reconnects peers, `transfer` posts the gets of one file range, `peer` and `area`
-//! are the state kept per exporter and per client buffer area, `config` the settings.
+//! `volumes` asks for and applies catalogues, `connection` connects, fails and reconnects
+//! peers, `transfer` posts the gets of one file range, `peer` and `area` are the state kept
+//! per exporter and per client buffer area, `config` the settings.
 //!
 //! [`serves`]: RemoteReads::serves
 
@@ -126,8 +127,10 @@ pub struct RemoteReads {
     read_clock: u64,
     /// Cached remote indexes dropped over the budget so far.
     index_evictions: u64,
-    /// Needle lookups sent to exporters so far.
+    /// Needle lookups sent to exporters so far (not counting those sent again).
     lookups_sent: u64,
+    /// Lookups the exporters refused (logged at powers of two).
+    lookups_refused: u64,
 }
 
 impl std::fmt::Debug for RemoteReads {
@@ -185,6 +188,7 @@ impl RemoteReads {
             read_clock: 0,
             index_evictions: 0,
             lookups_sent: 0,
+            lookups_refused: 0,
         };
         for index in 0..reads.peers.len() {
             reads.connect_peer(index);
@@ -422,7 +426,7 @@ impl RemoteReads {
         })
     }
 
-    /// Needle lookups sent to exporters so far (a resent one counts twice).
+    /// Needle lookups sent to exporters so far (one sent again after no answer counts once).
     pub fn lookups_sent(&self) -> u64 {
         self.lookups_sent
     }

@@ -1,6 +1,6 @@
 //! The table of reads in flight and the first half of their state machine: lookup in the cached
-//! index (or by the exporter, `lookup`), then gets posted into the client's buffer (or the slot's scratch). What happens once a
-//! phase's gets have landed is in [`super::landed`].
+//! index (or by the exporter, `lookup`), then gets posted into the client's buffer (or the
+//! slot's scratch). What happens once a phase's gets have landed is in [`super::landed`].
 //!
 //! Slots are indexed by the slot of the read table's token (`crate::read::routes`): the engine
 //! has one token scheme, `generation << 32 | slot`. A slot is `Free`, or holds one started read

@@ -46,6 +46,9 @@ pub(crate) fn stamp_of(dat_path: &Path) -> Stamp {
 #[derive(Debug, Default)]
 pub(crate) struct Refusals {
     by_path: HashMap<PathBuf, Refused>,
+    /// Says nothing: another scan of the same directories does (the UCX exporter's lookup
+    /// index beside its export).
+    quiet: bool,
 }
 
 #[derive(Debug)]
@@ -57,6 +60,11 @@ struct Refused {
 }
 
 impl Refusals {
+    /// Refusals that are recorded and never said.
+    pub(crate) fn quiet() -> Refusals {
+        Refusals { by_path: HashMap::new(), quiet: true }
+    }
+
     /// Whether `path` was refused (and said) and has not changed since: not worth opening again.
     pub(crate) fn unchanged(&self, path: &Path, stamp: &Stamp) -> bool {
         self.by_path.get(path).is_some_and(|refused| refused.said && refused.stamp == *stamp)
@@ -69,7 +77,7 @@ impl Refusals {
     pub(crate) fn refuse(&mut self, path: &Path, stamp: Stamp, reason: String) {
         let said = match self.by_path.get(path) {
             Some(previous) if previous.reason == reason => {
-                if !previous.said {
+                if !previous.said && !self.quiet {
                     tracing::warn!(file = %path.display(), "volume not served: {reason}");
                 }
                 true
@@ -77,6 +85,10 @@ impl Refusals {
             _ => false,
         };
         self.by_path.insert(path.to_path_buf(), Refused { stamp, reason, said });
+    }
+
+    pub(crate) fn is_quiet(&self) -> bool {
+        self.quiet
     }
 
     pub(crate) fn forget(&mut self, path: &Path) {
@@ -154,13 +166,15 @@ impl LocalVolumes {
                 }
                 match open_checked(&path, self.width) {
                     Ok(volume) => {
-                        tracing::info!(
-                            volume_id,
-                            file = %path.display(),
-                            live_needles = volume.index().live_count(),
-                            version = volume.version().as_byte(),
-                            "serving local volume"
-                        );
+                        if !self.refusals.is_quiet() {
+                            tracing::info!(
+                                volume_id,
+                                file = %path.display(),
+                                live_needles = volume.index().live_count(),
+                                version = volume.version().as_byte(),
+                                "serving local volume"
+                            );
+                        }
                         self.refusals.forget(&path);
                         crate::metrics::METRICS.count_index_refresh(crate::metrics::IndexRefresh::Opened);
                         self.volumes.insert(volume_id, Served { volume, refreshed_at: Instant::now() });

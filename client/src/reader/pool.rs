@@ -22,17 +22,17 @@
 //!
 //! When the engine goes away (stopped, fenced, socket closed) every read in
 //! flight and every later one fails with [`ReadError::Disconnected`]; a pool
-//! is one attachment, so the sidecar's [`super::attachment`] replaces the
-//! whole pool once the engine is back.
+//! is one attachment, so the [`super::Reader`]'s keeper replaces the whole
+//! pool once the engine is back.
 
-use crate::needle_read::{ReadError, ReadSpec, SubmitRead};
-use rdma_client::{Client, ClientError, Completion, QueuePair};
+use super::content::{ReadError, ReadSpec, SubmitRead};
+use crate::{Client, ClientError, Completion, QueuePair};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Longest CQ wait of a lane with reads in flight before it looks for new jobs.
 pub const CQ_WAIT_SLICE: Duration = Duration::from_micros(200);
@@ -109,7 +109,7 @@ impl ReadPool {
             let ring = Arc::new(Mutex::new(Ring::new(client.clone(), queue_pair, state.clone())));
             let lane = LaneThread { jobs: receiver, ring: ring.clone(), state: state.clone() };
             let thread = std::thread::Builder::new()
-                .name(format!("sidecar-lane-{index}"))
+                .name(format!("rdma-reader-lane-{index}"))
                 .spawn(move || lane.run())
                 .map_err(|error| ClientError::BadRegion(format!("cannot start a lane thread: {error}")))?;
             lanes.push(LaneHandle { jobs: sender, ring });
@@ -127,25 +127,37 @@ impl ReadPool {
         self.lanes.len()
     }
 
-    /// A reader for one request (implements [`SubmitRead`]).
+    /// A reader for one request (implements [`SubmitRead`]); each of its reads may take the
+    /// pool's timeout.
     pub fn reader(&self) -> PoolReader<'_> {
-        PoolReader { pool: self }
+        PoolReader { pool: self, deadline: None }
     }
 
-    fn submit(&self, spec: &ReadSpec) -> Reply {
+    /// A reader for one request whose reads all end by `deadline` (or the pool's timeout,
+    /// whichever comes first).
+    pub fn reader_until(&self, deadline: Instant) -> PoolReader<'_> {
+        PoolReader { pool: self, deadline: Some(deadline) }
+    }
+
+    fn submit(&self, spec: &ReadSpec, deadline: Option<Instant>) -> Reply {
         if self.state.is_disconnected() {
             return Err(self.state.error());
         }
+        let timeout = deadline
+            .map_or(self.timeout, |deadline| self.timeout.min(deadline.saturating_duration_since(Instant::now())));
+        if timeout.is_zero() {
+            return Err(ReadError::TimedOut);
+        }
         let (reply, receiver) = mpsc::sync_channel(1);
-        let deadline_ns = rdma_ipc::clock::monotonic_ns() + self.timeout.as_nanos() as u64;
+        let deadline_ns = rdma_ipc::clock::monotonic_ns() + timeout.as_nanos() as u64;
         let job = Job { spec: *spec, deadline_ns, reply };
         let start = self.next_lane.fetch_add(1, Ordering::Relaxed);
-        let job = match self.try_direct(job, &receiver, start) {
+        let job = match self.try_direct(job, &receiver, start, timeout) {
             Ok(reply) => return reply,
             Err(job) => job,
         };
         self.send_to_a_lane(job, start)?;
-        match receiver.recv_timeout(self.timeout + REPLY_GRACE) {
+        match receiver.recv_timeout(timeout + REPLY_GRACE) {
             Ok(result) => result,
             Err(RecvTimeoutError::Timeout) => Err(ReadError::TimedOut),
             Err(RecvTimeoutError::Disconnected) => Err(self.state.error()),
@@ -153,7 +165,7 @@ impl ReadPool {
     }
 
     /// Drives the read on an idle lane from this thread, if one is idle.
-    fn try_direct(&self, job: Job, receiver: &Receiver<Reply>, start: usize) -> Result<Reply, Job> {
+    fn try_direct(&self, job: Job, receiver: &Receiver<Reply>, start: usize, timeout: Duration) -> Result<Reply, Job> {
         for step in 0..self.lanes.len() {
             let Ok(mut ring) = self.lanes[(start + step) % self.lanes.len()].ring.try_lock() else { continue };
             if !ring.is_idle() {
@@ -163,7 +175,7 @@ impl ReadPool {
             ring.submit_backlog();
             // Bounded: the read's own deadline ends it in the engine, and
             // this wait gives up shortly after.
-            let give_up_ns = rdma_ipc::clock::monotonic_ns() + (self.timeout + REPLY_GRACE).as_nanos() as u64;
+            let give_up_ns = rdma_ipc::clock::monotonic_ns() + (timeout + REPLY_GRACE).as_nanos() as u64;
             loop {
                 if let Ok(reply) = receiver.try_recv() {
                     return Ok(reply);
@@ -211,11 +223,12 @@ impl Drop for ReadPool {
 #[derive(Debug)]
 pub struct PoolReader<'a> {
     pool: &'a ReadPool,
+    deadline: Option<Instant>,
 }
 
 impl SubmitRead for PoolReader<'_> {
     fn submit_read(&mut self, spec: &ReadSpec) -> Reply {
-        self.pool.submit(spec)
+        self.pool.submit(spec, self.deadline)
     }
 
     fn client(&self) -> &Client {

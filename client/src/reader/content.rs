@@ -1,8 +1,8 @@
 //! Reading a needle's content through the engine, the way SeaweedFS's volume
 //! server serves `GET /<fid>` to a client that does not accept gzip
-//! (`weed/server/volume_server_handlers_read.go`). Shared by `rdma-cat`
-//! (one queue pair) and `rdma-sidecar` (a pool of queue pairs): each
-//! implements [`SubmitRead`], and everything above it is here.
+//! (`weed/server/volume_server_handlers_read.go`). The [`super::Reader`]
+//! (a pool of queue pairs) and `rdma-cat` (one queue pair) each implement
+//! [`SubmitRead`], and everything above it is here.
 //!
 //! - A needle flagged compressed whose data starts with the gzip magic is
 //!   decompressed (multi-member, like Go's `gzip.Reader`); flagged data
@@ -19,8 +19,8 @@
 //! Deviation, on purpose: corrupt gzip data is an error here (upstream logs
 //! it and answers 200 with an empty body).
 
+use crate::{Buffer, Client, ClientError, Completion, CompletionError, ErrorCode, Operation, ReadSource};
 use flate2::read::MultiGzDecoder;
-use rdma_client::{Buffer, Client, ClientError, Completion, CompletionError, ErrorCode, Operation, ReadSource};
 use shm_layout::entry::MAX_BUFFER_LENGTH_BYTES;
 use std::io::Read;
 use volume_format::file_id::FileId;
@@ -33,8 +33,13 @@ pub const MAX_DECOMPRESSED_BYTES: u64 = 4 << 30;
 /// How many times a read is re-issued with the size the engine asked for.
 const BUFFER_RETRY_LIMIT: u32 = 1;
 
+/// Why a read failed. [`ReadError::is_retryable`] says whether the same read may succeed
+/// later (the engine was restarting or stalled); [`ReadError::engine_code`] gives the
+/// engine's code (`docs/design.md`, the error table) when the engine answered with one.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
+    #[error(transparent)]
+    BadFileId(#[from] volume_format::file_id::FileIdError),
     #[error("cannot attach to the engine: {0}")]
     Attach(ClientError),
     #[error("cannot allocate a buffer in the region: {0}")]
@@ -55,6 +60,10 @@ pub enum ReadError {
     TimedOut,
     #[error("the engine connection is lost: {0}")]
     Disconnected(String),
+    #[error("no engine is attached (it is restarting, or not started yet); the read may succeed later")]
+    NoEngine,
+    #[error("the buffer holds {buffer_bytes} bytes; the needle's data is {data_bytes}")]
+    BufferTooSmall { buffer_bytes: usize, data_bytes: usize },
 }
 
 impl ReadError {
@@ -63,6 +72,7 @@ impl ReadError {
         match self {
             ReadError::Needle(CompletionError::Engine { code, .. }) => code.name(),
             ReadError::Needle(CompletionError::Unknown(_)) => "UNKNOWN_CODE",
+            ReadError::BadFileId(_) => "BAD_FILE_ID",
             ReadError::Attach(_) => "ATTACH",
             ReadError::Buffer(_) => "BUFFER",
             ReadError::Engine(_) => "ENGINE",
@@ -72,6 +82,28 @@ impl ReadError {
             ReadError::BadCompletion => "BAD_COMPLETION",
             ReadError::TimedOut => "TIMED_OUT",
             ReadError::Disconnected(_) => "DISCONNECTED",
+            ReadError::NoEngine => "NO_ENGINE",
+            ReadError::BufferTooSmall { .. } => "BUFFER_TOO_SMALL",
+        }
+    }
+
+    /// Whether the same read may succeed if tried again: the engine went away or stalled
+    /// past the deadline, or answered that it was shutting down, that the deadline passed,
+    /// or that the volume's exporter or master could not be reached.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ReadError::Disconnected(_) | ReadError::NoEngine | ReadError::TimedOut | ReadError::Attach(_) => true,
+            ReadError::Engine(error) => {
+                matches!(error, ClientError::EngineGone | ClientError::EngineStopped | ClientError::TimedOut { .. })
+            }
+            ReadError::Needle(CompletionError::Engine { code, .. }) => matches!(
+                *code,
+                ErrorCode::SHUTDOWN
+                    | ErrorCode::DEADLINE_EXCEEDED
+                    | ErrorCode::PEER_UNAVAILABLE
+                    | ErrorCode::MASTER_UNAVAILABLE
+            ),
+            _ => false,
         }
     }
 

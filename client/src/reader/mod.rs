@@ -1,0 +1,292 @@
+//! The high-level reader: file ids in, needle content out, from any number of threads, across
+//! engine restarts.
+//!
+//! A [`Reader`] holds one attachment with a pool of queue pairs ([`ReadPool`]: reads from
+//! many threads share them, many in flight at once) and a keeper thread that attaches again
+//! when the engine goes away (socket closed, engine stopped or fenced) and swaps the new pool
+//! in. Meanwhile reads wait for the new engine up to their deadline, then fail with
+//! [`ReadError::NoEngine`]; a read in flight when the engine went is resubmitted once on the
+//! new one (reads are idempotent), so an application sees an engine restart as latency. A
+//! reader started before its engine waits for it ([`ReaderOptions::engine_wait`]).
+//!
+//! What a read returns is what SeaweedFS's volume server sends for `GET /<fid>` to a client
+//! that does not accept gzip ([`content`]): gzip undone, ranges cut by HTTP's rules, a buffer
+//! too small retried with the size the engine asks for. [`Reader::read_view`] is the
+//! zero-copy form: the needle's stored bytes in the shared region, valid while the view lives
+//! (even after the engine that wrote them is gone).
+
+pub mod content;
+mod pool;
+
+pub use content::{Content, ReadError, ReadKind, ReadSpec, SubmitRead};
+pub use pool::{PoolReader, ReadPool};
+
+use crate::{AttachOptions, Client, Completion, ReadSource};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, Instant};
+use volume_format::file_id::FileId;
+
+/// How a [`Reader`] attaches and reads.
+#[derive(Clone, Debug)]
+pub struct ReaderOptions {
+    /// The region asked for at each attach (queue pairs, entries, buffer area).
+    pub attach: AttachOptions,
+    /// How long one read may take, waiting for an engine included.
+    pub timeout: Duration,
+    /// How long [`Reader::connect`] waits for an engine that is not there yet.
+    pub engine_wait: Duration,
+    /// Attach again when the engine goes away, and resubmit a read it took with it once.
+    /// Off: the reader fails every read after the engine went, as a plain [`Client`] does.
+    pub reattach: bool,
+    /// How often a lost engine is attached again.
+    pub retry_interval: Duration,
+}
+
+impl Default for ReaderOptions {
+    fn default() -> ReaderOptions {
+        ReaderOptions {
+            attach: AttachOptions {
+                queue_pairs: 4,
+                sq_entries: 256,
+                buffer_size_bytes: 64 << 20,
+                ..Default::default()
+            },
+            timeout: Duration::from_secs(10),
+            engine_wait: Duration::from_secs(60),
+            reattach: true,
+            retry_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A thread-safe reader of needles by file id (see the module docs). Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Reader {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: RwLock<Option<Arc<ReadPool>>>,
+    socket: PathBuf,
+    options: ReaderOptions,
+}
+
+/// A needle's stored bytes where the engine put them, in the shared region: no copy. The
+/// bytes stay valid (and the region mapped) while the view lives.
+#[derive(Debug)]
+pub struct NeedleView {
+    completion: Completion,
+    range: std::ops::Range<usize>,
+}
+
+impl NeedleView {
+    /// Which transport served the needle.
+    pub fn source(&self) -> ReadSource {
+        self.completion.source()
+    }
+
+    /// Whether the needle is stored gzip-compressed (the view holds the stored bytes; see
+    /// [`content::served_bytes`]).
+    pub fn gzipped(&self) -> bool {
+        self.completion.gzipped()
+    }
+}
+
+impl std::ops::Deref for NeedleView {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        // The range was checked against the buffer when the view was made.
+        self.completion.buffer.as_ref().map_or(&[], |buffer| &buffer.bytes()[self.range.clone()])
+    }
+}
+
+impl Reader {
+    /// Attaches to the engine at `socket` (waiting for it at most `options.engine_wait`) and,
+    /// with `options.reattach`, starts the keeper thread.
+    pub fn connect(socket: impl AsRef<Path>, options: ReaderOptions) -> Result<Reader, ReadError> {
+        let inner = Inner { pool: RwLock::new(None), socket: socket.as_ref().to_path_buf(), options };
+        let deadline = Instant::now() + inner.options.engine_wait;
+        let mut said = false;
+        // Bounded by the deadline.
+        let pool = loop {
+            match inner.attach() {
+                Ok(pool) => break pool,
+                Err(error) if Instant::now() < deadline => {
+                    if !said {
+                        tracing::warn!(socket = %inner.socket.display(), %error, wait_s = inner.options.engine_wait.as_secs(), "waiting for the engine");
+                        said = true;
+                    }
+                    std::thread::sleep(inner.options.retry_interval);
+                }
+                Err(error) => return Err(error),
+            }
+        };
+        if said {
+            tracing::info!(socket = %inner.socket.display(), "attached to the engine");
+        }
+        inner.replace(Some(Arc::new(pool)));
+        let inner = Arc::new(inner);
+        if inner.options.reattach {
+            let keeper = Arc::downgrade(&inner);
+            std::thread::Builder::new()
+                .name("rdma-reader-attach".into())
+                .spawn(move || keep(&keeper))
+                .map_err(|error| ReadError::Disconnected(format!("cannot start the keeper thread: {error}")))?;
+        }
+        Ok(Reader { inner })
+    }
+
+    /// The content of file id `fid` (e.g. `3,01637037d6`) as the volume server serves it.
+    pub fn read_file_id(&self, fid: &str) -> Result<Vec<u8>, ReadError> {
+        Ok(self.read(fid.parse()?, None)?.data)
+    }
+
+    /// `length` bytes at `offset` of what [`Reader::read_file_id`] returns (HTTP's rules: an
+    /// offset at or past the end is [`ReadError::RangeNotSatisfiable`], an end past the data
+    /// is clipped).
+    pub fn read_range(&self, fid: &str, offset: u64, length: u64) -> Result<Vec<u8>, ReadError> {
+        Ok(self.read(fid.parse()?, Some((offset, Some(length))))?.data)
+    }
+
+    /// Reads `fid`'s content into `buffer`; the number of bytes written.
+    /// [`ReadError::BufferTooSmall`] when it does not fit (nothing is written then).
+    pub fn read_into(&self, fid: &str, buffer: &mut [u8]) -> Result<usize, ReadError> {
+        let view = self.read_view(fid)?;
+        let copy = |data: &[u8], buffer: &mut [u8]| match buffer.get_mut(..data.len()) {
+            Some(target) => {
+                target.copy_from_slice(data);
+                Ok(data.len())
+            }
+            None => Err(ReadError::BufferTooSmall { buffer_bytes: buffer.len(), data_bytes: data.len() }),
+        };
+        if view.gzipped() && content::is_gzip(&view) {
+            return copy(&content::gunzip(&view)?, buffer);
+        }
+        copy(&view, buffer)
+    }
+
+    /// The needle's stored data where the engine landed it (zero-copy; see [`NeedleView`]).
+    pub fn read_view(&self, fid: &str) -> Result<NeedleView, ReadError> {
+        let file_id: FileId = fid.parse()?;
+        self.with_pool(|reader| {
+            let mut read_count = 0;
+            let completion = content::read_retrying(
+                reader,
+                file_id,
+                ReadKind::Whole,
+                content::INITIAL_BUFFER_BYTES,
+                &mut read_count,
+            )?;
+            let (_, range) = content::landed(reader.client(), &completion)?;
+            Ok(NeedleView { completion, range })
+        })
+    }
+
+    /// The content of `file_id`, or of a range of it (`Some((offset, size))`, `size` `None`
+    /// meaning to the end), with how it was served.
+    pub fn read(&self, file_id: FileId, range: Option<(u64, Option<u64>)>) -> Result<Content, ReadError> {
+        self.with_pool(|reader| content::read_content(reader, file_id, range))
+    }
+
+    /// Whether an engine is attached and alive now.
+    pub fn connected(&self) -> bool {
+        self.inner.current().is_some_and(|pool| pool.connected())
+    }
+
+    /// The read pool of the engine attached now, if any (for callers that drive
+    /// [`content`]'s functions themselves, such as `rdma-sidecar`).
+    pub fn pool(&self) -> Option<Arc<ReadPool>> {
+        self.inner.current()
+    }
+
+    /// Runs `read` on the current pool with the read's deadline; waits for an engine while
+    /// none is attached, and resubmits once a read the engine took away with it.
+    fn with_pool<T>(&self, read: impl Fn(&mut PoolReader<'_>) -> Result<T, ReadError>) -> Result<T, ReadError> {
+        let options = &self.inner.options;
+        let deadline = Instant::now() + options.timeout;
+        let mut resubmitted = false;
+        // Bounded: at most one resubmission, and waits end at the deadline.
+        loop {
+            let pool = self.inner.pool_until(deadline)?;
+            match read(&mut pool.reader_until(deadline)) {
+                Err(ReadError::Disconnected(_)) if options.reattach && !resubmitted => resubmitted = true,
+                Err(ReadError::Disconnected(_)) if options.reattach => return Err(ReadError::NoEngine),
+                outcome => return outcome,
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn attach(&self) -> Result<ReadPool, ReadError> {
+        let client = Client::attach(&self.socket, &self.options.attach).map_err(ReadError::Attach)?;
+        ReadPool::start(client, self.options.timeout).map_err(ReadError::Attach)
+    }
+
+    fn current(&self) -> Option<Arc<ReadPool>> {
+        self.pool.read().ok().and_then(|pool| pool.clone())
+    }
+
+    /// A connected pool, waiting for the keeper to attach one until `deadline`. Without
+    /// re-attach, the pool as it is (its reads then fail with what broke it).
+    fn pool_until(&self, deadline: Instant) -> Result<Arc<ReadPool>, ReadError> {
+        // Bounded by the deadline.
+        loop {
+            match self.current() {
+                Some(pool) if !self.options.reattach || pool.connected() => return Ok(pool),
+                _ if Instant::now() >= deadline => return Err(ReadError::NoEngine),
+                _ => std::thread::sleep(RETRY_POLL.min(deadline.saturating_duration_since(Instant::now()))),
+            }
+        }
+    }
+
+    /// Swaps the pool; the old one is dropped here, outside the lock (its lanes end once
+    /// their reads have failed or landed).
+    fn replace(&self, pool: Option<Arc<ReadPool>>) {
+        let old = match self.pool.write() {
+            Ok(mut held) => std::mem::replace(&mut *held, pool),
+            Err(_) => pool,
+        };
+        drop(old);
+    }
+}
+
+/// How often a read waiting for an engine looks for the keeper's new pool.
+const RETRY_POLL: Duration = Duration::from_millis(5);
+
+/// The keeper: watches the engine and attaches again when it is gone; ends with the reader.
+fn keep(inner: &Weak<Inner>) {
+    let mut failures = 0u64;
+    let interval = match inner.upgrade() {
+        Some(inner) => inner.options.retry_interval,
+        None => return,
+    };
+    // Ends when the last Reader is dropped.
+    loop {
+        std::thread::sleep(interval);
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.current().is_some_and(|pool| pool.connected()) {
+            continue;
+        }
+        if inner.current().is_some() {
+            tracing::warn!(socket = %inner.socket.display(), "the engine is gone; attaching again every {interval:?}");
+            inner.replace(None);
+        }
+        match inner.attach() {
+            Ok(pool) => {
+                tracing::info!(socket = %inner.socket.display(), after_failures = failures, "attached to the engine again");
+                failures = 0;
+                inner.replace(Some(Arc::new(pool)));
+            }
+            Err(error) => {
+                failures += 1;
+                if failures.is_power_of_two() {
+                    tracing::info!(%error, failures, "no engine to attach to yet");
+                }
+            }
+        }
+    }
+}
