@@ -3,12 +3,14 @@
 // SeaweedFS needles through the region's lock-free rings, speaking exactly
 // the bytes of the Rust layout (shm-layout). Pure Go: no cgo.
 //
-//	client, err := rdma.Attach("/run/rdma.sock", rdma.Options{})
+//	reader, err := rdma.OpenReader("/run/rdma.sock", rdma.ReaderOptions{})
 //	...
-//	defer client.Close()
-//	data, err := client.ReadFileID(ctx, "3,01637037d6")
+//	defer reader.Close()
+//	data, err := reader.ReadFileID(ctx, "3,01637037d6")
 //	if errors.Is(err, rdma.ErrNoSuchNeedle) { ... }
 //
+// A Reader attaches again by itself when its engine restarts; a Client
+// (Attach) is one attachment and dies with its engine.
 // ReadFileID and ReadRange are safe for concurrent use by many goroutines:
 // each takes one of the client's queue pairs for the time of its read. The
 // zero-copy layer underneath (Allocate, TakeQueuePair, Prepare*, Submit,

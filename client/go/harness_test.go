@@ -68,8 +68,20 @@ type engine struct {
 // startEngine starts rdma-engine serving volumeDir and waits until it accepts connections.
 func startEngine(t *testing.T, volumeDir string) *engine {
 	t.Helper()
-	dir := t.TempDir()
-	e := &engine{socket: filepath.Join(dir, "engine.sock"), logPath: filepath.Join(dir, "engine.log"), exited: make(chan struct{})}
+	return startEngineAt(t, volumeDir, filepath.Join(t.TempDir(), "engine.sock"))
+}
+
+// restartEngine starts a new engine on the socket of e, which has exited.
+func restartEngine(t *testing.T, e *engine, volumeDir string) *engine {
+	t.Helper()
+	return startEngineAt(t, volumeDir, e.socket)
+}
+
+// startEngineAt starts rdma-engine on socket serving volumeDir and waits
+// until it accepts connections.
+func startEngineAt(t *testing.T, volumeDir, socket string) *engine {
+	t.Helper()
+	e := &engine{socket: socket, logPath: filepath.Join(t.TempDir(), "engine.log"), exited: make(chan struct{})}
 	logFile, err := os.Create(e.logPath)
 	if err != nil {
 		t.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
@@ -577,4 +578,95 @@ func TestEngineStallCostsOnlyLatency(t *testing.T) {
 		t.Errorf("the slowest read took %v with a %v deadline", longest, deadline)
 	}
 	t.Logf("the slowest read took %v with a %v deadline", longest, deadline)
+}
+
+// A Reader opened once reads on across engine restarts (SIGKILL, SIGTERM)
+// and a stall, with no action of its caller: reads succeed again after each
+// event, never with wrong bytes. And a Reader opened before its engine
+// waits for it.
+func TestReaderReadsOnAcrossEngineRestarts(t *testing.T) {
+	volumeDir := t.TempDir()
+	fids := generateVolume(t, volumeDir, 8, 30, "4096,100,70000")
+	e := startEngine(t, volumeDir)
+	reader, err := rdma.OpenReader(e.socket, rdma.ReaderOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close()
+	expected := make([][]byte, len(fids))
+	for i, fid := range fids {
+		if expected[i], err = reader.ReadFileID(context.Background(), fid); err != nil {
+			t.Fatalf("%s: %v", fid, err)
+		}
+	}
+	var stop atomic.Bool
+	var succeeded, failed atomic.Int64
+	var wait sync.WaitGroup
+	errs := make(chan error, 8)
+	for g := 0; g < 8; g++ {
+		wait.Add(1)
+		go func(g int) {
+			defer wait.Done()
+			for i := g; !stop.Load(); i++ {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				data, err := reader.ReadFileID(ctx, fids[i%len(fids)])
+				cancel()
+				switch {
+				case err != nil:
+					failed.Add(1)
+				case !bytes.Equal(data, expected[i%len(fids)]):
+					errs <- fmt.Errorf("goroutine %d, %s: wrong bytes", g, fids[i%len(fids)])
+					return
+				default:
+					succeeded.Add(1)
+				}
+			}
+		}(g)
+	}
+	readsSucceedAgain := func(what string) {
+		start := time.Now()
+		before := succeeded.Load()
+		for succeeded.Load() < before+50 {
+			if time.Since(start) > readyTimeout {
+				t.Fatalf("reads did not succeed again after %s", what)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		t.Logf("%s: reads succeed again %v later", what, time.Since(start))
+	}
+	for _, signal := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
+		e.command.Process.Signal(signal)
+		<-e.exited
+		e = restartEngine(t, e, volumeDir)
+		readsSucceedAgain(signal.String())
+	}
+	e.command.Process.Signal(syscall.SIGSTOP)
+	time.Sleep(3 * time.Second)
+	e.command.Process.Signal(syscall.SIGCONT)
+	readsSucceedAgain("a stall of 3 s")
+	stop.Store(true)
+	wait.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	t.Logf("%d reads succeeded, %d failed to the caller (during the faults)", succeeded.Load(), failed.Load())
+
+	// Opened before its engine: it waits.
+	early := t.TempDir()
+	socket := filepath.Join(early, "engine.sock")
+	opened := make(chan error, 1)
+	go func() {
+		late, err := rdma.OpenReader(socket, rdma.ReaderOptions{EngineWait: readyTimeout})
+		if err == nil {
+			_, err = late.ReadFileID(context.Background(), fids[0])
+			late.Close()
+		}
+		opened <- err
+	}()
+	time.Sleep(300 * time.Millisecond)
+	startEngineAt(t, volumeDir, socket)
+	if err := <-opened; err != nil {
+		t.Errorf("a reader opened before its engine: %v", err)
+	}
 }
