@@ -101,6 +101,21 @@ fn every_needle_reads_the_same_every_way_from_many_threads() {
         parsed.cookie ^= 1;
         parsed.to_string()
     };
+    // Many at once from one thread: every needle (those past the first buffer read again
+    // alone), a wrong cookie and a malformed id among them, each answered in its place.
+    let mut batch: Vec<&str> = needles.iter().map(|(fid, _)| fid.as_str()).collect();
+    batch.insert(5, &wrong_cookie);
+    batch.insert(9, "not-a-file-id");
+    let views = reader.read_many_views(&batch);
+    assert_eq!(views.len(), batch.len());
+    let mut expected = needles.iter().map(|(_, data)| data);
+    for (index, view) in views.into_iter().enumerate() {
+        match index {
+            5 => assert_eq!(view.unwrap_err().engine_code(), Some(ErrorCode::COOKIE_MISMATCH)),
+            9 => assert!(matches!(view, Err(rdma_client::ReadError::BadFileId(_)))),
+            _ => assert!(*view.unwrap() == expected.next().unwrap()[..], "batch entry {index}"),
+        }
+    }
     let error = reader.read_file_id(&wrong_cookie).unwrap_err();
     assert_eq!(error.engine_code(), Some(ErrorCode::COOKIE_MISMATCH), "{error}");
     assert!(!error.is_retryable());

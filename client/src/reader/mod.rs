@@ -21,7 +21,7 @@ mod pool;
 pub use content::{Content, ReadError, ReadKind, ReadSpec, SubmitRead};
 pub use pool::{PoolReader, ReadPool};
 
-use crate::{AttachOptions, Client, Completion, ReadSource};
+use crate::{AttachOptions, Client, Completion, CompletionError, ErrorCode, ReadSource};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -185,6 +185,47 @@ impl Reader {
         })
     }
 
+    /// Many needles at once, zero-copy: every read is submitted before any is waited for
+    /// (the pool's lanes batch them), which is how one thread keeps many reads in flight.
+    /// One result per file id, in order; a needle too large for the first buffer is read
+    /// again alone with the size the engine asked for.
+    pub fn read_many_views(&self, fids: &[&str]) -> Vec<Result<NeedleView, ReadError>> {
+        let deadline = Instant::now() + self.inner.options.timeout;
+        let parsed: Vec<Result<FileId, ReadError>> =
+            fids.iter().map(|fid| fid.parse::<FileId>().map_err(ReadError::from)).collect();
+        let specs: Vec<ReadSpec> = parsed
+            .iter()
+            .flatten()
+            .map(|&file_id| ReadSpec { file_id, kind: ReadKind::Whole, buffer_bytes: content::INITIAL_BUFFER_BYTES })
+            .collect();
+        let mut replies = match self.inner.pool_until(deadline) {
+            Ok(pool) => pool.submit_many(&specs, deadline).into_iter(),
+            Err(_) => Vec::new().into_iter(),
+        };
+        parsed
+            .into_iter()
+            .zip(fids)
+            .map(|(file_id, fid)| {
+                file_id?;
+                match replies.next() {
+                    Some(Ok(completion)) => match completion.result() {
+                        Ok(_) => {
+                            let range = completion.data_range().filter(|range| {
+                                completion.buffer.as_ref().is_some_and(|buffer| range.end <= buffer.length() as usize)
+                            });
+                            Ok(NeedleView { range: range.ok_or(ReadError::BadCompletion)?, completion })
+                        }
+                        Err(CompletionError::Engine { code: ErrorCode::BUFFER_TOO_SMALL, .. }) => self.read_view(fid),
+                        Err(error) => Err(ReadError::Needle(error)),
+                    },
+                    // A lost engine, no pool, or a read the lane could not take: this one
+                    // alone, through the path that waits for an engine and retries.
+                    _ => self.read_view(fid),
+                }
+            })
+            .collect()
+    }
+
     /// The content of `file_id`, or of a range of it (`Some((offset, size))`, `size` `None`
     /// meaning to the end), with how it was served.
     pub fn read(&self, file_id: FileId, range: Option<(u64, Option<u64>)>) -> Result<Content, ReadError> {
@@ -230,13 +271,15 @@ impl Inner {
         self.pool.read().ok().and_then(|pool| pool.clone())
     }
 
-    /// A connected pool, waiting for the keeper to attach one until `deadline`. Without
-    /// re-attach, the pool as it is (its reads then fail with what broke it).
+    /// A pool not known to be disconnected, waiting for the keeper to attach one until
+    /// `deadline` (a read on a pool whose engine died meanwhile fails with `Disconnected`
+    /// and is resubmitted). Without re-attach, the pool as it is (its reads then fail with
+    /// what broke it).
     fn pool_until(&self, deadline: Instant) -> Result<Arc<ReadPool>, ReadError> {
         // Bounded by the deadline.
         loop {
             match self.current() {
-                Some(pool) if !self.options.reattach || pool.connected() => return Ok(pool),
+                Some(pool) if !self.options.reattach || !pool.known_disconnected() => return Ok(pool),
                 _ if Instant::now() >= deadline => return Err(ReadError::NoEngine),
                 _ => std::thread::sleep(RETRY_POLL.min(deadline.saturating_duration_since(Instant::now()))),
             }

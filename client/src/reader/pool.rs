@@ -123,6 +123,12 @@ impl ReadPool {
         !self.state.is_disconnected() && self.client.check_alive().is_ok()
     }
 
+    /// Whether a lane has found the engine gone (one atomic load: no system call, unlike
+    /// [`ReadPool::connected`]).
+    pub fn known_disconnected(&self) -> bool {
+        self.state.is_disconnected()
+    }
+
     pub fn lane_count(&self) -> usize {
         self.lanes.len()
     }
@@ -162,6 +168,69 @@ impl ReadPool {
             Err(RecvTimeoutError::Timeout) => Err(ReadError::TimedOut),
             Err(RecvTimeoutError::Disconnected) => Err(self.state.error()),
         }
+    }
+
+    /// Submits every read of `specs` at once (spread over the lanes, which batch them) and
+    /// waits for all; the replies in order. What many reads in flight from one thread cost.
+    pub fn submit_many(&self, specs: &[ReadSpec], deadline: Instant) -> Vec<Reply> {
+        let timeout = self.timeout.min(deadline.saturating_duration_since(Instant::now()));
+        if self.state.is_disconnected() || timeout.is_zero() {
+            return specs.iter().map(|_| Err(self.state.error())).collect();
+        }
+        let deadline_ns = rdma_ipc::clock::monotonic_ns() + timeout.as_nanos() as u64;
+        let start = self.next_lane.fetch_add(1, Ordering::Relaxed);
+        let (jobs, receivers): (Vec<Job>, Vec<Receiver<Reply>>) = specs
+            .iter()
+            .map(|spec| {
+                let (reply, receiver) = mpsc::sync_channel(1);
+                (Job { spec: *spec, deadline_ns, reply }, receiver)
+            })
+            .unzip();
+        let give_up = Instant::now() + timeout + REPLY_GRACE;
+        // An idle lane is driven from this thread (no hand-off); else the lanes take them.
+        if let Err(jobs) = self.try_direct_many(jobs, &receivers, start, give_up) {
+            for (index, job) in jobs.into_iter().enumerate() {
+                // A lane that is gone answers through the receiver being dropped.
+                let _ = self.send_to_a_lane(job, start + index);
+            }
+        }
+        receivers
+            .into_iter()
+            .map(|receiver| match receiver.recv_timeout(give_up.saturating_duration_since(Instant::now())) {
+                Ok(result) => result,
+                Err(RecvTimeoutError::Timeout) => Err(ReadError::TimedOut),
+                Err(RecvTimeoutError::Disconnected) => Err(self.state.error()),
+            })
+            .collect()
+    }
+
+    /// Drives `jobs` on an idle lane from this thread until every one is answered (or
+    /// `give_up`), if a lane is idle; else hands them back.
+    fn try_direct_many(
+        &self,
+        jobs: Vec<Job>,
+        receivers: &[Receiver<Reply>],
+        start: usize,
+        give_up: Instant,
+    ) -> Result<(), Vec<Job>> {
+        for step in 0..self.lanes.len() {
+            let Ok(mut ring) = self.lanes[(start + step) % self.lanes.len()].ring.try_lock() else { continue };
+            if !ring.is_idle() {
+                continue;
+            }
+            ring.backlog.extend(jobs);
+            // Bounded: every job is answered by its completion, its deadline in the engine,
+            // or the lane's failure; and this thread gives up at `give_up`.
+            while (ring.in_flight() > 0 || !ring.backlog.is_empty()) && Instant::now() < give_up {
+                ring.submit_backlog();
+                ring.wait_and_reap();
+            }
+            // Whatever is left answers TimedOut through its receiver (dropped with the ring's
+            // table when the lane fails, or its completion lands later and is dropped).
+            let _ = receivers;
+            return Ok(());
+        }
+        Err(jobs)
     }
 
     /// Drives the read on an idle lane from this thread, if one is idle.

@@ -31,6 +31,7 @@ pub mod needles;
 pub mod nop;
 pub mod pipeline;
 pub mod read;
+pub mod reader;
 pub mod remote_index;
 pub mod ring_floor;
 mod table;

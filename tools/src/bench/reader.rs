@@ -3,7 +3,8 @@
 //! 4 KiB and 1 MiB needles at 1 and 32 at once. Raw: one queue pair kept `c` reads deep by
 //! one thread (the floor: nothing but the ring). Reader: `c` threads calling
 //! [`Reader::read_view`] (zero-copy; the pool of queue pairs, its lanes and the retry logic
-//! are what is measured). Cells alternate over rounds; figures are medians. The target
+//! are what is measured), and one thread calling [`Reader::read_many_views`] with `c` file
+//! ids at a time. Cells alternate over rounds; figures are medians. The target
 //! (issue 18, reported, never asserted): the Reader at ≥ 0.9× the raw queue pair.
 
 use super::needles::{find_needles, NeedleRef};
@@ -29,9 +30,13 @@ pub struct ReaderCell {
     pub data_size_bytes: u64,
     pub concurrency: u32,
     pub raw_queue_pair_reads_per_s: f64,
+    /// `concurrency` threads, each one read at a time.
     pub reader_reads_per_s: f64,
     /// Reader over raw.
     pub ratio: f64,
+    /// One thread, `concurrency` reads at a time (`read_many_views`).
+    pub reader_many_reads_per_s: f64,
+    pub many_ratio: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -120,6 +125,23 @@ fn reader_rate(reader: &Reader, fids: &[String], threads: u32, duration: Duratio
     Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
 }
 
+/// One thread reading `batch` needles at a time with `read_many_views`; reads per second.
+fn reader_many_rate(reader: &Reader, fids: &[String], batch: u32, duration: Duration) -> Result<f64, BenchError> {
+    let start = Instant::now();
+    let (mut done, mut index) = (0u64, 0usize);
+    while start.elapsed() < duration {
+        let batch: Vec<&str> = (0..batch as usize).map(|step| fids[(index + step) % fids.len()].as_str()).collect();
+        index += batch.len();
+        for view in reader.read_many_views(&batch) {
+            let view =
+                view.map_err(|error| BenchError::Verify(format!("a batched read through the Reader: {error}")))?;
+            std::hint::black_box(view.len());
+            done += 1;
+        }
+    }
+    Ok(done as f64 / start.elapsed().as_secs_f64())
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(0.0)
@@ -128,7 +150,11 @@ fn median(mut values: Vec<f64>) -> f64 {
 pub fn run(socket: &Path, volume_dir: &Path, rounds: u32, seconds_per_cell: f64) -> Result<ReaderReport, BenchError> {
     let needles = find_needles(volume_dir, &SIZES, NEEDLES_PER_SIZE).map_err(BenchError::Volumes)?;
     let options = ReaderOptions {
-        attach: AttachOptions { buffer_size_bytes: 96 << 20, client_name: "rdma-bench-reader".into(), ..ReaderOptions::default().attach },
+        attach: AttachOptions {
+            buffer_size_bytes: 96 << 20,
+            client_name: "rdma-bench-reader".into(),
+            ..ReaderOptions::default().attach
+        },
         ..ReaderOptions::default()
     };
     let reader = Reader::connect(socket, options).map_err(|error| BenchError::Verify(error.to_string()))?;
@@ -145,24 +171,28 @@ pub fn run(socket: &Path, volume_dir: &Path, rounds: u32, seconds_per_cell: f64)
         let fids: Vec<String> = list.iter().map(|needle| needle.file_id.to_string()).collect();
         // The Reader's bytes are the file's (checked once, not timed).
         for needle in list.iter().take(2) {
-            let view = reader.read_view(&needle.file_id.to_string()).map_err(|error| BenchError::Verify(error.to_string()))?;
+            let view =
+                reader.read_view(&needle.file_id.to_string()).map_err(|error| BenchError::Verify(error.to_string()))?;
             if *view != needle.expected_data().map_err(BenchError::Verify)?[..] {
                 return Err(BenchError::Verify(format!("{}: the Reader's bytes differ from the file", needle.file_id)));
             }
         }
         for concurrency in CONCURRENCY {
-            let (mut raw, mut high) = (Vec::new(), Vec::new());
+            let (mut raw, mut high, mut many) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..rounds {
                 raw.push(raw_rate(socket, list, concurrency, duration)?);
                 high.push(reader_rate(&reader, &fids, concurrency, duration)?);
+                many.push(reader_many_rate(&reader, &fids, concurrency, duration)?);
             }
-            let (raw, high) = (median(raw), median(high));
+            let (raw, high, many) = (median(raw), median(high), median(many));
             cells.push(ReaderCell {
                 data_size_bytes: size,
                 concurrency,
                 raw_queue_pair_reads_per_s: raw,
                 reader_reads_per_s: high,
                 ratio: high / raw,
+                reader_many_reads_per_s: many,
+                many_ratio: many / raw,
             });
         }
     }
@@ -176,8 +206,14 @@ pub fn render(report: &ReaderReport) -> String {
     );
     for cell in &report.cells {
         text.push_str(&format!(
-            "  {:>8} B  c={:<2}  raw {:>9.0}/s  Reader {:>9.0}/s  {:.2}×\n",
-            cell.data_size_bytes, cell.concurrency, cell.raw_queue_pair_reads_per_s, cell.reader_reads_per_s, cell.ratio
+            "  {:>8} B  c={:<2}  raw {:>9.0}/s  Reader: c threads {:>9.0}/s {:.2}×, read_many_views of c {:>9.0}/s {:.2}×\n",
+            cell.data_size_bytes,
+            cell.concurrency,
+            cell.raw_queue_pair_reads_per_s,
+            cell.reader_reads_per_s,
+            cell.ratio,
+            cell.reader_many_reads_per_s,
+            cell.many_ratio
         ));
     }
     text

@@ -4,7 +4,7 @@
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use rdma_tools::bench::contend::{busy_loop_main, BUSY_LOOP_SUBCOMMAND, CONTENDERS_MAX};
 use rdma_tools::bench::floor::{helper_main, HELPER_SUBCOMMAND};
-use rdma_tools::bench::{compare, index, nop, read, remote_index, BenchError};
+use rdma_tools::bench::{compare, index, nop, read, reader, remote_index, BenchError};
 use rdma_tools::exit_code;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -121,6 +121,24 @@ enum Command {
         /// Alternating rounds (figures are medians over rounds).
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
         rounds: u32,
+    },
+    /// The client library's Reader beside the raw queue pair beneath it: 4 KiB and 1 MiB
+    /// needles at 1 and 32 at once, against a running engine.
+    Reader {
+        #[arg(long)]
+        socket: PathBuf,
+        /// The engine's volume directory (needles of 4096 and 1048576 bytes are looked up there).
+        #[arg(long)]
+        volume_dir: PathBuf,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Alternating rounds per cell (figures are medians).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+        rounds: u32,
+        /// Seconds per measured cell.
+        #[arg(long, default_value_t = 1.0)]
+        seconds_per_cell: f64,
     },
     /// UCX reads of remote volumes: a volume's first read through the exporter's lookup beside
     /// a whole index pull, the cached index bytes a reader holds, and random 4 KiB reads with
@@ -266,6 +284,15 @@ fn main() {
                 print_json(&report);
             } else {
                 print!("{}", index::render(&report));
+            }
+        }
+        Command::Reader { socket, volume_dir, json, rounds, seconds_per_cell } => {
+            let report =
+                reader::run(&socket, &volume_dir, rounds, seconds_per_cell).unwrap_or_else(|error| fail(error));
+            if json {
+                print_json(&report);
+            } else {
+                print!("{}", reader::render(&report));
             }
         }
         Command::RemoteIndex { json, volumes, needles, budget_mib, seconds_per_cell } => {
