@@ -7,8 +7,9 @@
 //!
 //! - **direct**: if some lane is idle (its mutex free, nothing in flight),
 //!   the request's own thread takes it and drives that one read itself:
-//!   submit, wait on the CQ, reap. No thread hand-off, which is what a
-//!   lightly loaded sidecar pays most for (two wake-ups of four per read).
+//!   submit, wait on the CQ, reap, the reply left in the lane for it (no
+//!   channel). No thread hand-off, which is what a lightly loaded sidecar
+//!   pays most for (two wake-ups of four per read).
 //! - **batched**: otherwise the read goes to a lane's bounded channel (lanes
 //!   in turn); the lane thread prepares every job it has, publishes them
 //!   with one submit, and reaps completions as they land, each to its
@@ -49,7 +50,16 @@ type Reply = Result<Completion, ReadError>;
 struct Job {
     spec: ReadSpec,
     deadline_ns: u64,
-    reply: SyncSender<Reply>,
+    reply: ReplyTo,
+}
+
+/// Where a job's reply goes.
+enum ReplyTo {
+    /// A request waiting on a one-shot channel (batched reads).
+    Channel(SyncSender<Reply>),
+    /// The ring's `direct` slot: the request's own thread drives the lane and takes it from
+    /// there (a direct read: no channel to make).
+    Direct,
 }
 
 /// Whether the engine is still there, shared by every lane.
@@ -154,15 +164,13 @@ impl ReadPool {
         if timeout.is_zero() {
             return Err(ReadError::TimedOut);
         }
-        let (reply, receiver) = mpsc::sync_channel(1);
         let deadline_ns = rdma_ipc::clock::monotonic_ns() + timeout.as_nanos() as u64;
-        let job = Job { spec: *spec, deadline_ns, reply };
         let start = self.next_lane.fetch_add(1, Ordering::Relaxed);
-        let job = match self.try_direct(job, &receiver, start, timeout) {
-            Ok(reply) => return reply,
-            Err(job) => job,
-        };
-        self.send_to_a_lane(job, start)?;
+        if let Some(reply) = self.try_direct(spec, deadline_ns, start, timeout) {
+            return reply;
+        }
+        let (reply, receiver) = mpsc::sync_channel(1);
+        self.send_to_a_lane(Job { spec: *spec, deadline_ns, reply: ReplyTo::Channel(reply) }, start)?;
         match receiver.recv_timeout(timeout + REPLY_GRACE) {
             Ok(result) => result,
             Err(RecvTimeoutError::Timeout) => Err(ReadError::TimedOut),
@@ -183,7 +191,7 @@ impl ReadPool {
             .iter()
             .map(|spec| {
                 let (reply, receiver) = mpsc::sync_channel(1);
-                (Job { spec: *spec, deadline_ns, reply }, receiver)
+                (Job { spec: *spec, deadline_ns, reply: ReplyTo::Channel(reply) }, receiver)
             })
             .unzip();
         let give_up = Instant::now() + timeout + REPLY_GRACE;
@@ -233,33 +241,35 @@ impl ReadPool {
         Err(jobs)
     }
 
-    /// Drives the read on an idle lane from this thread, if one is idle.
-    fn try_direct(&self, job: Job, receiver: &Receiver<Reply>, start: usize, timeout: Duration) -> Result<Reply, Job> {
+    /// Drives the read on an idle lane from this thread, if one is idle (`None`: none is).
+    fn try_direct(&self, spec: &ReadSpec, deadline_ns: u64, start: usize, timeout: Duration) -> Option<Reply> {
         for step in 0..self.lanes.len() {
             let Ok(mut ring) = self.lanes[(start + step) % self.lanes.len()].ring.try_lock() else { continue };
             if !ring.is_idle() {
                 continue;
             }
-            ring.backlog.push_back(job);
+            // Nothing is in flight: a reply left here belongs to a direct read that gave up.
+            ring.direct = None;
+            ring.backlog.push_back(Job { spec: *spec, deadline_ns, reply: ReplyTo::Direct });
             ring.submit_backlog();
             // Bounded: the read's own deadline ends it in the engine, and
             // this wait gives up shortly after.
             let give_up_ns = rdma_ipc::clock::monotonic_ns() + (timeout + REPLY_GRACE).as_nanos() as u64;
-            loop {
-                if let Ok(reply) = receiver.try_recv() {
-                    return Ok(reply);
+            return Some(loop {
+                if let Some(reply) = ring.direct.take() {
+                    break reply;
                 }
                 if ring.in_flight() == 0 && ring.backlog.is_empty() {
                     // Answered with an error before it was in flight.
-                    return Ok(receiver.try_recv().unwrap_or_else(|_| Err(self.state.error())));
+                    break Err(self.state.error());
                 }
                 if rdma_ipc::clock::monotonic_ns() > give_up_ns {
-                    return Ok(Err(ReadError::TimedOut));
+                    break Err(ReadError::TimedOut);
                 }
                 ring.wait_and_reap();
-            }
+            });
         }
-        Err(job)
+        None
     }
 
     /// Hands the job to a lane's channel without blocking, lanes in turn;
@@ -359,9 +369,11 @@ struct Ring {
     /// Jobs taken but not yet in the SQ (SQ, slot table or buffer area
     /// full); bounded by the channel's size plus what is in flight.
     backlog: VecDeque<Job>,
-    /// Reply channel of each tag (= slot) in flight; tags index this table.
-    replies: Vec<Option<SyncSender<Reply>>>,
+    /// Where the reply of each tag (= slot) in flight goes; tags index this table.
+    replies: Vec<Option<ReplyTo>>,
     free_tags: Vec<usize>,
+    /// The reply of a direct read (`ReplyTo::Direct`), for its thread to take.
+    direct: Option<Reply>,
 }
 
 impl std::fmt::Debug for Ring {
@@ -379,6 +391,7 @@ impl Ring {
             state,
             backlog: VecDeque::new(),
             replies: (0..capacity).map(|_| None).collect(),
+            direct: None,
             free_tags: (0..capacity).rev().collect(),
         }
     }
@@ -408,7 +421,7 @@ impl Ring {
                     break;
                 }
                 Err(error) => {
-                    let _ = job.reply.send(Err(ReadError::Buffer(error)));
+                    self.deliver(job.reply, Err(ReadError::Buffer(error)));
                     continue;
                 }
             };
@@ -423,7 +436,7 @@ impl Ring {
                     break;
                 }
                 Err(error) => {
-                    let _ = job.reply.send(Err(ReadError::Engine(error)));
+                    self.deliver(job.reply, Err(ReadError::Engine(error)));
                 }
             }
         }
@@ -448,7 +461,7 @@ impl Ring {
                         self.free_tags.push(tag);
                         // A request that gave up has dropped its receiver:
                         // the completion (and its buffer) is dropped here.
-                        let _ = reply.send(Ok(completion));
+                        self.deliver(reply, Ok(completion));
                     }
                 }
                 Ok(None) => return,
@@ -464,13 +477,24 @@ impl Ring {
         if !reason.is_empty() {
             self.state.disconnect(reason);
         }
-        let error = || self.state.error();
-        for reply in self.replies.iter_mut().filter_map(Option::take) {
-            let _ = reply.send(Err(error()));
-        }
-        for job in self.backlog.drain(..) {
-            let _ = job.reply.send(Err(error()));
+        let replies: Vec<ReplyTo> = self.replies.iter_mut().filter_map(Option::take).collect();
+        let jobs: Vec<Job> = self.backlog.drain(..).collect();
+        for reply in replies.into_iter().chain(jobs.into_iter().map(|job| job.reply)) {
+            let error = self.state.error();
+            self.deliver(reply, Err(error));
         }
         self.free_tags = (0..self.replies.len()).rev().collect();
+    }
+
+    /// Hands a reply to its request: through its channel (a request that gave up has
+    /// dropped the receiver, and the reply, with its buffer, is dropped here), or into the
+    /// `direct` slot.
+    fn deliver(&mut self, to: ReplyTo, reply: Reply) {
+        match to {
+            ReplyTo::Channel(sender) => {
+                let _ = sender.send(reply);
+            }
+            ReplyTo::Direct => self.direct = Some(reply),
+        }
     }
 }
