@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The Go client's benchmarks beside the Rust client's, against one engine in
 # one run: NOP round trips and 4 KiB needle reads at depth 1 and 32
-# (rdma-bench nop / read, then go test -bench). Figures: docs/benchmarks.md.
+# (rdma-bench nop / read, then go test -bench), and the two Readers'
+# ReadFileID / read_file_id from 1 and 32 threads (rdma-bench reader, then
+# the Go Reader benchmark; neither pinned). Figures: docs/benchmarks.md.
 #   client/go/bench.sh [--duration-ms N]   (N: rdma-bench's measured time per mode, default 6000)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -26,4 +28,9 @@ echo "== Rust client: rdma-bench read (local)" >&2
 echo "== Go client: go test -bench (one queue pair, the same engine; pinned to CPU 1, off the poller's CPU 0, as rdma-bench pins its client threads)" >&2
 (cd client/go && GOTOOLCHAIN=local go test -c -o "$work/go-bench" .)
 RDMA_BENCH_SOCKET="$work/engine.sock" RDMA_BENCH_FIDS="$work/fids-4k" \
-    taskset -c 1 "$work/go-bench" -test.run '^$' -test.bench . -test.benchtime 2s -test.count 3
+    taskset -c 1 "$work/go-bench" -test.run '^$' -test.bench 'Nop|Read4KiB' -test.benchtime 2s -test.count 3
+echo "== Rust Reader: rdma-bench reader (the 'c threads of read_file_id' column is the Go Reader's counterpart)" >&2
+"$release/rdma-bench" reader --socket "$work/engine.sock" --volume-dir "$work/vol"
+echo "== Go Reader: ReadFileID of the 4 KiB needles, 1 and 32 goroutines" >&2
+RDMA_BENCH_SOCKET="$work/engine.sock" RDMA_BENCH_FIDS="$work/fids-4k" \
+    "$work/go-bench" -test.run '^$' -test.bench 'ReaderReadFileID' -test.benchtime 2s -test.count 3

@@ -2,8 +2,11 @@ package rdma_test
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	rdma "github.com/seaweedfs-rdma/client/go"
@@ -127,6 +130,57 @@ func BenchmarkRead4KiB(b *testing.B) {
 				}
 			})
 			b.SetBytes(4096)
+		})
+	}
+}
+
+// BenchmarkReaderReadFileID4KiB is the Reader's ReadFileID (a copy of the
+// data, as the Rust Reader's read_file_id) of the same 4 KiB needles, from 1
+// goroutine and from 32 at once; beside rdma-bench reader's "read_file_id"
+// column in bench.sh.
+func BenchmarkReaderReadFileID4KiB(b *testing.B) {
+	socket := os.Getenv("RDMA_BENCH_SOCKET")
+	if socket == "" {
+		b.Skip("RDMA_BENCH_SOCKET is not set: run client/go/bench.sh")
+	}
+	fidsText, err := os.ReadFile(os.Getenv("RDMA_BENCH_FIDS"))
+	if err != nil {
+		b.Fatalf("RDMA_BENCH_FIDS: %v", err)
+	}
+	fids := strings.Fields(string(fidsText))
+	if len(fids) == 0 {
+		b.Fatal("RDMA_BENCH_FIDS names no file ids")
+	}
+	reader, err := rdma.OpenReader(socket, rdma.ReaderOptions{Options: rdma.Options{Name: "go-bench-reader"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { reader.Close() })
+	for _, goroutines := range []int{1, 32} {
+		b.Run(fmt.Sprintf("goroutines=%d", goroutines), func(b *testing.B) {
+			var next atomic.Int64
+			b.SetParallelism(max(1, goroutines/runtime.GOMAXPROCS(0)))
+			b.SetBytes(4096)
+			b.ResetTimer()
+			if goroutines == 1 {
+				for i := 0; i < b.N; i++ {
+					if data, err := reader.ReadFileID(context.Background(), fids[i%len(fids)]); err != nil || len(data) != 4096 {
+						b.Fatalf("read: %v, %d bytes", err, len(data))
+					}
+				}
+			} else {
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						i := int(next.Add(1))
+						if data, err := reader.ReadFileID(context.Background(), fids[i%len(fids)]); err != nil || len(data) != 4096 {
+							b.Errorf("read: %v, %d bytes", err, len(data))
+							return
+						}
+					}
+				})
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "reads/s")
 		})
 	}
 }

@@ -142,8 +142,10 @@ func (r *Reader) read(ctx context.Context, read func(*Client) ([]byte, error)) (
 	}
 }
 
-// liveClient is the attached client, once its engine is alive; it waits
-// for the keeper to attach a new one until ctx is done.
+// liveClient is the attached client, unless its engine is known gone (two
+// atomic loads: the keeper polls the engine's socket, a read's wait finds a
+// dead engine within a slice, and a read that meets one is resubmitted); it
+// waits for the keeper to attach a new one until ctx is done.
 func (r *Reader) liveClient(ctx context.Context) (*Client, error) {
 	const poll = 5 * time.Millisecond
 	for {
@@ -151,7 +153,7 @@ func (r *Reader) liveClient(ctx context.Context) (*Client, error) {
 			return nil, ErrClosed
 		}
 		client := r.current.Load()
-		if client != nil && (r.options.NoReattach || client.checkAlive() == nil) {
+		if client != nil && (r.options.NoReattach || client.usable() == nil) {
 			return client, nil
 		}
 		select {

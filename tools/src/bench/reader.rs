@@ -37,6 +37,9 @@ pub struct ReaderCell {
     /// One thread, `concurrency` reads at a time (`read_many_views`).
     pub reader_many_reads_per_s: f64,
     pub many_ratio: f64,
+    /// `concurrency` threads of `read_file_id` (the data copied out, as the Go Reader's
+    /// `ReadFileID`: the figure `client/go/bench.sh` sets the Go client beside).
+    pub reader_copy_reads_per_s: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -96,8 +99,15 @@ fn raw_rate(socket: &Path, needles: &[NeedleRef], depth: u32, duration: Duration
     Ok(rate)
 }
 
-/// `threads` threads reading through `reader` for `duration`; reads per second.
-fn reader_rate(reader: &Reader, fids: &[String], threads: u32, duration: Duration) -> Result<f64, BenchError> {
+/// `threads` threads reading through `reader` for `duration` (zero-copy views, or copies
+/// with `copy`); reads per second.
+fn reader_rate(
+    reader: &Reader,
+    fids: &[String],
+    threads: u32,
+    duration: Duration,
+    copy: bool,
+) -> Result<f64, BenchError> {
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
@@ -107,9 +117,14 @@ fn reader_rate(reader: &Reader, fids: &[String], threads: u32, duration: Duratio
             scope.spawn(move || {
                 let mut index = thread;
                 while start.elapsed() < duration && !failed.load(Ordering::Relaxed) {
-                    match reader.read_view(&fids[index % fids.len()]) {
-                        Ok(view) => {
-                            std::hint::black_box(view.len());
+                    let fid = &fids[index % fids.len()];
+                    let length = match copy {
+                        true => reader.read_file_id(fid).map(|data| data.len()),
+                        false => reader.read_view(fid).map(|view| view.len()),
+                    };
+                    match length {
+                        Ok(length) => {
+                            std::hint::black_box(length);
                             done.fetch_add(1, Ordering::Relaxed);
                         }
                         Err(_) => failed.store(true, Ordering::Relaxed),
@@ -178,13 +193,14 @@ pub fn run(socket: &Path, volume_dir: &Path, rounds: u32, seconds_per_cell: f64)
             }
         }
         for concurrency in CONCURRENCY {
-            let (mut raw, mut high, mut many) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut raw, mut high, mut many, mut copies) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for _ in 0..rounds {
                 raw.push(raw_rate(socket, list, concurrency, duration)?);
-                high.push(reader_rate(&reader, &fids, concurrency, duration)?);
+                high.push(reader_rate(&reader, &fids, concurrency, duration, false)?);
                 many.push(reader_many_rate(&reader, &fids, concurrency, duration)?);
+                copies.push(reader_rate(&reader, &fids, concurrency, duration, true)?);
             }
-            let (raw, high, many) = (median(raw), median(high), median(many));
+            let (raw, high, many, copies) = (median(raw), median(high), median(many), median(copies));
             cells.push(ReaderCell {
                 data_size_bytes: size,
                 concurrency,
@@ -193,6 +209,7 @@ pub fn run(socket: &Path, volume_dir: &Path, rounds: u32, seconds_per_cell: f64)
                 ratio: high / raw,
                 reader_many_reads_per_s: many,
                 many_ratio: many / raw,
+                reader_copy_reads_per_s: copies,
             });
         }
     }
@@ -206,14 +223,15 @@ pub fn render(report: &ReaderReport) -> String {
     );
     for cell in &report.cells {
         text.push_str(&format!(
-            "  {:>8} B  c={:<2}  raw {:>9.0}/s  Reader: c threads {:>9.0}/s {:.2}×, read_many_views of c {:>9.0}/s {:.2}×\n",
+            "  {:>8} B  c={:<2}  raw {:>9.0}/s  Reader: c threads {:>9.0}/s {:.2}×, read_many_views of c {:>9.0}/s {:.2}×, c threads of read_file_id {:>9.0}/s\n",
             cell.data_size_bytes,
             cell.concurrency,
             cell.raw_queue_pair_reads_per_s,
             cell.reader_reads_per_s,
             cell.ratio,
             cell.reader_many_reads_per_s,
-            cell.many_ratio
+            cell.many_ratio,
+            cell.reader_copy_reads_per_s
         ));
     }
     text
