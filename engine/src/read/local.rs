@@ -207,6 +207,11 @@ impl LocalVolumes {
         Ok((location, volume.version(), volume.shared_dat_file()))
     }
 
+    /// (device, inode) of the `.dat` a volume is served from (no system call).
+    pub fn dat_identity(&self, volume_id: u32) -> Option<(u64, u64)> {
+        self.volumes.get(&volume_id).map(|served| served.volume.dat_identity())
+    }
+
     /// Opens a volume's files again when they were replaced (a check failed on them: they may
     /// have been compacted meanwhile). Whether they were.
     pub fn refresh_if_replaced(&mut self, volume_id: u32) -> bool {

@@ -8,7 +8,7 @@
 //! (issue 18, reported, never asserted): the Reader at ≥ 0.9× the raw queue pair.
 
 use super::needles::{find_needles, NeedleRef};
-use super::BenchError;
+use super::{median, BenchError};
 use rdma_client::{AttachOptions, Client, Operation, Reader, ReaderOptions};
 use serde::Serialize;
 use std::path::Path;
@@ -157,11 +157,6 @@ fn reader_many_rate(reader: &Reader, fids: &[String], batch: u32, duration: Dura
     Ok(done as f64 / start.elapsed().as_secs_f64())
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(0.0)
-}
-
 pub fn run(socket: &Path, volume_dir: &Path, rounds: u32, seconds_per_cell: f64) -> Result<ReaderReport, BenchError> {
     let needles = find_needles(volume_dir, &SIZES, NEEDLES_PER_SIZE).map_err(BenchError::Volumes)?;
     let options = ReaderOptions {
@@ -200,7 +195,8 @@ pub fn run(socket: &Path, volume_dir: &Path, rounds: u32, seconds_per_cell: f64)
                 many.push(reader_many_rate(&reader, &fids, concurrency, duration)?);
                 copies.push(reader_rate(&reader, &fids, concurrency, duration, true)?);
             }
-            let (raw, high, many, copies) = (median(raw), median(high), median(many), median(copies));
+            let median = |values: &[f64]| median(values).unwrap_or(0.0);
+            let (raw, high, many, copies) = (median(&raw), median(&high), median(&many), median(&copies));
             cells.push(ReaderCell {
                 data_size_bytes: size,
                 concurrency,

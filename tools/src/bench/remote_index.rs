@@ -27,7 +27,7 @@ use volume_format::generate::{generate_volume, GenerateSpec, SizePlan};
 use volume_format::index::OffsetWidth;
 use volume_format::volume::LocalVolume;
 
-use super::BenchError;
+use super::{median, BenchError};
 
 /// Reads in flight at most, and the buffer slots they land in.
 const DEPTH_MAX: usize = 64;
@@ -204,11 +204,6 @@ fn generate(dir: &Path, volume_id: u32, count: u64, bytes: u32) -> Result<(), Be
     Ok(())
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(0.0)
-}
-
 /// A small deterministic generator for the random needles.
 fn next_random(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -291,7 +286,7 @@ pub fn run(spec: RemoteIndexSpec) -> Result<RemoteIndexReport, BenchError> {
             hit.push(rate(&mut cached)?);
             miss.push(rate(&mut lookups)?);
         }
-        let (hit, miss) = (median(hit), median(miss));
+        let (hit, miss) = (median(&hit).unwrap_or(0.0), median(&miss).unwrap_or(0.0));
         random_4k.push(RandomReads {
             depth,
             cached_index_reads_per_s: hit,
@@ -305,8 +300,8 @@ pub fn run(spec: RemoteIndexSpec) -> Result<RemoteIndexReport, BenchError> {
         volumes: spec.volumes,
         needles_per_volume: spec.needles,
         budget_bytes,
-        first_read_lookup_us: median(first_reads_us),
-        index_pull_us: median(pulls_us),
+        first_read_lookup_us: median(&first_reads_us).unwrap_or(0.0),
+        index_pull_us: median(&pulls_us).unwrap_or(0.0),
         held_after_one_read_each,
         held_after_reading_often,
         needles_read_often: NEEDLES_READ_OFTEN,

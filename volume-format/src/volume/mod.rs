@@ -160,6 +160,11 @@ impl LocalVolume {
         &self.dat
     }
 
+    /// (device, inode) of the open `.dat`, as read when it was opened.
+    pub fn dat_identity(&self) -> (u64, u64) {
+        self.identity[0]
+    }
+
     /// The open `.dat`, for reads that outlive this borrow (asynchronous I/O in flight).
     pub fn shared_dat_file(&self) -> Arc<File> {
         Arc::clone(&self.dat)

@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::Hasher;
-use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -240,6 +239,16 @@ impl Exporter {
         false
     }
 
+    /// Sends an answer on a reader's endpoint, if it is still connected; a failed send is
+    /// the endpoint's failure, dropped with it.
+    fn send(&self, endpoint_id: EndpointId, id: u16, payload: &[u8]) {
+        if let Some(endpoint) = self.endpoints.get(&endpoint_id) {
+            if let Err(error) = endpoint.am_send(id, &[], payload) {
+                tracing::debug!(%error, message = id, "cannot send an answer");
+            }
+        }
+    }
+
     fn drop_failed_endpoints(&mut self) {
         let failed: Vec<EndpointId> =
             self.endpoints.iter().filter(|(_, endpoint)| endpoint.is_failed()).map(|(id, _)| *id).collect();
@@ -303,11 +312,7 @@ impl Exporter {
             tracing::warn!(bytes = payload.len(), "catalogue too large to send");
             return;
         }
-        if let Some(endpoint) = self.endpoints.get(&endpoint_id) {
-            if let Err(error) = endpoint.am_send(AM_CATALOGUE, &[], &payload) {
-                tracing::debug!(%error, "cannot send a catalogue");
-            }
-        }
+        self.send(endpoint_id, AM_CATALOGUE, &payload);
     }
 }
 
@@ -329,11 +334,7 @@ impl Exporter {
         } else {
             self.look_up(&request)
         };
-        if let Some(endpoint) = self.endpoints.get(&endpoint_id) {
-            if let Err(error) = endpoint.am_send(AM_LOOKUP, &[], &answer.encode()) {
-                tracing::debug!(%error, "cannot send a lookup answer");
-            }
-        }
+        self.send(endpoint_id, AM_LOOKUP, &answer.encode());
     }
 
     /// Where the needle lies in the exported `.dat`. The index is of the file the export
@@ -344,10 +345,9 @@ impl Exporter {
             return request.answer(LookupStatus::NoSuchVolume);
         };
         match self.lookups.locate_shared(request.volume_id, request.needle_id, Instant::now()) {
-            Ok((location, _, dat)) => {
-                let same_file =
-                    dat.metadata().is_ok_and(|metadata| (metadata.dev(), metadata.ino()) == export.dat.identity);
-                if !same_file {
+            Ok((location, _, _)) => {
+                // The located volume is the one served now (the lookup just refreshed it).
+                if self.lookups.dat_identity(request.volume_id) != Some(export.dat.identity) {
                     return request.answer(LookupStatus::Replaced);
                 }
                 crate::rdma::lookup::LookupAnswer {
