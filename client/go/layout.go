@@ -67,6 +67,7 @@ const (
 	FenceNone          uint32 = 0
 	FenceSQTailInvalid uint32 = 1
 	FenceCQHeadInvalid uint32 = 2
+	FencePagesLost     uint32 = 3
 
 	BackingHugeTLB     uint32 = 1
 	BackingNormalPages uint32 = 2

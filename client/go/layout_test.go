@@ -101,7 +101,7 @@ func TestConstantsMatchTheVectors(t *testing.T) {
 	})
 	expectMap(t, "engine_state", c.EngineState, map[string]uint32{"RUNNING": EngineRunning, "DRAINING": EngineDraining, "STOPPED": EngineStopped})
 	expectMap(t, "region_state", c.RegionState, map[string]uint32{"ACTIVE": RegionActive, "FENCED": RegionFenced})
-	expectMap(t, "fence_reason", c.FenceReason, map[string]uint32{"NONE": FenceNone, "SQ_TAIL_INVALID": FenceSQTailInvalid, "CQ_HEAD_INVALID": FenceCQHeadInvalid})
+	expectMap(t, "fence_reason", c.FenceReason, map[string]uint32{"NONE": FenceNone, "SQ_TAIL_INVALID": FenceSQTailInvalid, "CQ_HEAD_INVALID": FenceCQHeadInvalid, "PAGES_LOST": FencePagesLost})
 	expectMap(t, "opcode", c.Opcode, map[string]uint8{"NOP": OpNop, "READ_NEEDLE": OpReadNeedle, "READ_RANGE": OpReadRange, "CANCEL": OpCancel})
 	for _, check := range []struct {
 		name            string

@@ -2,7 +2,7 @@
 //! `offset-allocator` crate, O(1) allocate/free) over 64-byte units, and
 //! [`Buffer`] handles that free themselves on drop.
 
-use crate::{ClientError, Shared};
+use crate::{ClientError, RegionMemory, Shared};
 use offset_allocator::{Allocation, Allocator};
 use std::sync::Arc;
 
@@ -32,9 +32,10 @@ impl BufferAllocator {
 
     pub(crate) fn allocate(shared: &Arc<Shared>, length_bytes: u32) -> Result<Buffer, ClientError> {
         let units = (length_bytes.max(1) as u64).div_ceil(UNIT_BYTES) as u32;
-        let mut allocator = shared.allocator.lock().map_err(|_| ClientError::Poisoned)?;
+        let memory = &shared.memory;
+        let mut allocator = memory.allocator.lock().map_err(|_| ClientError::Poisoned)?;
         let allocation = allocator.allocator.allocate(units).ok_or(ClientError::OutOfBufferSpace { length_bytes })?;
-        Ok(Buffer { offset: allocation.offset as u64 * UNIT_BYTES, length_bytes, allocation, shared: shared.clone() })
+        Ok(Buffer { offset: allocation.offset as u64 * UNIT_BYTES, length_bytes, allocation, memory: memory.clone() })
     }
 }
 
@@ -44,7 +45,7 @@ pub struct Buffer {
     offset: u64,
     length_bytes: u32,
     allocation: Allocation,
-    shared: Arc<Shared>,
+    memory: Arc<RegionMemory>,
 }
 
 impl std::fmt::Debug for Buffer {
@@ -65,28 +66,29 @@ impl Buffer {
     /// The buffer's bytes. A buffer the caller holds is never being written: one handed to a
     /// read comes back only with its completion.
     pub fn bytes(&self) -> &[u8] {
-        self.shared.bytes(self.offset, u64::from(self.length_bytes))
+        self.memory.bytes(self.offset, u64::from(self.length_bytes))
     }
 
-    pub(crate) fn belongs_to(&self, shared: &Arc<Shared>) -> bool {
-        Arc::ptr_eq(&self.shared, shared)
+    pub(crate) fn belongs_to(&self, shared: &Shared) -> bool {
+        Arc::ptr_eq(&self.memory, &shared.memory)
     }
 
     /// Keeps this buffer's range out of the allocator for the rest of the region's life: the
     /// engine (or a late RDMA GET) may still write into it, and nothing will tell us when it
-    /// is done. The range comes back only with the region.
+    /// is done. The range comes back only with the region (which may outlive the engine:
+    /// [`crate::Client::reattach`]).
     pub(crate) fn quarantine(self) {
         let this = std::mem::ManuallyDrop::new(self);
         // SAFETY: `this` is never dropped nor used again; moving the Arc out of it (and
         // dropping that) releases our reference without running Buffer::drop, so the
         // allocation stays marked used.
-        drop(unsafe { std::ptr::read(&this.shared) });
+        drop(unsafe { std::ptr::read(&this.memory) });
     }
 }
 
 impl Drop for Buffer {
     fn drop(&mut self) {
-        if let Ok(mut allocator) = self.shared.allocator.lock() {
+        if let Ok(mut allocator) = self.memory.allocator.lock() {
             allocator.allocator.free(self.allocation);
         }
     }

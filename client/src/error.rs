@@ -34,6 +34,10 @@ pub enum ClientError {
     EngineGone,
     #[error("timed out after {waited_ms} ms waiting for {wanted} completions ({available} available)")]
     TimedOut { waited_ms: u64, wanted: u32, available: u32 },
+    #[error(
+        "this attachment's region was handed to another engine (Client::reattach); use the client that call returned"
+    )]
+    Retired,
     #[error("a lock inside the client was poisoned by a panic")]
     Poisoned,
 }

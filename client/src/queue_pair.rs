@@ -169,11 +169,15 @@ impl Drop for QueuePair {
     /// back; the rest are quarantined until the region is detached, because the engine may
     /// still write into them and no one will reap their completions now.
     fn drop(&mut self) {
-        // Bounded: the CQ holds at most twice the SQ's entries.
+        // Bounded: the CQ holds at most twice the SQ's entries. A retired queue pair's rings
+        // are another engine's now: not touched.
         while let Ok(Some(_)) = self.reap_one() {}
+        // An engine that has exited writes nothing more: its requests' buffers are free.
+        let engine_exited = self.shared.engine_exited(Duration::ZERO) == Some(true);
         for in_flight in self.slots.iter_mut().filter_map(Option::take) {
-            if let Some(buffer) = in_flight.buffer {
-                buffer.quarantine();
+            match in_flight.buffer {
+                Some(buffer) if !engine_exited => buffer.quarantine(),
+                _ => {}
             }
         }
     }
@@ -190,10 +194,10 @@ impl QueuePair {
         // SAFETY: Client::take_queue_pair hands each queue pair out once, so
         // this is the only client-side user of its rings; `shared` (held
         // here) keeps the mapping alive as long as the rings.
-        let (sq, cq): ClientRings = unsafe { shared.view.client_rings(index) };
+        let (sq, cq): ClientRings = unsafe { shared.memory.view.client_rings(index) };
         // The CQ holds twice the SQ: the most requests the engine can have
         // taken and not yet seen reaped.
-        let capacity = shared.view.geometry().cq_entries();
+        let capacity = shared.memory.view.geometry().cq_entries();
         QueuePair {
             shared,
             index,
@@ -236,6 +240,9 @@ impl QueuePair {
         tag: u64,
         deadline_ns: u64,
     ) -> Result<(), ClientError> {
+        if self.shared.retired() {
+            return Err(ClientError::Retired);
+        }
         let Some(&slot) = self.free_slots.last() else {
             return Err(ClientError::TooManyInFlight(self.capacity()));
         };
@@ -289,8 +296,11 @@ impl QueuePair {
     /// Publishes every prepared entry with one store, and wakes the engine
     /// if it announced it is going to sleep.
     pub fn submit(&mut self) -> Result<(), ClientError> {
+        if self.shared.retired() {
+            return Err(ClientError::Retired);
+        }
         self.sq.publish();
-        let control = self.shared.view.queue_control(self.index);
+        let control = self.shared.memory.view.queue_control(self.index);
         if self.sq.consumer_needs_wakeup(&control.sq_flags, sq_flags::NEED_WAKEUP) {
             futex::wake(&control.sq_tail, 1);
         }
@@ -302,6 +312,9 @@ impl QueuePair {
     pub fn reap_one(&mut self) -> Result<Option<Completion>, ClientError> {
         if let Some(completion) = self.stash.pop_front() {
             return Ok(Some(completion));
+        }
+        if self.shared.retired() {
+            return Err(ClientError::Retired);
         }
         self.reap_from_cq()
     }
@@ -403,7 +416,7 @@ impl QueuePair {
     /// Sleeps (at most `slice`) until the CQ holds `wanted` completions or the engine posts.
     /// Returns how long it slept (0 if the completions were there before it could).
     fn sleep_once(&mut self, slice: Duration, wanted: u32) -> Result<u64, ClientError> {
-        let control = self.shared.view.queue_control(self.index);
+        let control = self.shared.memory.view.queue_control(self.index);
         let check = self.cq.prepare_sleep_for(&control.cq_flags, cq_flags::NEED_WAKEUP, wanted);
         match check.map_err(|error| ClientError::EngineProtocol(error.to_string()))? {
             SleepCheck::Sleep { expected_tail } => {

@@ -5,9 +5,11 @@
 
 use crate::config::Config;
 use crate::poller::{Command, PollerLink};
-use crate::region::{RegionIdentity, RegionMemory};
+use crate::region::{AdoptionLimits, RegionIdentity, RegionMemory};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use rdma_ipc::control::{self, AttachReply, AttachRequest, ControlError, RegionSummary, Request, Response};
+use rdma_ipc::control::{
+    self, AdoptRequest, AttachReply, AttachRequest, ControlError, RegionSummary, Request, Response,
+};
 use shm_layout::geometry::Geometry;
 use shm_layout::LAYOUT_VERSION;
 use std::collections::HashMap;
@@ -173,8 +175,8 @@ impl ControlServer {
     }
 
     fn handle_message(&mut self, index: usize) {
-        let request = match control::receive::<Request>(&self.connections[index].fd) {
-            Ok((request, _fds)) => request,
+        let (request, fds) = match control::receive::<Request>(&self.connections[index].fd) {
+            Ok(received) => received,
             Err(ControlError::Closed) => return self.close_connection(index, "closed"),
             Err(error) => {
                 let reason = format!("unreadable control message: {error}");
@@ -186,6 +188,7 @@ impl ControlServer {
             Request::Attach(attach) => self.attach(index, &attach),
             Request::Mapped { region_id } => return self.serve_mapped(index, region_id),
             Request::ListRegions => self.list_regions(index),
+            Request::Adopt(adopt) => self.adopt(index, &adopt, fds),
         };
         match sent {
             Ok(()) => {}
@@ -206,14 +209,12 @@ impl ControlServer {
         control::send_without_blocking(&self.connections[index].fd, &Response::Refused { reason }, &[])
     }
 
-    /// Checks an attach request against the layout version and the limits;
-    /// returns the geometry or one sentence saying what and why.
-    fn check_attach(&self, index: usize, request: &AttachRequest) -> Result<Geometry, String> {
-        let config = &self.config;
-        if request.layout_version != LAYOUT_VERSION {
+    /// Checks that a connection may have a region now (layout version, one region per
+    /// connection, the engine running, the client count); one sentence saying what and why.
+    fn check_admission(&self, index: usize, layout_version: u32) -> Result<(), String> {
+        if layout_version != LAYOUT_VERSION {
             return Err(format!(
-                "client layout version {} is not this engine's version {LAYOUT_VERSION}; use a client library of the same release",
-                request.layout_version
+                "client layout version {layout_version} is not this engine's version {LAYOUT_VERSION}; use a client library of the same release"
             ));
         }
         if !matches!(self.connections[index].region, ConnectionRegion::None) {
@@ -228,60 +229,128 @@ impl ControlServer {
             .filter(|connection| matches!(connection.region, ConnectionRegion::AwaitingMapping { .. }))
             .count();
         let clients = self.regions.len() + awaiting_mapping;
-        if clients >= config.max_clients as usize {
+        if clients >= self.config.max_clients as usize {
             return Err(format!("the engine already serves {clients} clients, its limit (--max-clients)"));
         }
-        if request.queue_pairs == 0 || request.queue_pairs > config.max_queue_pairs {
+        Ok(())
+    }
+
+    /// Checks a region's shape against the limits; returns the geometry or one sentence
+    /// saying what and why.
+    fn check_geometry(&self, queue_pairs: u32, sq_entries: u32, buffer_size_bytes: u64) -> Result<Geometry, String> {
+        let config = &self.config;
+        if queue_pairs == 0 || queue_pairs > config.max_queue_pairs {
             return Err(format!(
-                "{} queue pairs asked, the engine allows 1 to {} (--max-queue-pairs)",
-                request.queue_pairs, config.max_queue_pairs
+                "{queue_pairs} queue pairs asked, the engine allows 1 to {} (--max-queue-pairs)",
+                config.max_queue_pairs
             ));
         }
-        if request.sq_entries > config.max_sq_entries {
+        if sq_entries > config.max_sq_entries {
             return Err(format!(
-                "{} SQ entries asked, the engine allows at most {} (--max-sq-entries)",
-                request.sq_entries, config.max_sq_entries
+                "{sq_entries} SQ entries asked, the engine allows at most {} (--max-sq-entries)",
+                config.max_sq_entries
             ));
         }
-        if request.buffer_size_bytes > config.max_buffer_size_bytes() {
+        if buffer_size_bytes > config.max_buffer_size_bytes() {
             return Err(format!(
-                "a {}-byte buffer area asked, the engine allows at most {} bytes (--max-buffer-mib)",
-                request.buffer_size_bytes,
+                "a {buffer_size_bytes}-byte buffer area asked, the engine allows at most {} bytes (--max-buffer-mib)",
                 config.max_buffer_size_bytes()
             ));
         }
-        Geometry::new(request.queue_pairs, request.sq_entries, request.buffer_size_bytes)
+        Geometry::new(queue_pairs, sq_entries, buffer_size_bytes)
             .map_err(|error| format!("the asked region is not possible: {error}"))
     }
 
-    fn attach(&mut self, index: usize, request: &AttachRequest) -> Result<(), ControlError> {
-        let geometry = match self.check_attach(index, request) {
-            Ok(geometry) => geometry,
-            Err(reason) => return self.refuse(index, reason),
-        };
-        let identity = RegionIdentity {
+    /// The identity of the next region, for the client of connection `index`.
+    fn next_identity(&self, index: usize, client_name: &str) -> RegionIdentity {
+        RegionIdentity {
             region_id: self.next_region_id,
             engine_generation: self.engine_generation,
             engine_pid: std::process::id(),
             client_pid: self.connections[index].pid,
-            client_name: request.client_name.chars().take(64).collect(),
+            client_name: client_name.chars().take(64).collect(),
+        }
+    }
+
+    fn attach(&mut self, index: usize, request: &AttachRequest) -> Result<(), ControlError> {
+        let geometry = match self
+            .check_admission(index, request.layout_version)
+            .and_then(|()| self.check_geometry(request.queue_pairs, request.sq_entries, request.buffer_size_bytes))
+        {
+            Ok(geometry) => geometry,
+            Err(reason) => return self.refuse(index, reason),
         };
+        let identity = self.next_identity(index, &request.client_name);
         let memory = match RegionMemory::create(geometry, identity, self.config.hugepages) {
             Ok(memory) => Arc::new(memory),
             Err(error) => return self.refuse(index, format!("cannot create the region: {error}")),
         };
         self.next_region_id += 1;
+        self.hand_over(index, memory, true)
+    }
+
+    /// Takes over the region a client presents (its region from an earlier engine), checked
+    /// as hostile input, and answers as for a new region, without the descriptor.
+    fn adopt(&mut self, index: usize, request: &AdoptRequest, mut fds: Vec<OwnedFd>) -> Result<(), ControlError> {
+        if let Err(reason) = self.check_admission(index, request.layout_version) {
+            return self.refuse(index, reason);
+        }
+        if fds.len() != 1 {
+            let reason = format!("a region to adopt travels as one descriptor; this request carried {}", fds.len());
+            return self.refuse(index, reason);
+        }
+        let config = &self.config;
+        let max_region_bytes =
+            Geometry::new(config.max_queue_pairs, config.max_sq_entries, config.max_buffer_size_bytes())
+                .map_or(0, |geometry| geometry.region_size_bytes);
+        let limits = AdoptionLimits { max_region_bytes, policy: config.hugepages };
+        let memfd = fds.remove(0);
+        // Before anything else touches it: a region served for another connection stays its.
+        let served =
+            nix::sys::stat::fstat(memfd.as_raw_fd()).is_ok_and(|stat| self.serves_file((stat.st_dev, stat.st_ino)));
+        if served {
+            return self.refuse(index, "the presented region is already served for another connection".into());
+        }
+        let identity = self.next_identity(index, &request.client_name);
+        let memory = match RegionMemory::adopt(memfd, identity, &limits) {
+            Ok(memory) => memory,
+            Err(reason) => return self.refuse(index, reason),
+        };
+        let geometry = memory.geometry;
+        if let Err(reason) =
+            self.check_geometry(geometry.queue_pair_count, geometry.sq_entries, geometry.buffer_size_bytes)
+        {
+            return self.refuse(index, format!("the presented region is larger than this engine allows: {reason}"));
+        }
+        memory.take_over();
+        self.next_region_id += 1;
+        tracing::info!(
+            region_id = memory.identity.region_id,
+            client_pid = memory.identity.client_pid,
+            "region adopted"
+        );
+        self.hand_over(index, Arc::new(memory), false)
+    }
+
+    /// Whether a region of this file (device, inode) is attached or awaits its mapping.
+    fn serves_file(&self, file: (u64, u64)) -> bool {
+        self.regions.values().any(|memory| memory.file == file)
+            || self.connections.iter().any(|connection| {
+                matches!(&connection.region, ConnectionRegion::AwaitingMapping { memory, .. } if memory.file == file)
+            })
+    }
+
+    /// Answers `Attached` (with the memfd when `send_memfd`) and waits for the mapping.
+    fn hand_over(&mut self, index: usize, memory: Arc<RegionMemory>, send_memfd: bool) -> Result<(), ControlError> {
         let reply = AttachReply {
             region_id: memory.identity.region_id,
             region_size_bytes: memory.size_bytes(),
             engine_generation: self.engine_generation,
             hugepages: memory.hugepages,
         };
-        control::send_without_blocking(
-            &self.connections[index].fd,
-            &Response::Attached(reply),
-            &[memory.memfd.as_raw_fd()],
-        )?;
+        let memfd = [memory.memfd.as_raw_fd()];
+        let fds: &[i32] = if send_memfd { &memfd } else { &[] };
+        control::send_without_blocking(&self.connections[index].fd, &Response::Attached(reply), fds)?;
         self.connections[index].region =
             ConnectionRegion::AwaitingMapping { memory, deadline: Instant::now() + MAPPING_TIMEOUT };
         Ok(())

@@ -17,6 +17,7 @@ pub mod rdma;
 pub mod read;
 pub mod region;
 pub mod security;
+pub mod sigbus_guard;
 pub mod startup;
 pub mod stream;
 pub mod supervise;

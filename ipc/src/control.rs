@@ -10,8 +10,14 @@
 //! region's memfd; the client maps it and says `Mapped`, and the engine seals the
 //! region against new writable mappings and hole punching, checks that none was
 //! punched, and answers `Serving` (or `Refused`, and closes). Only then does the
-//! engine serve the region: before the seal, the client's writable fd could free
-//! the region's pages under the engine, which for huge pages means SIGBUS.
+//! engine serve the region.
+//!
+//! A client whose engine went away can present its region to the next engine instead
+//! (`Adopt`, the memfd travelling with it): the engine checks it as hostile input, takes
+//! it over (new header, empty rings, the buffer area untouched) and answers `Attached`
+//! without a descriptor, since the client has the region mapped; `Mapped` and `Serving`
+//! follow as for a new region. Buffers the application still holds stay valid, and new
+//! reads land in the same memory.
 
 use nix::sys::socket::{
     accept4, bind, connect, getsockopt, listen, recvmsg, sendmsg, socket, sockopt, AddressFamily, Backlog,
@@ -36,6 +42,17 @@ pub enum Request {
     Mapped { region_id: u64 },
     /// List attached regions, with read-only-mappable fds (for `ringstat`).
     ListRegions,
+    /// Take over the region whose memfd travels with this message (made by an earlier
+    /// engine) for this connection.
+    Adopt(AdoptRequest),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdoptRequest {
+    /// `shm_layout::LAYOUT_VERSION` of the client's library.
+    pub layout_version: u32,
+    /// Free text for logs and ringstat (program name).
+    pub client_name: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,7 +69,7 @@ pub struct AttachRequest {
 /// The engine's answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    /// The region's memfd travels with this message.
+    /// The region's memfd travels with this message (none when the region was adopted).
     Attached(AttachReply),
     /// One sentence: what was refused and why.
     Refused { reason: String },

@@ -85,6 +85,8 @@ pub mod fence_reason {
     pub const SQ_TAIL_INVALID: u32 = 1;
     /// The CQ head moved backwards or past the CQ tail.
     pub const CQ_HEAD_INVALID: u32 = 2;
+    /// Pages of the region were freed under the engine (a hole punched in its memfd).
+    pub const PAGES_LOST: u32 = 3;
 
     /// One sentence per reason.
     pub const fn describe(reason: u32) -> &'static str {
@@ -92,6 +94,7 @@ pub mod fence_reason {
             NONE => "not fenced",
             SQ_TAIL_INVALID => "the client moved its SQ tail backwards or beyond the ring's size",
             CQ_HEAD_INVALID => "the client moved its CQ head backwards or past the CQ tail",
+            PAGES_LOST => "pages of the region were freed under the engine (a hole punched in its memfd)",
             _ => "unknown fence reason",
         }
     }

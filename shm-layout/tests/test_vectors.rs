@@ -91,7 +91,7 @@ fn constants() -> Value {
         "region_state": {"ACTIVE": region_state::ACTIVE, "FENCED": region_state::FENCED},
         "fence_reason": {
             "NONE": fence_reason::NONE, "SQ_TAIL_INVALID": fence_reason::SQ_TAIL_INVALID,
-            "CQ_HEAD_INVALID": fence_reason::CQ_HEAD_INVALID,
+            "CQ_HEAD_INVALID": fence_reason::CQ_HEAD_INVALID, "PAGES_LOST": fence_reason::PAGES_LOST,
         },
         "max_buffer_length_bytes": shm_layout::entry::MAX_BUFFER_LENGTH_BYTES,
         "error_codes": error_codes,

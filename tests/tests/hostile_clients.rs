@@ -33,8 +33,10 @@ fn a_client_cannot_resize_its_region_under_the_engine() {
     control::confirm_mapped(&attached.socket, attached.region_id).unwrap();
     // SAFETY: F_GET_SEALS on a descriptor we own.
     let seals = unsafe { libc::fcntl(memfd.as_raw_fd(), libc::F_GET_SEALS) };
-    let wanted = libc::F_SEAL_SEAL | libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+    let wanted = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
     assert_eq!(seals & wanted, wanted, "seals missing or liftable once served: {seals:#x}");
+    // Not sealed against writing: a new engine must be able to map it to adopt it.
+    assert_eq!(seals & libc::F_SEAL_FUTURE_WRITE, 0, "{seals:#x}");
     let other = Client::attach(&engine.socket, &AttachOptions::default()).unwrap();
     let mut queue_pair = other.take_queue_pair(0).unwrap();
     for _ in 0..3 {
@@ -117,34 +119,17 @@ fn a_client_that_does_not_read_its_replies_is_dropped() {
     drop(hog);
 }
 
-/// Once a region is served, its client can neither punch holes in it (through its fd or its
-/// mapping) nor map it writable again: the pages the engine uses stay the engine's.
-/// (The hugetlb case, where a hole means SIGBUS for the engine, is in `hugepages.rs`.)
+/// A client that punches holes in its served region (normal pages) hurts only itself: the
+/// engine reads zeros where its pages were, and serves the others. (Huge pages, where a hole
+/// can mean SIGBUS for the engine, are in `hugepages.rs`.)
 #[test]
-fn a_served_region_cannot_lose_its_pages() {
+fn a_client_that_punches_its_region_hurts_only_itself() {
     use nix::fcntl::{fallocate, FallocateFlags};
-    let engine = Engine::start(&[]);
+    let engine = Engine::start(&["--hugepages", "off"]);
     let attached = attach_unconfirmed(&engine.socket, attach_request(1, 64, 1 << 20));
     control::confirm_mapped(&attached.socket, attached.region_id).unwrap();
     let punch = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
-    let tail = attached.size_bytes as i64 - 4096;
-    assert_eq!(fallocate(attached.memfd.as_raw_fd(), punch, tail, 4096), Err(nix::errno::Errno::EPERM));
-    // SAFETY: the last page of the client's own mapping; MADV_REMOVE must fail.
-    let removed = unsafe {
-        nix::sys::mman::madvise(
-            std::ptr::NonNull::new(attached.mapping.base().as_ptr().add(tail as usize).cast()).unwrap(),
-            4096,
-            nix::sys::mman::MmapAdvise::MADV_REMOVE,
-        )
-    };
-    assert_eq!(removed, Err(nix::errno::Errno::EPERM));
-    let again = rdma_ipc::mapping::Mapping::new(
-        &attached.memfd,
-        attached.size_bytes,
-        rdma_ipc::mapping::Access::ReadWrite,
-        false,
-    );
-    assert!(again.is_err(), "a second writable mapping was allowed");
+    fallocate(attached.memfd.as_raw_fd(), punch, 0, attached.size_bytes as i64).unwrap();
     let other = Client::attach(&engine.socket, &AttachOptions::default()).unwrap();
     other.take_queue_pair(0).unwrap().ping(Duration::from_secs(5)).unwrap();
     assert_eq!(engine.region_count(), 2);
@@ -174,4 +159,100 @@ fn a_confirmation_for_another_region_is_refused() {
     assert!(error.to_string().contains("does not await its mapping"), "{error}");
     victim.take_queue_pair(0).unwrap().ping(Duration::from_secs(5)).unwrap();
     assert_eq!(engine.region_count(), 1);
+}
+
+/// Sends `Adopt` with `fds`; the engine's refusal reason, or `None` when it took the region.
+fn present(engine: &Engine, fds: &[std::os::fd::RawFd]) -> (std::os::fd::OwnedFd, Option<String>) {
+    let connection = control::connect_to(&engine.socket).unwrap();
+    let request = Request::Adopt(control::AdoptRequest {
+        layout_version: shm_layout::LAYOUT_VERSION,
+        client_name: "hostile".into(),
+    });
+    control::send(&connection, &request, fds).unwrap();
+    let (response, _) = control::receive::<Response>(&connection).unwrap();
+    let refusal = match response {
+        Response::Refused { reason } => Some(reason),
+        Response::Attached(_) => None,
+        other => panic!("unexpected answer {other:?}"),
+    };
+    (connection, refusal)
+}
+
+/// A memfd of `size_bytes` holding `header` at its start, with `seals` added.
+fn memfd_region(size_bytes: u64, header: &[u8], seals: libc::c_int) -> std::os::fd::OwnedFd {
+    use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+    let memfd =
+        memfd_create(c"hostile-region", MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING).unwrap();
+    nix::unistd::ftruncate(&memfd, size_bytes as i64).unwrap();
+    nix::sys::uio::pwrite(&memfd, header, 0).unwrap();
+    // SAFETY: F_ADD_SEALS on a descriptor we own.
+    assert_eq!(unsafe { libc::fcntl(memfd.as_raw_fd(), libc::F_ADD_SEALS, seals) }, 0);
+    memfd
+}
+
+/// A region presented at re-attach is hostile input: a file that is no memfd, a memfd whose
+/// size is not sealed or that is sealed against writing, of the wrong size, with a garbage
+/// header or another layout version, another client's region, or no descriptor at all: each
+/// is refused with one sentence (logged once), and the engine serves the others, the victim
+/// whose region was presented included. A region a client made itself, sealed and described
+/// as the engine would, is taken like any other.
+#[test]
+fn a_presented_region_is_checked_as_hostile_input() {
+    use shm_layout::geometry::Geometry;
+    use shm_layout::header::RegionDescription;
+    use zerocopy::IntoBytes;
+    let engine = Engine::start(&["--hugepages", "off"]);
+    let victim = Client::attach(&engine.socket, &AttachOptions::default()).unwrap();
+    let mut victim_queue_pair = victim.take_queue_pair(0).unwrap();
+    let geometry = Geometry::new(1, 64, 1 << 20).unwrap();
+    let size = geometry.region_size_bytes;
+    let valid = RegionDescription::new(&geometry);
+    let sealed = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+    let plain_file = tempfile::tempfile().unwrap();
+    plain_file.set_len(size).unwrap();
+    let other_version = RegionDescription { layout_version: shm_layout::LAYOUT_VERSION + 1, ..valid };
+    let victim_memfd = {
+        // The victim's region as another process could get hold of it (same uid: through /proc).
+        let path = format!("/proc/{}/fd", std::process::id());
+        let found = std::fs::read_dir(path)
+            .unwrap()
+            .flatten()
+            .find(|entry| {
+                std::fs::read_link(entry.path())
+                    .is_ok_and(|target| target.to_string_lossy().contains("memfd:rdma-region"))
+            })
+            .expect("the victim's memfd");
+        std::fs::OpenOptions::new().read(true).write(true).open(found.path()).unwrap()
+    };
+    let cases: Vec<(&str, Vec<std::os::fd::OwnedFd>, &str)> = vec![
+        ("a plain file", vec![plain_file.into()], "not a"),
+        ("an unsealed memfd", vec![memfd_region(size, valid.as_bytes(), 0)], "size is not sealed"),
+        (
+            "a memfd sealed against writing",
+            vec![memfd_region(size, valid.as_bytes(), sealed | libc::F_SEAL_FUTURE_WRITE)],
+            "sealed against writing",
+        ),
+        ("a memfd of the wrong size", vec![memfd_region(size + 4096, valid.as_bytes(), sealed)], "multiple of"),
+        ("a garbage header", vec![memfd_region(size, &[0xa5; 4096], sealed)], "header is not valid"),
+        ("another layout version", vec![memfd_region(size, other_version.as_bytes(), sealed)], "layout version"),
+        ("another client's region", vec![victim_memfd.into()], "already served"),
+        ("no descriptor", vec![], "one descriptor"),
+    ];
+    for (what, fds, expected) in &cases {
+        let raw: Vec<_> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        let (_connection, refusal) = present(&engine, &raw);
+        let reason = refusal.unwrap_or_else(|| panic!("{what} was taken over"));
+        assert!(reason.contains(expected), "{what}: {reason}");
+        assert!(engine.wait_for_log(&reason, Duration::from_secs(5)), "{what}: not logged");
+        assert_eq!(engine.log_text().matches(&reason).count(), 1, "{what}: logged once");
+        victim_queue_pair.ping(Duration::from_secs(5)).unwrap();
+    }
+    // A region of the client's own making, sealed and described as the engine would.
+    let own = memfd_region(size, valid.as_bytes(), sealed);
+    let (connection, refusal) = present(&engine, &[own.as_raw_fd()]);
+    assert_eq!(refusal, None, "a well-formed region was refused");
+    let region_id = engine.region_count() as u64 + 100; // not this region's id: refused, connection closed
+    assert!(control::confirm_mapped(&connection, region_id).is_err());
+    victim_queue_pair.ping(Duration::from_secs(5)).unwrap();
+    assert!(engine.wait_for_region_count(1, Duration::from_secs(5)), "only the victim is served");
 }

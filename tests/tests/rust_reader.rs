@@ -129,7 +129,9 @@ fn every_needle_reads_the_same_every_way_from_many_threads() {
 
 /// The same Reader, attached once, goes on reading through an engine SIGKILL, SIGTERM and
 /// SIGSTOP: reads meanwhile wait or fail as retryable, never with wrong bytes, and succeed
-/// again once the engine is back; a zero-copy view taken before the kill keeps its bytes.
+/// again once the engine is back. Each new engine takes the reader's region over (same
+/// memfd), so a zero-copy view taken before the kill keeps its bytes while new reads land
+/// beside it in the same memory.
 #[test]
 fn a_reader_attached_once_reads_on_across_engine_restarts_and_stalls() {
     let dir = tempfile::tempdir().unwrap();
@@ -165,12 +167,17 @@ fn a_reader_attached_once_reads_on_across_engine_restarts_and_stalls() {
         eprintln!("{what}: reads succeed again {:?} later", start.elapsed());
     };
     reads_succeed_again("the start");
+    let region = reader.region_file().expect("attached");
     engine.restart(); // SIGKILL, then a new engine on the same socket
     reads_succeed_again("an engine SIGKILL");
+    assert!(engine.wait_for_log("region adopted", RECOVERY_MAX), "{}", engine.log_text());
+    assert_eq!(reader.region_file(), Some(region), "the new engine took the same region over");
+    assert_eq!(&*view, &needles[4].1[..], "a zero-copy view taken before the SIGKILL");
     kill(engine.pid(), Signal::SIGTERM).unwrap();
     let _ = engine.child.wait();
     engine.restart();
     reads_succeed_again("an engine SIGTERM");
+    assert_eq!(reader.region_file(), Some(region), "the region survives a SIGTERM too");
     kill(engine.pid(), Signal::SIGSTOP).unwrap();
     std::thread::sleep(Duration::from_secs(3));
     kill(engine.pid(), Signal::SIGCONT).unwrap();

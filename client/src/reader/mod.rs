@@ -21,7 +21,7 @@ mod pool;
 pub use content::{Content, ReadError, ReadKind, ReadSpec, SubmitRead};
 pub use pool::{PoolReader, ReadPool};
 
-use crate::{AttachOptions, Client, Completion, CompletionError, ErrorCode, ReadSource};
+use crate::{AttachOptions, Client, ClientError, Completion, CompletionError, ErrorCode, ReadSource};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -41,6 +41,10 @@ pub struct ReaderOptions {
     pub reattach: bool,
     /// How often a lost engine is attached again.
     pub retry_interval: Duration,
+    /// Present the region to the next engine when one went away ([`Client::reattach`]), so
+    /// views the application holds stay valid and new reads land in the same memory.
+    /// Off: every re-attach makes a new region (held views still stay valid).
+    pub keep_region: bool,
 }
 
 impl Default for ReaderOptions {
@@ -56,6 +60,7 @@ impl Default for ReaderOptions {
             engine_wait: Duration::from_secs(60),
             reattach: true,
             retry_interval: Duration::from_millis(100),
+            keep_region: true,
         }
     }
 }
@@ -232,6 +237,12 @@ impl Reader {
         self.with_pool(|reader| content::read_content(reader, file_id, range))
     }
 
+    /// The region's memfd (device, inode) of the attachment now, if any: the same after an
+    /// engine restart when the new engine took the region over.
+    pub fn region_file(&self) -> Option<(u64, u64)> {
+        self.inner.current().and_then(|pool| pool.client().region_file().ok())
+    }
+
     /// Whether an engine is attached and alive now.
     pub fn connected(&self) -> bool {
         self.inner.current().is_some_and(|pool| pool.connected())
@@ -267,6 +278,40 @@ impl Inner {
         ReadPool::start(client, self.options.timeout).map_err(ReadError::Attach)
     }
 
+    /// Attaches after the engine went away: presents the region of `lost` (the retired pool
+    /// of that engine) to the new engine when the old engine has exited (a live one could
+    /// still write into its rings), else attaches a new region. `lost` is cleared once it is
+    /// settled. The pool is held until the exit is known, so its queue pairs, dropped after,
+    /// free the buffers of reads the old engine never answered instead of quarantining them.
+    fn attach_again(&self, lost: &mut Option<Lost>) -> Result<ReadPool, ReadError> {
+        if let Some(previous) = lost.as_ref() {
+            if previous.client.engine_exited(ENGINE_EXIT_WAIT) == Some(false) {
+                tracing::info!(
+                    "the old engine has not exited; attaching a new region instead of presenting the old one"
+                );
+                *lost = None;
+            }
+        }
+        if let Some(Lost { client: previous, pool }) = lost.take() {
+            drop(pool);
+            match previous.reattach(&self.socket, &self.options.attach.client_name) {
+                Ok(client) => {
+                    tracing::info!("the new engine took this reader's region over");
+                    return ReadPool::start(client, self.options.timeout).map_err(ReadError::Attach);
+                }
+                Err(ClientError::Refused(reason)) => {
+                    tracing::warn!(%reason, "the engine did not take this reader's region over; attaching a new one");
+                }
+                Err(error) => {
+                    // No engine yet: present the region again next time.
+                    *lost = Some(Lost { client: previous, pool: None });
+                    return Err(ReadError::Attach(error));
+                }
+            }
+        }
+        self.attach()
+    }
+
     fn current(&self) -> Option<Arc<ReadPool>> {
         self.pool.read().ok().and_then(|pool| pool.clone())
     }
@@ -299,10 +344,22 @@ impl Inner {
 
 /// How often a read waiting for an engine looks for the keeper's new pool.
 const RETRY_POLL: Duration = Duration::from_millis(5);
+/// How long the keeper waits for an engine that closed its socket to have exited (it closes
+/// its descriptors moments before it exits) before it presents the region to the next one.
+const ENGINE_EXIT_WAIT: Duration = Duration::from_secs(1);
+
+/// The attachment of an engine that went away, whose region the next engine may take over,
+/// with its retired pool (held until the old engine is known to have exited).
+struct Lost {
+    client: Client,
+    pool: Option<Arc<ReadPool>>,
+}
 
 /// The keeper: watches the engine and attaches again when it is gone; ends with the reader.
 fn keep(inner: &Weak<Inner>) {
     let mut failures = 0u64;
+    // The attachment of the engine that went away, whose region the next engine may take over.
+    let mut lost: Option<Lost> = None;
     let interval = match inner.upgrade() {
         Some(inner) => inner.options.retry_interval,
         None => return,
@@ -314,11 +371,18 @@ fn keep(inner: &Weak<Inner>) {
         if inner.current().is_some_and(|pool| pool.connected()) {
             continue;
         }
-        if inner.current().is_some() {
+        if let Some(pool) = inner.current() {
             tracing::warn!(socket = %inner.socket.display(), "the engine is gone; attaching again every {interval:?}");
+            // A fenced region stays with its (live) engine; a stopped or vanished engine's
+            // region can go to the next one.
+            let gone = matches!(pool.client().check_alive(), Err(ClientError::EngineGone | ClientError::EngineStopped));
+            pool.retire();
+            if gone && inner.options.keep_region {
+                lost = Some(Lost { client: pool.client().clone(), pool: Some(pool.clone()) });
+            }
             inner.replace(None);
         }
-        match inner.attach() {
+        match inner.attach_again(&mut lost) {
             Ok(pool) => {
                 tracing::info!(socket = %inner.socket.display(), after_failures = failures, "attached to the engine again");
                 failures = 0;

@@ -128,6 +128,25 @@ impl ReadPool {
         Ok(ReadPool { client, lanes, next_lane: AtomicUsize::new(0), state, timeout, threads: Mutex::new(threads) })
     }
 
+    /// The attachment this pool reads through.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Stops every lane from touching its queue pair again (each lane's lock is taken, so
+    /// no lane is between two ring accesses when this returns): what must hold before the
+    /// region is handed to another engine. Reads waiting or in flight fail as disconnected.
+    pub fn retire(&self) {
+        self.state.disconnect("the engine went away; the region is being attached again".into());
+        for lane in &self.lanes {
+            // Bounded: a lane holding its lock ends its pass once it sees the disconnection.
+            if let Ok(mut ring) = lane.ring.lock() {
+                ring.fail_everything(String::new());
+                ring.retired = true;
+            }
+        }
+    }
+
     /// Whether the engine is attached and alive.
     pub fn connected(&self) -> bool {
         !self.state.is_disconnected() && self.client.check_alive().is_ok()
@@ -374,6 +393,9 @@ struct Ring {
     free_tags: Vec<usize>,
     /// The reply of a direct read (`ReplyTo::Direct`), for its thread to take.
     direct: Option<Reply>,
+    /// The region went to another engine ([`ReadPool::retire`]): the queue pair is not
+    /// touched again.
+    retired: bool,
 }
 
 impl std::fmt::Debug for Ring {
@@ -392,6 +414,7 @@ impl Ring {
             backlog: VecDeque::new(),
             replies: (0..capacity).map(|_| None).collect(),
             direct: None,
+            retired: false,
             free_tags: (0..capacity).rev().collect(),
         }
     }
@@ -407,6 +430,9 @@ impl Ring {
     /// Prepares as many backlog jobs as the SQ, slot table and buffer area
     /// take, then publishes them with one submit.
     fn submit_backlog(&mut self) {
+        if self.retired {
+            return self.fail_everything(String::new());
+        }
         let mut prepared = 0;
         while let Some(job) = self.backlog.pop_front() {
             let Some(&tag) = self.free_tags.last() else {
@@ -449,6 +475,9 @@ impl Ring {
 
     /// Waits (one slice at most) for completions and hands each to its reply channel.
     fn wait_and_reap(&mut self) {
+        if self.retired {
+            return self.fail_everything(String::new());
+        }
         match self.queue_pair.wait(1, CQ_WAIT_SLICE) {
             Ok(_) | Err(ClientError::TimedOut { .. }) => {}
             Err(error) => return self.fail_everything(error.to_string()),

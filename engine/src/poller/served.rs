@@ -115,7 +115,7 @@ impl ServedRegion {
         self.queue_pairs.iter().map(|queue_pair| queue_pair.pending).sum()
     }
 
-    pub(super) fn fence(&mut self, reason: u32, error: IndexError) {
+    pub(super) fn fence(&mut self, reason: u32, error: impl std::fmt::Display) {
         let live = self.memory.view.live();
         live.fence_reason.store(reason, Ordering::Relaxed);
         live.region_state.store(region_state::FENCED, Ordering::Release);
@@ -144,6 +144,10 @@ impl ServedRegion {
 
     /// Serves every queue pair once; fences the region on a protocol breach.
     pub(super) fn serve(&mut self, executor: &mut Executor) -> u32 {
+        if self.memory.pages_lost() {
+            self.fence(fence_reason::PAGES_LOST, "the engine's SIGBUS guard replaced a page of the region");
+            return 0;
+        }
         let mut total = 0;
         let region_id = self.region_id();
         for queue_pair in self.queue_pairs.iter_mut() {

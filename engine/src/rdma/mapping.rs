@@ -27,7 +27,7 @@ use ucx::{Context, MemoryRegion};
 
 use super::catalogue::{to_hex, FileEntry, PieceEntry};
 use super::page_size_bytes;
-use super::past_eof::Guarded;
+use crate::sigbus_guard::{Guarded, Replacement};
 
 /// Why a file could not be (re)mapped or registered.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +48,7 @@ pub enum MapError {
 pub(crate) struct Reservation {
     base: NonNull<u8>,
     length_bytes: u64,
-    /// Its entry in the SIGBUS guard's table (`past_eof`); emptied before the range is unmapped.
+    /// Its entry in the SIGBUS guard's table (`sigbus_guard`); emptied before the range is unmapped.
     guard: Option<Guarded>,
 }
 
@@ -69,7 +69,7 @@ impl Reservation {
             return Err(MapError::Map { path: path.to_path_buf(), source: std::io::Error::last_os_error() });
         }
         let base = NonNull::new(base.cast::<u8>()).expect("mmap returned NULL without MAP_FIXED");
-        let guard = Some(Guarded::new(base.as_ptr() as usize, length_bytes as usize));
+        let guard = Some(Guarded::new(base.as_ptr() as usize, length_bytes as usize, Replacement::ZeroPages));
         Ok(Reservation { base, length_bytes, guard })
     }
 
@@ -98,9 +98,9 @@ impl Reservation {
         Ok(())
     }
 
-    /// Whether a get read zeros past a shrunk end since the last call (`past_eof`).
+    /// Whether a get read zeros past a shrunk end since the last call (`sigbus_guard`).
     fn take_zeroed(&self) -> bool {
-        self.guard.as_ref().is_some_and(Guarded::take_zeroed)
+        self.guard.as_ref().is_some_and(Guarded::take_hit)
     }
 
     /// Maps zero pages over `from..to` (page-aligned, inside the reservation).
@@ -346,7 +346,7 @@ mod tests {
     /// map the file's new bytes over them even though the length is the old one again.
     #[test]
     fn pages_zeroed_past_a_shrunk_end_read_the_file_again_once_it_grew_back() {
-        super::super::past_eof::install().unwrap();
+        crate::sigbus_guard::install().unwrap();
         let page = page_size_bytes();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("1.dat");
@@ -363,6 +363,6 @@ mod tests {
         file.write_all_at(&vec![0x22u8; 2 * page as usize], page).unwrap();
         map.refresh(&context, &mut Vec::new()).unwrap();
         assert_eq!(byte_at(&map, probe), 0x22, "the file's new bytes, not the zero page");
-        super::super::past_eof::take_zeroed_pages();
+        crate::sigbus_guard::take_zeroed_pages();
     }
 }

@@ -26,7 +26,6 @@ pub mod catalogue;
 pub mod export;
 pub mod lookup;
 mod mapping;
-mod past_eof;
 pub mod remote;
 pub(crate) mod staging;
 pub mod token;

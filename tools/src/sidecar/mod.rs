@@ -80,6 +80,7 @@ impl Sidecar {
             engine_wait: ENGINE_WAIT,
             reattach: true,
             retry_interval: RETRY_INTERVAL,
+            keep_region: true,
         };
         let reader = Reader::connect(&config.socket, options)
             .map_err(|error| SidecarError::Attach { socket: config.socket.clone(), error })?;

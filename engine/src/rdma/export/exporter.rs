@@ -16,9 +16,9 @@ use crate::rdma::catalogue::{
 };
 use crate::rdma::lookup::{LookupRequest, LookupStatus, AM_LOOKUP, AM_LOOKUP_REQUEST};
 use crate::rdma::mapping::Retired;
-use crate::rdma::past_eof;
 use crate::rdma::{features, ucx_overrides};
 use crate::read::local::{LocalVolumes, Refusals};
+use crate::sigbus_guard;
 use rdma_ipc::spin::SpinPolicy;
 use shm_layout::entry::ErrorCode;
 
@@ -79,7 +79,7 @@ impl Exporter {
             WorkerConfig { max_in_flight: 16, am_queue_capacity: AM_INBOX_CAPACITY, am_payload_max_bytes: 64 << 10 };
         let worker = Worker::new(&context, worker_config)?;
         // After UCX's own SIGBUS handler (faults that are not past a file's end go to it).
-        past_eof::install()?;
+        sigbus_guard::install()?;
         worker.set_am_handler(AM_CATALOGUE_REQUEST)?;
         worker.set_am_handler(AM_LOOKUP_REQUEST)?;
         let listener = Listener::bind(&worker, config.listen)?;
@@ -121,7 +121,7 @@ impl Exporter {
                 }
             }
             self.drop_failed_endpoints();
-            let zeroed_pages = past_eof::take_zeroed_pages();
+            let zeroed_pages = sigbus_guard::take_zeroed_pages();
             if zeroed_pages > 0 {
                 tracing::warn!(zeroed_pages, "gets touched pages past the end of an exported file that shrank; they read zeros, and the volumes are refreshed now");
                 self.scan();

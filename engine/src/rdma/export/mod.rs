@@ -123,7 +123,7 @@ pub enum ExportError {
     #[error("cannot start the exporter thread: {0}")]
     Thread(std::io::Error),
     #[error(transparent)]
-    SigbusGuard(#[from] crate::rdma::past_eof::InstallError),
+    SigbusGuard(#[from] crate::sigbus_guard::InstallError),
     #[error("the exporter thread did not start within {SETUP_TIMEOUT:?}")]
     SetupTimeout,
     #[error("the exporter thread failed: {0}")]
