@@ -188,6 +188,13 @@ fn a_reader_attached_once_reads_on_across_engine_restarts_and_stalls() {
     }
     assert!(reader.connected());
     assert_eq!(&*view, &needles[4].1[..], "a zero-copy view taken before the restarts");
+    drop(view);
+    // Nothing of the buffer area was lost to the restarts (reads the dead engines took
+    // were given back once they had exited): all of it can be had again at once.
+    let client = reader.pool().expect("attached").client().clone();
+    let area = client.description().buffer_size_bytes;
+    let whole = client.allocate((area - 64 * 1024) as u32);
+    assert!(whole.is_ok(), "the buffer area lost space across the restarts: {whole:?}");
     eprintln!(
         "{} reads succeeded, {} failed to the application (retryable, during the faults)",
         succeeded.load(Ordering::Relaxed),

@@ -323,7 +323,8 @@ fn mount_protocol_serves_the_bytes_and_refuses_bad_queries() {
     let health_json: serde_json::Value = serde_json::from_slice(&health.body).expect("health is JSON");
     assert_eq!((health.status, &health_json["status"]), (200, &serde_json::json!("healthy")));
     assert_eq!(health_json["rdma"], serde_json::json!({ "enabled": true, "connected": true }));
-    assert_eq!(get("/health?require=connected").status, 200, "the liveness form fails with the engine up");
+    assert_eq!(get("/health?require=connected").status, 200, "the old readiness form fails with the engine up");
+    assert_eq!(get("/health?probe=liveness").status, 200, "the liveness form fails with the engine up");
 
     let volume_server = format!("http://{}", seaweedfs.volume_address());
     for file in &files {
@@ -383,8 +384,9 @@ fn mount_protocol_serves_the_bytes_and_refuses_bad_queries() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(connected(), Some(false), "{}", sidecar.log_text());
-    assert_eq!(get("/health").status, 200, "the mount protocol's /health stays 200");
-    assert_eq!(get("/health?require=connected").status, 503, "the liveness form passes with the engine gone");
+    assert_eq!(get("/health").status, 503, "/health passes with the engine gone");
+    assert_eq!(get("/health?require=connected").status, 503, "the old readiness form passes with the engine gone");
+    assert_eq!(get("/health?probe=liveness").status, 200, "the liveness form fails while the sidecar waits");
     let reply = get(&format!("/read?file_id={fid}"));
     let body = String::from_utf8_lossy(&reply.body).into_owned();
     assert_eq!((reply.status, body.trim_end().lines().count()), (503, 1), "{body}");
@@ -393,7 +395,7 @@ fn mount_protocol_serves_the_bytes_and_refuses_bad_queries() {
     // A new engine on the same socket: the same sidecar attaches again and serves.
     engine.restart();
     let deadline = Instant::now() + READY_TIMEOUT;
-    while get("/health?require=connected").status != 200 && Instant::now() < deadline {
+    while get("/health").status != 200 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(connected(), Some(true), "{}", sidecar.log_text());

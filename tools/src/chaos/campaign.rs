@@ -131,6 +131,8 @@ pub struct CampaignReport {
     pub iterations: u64,
     pub transport: &'static str,
     pub clients: usize,
+    /// How the clients read (`rings`, or the `reader`, whose region each new engine takes over).
+    pub client_api: super::ClientApi,
     pub depth: u32,
     pub deadline_ms: u64,
     pub hang_margin_ms: u64,
@@ -182,12 +184,13 @@ impl CampaignReport {
             && self.reader_hugetlb_kib_at_end == 0
             && self.engine_deaths == 0
             && self.client_deaths == 0
+            && (self.client_api != super::ClientApi::Reader || self.totals.regions == self.clients as u64)
     }
 
     pub fn table(&self) -> String {
         let mut text = format!(
-            "rdma-chaos campaign: {} iterations, seed {}, {} clients at depth {}, UCX {}, {:.0} s\n",
-            self.iterations, self.seed, self.clients, self.depth, self.transport, self.duration_s
+            "rdma-chaos campaign: {} iterations, seed {}, {} clients ({:?}) at depth {}, UCX {}, {:.0} s\n",
+            self.iterations, self.seed, self.clients, self.client_api, self.depth, self.transport, self.duration_s
         );
         text += &row("reads with the right bytes", self.totals.reads_ok);
         text += &row("reads that failed with an error code", self.totals.read_errors);
@@ -204,6 +207,7 @@ impl CampaignReport {
         text += &row("engine deaths not caused by the campaign", self.engine_deaths);
         text += &row("  of which: after a client fault", self.engine_deaths_after_client_faults);
         text += &row("client deaths not caused by the campaign", self.client_deaths);
+        text += &row("regions the clients read through", self.totals.regions);
         text += "\nfault                 count   recovery median ms   max ms\n";
         for (fault, count) in &self.faults {
             let recovery = self.recovery.get(fault).cloned().unwrap_or_default();
@@ -244,6 +248,7 @@ pub fn run(options: &CampaignOptions) -> Result<CampaignReport, ChaosError> {
         iterations: options.iterations,
         transport: run.transport.name(),
         clients: run.clients,
+        client_api: run.client_api,
         depth: run.depth,
         deadline_ms: run.deadline_ms,
         hang_margin_ms: run.hang_margin_ms,

@@ -6,7 +6,7 @@
 
 use super::counters::{ClientSlot, Counters};
 use super::known::KnownVolume;
-use super::ChaosError;
+use super::{ChaosError, ClientApi};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rdma_client::{AttachOptions, Buffer, Client, ClientError, Completion, Operation, QueuePair};
@@ -52,6 +52,9 @@ pub struct ClientArgs {
     /// are counted).
     #[arg(long, hide = true)]
     pub flip_expected: bool,
+    /// Read through the rings or through the high-level Reader.
+    #[arg(long, value_enum, default_value_t = ClientApi::Rings)]
+    pub api: ClientApi,
 }
 
 /// How an attachment ended.
@@ -79,6 +82,9 @@ pub fn client_main(args: &ClientArgs) -> Result<(), ChaosError> {
     let counters = Counters::inherited(args.counters_fd)?;
     let slot = counters.slot(args.slot);
     let parent = nix::unistd::getppid();
+    if args.api == ClientApi::Reader {
+        return reader_main(args, &known, slot, parent);
+    }
     let mut rng = SmallRng::seed_from_u64(args.seed);
     // Bounded by the parent: it kills this process at the end, and the loop ends when the
     // parent is gone.
@@ -92,6 +98,7 @@ pub fn client_main(args: &ClientArgs) -> Result<(), ChaosError> {
             }
         };
         ClientSlot::add(&slot.attaches, 1);
+        ClientSlot::add(&slot.regions, 1);
         slot.attached.store(1, std::sync::atomic::Ordering::Relaxed);
         let end = Session { args, known: &known, slot, client: &client }.run(&mut rng, parent);
         slot.attached.store(0, std::sync::atomic::Ordering::Relaxed);
@@ -241,4 +248,86 @@ impl Session<'_> {
             ClientSlot::add(&self.slot.wrong_reads, 1);
         }
     }
+}
+
+/// The client on the high-level Reader: connected once, `depth` threads reading whole
+/// needles zero-copy until the parent is gone. Every success is checked against the known
+/// content; each thread keeps its last view and checks it again before the next read (a view
+/// stays valid across engine restarts); a read that takes longer than its deadline plus the
+/// hang margin counts as a hang. `regions` counts the distinct regions read through.
+fn reader_main(
+    args: &ClientArgs,
+    known: &KnownVolume,
+    slot: &ClientSlot,
+    parent: nix::unistd::Pid,
+) -> Result<(), ChaosError> {
+    use rdma_client::{Reader, ReaderOptions};
+    use std::sync::atomic::Ordering::Relaxed;
+    let options = ReaderOptions {
+        attach: AttachOptions {
+            queue_pairs: 2,
+            // Each thread holds one view and reads into a buffer of at least the Reader's first
+            // size (or the needle's, when larger); twice that again for the allocator's
+            // fragmentation and a lane's reply left by a read that gave up.
+            buffer_size_bytes: 4
+                * u64::from(args.depth)
+                * u64::from(known.buffer_length_bytes().max(rdma_client::reader::content::INITIAL_BUFFER_BYTES))
+                + (1 << 20),
+            ..attach_options(args, known)
+        },
+        timeout: Duration::from_millis(args.deadline_ms),
+        engine_wait: Duration::from_secs(600),
+        ..ReaderOptions::default()
+    };
+    let reader = Reader::connect(&args.socket, options).map_err(|error| ChaosError::Setup(error.to_string()))?;
+    ClientSlot::add(&slot.attaches, 1);
+    slot.attached.store(1, Relaxed);
+    let regions = std::sync::Mutex::new(std::collections::HashSet::new());
+    let bound = Duration::from_millis(args.deadline_ms + args.hang_margin_ms);
+    std::thread::scope(|scope| {
+        for thread in 0..args.depth {
+            let (reader, regions) = (&reader, &regions);
+            scope.spawn(move || {
+                let mut rng = SmallRng::seed_from_u64(args.seed ^ u64::from(thread) << 48);
+                let mut held: Option<(rdma_client::NeedleView, usize)> = None;
+                // Bounded by the parent: the loop ends when it is gone.
+                while nix::unistd::getppid() == parent {
+                    if let Some((view, index)) = held.take() {
+                        if *view != known.needles[index].data[..] {
+                            ClientSlot::add(&slot.wrong_reads, 1);
+                        }
+                    }
+                    let index = rng.gen_range(0..known.needles.len());
+                    let needle = &known.needles[index];
+                    let started = std::time::Instant::now();
+                    let result = reader.read_view(&needle.file_id.to_string());
+                    if started.elapsed() > bound {
+                        ClientSlot::add(&slot.hangs, 1);
+                    }
+                    match result {
+                        Ok(view) if *view == needle.data[..] && !view.gzipped() => {
+                            ClientSlot::add(&slot.reads_ok, 1);
+                            ClientSlot::add(&slot.bytes_ok, needle.data.len() as u64);
+                            slot.last_success_ns.store(monotonic_ns(), Relaxed);
+                            held = Some((view, index));
+                        }
+                        Ok(_) => ClientSlot::add(&slot.wrong_reads, 1),
+                        Err(error) => {
+                            // The first few, for the run's log.
+                            if ClientSlot::get(&slot.read_errors) < 5 {
+                                eprintln!("rdma-chaos client {}: {error}", args.slot);
+                            }
+                            ClientSlot::add(&slot.read_errors, 1);
+                        }
+                    }
+                    if let (Some(region), Ok(mut seen)) = (reader.region_file(), regions.lock()) {
+                        if seen.insert(region) {
+                            ClientSlot::add(&slot.regions, 1);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Ok(())
 }

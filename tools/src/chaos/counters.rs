@@ -42,7 +42,9 @@ pub struct ClientSlot {
     pub attached: AtomicU64,
     /// Detaches on purpose (the soak's churn).
     pub detaches: AtomicU64,
-    _reserved: [AtomicU64; 5],
+    /// Regions the client has read through (a `Reader`'s region survives engine restarts: 1).
+    pub regions: AtomicU64,
+    _reserved: [AtomicU64; 4],
 }
 
 const _: () = assert!(core::mem::size_of::<ClientSlot>() == 128);

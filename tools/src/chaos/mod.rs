@@ -49,6 +49,20 @@ pub enum Transport {
     Sm,
 }
 
+/// How the campaign's client processes read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientApi {
+    /// The rings themselves: one queue pair, `--depth` reads in flight; a new attachment
+    /// (and region) whenever the engine goes away.
+    #[default]
+    Rings,
+    /// `rdma_client::Reader` from `--depth` threads, attached once: it re-attaches by itself
+    /// and the next engine takes its region over. Each thread keeps its last zero-copy view
+    /// and checks it again before the next read, across engine restarts.
+    Reader,
+}
+
 impl Transport {
     /// The UCX environment of every process of the run (as the RDMA tests use).
     pub fn ucx_env(self) -> &'static [(&'static str, &'static str)] {
@@ -89,6 +103,9 @@ pub struct RunOptions {
     /// Client processes.
     #[arg(long, default_value_t = 3)]
     pub clients: usize,
+    /// How the clients read: the rings, or the high-level Reader (kept across engine restarts).
+    #[arg(long, value_enum, default_value_t = ClientApi::Rings)]
+    pub client_api: ClientApi,
     /// Reads each client keeps in flight.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=512))]
     pub depth: u32,

@@ -16,6 +16,7 @@ pub struct ClientTotals {
     pub attaches: u64,
     pub attach_failures: u64,
     pub detaches: u64,
+    pub regions: u64,
 }
 
 impl ClientTotals {
@@ -31,6 +32,7 @@ impl ClientTotals {
             totals.attaches += ClientSlot::get(&slot.attaches);
             totals.attach_failures += ClientSlot::get(&slot.attach_failures);
             totals.detaches += ClientSlot::get(&slot.detaches);
+            totals.regions += ClientSlot::get(&slot.regions);
         }
         totals
     }

@@ -279,6 +279,7 @@ impl Rig {
             seed: options.seed,
             reads_per_attachment,
             flip_expected: options.flip_expected,
+            api: options.client_api,
         };
         let mut rig = Rig {
             dir,
@@ -318,6 +319,7 @@ impl Rig {
             .args(["--hang-margin-ms", &args.hang_margin_ms.to_string()])
             .args(["--seed", &seed.to_string()])
             .args(["--reads-per-attachment", &args.reads_per_attachment.to_string()])
+            .args(["--api", if args.api == super::ClientApi::Reader { "reader" } else { "rings" }])
             .envs(self.options.transport.ucx_env().iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null());

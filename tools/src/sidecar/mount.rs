@@ -10,12 +10,17 @@ use rdma_client::reader::ReadPool;
 use rdma_client::ErrorCode;
 use volume_format::file_id::FileId;
 
-/// `GET /health`: always `200` (the mount protocol reads `connected`). With
-/// `?require=connected` it is `503` while no engine is attached, for a readiness probe (the
+/// `GET /health`: `200` while an engine is attached, `503` (`"connected": false`) while none
+/// is: a readiness probe, and what a mount takes as "read without the sidecar for now" (the
 /// sidecar attaches again by itself when the engine is back: `rdma_client::Reader`).
+/// `?probe=liveness` answers `200` whenever the sidecar serves HTTP, engine or not: a
+/// liveness probe must not restart a sidecar that only waits for its engine.
+/// (`?require=connected`, the readiness form before `/health` itself became one, is the same
+/// as `/health`.)
 pub fn health(connected: bool, lanes: usize, request: &RequestView) -> Reply {
-    let required = request.query("require") == "connected";
-    let (status, word) = if required && !connected { (503, "unhealthy") } else { (200, "healthy") };
+    let liveness = request.query("probe") == "liveness";
+    let word = if connected { "healthy" } else { "unhealthy" };
+    let status = if connected || liveness { 200 } else { 503 };
     Reply::json(
         status,
         &serde_json::json!({
