@@ -280,9 +280,10 @@ impl Client {
         BufferAllocator::allocate(&self.shared, length_bytes)
     }
 
-    /// The bytes of a buffer the client holds (so no read is writing into it).
+    /// The bytes of a buffer the client holds (so no read is writing into it), from the
+    /// region the buffer belongs to.
     pub fn bytes<'a>(&'a self, buffer: &'a Buffer) -> &'a [u8] {
-        self.shared.memory.bytes(buffer.offset(), buffer.length() as u64)
+        buffer.bytes()
     }
 
     /// Fails if the engine stopped or died or fenced this client off.

@@ -87,6 +87,20 @@ impl ReadError {
         }
     }
 
+    /// Whether the engine went away under this read (its connection closed, it stopped, or it
+    /// answered that it is shutting down): the read is worth resubmitting once on the next
+    /// engine ([`crate::Reader`] does).
+    pub fn engine_went_away(&self) -> bool {
+        match self {
+            ReadError::Disconnected(_) => true,
+            ReadError::Engine(error) => {
+                matches!(error, ClientError::EngineGone | ClientError::EngineStopped | ClientError::Retired)
+            }
+            ReadError::Needle(CompletionError::Engine { code, .. }) => *code == ErrorCode::SHUTDOWN,
+            _ => false,
+        }
+    }
+
     /// Whether the same read may succeed if tried again: the engine went away or stalled
     /// past the deadline, or answered that it was shutting down, that the deadline passed,
     /// or that the volume's exporter or master could not be reached.

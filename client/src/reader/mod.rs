@@ -78,6 +78,53 @@ struct Inner {
     options: ReaderOptions,
 }
 
+/// The [`SubmitRead`] of one request on a [`Reader`]: each read goes to the engine attached
+/// now, waiting for one (until the request's deadline) while none is; a read the engine took
+/// away with it (its connection closed, it stopped, or it answered `SHUTDOWN`) is submitted
+/// once more on the next engine, so an engine restart costs the request latency only. A
+/// second loss fails with [`ReadError::NoEngine`]. With re-attach off, reads go to the pool
+/// as it is.
+#[derive(Debug)]
+pub struct EngineReader<'a> {
+    reader: &'a Reader,
+    pool: Arc<ReadPool>,
+    deadline: Instant,
+    resubmitted: bool,
+}
+
+impl SubmitRead for EngineReader<'_> {
+    fn submit_read(&mut self, spec: &ReadSpec) -> Result<Completion, ReadError> {
+        let options = &self.reader.inner.options;
+        // Bounded: at most one resubmission, and the waits end at the deadline.
+        loop {
+            let reply = self.pool.reader_until(self.deadline).submit_read(spec).and_then(|completion| match completion
+                .result()
+            {
+                Err(error @ CompletionError::Engine { code: ErrorCode::SHUTDOWN, .. }) => Err(ReadError::Needle(error)),
+                _ => Ok(completion),
+            });
+            match reply {
+                Err(error) if options.reattach && error.engine_went_away() => {
+                    if self.resubmitted {
+                        return Err(ReadError::NoEngine);
+                    }
+                    if matches!(error, ReadError::Needle(_)) {
+                        // It answered SHUTDOWN: wait for the next engine rather than meet it again.
+                        self.pool.engine_leaving();
+                    }
+                    self.resubmitted = true;
+                    self.pool = self.reader.inner.pool_until(self.deadline)?;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    fn client(&self) -> &Client {
+        self.pool.client()
+    }
+}
+
 /// A needle's stored bytes where the engine put them, in the shared region: no copy. The
 /// bytes stay valid (and the region mapped) while the view lives.
 #[derive(Debug)]
@@ -132,14 +179,16 @@ impl Reader {
         if said {
             tracing::info!(socket = %inner.socket.display(), "attached to the engine");
         }
-        inner.replace(Some(Arc::new(pool)));
+        let pool = Arc::new(pool);
+        inner.replace(Some(pool.clone()));
         let inner = Arc::new(inner);
         if inner.options.reattach {
             let keeper = Arc::downgrade(&inner);
-            std::thread::Builder::new()
+            let thread = std::thread::Builder::new()
                 .name("rdma-reader-attach".into())
                 .spawn(move || keep(&keeper))
                 .map_err(|error| ReadError::Disconnected(format!("cannot start the keeper thread: {error}")))?;
+            pool.watch(thread.thread().clone());
         }
         Ok(Reader { inner })
     }
@@ -248,27 +297,27 @@ impl Reader {
         self.inner.current().is_some_and(|pool| pool.connected())
     }
 
-    /// The read pool of the engine attached now, if any (for callers that drive
-    /// [`content`]'s functions themselves, such as `rdma-sidecar`).
+    /// The read pool of the engine attached now, if any.
     pub fn pool(&self) -> Option<Arc<ReadPool>> {
         self.inner.current()
     }
 
-    /// Runs `read` on the current pool with the read's deadline; waits for an engine while
-    /// none is attached, and resubmits once a read the engine took away with it.
-    fn with_pool<T>(&self, read: impl Fn(&mut PoolReader<'_>) -> Result<T, ReadError>) -> Result<T, ReadError> {
-        let options = &self.inner.options;
-        let deadline = Instant::now() + options.timeout;
-        let mut resubmitted = false;
-        // Bounded: at most one resubmission, and waits end at the deadline.
-        loop {
-            let pool = self.inner.pool_until(deadline)?;
-            match read(&mut pool.reader_until(deadline)) {
-                Err(ReadError::Disconnected(_)) if options.reattach && !resubmitted => resubmitted = true,
-                Err(ReadError::Disconnected(_)) if options.reattach => return Err(ReadError::NoEngine),
-                outcome => return outcome,
-            }
-        }
+    /// Runs `read` with the read's deadline on the engine attached now (see [`EngineReader`]).
+    fn with_pool<T>(&self, read: impl Fn(&mut EngineReader<'_>) -> Result<T, ReadError>) -> Result<T, ReadError> {
+        read(&mut self.engine_reader(Instant::now() + self.inner.options.timeout)?)
+    }
+
+    /// A reader for one request whose reads all end by `deadline`, on whatever engine is
+    /// attached (see [`EngineReader`]); waits for one until `deadline` while none is. For
+    /// callers that drive [`content`]'s functions themselves, as `rdma-sidecar` does.
+    pub fn engine_reader(&self, deadline: Instant) -> Result<EngineReader<'_>, ReadError> {
+        let pool = self.inner.pool_until(deadline)?;
+        Ok(EngineReader { reader: self, pool, deadline, resubmitted: false })
+    }
+
+    /// How long one read may take ([`ReaderOptions::timeout`]).
+    pub fn timeout(&self) -> Duration {
+        self.inner.options.timeout
     }
 }
 
@@ -285,14 +334,19 @@ impl Inner {
     /// free the buffers of reads the old engine never answered instead of quarantining them.
     fn attach_again(&self, lost: &mut Option<Lost>) -> Result<ReadPool, ReadError> {
         if let Some(previous) = lost.as_ref() {
-            if previous.client.engine_exited(ENGINE_EXIT_WAIT) == Some(false) {
-                tracing::info!(
-                    "the old engine has not exited; attaching a new region instead of presenting the old one"
-                );
-                *lost = None;
+            match previous.client.engine_exited(ENGINE_EXIT_LOOK) {
+                // Still draining, or closing its descriptors: the next engine cannot be up yet.
+                Some(false) if previous.since.elapsed() < ENGINE_EXIT_WAIT => return Err(ReadError::NoEngine),
+                Some(false) => {
+                    tracing::info!(
+                        "the old engine has not exited; attaching a new region instead of presenting the old one"
+                    );
+                    *lost = None;
+                }
+                _ => {}
             }
         }
-        if let Some(Lost { client: previous, pool }) = lost.take() {
+        if let Some(Lost { client: previous, pool, since }) = lost.take() {
             drop(pool);
             match previous.reattach(&self.socket, &self.options.attach.client_name) {
                 Ok(client) => {
@@ -304,7 +358,7 @@ impl Inner {
                 }
                 Err(error) => {
                     // No engine yet: present the region again next time.
-                    *lost = Some(Lost { client: previous, pool: None });
+                    *lost = Some(Lost { client: previous, pool: None, since });
                     return Err(ReadError::Attach(error));
                 }
             }
@@ -344,15 +398,26 @@ impl Inner {
 
 /// How often a read waiting for an engine looks for the keeper's new pool.
 const RETRY_POLL: Duration = Duration::from_millis(5);
-/// How long the keeper waits for an engine that closed its socket to have exited (it closes
-/// its descriptors moments before it exits) before it presents the region to the next one.
-const ENGINE_EXIT_WAIT: Duration = Duration::from_secs(1);
+/// The keeper's pause between attach attempts for [`RETRY_FAST_FOR`] after the engine went
+/// away (a restarted engine is usually back within it); then it doubles up to
+/// [`ReaderOptions::retry_interval`].
+const RETRY_FIRST: Duration = Duration::from_millis(5);
+const RETRY_FAST_FOR: Duration = Duration::from_secs(2);
+/// How long the keeper waits for an engine that went away (closed its socket, stopped, or
+/// said it is shutting down) to have exited before it presents the region to the next one;
+/// past it, it attaches a new region. An engine closes its descriptors moments before it
+/// exits, and drains its reads (bounded by their deadlines) when it shuts down.
+const ENGINE_EXIT_WAIT: Duration = Duration::from_secs(30);
+/// How long one look of the keeper's waits for that exit.
+const ENGINE_EXIT_LOOK: Duration = Duration::from_millis(20);
 
 /// The attachment of an engine that went away, whose region the next engine may take over,
 /// with its retired pool (held until the old engine is known to have exited).
 struct Lost {
     client: Client,
     pool: Option<Arc<ReadPool>>,
+    /// When the engine was found gone.
+    since: Instant,
 }
 
 /// The keeper: watches the engine and attaches again when it is gone; ends with the reader.
@@ -364,32 +429,41 @@ fn keep(inner: &Weak<Inner>) {
         Some(inner) => inner.options.retry_interval,
         None => return,
     };
-    // Ends when the last Reader is dropped.
+    let mut pause = interval;
+    let mut gone_since = Instant::now();
+    // Ends when the last Reader is dropped. Parked between looks: a lane that finds the
+    // engine gone unparks it at once.
     loop {
-        std::thread::sleep(interval);
+        std::thread::park_timeout(pause);
         let Some(inner) = inner.upgrade() else { return };
         if inner.current().is_some_and(|pool| pool.connected()) {
             continue;
         }
         if let Some(pool) = inner.current() {
-            tracing::warn!(socket = %inner.socket.display(), "the engine is gone; attaching again every {interval:?}");
+            tracing::warn!(socket = %inner.socket.display(), "the engine is gone; attaching again (every {interval:?} at most)");
             // A fenced region stays with its (live) engine; a stopped or vanished engine's
             // region can go to the next one.
-            let gone = matches!(pool.client().check_alive(), Err(ClientError::EngineGone | ClientError::EngineStopped));
+            let gone = pool.engine_is_leaving()
+                || matches!(pool.client().check_alive(), Err(ClientError::EngineGone | ClientError::EngineStopped));
             pool.retire();
             if gone && inner.options.keep_region {
-                lost = Some(Lost { client: pool.client().clone(), pool: Some(pool.clone()) });
+                lost = Some(Lost { client: pool.client().clone(), pool: Some(pool.clone()), since: Instant::now() });
             }
             inner.replace(None);
+            gone_since = Instant::now();
         }
         match inner.attach_again(&mut lost) {
             Ok(pool) => {
                 tracing::info!(socket = %inner.socket.display(), after_failures = failures, "attached to the engine again");
                 failures = 0;
-                inner.replace(Some(Arc::new(pool)));
+                pause = interval;
+                let pool = Arc::new(pool);
+                pool.watch(std::thread::current());
+                inner.replace(Some(pool));
             }
             Err(error) => {
                 failures += 1;
+                pause = if gone_since.elapsed() < RETRY_FAST_FOR { RETRY_FIRST } else { (pause * 2).min(interval) };
                 if failures.is_power_of_two() {
                     tracing::info!(%error, failures, "no engine to attach to yet");
                 }

@@ -67,6 +67,10 @@ enum ReplyTo {
 struct PoolState {
     disconnected: AtomicBool,
     reason: Mutex<String>,
+    /// The thread to wake when the engine is found gone (the Reader's keeper).
+    watcher: Mutex<Option<std::thread::Thread>>,
+    /// The engine answered `SHUTDOWN`: it is on its way out, not fencing us off.
+    leaving: AtomicBool,
 }
 
 impl PoolState {
@@ -78,6 +82,9 @@ impl PoolState {
             }
         }
         self.disconnected.store(true, Ordering::Release);
+        if let Some(watcher) = self.watcher.lock().ok().and_then(|watcher| watcher.clone()) {
+            watcher.unpark();
+        }
     }
 
     fn is_disconnected(&self) -> bool {
@@ -131,6 +138,25 @@ impl ReadPool {
     /// The attachment this pool reads through.
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// Unparks `thread` when a lane finds the engine gone (the Reader's keeper sleeps parked).
+    pub(crate) fn watch(&self, thread: std::thread::Thread) {
+        if let Ok(mut watcher) = self.state.watcher.lock() {
+            *watcher = Some(thread);
+        }
+    }
+
+    /// The engine answered that it is shutting down: the pool is as good as disconnected
+    /// (reads wait for the next engine instead of meeting this one's refusals).
+    pub fn engine_leaving(&self) {
+        self.state.leaving.store(true, Ordering::Release);
+        self.state.disconnect("the engine is shutting down".into());
+    }
+
+    /// Whether the engine said it is shutting down ([`ReadPool::engine_leaving`]).
+    pub fn engine_is_leaving(&self) -> bool {
+        self.state.leaving.load(Ordering::Acquire)
     }
 
     /// Stops every lane from touching its queue pair again (each lane's lock is taken, so

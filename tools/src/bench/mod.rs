@@ -33,6 +33,7 @@ pub mod pipeline;
 pub mod read;
 pub mod reader;
 pub mod remote_index;
+pub mod restart;
 pub mod ring_floor;
 mod table;
 
@@ -64,6 +65,8 @@ pub enum BenchError {
     Exporter(String),
     #[error("an index case failed: {0}")]
     IndexCase(String),
+    #[error("cannot set the run up: {0}")]
+    Setup(String),
 }
 
 impl BenchError {
@@ -74,9 +77,11 @@ impl BenchError {
                 exit_code::ENGINE
             }
             BenchError::Completions { .. } => exit_code::NEEDLE,
-            BenchError::Helper(_) | BenchError::Volumes(_) | BenchError::Verify(_) | BenchError::IndexCase(_) => {
-                exit_code::OTHER
-            }
+            BenchError::Helper(_)
+            | BenchError::Volumes(_)
+            | BenchError::Verify(_)
+            | BenchError::IndexCase(_)
+            | BenchError::Setup(_) => exit_code::OTHER,
         }
     }
 }

@@ -4,7 +4,7 @@
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use rdma_tools::bench::contend::{busy_loop_main, BUSY_LOOP_SUBCOMMAND, CONTENDERS_MAX};
 use rdma_tools::bench::floor::{helper_main, HELPER_SUBCOMMAND};
-use rdma_tools::bench::{compare, index, nop, read, reader, remote_index, BenchError};
+use rdma_tools::bench::{compare, index, nop, read, reader, remote_index, restart, BenchError};
 use rdma_tools::exit_code;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -160,6 +160,21 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         seconds_per_cell: f64,
     },
+    /// What an engine restart costs clients that stay attached: an engine (restarted by the
+    /// bench, SIGKILL and SIGTERM in turn) read by a Rust Reader and an rdma-sidecar, each
+    /// from several threads; per restart, the time from the new engine's socket to each
+    /// client's first read, and the reads that failed meanwhile.
+    Restart {
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Engine restarts (SIGKILL and SIGTERM alternate).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(2..=10_000))]
+        restarts: u32,
+        /// Reading threads per client.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+        threads: u32,
+    },
     /// Internal: one case of `index`, in a process of its own.
     #[command(name = index::INDEX_CASE_SUBCOMMAND, hide = true)]
     IndexCase {
@@ -302,6 +317,14 @@ fn main() {
                 print_json(&report);
             } else {
                 print!("{}", remote_index::render(&report));
+            }
+        }
+        Command::Restart { json, restarts, threads } => {
+            let report = restart::run(restart::RestartSpec { restarts, threads }).unwrap_or_else(|error| fail(error));
+            if json {
+                print_json(&report);
+            } else {
+                print!("{}", restart::render(&report));
             }
         }
         Command::IndexCase { structure, volumes, needles } => {

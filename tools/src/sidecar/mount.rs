@@ -6,7 +6,6 @@
 use super::http::{Method, Reply, RequestView, Served};
 use super::volume_api;
 use rdma_client::reader::content::{self, Content, ReadError};
-use rdma_client::reader::ReadPool;
 use rdma_client::ErrorCode;
 use volume_format::file_id::FileId;
 
@@ -71,7 +70,7 @@ pub fn parse_read_query(request: &RequestView) -> Result<ReadQuery, String> {
 }
 
 /// `GET /read`: exactly the bytes asked for, or a non-200 with one line.
-pub fn read(pool: &ReadPool, request: &RequestView) -> Served {
+pub fn read(reader: &mut dyn content::SubmitRead, request: &RequestView) -> Served {
     let query = match parse_read_query(request) {
         Ok(query) => query,
         Err(line) => return Served::failed(Reply::text(400, &line), "BAD_QUERY"),
@@ -81,7 +80,7 @@ pub fn read(pool: &ReadPool, request: &RequestView) -> Served {
         (offset, 0) => Some((offset, None)),
         (offset, size) => Some((offset, Some(size))),
     };
-    match content::read_content(&mut pool.reader(), query.file_id, range) {
+    match content::read_content(reader, query.file_id, range) {
         Ok(content) => {
             let source = Some(content.source);
             Served { reply: data_reply(content), source, error: None }

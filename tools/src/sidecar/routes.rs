@@ -3,7 +3,6 @@
 use super::http::{Method, Reply, RequestView, Served};
 use super::stats::{Outcome, Stats};
 use super::{mount, volume_api};
-use rdma_client::reader::content::ReadError;
 use rdma_client::Reader;
 use std::time::Instant;
 
@@ -14,9 +13,9 @@ pub struct State {
     pub stats: Stats,
 }
 
-/// What a read meets while no engine is attached (the attachment is made again meanwhile).
-fn detached() -> ReadError {
-    ReadError::Disconnected("no engine is attached; the sidecar attaches again as soon as one answers".into())
+/// When a request's reads must end: the reader's timeout (`--timeout-ms`) from now.
+fn deadline(state: &State) -> Instant {
+    Instant::now() + state.reader.timeout()
 }
 
 /// The route's name for the counters, and the answer.
@@ -29,9 +28,11 @@ pub fn dispatch(state: &State, request: &RequestView) -> (&'static str, Served) 
             let lanes = pool.as_ref().map_or(0, |pool| pool.lane_count());
             ("health", Served::plain(mount::health(connected(), lanes, request)))
         }
-        ("/read", Method::Get) => match &pool {
-            Some(pool) => ("read", mount::read(pool, request)),
-            None => ("read", mount::failed(&detached())),
+        // A read waits for an engine (up to its deadline) while none is attached, and is
+        // submitted once more on the next engine when its engine went away under it.
+        ("/read", Method::Get) => match state.reader.engine_reader(deadline(state)) {
+            Ok(mut reader) => ("read", mount::read(&mut reader, request)),
+            Err(error) => ("read", mount::failed(&error)),
         },
         ("/cleanup", Method::Delete | Method::Get) => ("cleanup", Served::plain(mount::cleanup())),
         ("/stats", Method::Get) => ("stats", Served::plain(Reply::json(200, &state.stats.json(connected())))),
@@ -41,12 +42,9 @@ pub fn dispatch(state: &State, request: &RequestView) -> (&'static str, Served) 
             reply.body = state.stats.prometheus_text().into_bytes().into();
             ("metrics", Served::plain(reply))
         }
-        (_, Method::Get | Method::Head) => match &pool {
-            Some(pool) => ("fid", volume_api::serve(&mut pool.reader(), request)),
-            None => {
-                let error = detached();
-                ("fid", Served::failed(volume_api::error_reply(&error, request.method), error.label()))
-            }
+        (_, Method::Get | Method::Head) => match state.reader.engine_reader(deadline(state)) {
+            Ok(mut reader) => ("fid", volume_api::serve(&mut reader, request)),
+            Err(error) => ("fid", Served::failed(volume_api::error_reply(&error, request.method), error.label())),
         },
         _ => (
             "other",
