@@ -125,7 +125,7 @@ func (r *Reader) Close() error {
 }
 
 // read runs one read on a live client, resubmitting it once if the engine
-// went away under it.
+// went away under it (its connection closed, or it answered SHUTDOWN).
 func (r *Reader) read(ctx context.Context, read func(*Client) ([]byte, error)) ([]byte, error) {
 	resubmitted := false
 	for {
@@ -134,7 +134,15 @@ func (r *Reader) read(ctx context.Context, read func(*Client) ([]byte, error)) (
 			return nil, err
 		}
 		data, err := read(client)
-		if errors.Is(err, ErrEngineGone) && !r.options.NoReattach && !resubmitted && ctx.Err() == nil {
+		var completion *CompletionError
+		shutdown := errors.As(err, &completion) && completion.Code == CodeShutdown
+		if (errors.Is(err, ErrEngineGone) || shutdown) && !r.options.NoReattach && !resubmitted && ctx.Err() == nil {
+			if shutdown {
+				// The engine is on its way out: wait for the next one rather
+				// than meet this one's refusals again.
+				client.gone.Store(true)
+				client.markDead()
+			}
 			resubmitted = true
 			continue
 		}

@@ -38,6 +38,10 @@ struct SidecarProcess {
 
 impl SidecarProcess {
     fn start(socket: &std::path::Path, dir: &std::path::Path) -> SidecarProcess {
+        SidecarProcess::start_with(socket, dir, &[])
+    }
+
+    fn start_with(socket: &std::path::Path, dir: &std::path::Path, extra: &[&str]) -> SidecarProcess {
         let port = common::free_port();
         let address = format!("127.0.0.1:{port}");
         let log = dir.join("sidecar.log");
@@ -46,6 +50,7 @@ impl SidecarProcess {
             .arg("--socket")
             .arg(socket)
             .args(["--listen", &address, "--buffer-mib", "64"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log clone"))
             .stderr(file)
@@ -459,4 +464,121 @@ fn over_the_http_fallback_the_bytes_are_the_volume_servers() {
             assert_eq!(actual.header("etag"), None, "{probe:?}");
         }
     }
+}
+
+/// The same sidecar under 64 concurrent requests through an engine SIGKILL, SIGTERM and an
+/// 8 s SIGSTOP, the engine restarted on the same socket after the first two: it serves again
+/// once the engine is back (it took its region over: `region adopted`), no request takes
+/// longer than the sidecar's deadline plus a margin, and no byte is wrong. Reads issued while
+/// no engine is attached wait for one (up to their deadline); the failures to HTTP clients
+/// (retryable 503/504) are counted and printed, not asserted.
+#[test]
+fn the_same_sidecar_serves_on_across_engine_kill_term_and_stop() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use volume_format::generate::{generate_volume, GenerateSpec, SizePlan};
+    const TIMEOUT_MS: u64 = 3_000;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spec = GenerateSpec {
+        dir: dir.path().to_path_buf(),
+        volume_id: 4,
+        count: 48,
+        sizes: SizePlan::Cycle(vec![1, 4096, 70_001]),
+        seed: 64,
+        collection: None,
+        offset_width: volume_format::index::OffsetWidth::Four,
+        overwrite: true,
+    };
+    let mut fids = Vec::new();
+    generate_volume(&spec, &mut |fid| {
+        fids.push(fid);
+        Ok(())
+    })
+    .expect("generate the volume");
+    let volume = integration_tests::open_volume(dir.path(), 4);
+    let needles: Arc<Vec<(String, Vec<u8>)>> = Arc::new(
+        fids.iter()
+            .map(|fid| {
+                let record = volume.read_checked(fid.needle_id, fid.cookie).expect("needle");
+                let data = volume_format::needle::NeedleRecord::parse(&record, volume.version()).expect("parse").data;
+                (fid.to_string(), data.to_vec())
+            })
+            .collect(),
+    );
+    let mut engine = common::start_engine(Some(dir.path()));
+    let sidecar =
+        SidecarProcess::start_with(&engine.socket, engine.dir.path(), &["--timeout-ms", &TIMEOUT_MS.to_string()]);
+    let stop = Arc::new(AtomicBool::new(false));
+    // ok, failed, wrong, slowest ms, of the failed: 503, 504
+    let counts: Arc<[AtomicU64; 6]> = Arc::new(Default::default());
+    let threads: Vec<_> = (0..64)
+        .map(|thread| {
+            let (needles, stop, counts, base) = (needles.clone(), stop.clone(), counts.clone(), sidecar.url(""));
+            std::thread::spawn(move || {
+                let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
+                let mut index = thread;
+                while !stop.load(Ordering::Relaxed) {
+                    index = (index + 5) % needles.len();
+                    let (fid, data) = &needles[index];
+                    let started = Instant::now();
+                    let reply = http_request(&agent, "GET", &format!("{base}/{fid}"), &[]);
+                    counts[3].fetch_max(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    let slot = match reply {
+                        Ok(reply) if reply.status == 200 && reply.body == *data => 0,
+                        Ok(reply) if reply.status == 200 => 2,
+                        Ok(reply) if reply.status == 503 || reply.status == 504 => {
+                            if counts[reply.status as usize - 499].fetch_add(1, Ordering::Relaxed) == 0 {
+                                eprintln!("first {}: {}", reply.status, String::from_utf8_lossy(&reply.body));
+                            }
+                            1
+                        }
+                        _ => 1,
+                    };
+                    counts[slot].fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let serves_again = |what: &str| {
+        let start = Instant::now();
+        let before = counts[0].load(Ordering::Relaxed);
+        while counts[0].load(Ordering::Relaxed) < before + 200 {
+            assert!(
+                start.elapsed() < READY_TIMEOUT,
+                "the sidecar did not serve again after {what}:\n{}",
+                sidecar.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        eprintln!("{what}: the sidecar serves again {:?} after the engine was back", start.elapsed());
+    };
+    serves_again("the start");
+    engine.restart(); // SIGKILL, then a new engine on the same socket
+    serves_again("an engine SIGKILL");
+    nix::sys::signal::kill(engine.pid(), nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let _ = engine.child.wait();
+    engine.restart();
+    serves_again("an engine SIGTERM");
+    assert!(
+        engine.log_text().contains("region adopted"),
+        "the new engine did not take the sidecar's region over:\n{}",
+        engine.log_text()
+    );
+    nix::sys::signal::kill(engine.pid(), nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    std::thread::sleep(Duration::from_secs(8));
+    nix::sys::signal::kill(engine.pid(), nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+    serves_again("an 8 s engine SIGSTOP");
+    stop.store(true, Ordering::Relaxed);
+    for thread in threads {
+        thread.join().expect("a request thread panicked");
+    }
+    let [ok, failed, wrong, slowest_ms, unavailable, timed_out] =
+        [0, 1, 2, 3, 4, 5].map(|index| counts[index].load(Ordering::Relaxed));
+    eprintln!(
+        "{ok} answers with the right bytes, {failed} failed ({unavailable} 503, {timed_out} 504: the stop outlived their deadline), slowest {slowest_ms} ms"
+    );
+    assert_eq!(wrong, 0, "answers with wrong bytes");
+    // A request ends by its deadline (a wait for an engine, one resubmission, the answer's
+    // writing): never a hang.
+    assert!(slowest_ms < 3 * TIMEOUT_MS, "a request took {slowest_ms} ms, past its deadline of {TIMEOUT_MS} ms");
 }

@@ -87,7 +87,12 @@ struct Inner {
 #[derive(Debug)]
 pub struct EngineReader<'a> {
     reader: &'a Reader,
-    pool: Arc<ReadPool>,
+    /// `None` only while it waits for the next engine: a pool whose engine went away is let
+    /// go before that wait, so its queue pairs (and the buffers of the reads the dead engine
+    /// took) are freed as soon as no one else holds it.
+    pool: Option<Arc<ReadPool>>,
+    /// The attachment of the last read (whose region holds its buffer).
+    client: Client,
     deadline: Instant,
     resubmitted: bool,
 }
@@ -97,12 +102,17 @@ impl SubmitRead for EngineReader<'_> {
         let options = &self.reader.inner.options;
         // Bounded: at most one resubmission, and the waits end at the deadline.
         loop {
-            let reply = self.pool.reader_until(self.deadline).submit_read(spec).and_then(|completion| match completion
-                .result()
-            {
-                Err(error @ CompletionError::Engine { code: ErrorCode::SHUTDOWN, .. }) => Err(ReadError::Needle(error)),
-                _ => Ok(completion),
-            });
+            let pool = match &self.pool {
+                Some(pool) => pool.clone(),
+                None => return Err(ReadError::NoEngine),
+            };
+            let reply =
+                pool.reader_until(self.deadline).submit_read(spec).and_then(|completion| match completion.result() {
+                    Err(error @ CompletionError::Engine { code: ErrorCode::SHUTDOWN, .. }) => {
+                        Err(ReadError::Needle(error))
+                    }
+                    _ => Ok(completion),
+                });
             match reply {
                 Err(error) if options.reattach && error.engine_went_away() => {
                     if self.resubmitted {
@@ -110,10 +120,14 @@ impl SubmitRead for EngineReader<'_> {
                     }
                     if matches!(error, ReadError::Needle(_)) {
                         // It answered SHUTDOWN: wait for the next engine rather than meet it again.
-                        self.pool.engine_leaving();
+                        pool.engine_leaving();
                     }
                     self.resubmitted = true;
-                    self.pool = self.reader.inner.pool_until(self.deadline)?;
+                    self.pool = None;
+                    drop(pool);
+                    let next = self.reader.inner.pool_until(self.deadline)?;
+                    self.client = next.client().clone();
+                    self.pool = Some(next);
                 }
                 outcome => return outcome,
             }
@@ -121,7 +135,7 @@ impl SubmitRead for EngineReader<'_> {
     }
 
     fn client(&self) -> &Client {
-        self.pool.client()
+        &self.client
     }
 }
 
@@ -312,7 +326,7 @@ impl Reader {
     /// callers that drive [`content`]'s functions themselves, as `rdma-sidecar` does.
     pub fn engine_reader(&self, deadline: Instant) -> Result<EngineReader<'_>, ReadError> {
         let pool = self.inner.pool_until(deadline)?;
-        Ok(EngineReader { reader: self, pool, deadline, resubmitted: false })
+        Ok(EngineReader { reader: self, client: pool.client().clone(), pool: Some(pool), deadline, resubmitted: false })
     }
 
     /// How long one read may take ([`ReaderOptions::timeout`]).

@@ -311,6 +311,8 @@ impl ReadPool {
                 if rdma_ipc::clock::monotonic_ns() > give_up_ns {
                     break Err(ReadError::TimedOut);
                 }
+                // Still waiting for room in the buffer area.
+                ring.submit_backlog();
                 ring.wait_and_reap();
             });
         }
@@ -467,8 +469,14 @@ impl Ring {
             };
             let buffer = match self.client.allocate(job.spec.buffer_bytes) {
                 Ok(buffer) => buffer,
-                // The area is full of reads in flight: try again once some land.
-                Err(ClientError::OutOfBufferSpace { .. }) if self.in_flight() > 0 => {
+                // The area is full of reads in flight (this lane's, or other lanes' and threads'):
+                // try again once some land, until the read's deadline. A read larger than the
+                // whole area fails at once.
+                Err(ClientError::OutOfBufferSpace { .. })
+                    if self.in_flight() > 0
+                        || (u64::from(job.spec.buffer_bytes) <= self.client.description().buffer_size_bytes
+                            && rdma_ipc::clock::monotonic_ns() < job.deadline_ns) =>
+                {
                     self.backlog.push_front(job);
                     break;
                 }

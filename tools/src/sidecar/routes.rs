@@ -20,12 +20,13 @@ fn deadline(state: &State) -> Instant {
 
 /// The route's name for the counters, and the answer.
 pub fn dispatch(state: &State, request: &RequestView) -> (&'static str, Served) {
-    let pool = state.reader.pool();
-    // A poll of the engine's socket: asked only by the routes that report it.
-    let connected = || pool.as_ref().is_some_and(|pool| pool.connected());
+    // A poll of the engine's socket: asked only by the routes that report it. (A read holds
+    // no pool beyond its EngineReader: a request holding the pool of a dead engine would
+    // keep the buffers of that engine's unanswered reads from being freed.)
+    let connected = || state.reader.connected();
     match (request.path.as_str(), request.method) {
         ("/health", Method::Get | Method::Head) => {
-            let lanes = pool.as_ref().map_or(0, |pool| pool.lane_count());
+            let lanes = state.reader.pool().map_or(0, |pool| pool.lane_count());
             ("health", Served::plain(mount::health(connected(), lanes, request)))
         }
         // A read waits for an engine (up to its deadline) while none is attached, and is

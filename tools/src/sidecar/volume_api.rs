@@ -100,9 +100,11 @@ pub fn error_reply(error: &ReadError, method: Method) -> Reply {
         Some(ErrorCode::DEADLINE_EXCEEDED) => Reply::text(504, &error.to_string()),
         _ => match error {
             ReadError::TimedOut => Reply::text(504, &error.to_string()),
-            ReadError::Disconnected(_) | ReadError::Engine(_) | ReadError::Attach(_) | ReadError::Buffer(_) => {
-                Reply::text(503, &error.to_string())
-            }
+            ReadError::Disconnected(_)
+            | ReadError::NoEngine
+            | ReadError::Engine(_)
+            | ReadError::Attach(_)
+            | ReadError::Buffer(_) => Reply::text(503, &error.to_string()),
             _ => Reply::text(502, &error.to_string()),
         },
     }
