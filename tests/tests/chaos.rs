@@ -209,3 +209,23 @@ fn a_killed_campaign_leaves_no_engine_or_client_running() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Clients on the `Reader`, attached once: the reading engine killed and stopped ten times,
+/// each new engine taking every client's region over. No wrong byte (the views each thread
+/// keeps are checked again across the restarts), no hang, no client restart, one region per
+/// client for the whole run, nothing left behind.
+#[test]
+fn clients_on_the_reader_keep_their_regions_across_reader_engine_restarts() {
+    let (code, report) = campaign_over(
+        "stream",
+        &["--iterations", "10", "--seed", "2", "--victims", "reader", "--client-api", "reader"],
+    );
+    for counter in
+        ["/wrong_reads", "/hangs", "/recovery_timeouts", "/memfds_left_at_end", "/engine_deaths", "/client_deaths"]
+    {
+        assert_eq!(count(&report, counter), 0, "{counter} in {report:#}");
+    }
+    assert_eq!(count(&report, "/totals/regions"), count(&report, "/clients"), "one region per client: {report:#}");
+    assert_eq!(code, Some(0), "a clean report exits 0: {report:#}");
+    eprintln!("reads failed to the application: {}", count(&report, "/totals/read_errors"));
+}
