@@ -6,8 +6,11 @@
 //! when the engine goes away (socket closed, engine stopped or fenced) and swaps the new pool
 //! in. Meanwhile reads wait for the new engine up to their deadline, then fail with
 //! [`ReadError::NoEngine`]; a read in flight when the engine went is resubmitted once on the
-//! new one (reads are idempotent), so an application sees an engine restart as latency. A
-//! reader started before its engine waits for it ([`ReaderOptions::engine_wait`]).
+//! new one (reads are idempotent, [`EngineReader`]), so an application sees an engine restart
+//! as latency. Once the old engine has exited, the keeper presents the reader's region to the
+//! new one ([`Client::reattach`]), which takes it over: the reader keeps one region for its
+//! life, and views it handed out stay where they are. A reader started before its engine
+//! waits for it ([`ReaderOptions::engine_wait`]).
 //!
 //! What a read returns is what SeaweedFS's volume server sends for `GET /<fid>` to a client
 //! that does not accept gzip ([`content`]): gzip undone, ranges cut by HTTP's rules, a buffer
